@@ -1,0 +1,48 @@
+//! [`policy_core::Attributes`] over the request being filtered.
+
+use policy_core::{Attributes, HeaderList};
+use proxy_wasm::hostcalls;
+
+/// The request's headers, read once, plus lazy host lookups for what only some tiers need.
+#[derive(Debug)]
+pub struct Request {
+    headers: HeaderList,
+}
+
+impl Request {
+    /// Reads the request headers (one host call).
+    pub fn read() -> Request {
+        let pairs = hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders)
+            .unwrap_or_default();
+        Request {
+            headers: HeaderList::new(pairs),
+        }
+    }
+
+    /// Whether this is a gRPC request, to be answered with a gRPC status instead of a 429.
+    pub fn is_grpc(&self) -> bool {
+        self.headers
+            .values("content-type")
+            .next()
+            .is_some_and(|v| v.starts_with(b"application/grpc"))
+    }
+}
+
+impl Attributes for Request {
+    fn headers(&self) -> &HeaderList {
+        &self.headers
+    }
+
+    fn metadata(&self, filter: &str, path: &[String]) -> Option<Vec<u8>> {
+        let mut full: Vec<&str> = Vec::with_capacity(path.len() + 3);
+        full.extend(["metadata", "filter_metadata", filter]);
+        full.extend(path.iter().map(String::as_str));
+        hostcalls::get_property(full).ok().flatten()
+    }
+
+    fn client_address(&self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["source", "address"])
+            .ok()
+            .flatten()
+    }
+}

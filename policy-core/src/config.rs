@@ -1,0 +1,758 @@
+//! Parsing a policy: JSON in, a [`Policy`] that cannot hold a bad value out.
+//!
+//! Parse, don't validate: everything is checked once, here, so the request path never re-checks.
+//! The JSON is walked by hand rather than through `#[derive(Deserialize)]` so that every error
+//! names the exact path (`tiers[1].limits[0].requests`) and an unknown field anywhere is refused:
+//! a misspelt `burts` silently ignored is a limit that is not the one the operator wrote.
+
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use regex_automata::meta::Regex;
+use regex_automata::util::syntax;
+use serde_json::{Map, Value};
+
+use crate::bucket::{Rate, RateError, MAX_AMOUNT};
+use crate::hash::Seed;
+use crate::identity::IdentitySource;
+use crate::table::Table;
+use crate::tier::{Limit, Matcher, Tier, ValueTest};
+use crate::time::Nanos;
+
+pub use crate::policy::{OnStoreFailure, Policy};
+
+/// Keys tracked per tier unless the policy says otherwise.
+pub const DEFAULT_MAX_KEYS: u32 = 65_536;
+/// The most keys one tier may track (16 Mi: about 400 MB of shared data for one limit).
+pub const MAX_KEYS_LIMIT: u32 = 1 << 24;
+/// The most limits one tier may have.
+pub const MAX_LIMITS: usize = 8;
+/// The most tiers a policy may have.
+pub const MAX_TIERS: usize = 64;
+
+/// A policy the filter must refuse, with where and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where, as a JSON path from the root: `tiers[1].limits[0].requests`; `$` for the whole.
+    pub path: String,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// Why a policy is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Not JSON at all.
+    InvalidJson {
+        /// 1-based.
+        line: usize,
+        /// 1-based.
+        column: usize,
+        /// The parser's words.
+        detail: String,
+    },
+    /// A field the policy format does not have.
+    UnknownField {
+        /// The fields it does have.
+        expected: &'static [&'static str],
+    },
+    /// A required field is missing.
+    Missing,
+    /// The value has the wrong JSON type.
+    WrongType {
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A number that must be positive is zero.
+    NotPositive,
+    /// A number is above its maximum.
+    TooLarge {
+        /// The maximum.
+        max: u64,
+    },
+    /// Not one of the accepted words.
+    NotOneOf {
+        /// The accepted words.
+        expected: &'static [&'static str],
+    },
+    /// An invalid regular expression.
+    InvalidRegex {
+        /// The regex compiler's words.
+        detail: String,
+    },
+    /// A list that must not be empty is.
+    Empty,
+    /// A list is longer than allowed.
+    TooMany {
+        /// The maximum.
+        max: usize,
+    },
+    /// A name that must be unique is repeated.
+    Duplicate {
+        /// The name.
+        name: String,
+    },
+    /// A name with characters outside `[A-Za-z0-9._-]` or longer than 64.
+    BadName,
+    /// A header name that is not a lowercase HTTP token.
+    BadHeaderName,
+    /// A matcher must have exactly one test.
+    OneTestRequired,
+    /// A field with a value that is wrong for the stated reason.
+    Invalid {
+        /// Why.
+        why: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::InvalidJson {
+                line,
+                column,
+                detail,
+            } => write!(f, "invalid JSON at line {line} column {column}: {detail}"),
+            Reason::UnknownField { expected } => {
+                write!(f, "unknown field, expected one of: {}", expected.join(", "))
+            }
+            Reason::Missing => f.write_str("required field is missing"),
+            Reason::WrongType { expected } => write!(f, "must be {expected}"),
+            Reason::NotPositive => f.write_str("must be greater than 0"),
+            Reason::TooLarge { max } => write!(f, "must be at most {max}"),
+            Reason::NotOneOf { expected } => write!(f, "must be one of: {}", expected.join(", ")),
+            Reason::InvalidRegex { detail } => write!(f, "invalid regular expression: {detail}"),
+            Reason::Empty => f.write_str("must not be empty"),
+            Reason::TooMany { max } => write!(f, "must have at most {max} entries"),
+            Reason::Duplicate { name } => write!(f, "duplicate name {name:?}"),
+            Reason::BadName => {
+                f.write_str("must be 1 to 64 characters of letters, digits, '.', '_' or '-'")
+            }
+            Reason::BadHeaderName => f.write_str("must be a lowercase HTTP header name"),
+            Reason::OneTestRequired => {
+                f.write_str("must have exactly one of: present, exact, prefix, regex")
+            }
+            Reason::Invalid { why } => f.write_str(why),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+fn err<T>(path: impl Into<String>, reason: Reason) -> Result<T, ConfigError> {
+    Err(ConfigError {
+        path: path.into(),
+        reason,
+    })
+}
+
+/// A JSON object being read, with its path and the fields it may have.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    path: String,
+}
+
+impl<'a> Obj<'a> {
+    fn new(
+        v: &'a Value,
+        path: &str,
+        fields: &'static [&'static str],
+    ) -> Result<Obj<'a>, ConfigError> {
+        let Value::Object(map) = v else {
+            return err(
+                path,
+                Reason::WrongType {
+                    expected: "an object",
+                },
+            );
+        };
+        if let Some(unknown) = map.keys().find(|k| !fields.contains(&k.as_str())) {
+            return err(
+                join(path, unknown),
+                Reason::UnknownField { expected: fields },
+            );
+        }
+        Ok(Obj {
+            map,
+            path: path.to_owned(),
+        })
+    }
+
+    fn at(&self, field: &str) -> String {
+        join(&self.path, field)
+    }
+
+    fn opt(&self, field: &str) -> Option<&'a Value> {
+        self.map.get(field).filter(|v| !v.is_null())
+    }
+
+    fn req(&self, field: &str) -> Result<&'a Value, ConfigError> {
+        match self.opt(field) {
+            Some(v) => Ok(v),
+            None => err(self.at(field), Reason::Missing),
+        }
+    }
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path == "$" {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn string<'v>(v: &'v Value, path: &str) -> Result<&'v str, ConfigError> {
+    v.as_str().ok_or_else(|| ConfigError {
+        path: path.to_owned(),
+        reason: Reason::WrongType {
+            expected: "a string",
+        },
+    })
+}
+
+fn boolean(v: &Value, path: &str) -> Result<bool, ConfigError> {
+    v.as_bool().ok_or_else(|| ConfigError {
+        path: path.to_owned(),
+        reason: Reason::WrongType {
+            expected: "true or false",
+        },
+    })
+}
+
+fn array<'v>(v: &'v Value, path: &str) -> Result<&'v Vec<Value>, ConfigError> {
+    v.as_array().ok_or_else(|| ConfigError {
+        path: path.to_owned(),
+        reason: Reason::WrongType { expected: "a list" },
+    })
+}
+
+/// A positive whole number up to `max`.
+fn positive(v: &Value, path: &str, max: u64) -> Result<u64, ConfigError> {
+    let Some(n) = v.as_u64() else {
+        if v.as_i64() == Some(0) || v.as_f64() == Some(0.0) {
+            return err(path, Reason::NotPositive);
+        }
+        return err(
+            path,
+            Reason::WrongType {
+                expected: "a positive whole number",
+            },
+        );
+    };
+    if n == 0 {
+        return err(path, Reason::NotPositive);
+    }
+    if n > max {
+        return err(path, Reason::TooLarge { max });
+    }
+    Ok(n)
+}
+
+fn name(v: &Value, path: &str) -> Result<String, ConfigError> {
+    let s = string(v, path)?;
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return err(path, Reason::BadName);
+    }
+    Ok(s.to_owned())
+}
+
+fn header_name(v: &Value, path: &str) -> Result<String, ConfigError> {
+    let s = string(v, path)?;
+    let token =
+        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
+    let body = s.strip_prefix(':').unwrap_or(s);
+    if body.is_empty() || !body.bytes().all(token) {
+        return err(path, Reason::BadHeaderName);
+    }
+    Ok(s.to_owned())
+}
+
+/// The period of a window word. A month is 30 days, as billing windows usually are.
+pub fn period(word: &str) -> Option<Nanos> {
+    let secs = match word {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3_600,
+        "day" => 86_400,
+        "week" => 7 * 86_400,
+        "month" => 30 * 86_400,
+        _ => return None,
+    };
+    Some(Nanos::from_secs(secs))
+}
+
+/// The window words a limit accepts.
+pub const PERIODS: &[&str] = &["second", "minute", "hour", "day", "week", "month"];
+
+/// Parses a `{ "<amount field>": N, "per": "minute", "burst": M, "name": "…" }` limit.
+pub fn rate(
+    v: &Value,
+    path: &str,
+    amount_field: &'static str,
+    fields: &'static [&'static str],
+) -> Result<(Rate, Option<String>, &'static str), ConfigError> {
+    let o = Obj::new(v, path, fields)?;
+    let amount = positive(o.req(amount_field)?, &o.at(amount_field), MAX_AMOUNT)?;
+    let per_path = o.at("per");
+    let per_word = string(o.req("per")?, &per_path)?;
+    let Some(per) = PERIODS.iter().copied().find(|p| *p == per_word) else {
+        return err(per_path, Reason::NotOneOf { expected: PERIODS });
+    };
+    let burst = match o.opt("burst") {
+        Some(b) => positive(b, &o.at("burst"), MAX_AMOUNT)?,
+        None => amount,
+    };
+    let name = o.opt("name").map(|n| name(n, &o.at("name"))).transpose()?;
+    let period = period(per).unwrap_or(Nanos::SECOND);
+    let rate = Rate::new(amount, period, burst).map_err(|e| ConfigError {
+        path: match e {
+            RateError::Burst => o.at("burst"),
+            _ => o.at(amount_field),
+        },
+        reason: Reason::NotPositive,
+    })?;
+    Ok((rate, name, per))
+}
+
+const TOP_FIELDS: &[&str] = &["tiers", "max_keys", "on_store_failure", "hash_secret"];
+const TIER_FIELDS: &[&str] = &["name", "match", "identity", "limits", "max_keys"];
+const MATCH_FIELDS: &[&str] = &["headers", "path_prefix", "methods"];
+const HEADER_FIELDS: &[&str] = &["name", "present", "exact", "prefix", "regex"];
+const LIMIT_FIELDS: &[&str] = &["requests", "per", "burst", "name"];
+const IDENTITY_FIELDS: &[&str] = &["header", "case_sensitive", "metadata"];
+const METADATA_FIELDS: &[&str] = &["filter", "path"];
+const IDENTITY_WORDS: &[&str] = &["shared", "client_address"];
+const FAILURE_WORDS: &[&str] = &["allow", "deny"];
+
+/// Parses a policy from its JSON text, exactly as Envoy hands over the plugin configuration.
+pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
+    let root: Value = serde_json::from_slice(text).map_err(|e| ConfigError {
+        path: "$".into(),
+        reason: Reason::InvalidJson {
+            line: e.line(),
+            column: e.column(),
+            detail: e.to_string(),
+        },
+    })?;
+    let top = Obj::new(&root, "$", TOP_FIELDS)?;
+    let max_keys = match top.opt("max_keys") {
+        Some(v) => positive(v, &top.at("max_keys"), u64::from(MAX_KEYS_LIMIT))? as u32,
+        None => DEFAULT_MAX_KEYS,
+    };
+    let on_store_failure = match top.opt("on_store_failure") {
+        None => OnStoreFailure::Allow,
+        Some(v) => match string(v, &top.at("on_store_failure"))? {
+            "allow" => OnStoreFailure::Allow,
+            "deny" => OnStoreFailure::Deny,
+            _ => {
+                return err(
+                    top.at("on_store_failure"),
+                    Reason::NotOneOf {
+                        expected: FAILURE_WORDS,
+                    },
+                )
+            }
+        },
+    };
+    let secret = match top.opt("hash_secret") {
+        Some(v) => string(v, &top.at("hash_secret"))?.as_bytes(),
+        None => &[],
+    };
+    let tiers_path = top.at("tiers");
+    let list = array(top.req("tiers")?, &tiers_path)?;
+    if list.is_empty() {
+        return err(tiers_path, Reason::Empty);
+    }
+    if list.len() > MAX_TIERS {
+        return err(tiers_path, Reason::TooMany { max: MAX_TIERS });
+    }
+    let mut tiers: Vec<Tier> = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let tier = parse_tier(v, &format!("{tiers_path}[{i}]"), max_keys)?;
+        if tiers.iter().any(|t| t.name == tier.name) {
+            return err(
+                format!("{tiers_path}[{i}].name"),
+                Reason::Duplicate { name: tier.name },
+            );
+        }
+        tiers.push(tier);
+    }
+    Ok(Policy::new(
+        tiers,
+        on_store_failure,
+        Seed::derive(text, secret),
+    ))
+}
+
+fn parse_tier(v: &Value, path: &str, default_keys: u32) -> Result<Tier, ConfigError> {
+    let o = Obj::new(v, path, TIER_FIELDS)?;
+    let name = name(o.req("name")?, &o.at("name"))?;
+    let (matchers, path_prefix, methods) = match o.opt("match") {
+        Some(m) => parse_match(m, &o.at("match"))?,
+        None => (Vec::new(), None, Vec::new()),
+    };
+    let identity = parse_identity(o.req("identity")?, &o.at("identity"))?;
+    let limits_path = o.at("limits");
+    let raw = array(o.req("limits")?, &limits_path)?;
+    if raw.is_empty() {
+        return err(limits_path, Reason::Empty);
+    }
+    if raw.len() > MAX_LIMITS {
+        return err(limits_path, Reason::TooMany { max: MAX_LIMITS });
+    }
+    let mut limits: Vec<Limit> = Vec::with_capacity(raw.len());
+    for (i, l) in raw.iter().enumerate() {
+        let lpath = format!("{limits_path}[{i}]");
+        let (rate, explicit, per) = rate(l, &lpath, "requests", LIMIT_FIELDS)?;
+        let lname = explicit.unwrap_or_else(|| {
+            if raw.len() == 1 {
+                name.clone()
+            } else {
+                format!("{name}-{per}")
+            }
+        });
+        if limits.iter().any(|x| x.name == lname) {
+            return err(format!("{lpath}.name"), Reason::Duplicate { name: lname });
+        }
+        limits.push(Limit { name: lname, rate });
+    }
+    let max_keys = match o.opt("max_keys") {
+        Some(v) => positive(v, &o.at("max_keys"), u64::from(MAX_KEYS_LIMIT))? as u32,
+        None => default_keys,
+    };
+    let keys = if identity.is_shared() { 1 } else { max_keys };
+    let table = Table::new(
+        format!("tollgate/r/{name}/"),
+        keys,
+        limits.len(),
+        layout_tag(&limits),
+    );
+    Ok(Tier {
+        name,
+        matchers,
+        path_prefix,
+        methods,
+        identity,
+        limits,
+        table,
+    })
+}
+
+/// Identifies the rates a table's states were computed with.
+fn layout_tag(limits: &[Limit]) -> u64 {
+    let mut parts: Vec<u8> = Vec::new();
+    for l in limits {
+        parts.extend_from_slice(&l.rate.amount().to_le_bytes());
+        parts.extend_from_slice(&l.rate.period().0.to_le_bytes());
+        parts.extend_from_slice(&l.rate.burst().to_le_bytes());
+    }
+    Seed([0; 16]).slot(&[&parts], 1).fingerprint
+}
+
+type MatchParts = (Vec<Matcher>, Option<String>, Vec<String>);
+
+fn parse_match(v: &Value, path: &str) -> Result<MatchParts, ConfigError> {
+    let o = Obj::new(v, path, MATCH_FIELDS)?;
+    let mut matchers = Vec::new();
+    if let Some(h) = o.opt("headers") {
+        let hpath = o.at("headers");
+        for (i, m) in array(h, &hpath)?.iter().enumerate() {
+            matchers.push(parse_matcher(m, &format!("{hpath}[{i}]"))?);
+        }
+    }
+    let path_prefix = match o.opt("path_prefix") {
+        Some(p) => {
+            let ppath = o.at("path_prefix");
+            let s = string(p, &ppath)?;
+            if !s.starts_with('/') {
+                return err(
+                    ppath,
+                    Reason::Invalid {
+                        why: "must start with '/'",
+                    },
+                );
+            }
+            Some(s.to_owned())
+        }
+        None => None,
+    };
+    let mut methods = Vec::new();
+    if let Some(m) = o.opt("methods") {
+        let mpath = o.at("methods");
+        for (i, x) in array(m, &mpath)?.iter().enumerate() {
+            let ipath = format!("{mpath}[{i}]");
+            let s = string(x, &ipath)?;
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_uppercase()) {
+                return err(
+                    ipath,
+                    Reason::Invalid {
+                        why: "must be an uppercase HTTP method such as GET",
+                    },
+                );
+            }
+            methods.push(s.to_owned());
+        }
+    }
+    Ok((matchers, path_prefix, methods))
+}
+
+fn parse_matcher(v: &Value, path: &str) -> Result<Matcher, ConfigError> {
+    let o = Obj::new(v, path, HEADER_FIELDS)?;
+    let header = header_name(o.req("name")?, &o.at("name"))?;
+    let tests: Vec<&str> = ["present", "exact", "prefix", "regex"]
+        .into_iter()
+        .filter(|t| o.opt(t).is_some())
+        .collect();
+    let [which] = tests.as_slice() else {
+        return err(path, Reason::OneTestRequired);
+    };
+    let tpath = o.at(which);
+    let raw = o.req(which)?;
+    let test = match *which {
+        "present" => ValueTest::Present(boolean(raw, &tpath)?),
+        "exact" => ValueTest::Exact(string(raw, &tpath)?.as_bytes().to_vec()),
+        "prefix" => ValueTest::Prefix(string(raw, &tpath)?.as_bytes().to_vec()),
+        _ => ValueTest::Regex(regex(string(raw, &tpath)?, &tpath)?),
+    };
+    Ok(Matcher { header, test })
+}
+
+/// Compiles a header-value regex: bytes, ASCII classes, bounded size.
+fn regex(pattern: &str, path: &str) -> Result<Regex, ConfigError> {
+    Regex::builder()
+        .syntax(syntax::Config::new().unicode(false).utf8(false))
+        .configure(Regex::config().nfa_size_limit(Some(1 << 20)))
+        .build(pattern)
+        .map_err(|e| ConfigError {
+            path: path.to_owned(),
+            reason: Reason::InvalidRegex {
+                detail: e.to_string(),
+            },
+        })
+}
+
+fn parse_identity(v: &Value, path: &str) -> Result<IdentitySource, ConfigError> {
+    if let Value::String(word) = v {
+        return match word.as_str() {
+            "shared" => Ok(IdentitySource::Shared),
+            "client_address" => Ok(IdentitySource::ClientAddress),
+            _ => err(
+                path,
+                Reason::NotOneOf {
+                    expected: IDENTITY_WORDS,
+                },
+            ),
+        };
+    }
+    let o = Obj::new(v, path, IDENTITY_FIELDS)?;
+    match (o.opt("header"), o.opt("metadata")) {
+        (Some(h), None) => {
+            let name = header_name(h, &o.at("header"))?;
+            let case_sensitive = match o.opt("case_sensitive") {
+                Some(c) => boolean(c, &o.at("case_sensitive"))?,
+                None => false,
+            };
+            Ok(IdentitySource::Header {
+                name,
+                case_sensitive,
+            })
+        }
+        (None, Some(m)) => {
+            if o.opt("case_sensitive").is_some() {
+                return err(o.at("case_sensitive"), Reason::Invalid { why: "applies only to a header identity" });
+            }
+            let mpath = o.at("metadata");
+            let mo = Obj::new(m, &mpath, METADATA_FIELDS)?;
+            let filter = string(mo.req("filter")?, &mo.at("filter"))?;
+            if filter.is_empty() {
+                return err(mo.at("filter"), Reason::Empty);
+            }
+            let ppath = mo.at("path");
+            let keys = array(mo.req("path")?, &ppath)?;
+            if keys.is_empty() {
+                return err(ppath, Reason::Empty);
+            }
+            let mut path_keys = Vec::with_capacity(keys.len());
+            for (i, k) in keys.iter().enumerate() {
+                path_keys.push(string(k, &format!("{ppath}[{i}]"))?.to_owned());
+            }
+            Ok(IdentitySource::Metadata {
+                filter: filter.to_owned(),
+                path: path_keys,
+            })
+        }
+        _ => err(path, Reason::Invalid { why: "must be \"shared\", \"client_address\", or an object with exactly one of: header, metadata" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    const TASK_API: &str = include_str!("../../examples/task-api-policy.json");
+
+    fn error(json: &str) -> String {
+        match parse(json.as_bytes()) {
+            Ok(_) => panic!("accepted: {json}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_task_api_example_parses() {
+        let p = parse(TASK_API.as_bytes()).unwrap();
+        let names: Vec<&str> = p.tiers().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["premium", "authenticated", "anonymous"]);
+        assert_eq!(p.tiers()[1].limits[0].rate.amount(), 100);
+        assert_eq!(p.tiers()[2].table.sets(), 1, "a shared tier needs one set");
+    }
+
+    #[test]
+    fn a_zero_limit_names_its_path() {
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":1,"per":"minute"}]},
+            {"name":"b","identity":"shared","limits":[{"requests":0,"per":"minute"}]}]}"#,
+        );
+        assert_eq!(e, "tiers[1].limits[0].requests: must be greater than 0");
+    }
+
+    #[test]
+    fn an_invalid_regex_names_its_path() {
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":1,"per":"minute"}],
+            "match":{"headers":[{"name":"x","regex":"("}]}}]}"#,
+        );
+        assert!(
+            e.starts_with("tiers[0].match.headers[0].regex: invalid regular expression"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_everywhere() {
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":1,"per":"minute","burts":2}]}]}"#,
+        );
+        assert!(
+            e.starts_with("tiers[0].limits[0].burts: unknown field"),
+            "{e}"
+        );
+        let e = error(r#"{"tier":[]}"#);
+        assert!(e.starts_with("tier: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn empty_and_missing_tiers_are_refused() {
+        assert_eq!(error(r#"{"tiers":[]}"#), "tiers: must not be empty");
+        assert_eq!(error(r#"{}"#), "tiers: required field is missing");
+    }
+
+    #[test]
+    fn invalid_json_says_where() {
+        let e = error("{\"tiers\": [,]}");
+        assert!(e.starts_with("$: invalid JSON at line 1 column"), "{e}");
+        assert!(error("").starts_with("$: invalid JSON"));
+    }
+
+    #[test]
+    fn duplicate_tier_names_are_refused() {
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":1,"per":"minute"}]},
+            {"name":"a","identity":"shared","limits":[{"requests":1,"per":"minute"}]}]}"#,
+        );
+        assert_eq!(e, "tiers[1].name: duplicate name \"a\"");
+    }
+
+    #[test]
+    fn wrong_words_and_types_are_explained() {
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":1,"per":"fortnight"}]}]}"#,
+        );
+        assert_eq!(
+            e,
+            "tiers[0].limits[0].per: must be one of: second, minute, hour, day, week, month"
+        );
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":"10","per":"minute"}]}]}"#,
+        );
+        assert_eq!(
+            e,
+            "tiers[0].limits[0].requests: must be a positive whole number"
+        );
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"everyone","limits":[{"requests":1,"per":"minute"}]}]}"#,
+        );
+        assert_eq!(
+            e,
+            "tiers[0].identity: must be one of: shared, client_address"
+        );
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":{"header":"X-User"},"limits":[{"requests":1,"per":"minute"}]}]}"#,
+        );
+        assert_eq!(
+            e,
+            "tiers[0].identity.header: must be a lowercase HTTP header name"
+        );
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":1,"per":"minute"}],
+            "match":{"headers":[{"name":"x","exact":"a","prefix":"b"}]}}]}"#,
+        );
+        assert_eq!(
+            e,
+            "tiers[0].match.headers[0]: must have exactly one of: present, exact, prefix, regex"
+        );
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":1e3,"per":"minute"}]}]}"#,
+        );
+        assert_eq!(
+            e,
+            "tiers[0].limits[0].requests: must be a positive whole number"
+        );
+        let e = error(
+            r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":2199023255552,"per":"minute"}]}]}"#,
+        );
+        assert_eq!(
+            e,
+            "tiers[0].limits[0].requests: must be at most 1099511627776"
+        );
+    }
+
+    #[test]
+    fn several_limits_get_distinct_default_names() {
+        let p = parse(
+            br#"{"tiers":[{"name":"u","identity":{"header":"x-user-id"},
+            "limits":[{"requests":100,"per":"minute"},{"requests":1000,"per":"hour"}]}]}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = p.tiers()[0]
+            .limits
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(names, ["u-minute", "u-hour"]);
+        let e = error(
+            r#"{"tiers":[{"name":"u","identity":"shared",
+            "limits":[{"requests":100,"per":"minute"},{"requests":1000,"per":"minute"}]}]}"#,
+        );
+        assert_eq!(e, "tiers[0].limits[1].name: duplicate name \"u-minute\"");
+    }
+}

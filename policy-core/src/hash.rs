@@ -1,0 +1,110 @@
+//! Where a key lives in the table, and how it is recognised there.
+//!
+//! Keys are never stored, only a 64-bit fingerprint: a hostile 64 KiB header value costs the same
+//! 8 bytes as "alice". The hash is keyed (SipHash-1-3, 128-bit) with a seed derived from the
+//! policy, so that slot placement is not predictable from the public algorithm alone; every worker
+//! derives the same seed from the same policy, which keeps all workers on the same slots.
+
+use core::hash::Hasher;
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+/// A key's place: which set of the table, and the fingerprint that tells it apart from the other
+/// keys of that set. A fingerprint is never 0: 0 marks an empty way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// Index of the set, below the table's set count.
+    pub set: u32,
+    /// Non-zero fingerprint.
+    pub fingerprint: u64,
+}
+
+/// The hashing key for slot placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seed(pub [u8; 16]);
+
+impl Seed {
+    /// A seed derived from the policy's text (and an optional secret the operator sets).
+    pub fn derive(policy_text: &[u8], secret: &[u8]) -> Seed {
+        let mut h = SipHasher13::new_with_keys(0x746f_6c6c_6761_7465, 0x7365_6564_2d76_3100);
+        h.write(policy_text);
+        h.write_u8(0xff);
+        h.write(secret);
+        Seed(h.finish128().as_bytes())
+    }
+
+    /// Places the key made of `parts` in a table of `sets` sets.
+    ///
+    /// The parts are length-prefixed so that ("ab", "c") and ("a", "bc") differ.
+    pub fn slot(&self, parts: &[&[u8]], sets: u32) -> Slot {
+        let (k0, k1) = self.keys();
+        let mut h = SipHasher13::new_with_keys(k0, k1);
+        for part in parts {
+            h.write_u64(part.len() as u64);
+            h.write(part);
+        }
+        let hash = h.finish128();
+        let fingerprint = if hash.h1 == 0 { 1 } else { hash.h1 };
+        let set = if sets == 0 {
+            0
+        } else {
+            (hash.h2 % u64::from(sets)) as u32
+        };
+        Slot { set, fingerprint }
+    }
+
+    fn keys(&self) -> (u64, u64) {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        let (lo, hi) = self.0.split_at(8);
+        a.copy_from_slice(lo);
+        b.copy_from_slice(hi);
+        (u64::from_le_bytes(a), u64::from_le_bytes(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn the_same_policy_places_keys_in_the_same_slot_on_every_worker() {
+        let a = Seed::derive(b"{\"tiers\":[]}", b"");
+        let b = Seed::derive(b"{\"tiers\":[]}", b"");
+        assert_eq!(
+            a.slot(&[b"t", b"alice"], 1024),
+            b.slot(&[b"t", b"alice"], 1024)
+        );
+    }
+
+    #[test]
+    fn part_boundaries_matter() {
+        let s = Seed::derive(b"p", b"");
+        assert_ne!(
+            s.slot(&[b"ab", b"c"], 1 << 20),
+            s.slot(&[b"a", b"bc"], 1 << 20)
+        );
+    }
+
+    #[test]
+    fn another_secret_moves_keys() {
+        let a = Seed::derive(b"p", b"one");
+        let b = Seed::derive(b"p", b"two");
+        assert_ne!(a.slot(&[b"x"], 1 << 20), b.slot(&[b"x"], 1 << 20));
+    }
+
+    #[test]
+    fn sets_stay_in_range_and_spread() {
+        let s = Seed::derive(b"p", b"");
+        let mut seen = [0u32; 16];
+        for i in 0..1600u32 {
+            let slot = s.slot(&[&i.to_le_bytes()], 16);
+            assert!(slot.set < 16);
+            assert_ne!(slot.fingerprint, 0);
+            seen[slot.set as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
+}

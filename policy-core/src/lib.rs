@@ -1,0 +1,39 @@
+//! tollgate's policy core: tiered token buckets and LLM token budgets.
+//!
+//! The core never reads a clock and never does I/O. Callers pass `now` and a [`store::Store`], so
+//! the same code runs natively in tests and benchmarks, under wasmtime with a virtual clock, and in
+//! Envoy on proxy-wasm shared data. It is `no_std` (with `alloc`) so that nothing here can reach
+//! for the host by accident.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(
+    clippy::std_instead_of_core,
+    clippy::alloc_instead_of_core,
+    clippy::std_instead_of_alloc
+)]
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod bucket;
+pub mod config;
+pub mod decision;
+pub mod hash;
+pub mod headers;
+pub mod identity;
+pub mod policy;
+pub mod request;
+pub mod store;
+pub mod table;
+pub mod tier;
+pub mod time;
+
+pub use config::{ConfigError, Policy};
+pub use decision::Decision;
+pub use policy::Outcome;
+pub use request::{Attributes, HeaderList};
+pub use store::{Cas, MemoryStore, Store, StoreError};
+pub use time::Nanos;

@@ -1,0 +1,346 @@
+//! A parsed policy and the one call the filter makes per request.
+
+use alloc::vec::Vec;
+
+use crate::bucket::Tat;
+use crate::config::{self, ConfigError};
+use crate::decision::{Decision, LimitStatus};
+use crate::hash::Seed;
+use crate::identity::IdentityError;
+use crate::request::Attributes;
+use crate::store::{Store, StoreError};
+use crate::table::{Placement, TableError, Update};
+use crate::tier::Tier;
+use crate::time::Nanos;
+
+/// What to do when the state store cannot be read or written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStoreFailure {
+    /// Let the request through unlimited (the default, as Envoy's own rate-limit filter does):
+    /// a broken limiter should not take the API down.
+    Allow,
+    /// Refuse the request with 503.
+    Deny,
+}
+
+/// A policy: ordered tiers and how to behave when state is unavailable.
+#[derive(Debug)]
+pub struct Policy {
+    tiers: Vec<Tier>,
+    on_store_failure: OnStoreFailure,
+    seed: Seed,
+}
+
+/// What the policy says about one request.
+#[derive(Debug)]
+pub enum Outcome<'p> {
+    /// No tier applies: the request is not limited.
+    Unmatched,
+    /// A tier applied and decided.
+    Decided {
+        /// The tier.
+        tier: &'p Tier,
+        /// The decision.
+        decision: Decision,
+        /// How the caller's key found its slot (`Shared` means the table is saturated there).
+        placement: Placement,
+    },
+    /// The request's identity is ambiguous (a repeated identity header).
+    Ambiguous {
+        /// The tier whose identity could not be read.
+        tier: &'p Tier,
+        /// Why.
+        error: IdentityError,
+    },
+    /// The state store failed; [`Policy::on_store_failure`] says what to do.
+    StoreFailed {
+        /// The tier.
+        tier: &'p Tier,
+        /// What failed.
+        error: TableError,
+    },
+}
+
+impl Policy {
+    /// Parses a policy from JSON (see [`crate::config`]).
+    pub fn from_json(text: &[u8]) -> Result<Policy, ConfigError> {
+        config::parse(text)
+    }
+
+    pub(crate) fn new(tiers: Vec<Tier>, on_store_failure: OnStoreFailure, seed: Seed) -> Policy {
+        Policy {
+            tiers,
+            on_store_failure,
+            seed,
+        }
+    }
+
+    /// The tiers in match order.
+    pub fn tiers(&self) -> &[Tier] {
+        &self.tiers
+    }
+
+    /// What to do when the store fails.
+    pub fn on_store_failure(&self) -> OnStoreFailure {
+        self.on_store_failure
+    }
+
+    /// Creates every tier's table in the store. Call once per worker at configure time: keys
+    /// that exist from the start can never be raced into existence by two workers at once.
+    pub fn init_store<S: Store>(&self, store: &mut S) -> Result<u32, StoreError> {
+        let mut created = 0;
+        for tier in &self.tiers {
+            created += tier.table.init(store)?;
+        }
+        Ok(created)
+    }
+
+    /// The shared-data keys this policy will ever create, and their total value bytes: the
+    /// memory bound, before Envoy's per-entry overhead.
+    pub fn footprint(&self) -> (u64, u64) {
+        self.tiers.iter().fold((0, 0), |(keys, bytes), t| {
+            let sets = u64::from(t.table.sets());
+            (keys + sets, bytes + sets * t.table.set_bytes() as u64)
+        })
+    }
+
+    /// Picks the tier, derives the key and decides, charging `cost` units if allowed.
+    pub fn check<A: Attributes, S: Store>(
+        &self,
+        attrs: &A,
+        now: Nanos,
+        store: &mut S,
+    ) -> Outcome<'_> {
+        for tier in &self.tiers {
+            if !tier.matches(attrs) {
+                continue;
+            }
+            let id = match tier.identity.derive(attrs) {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                Err(error) => return Outcome::Ambiguous { tier, error },
+            };
+            let slot = self
+                .seed
+                .slot(&[tier.name.as_bytes(), &id], tier.table.sets());
+            let is_idle = |states: &[Tat]| {
+                tier.limits
+                    .iter()
+                    .zip(states)
+                    .all(|(l, s)| l.rate.is_full(*s, now))
+            };
+            let decide = |states: &[Tat], _: Placement| decide(tier, states, now, 1);
+            return match tier.table.update(store, slot, is_idle, decide) {
+                Ok((decision, placement)) => Outcome::Decided {
+                    tier,
+                    decision,
+                    placement,
+                },
+                Err(error) => Outcome::StoreFailed { tier, error },
+            };
+        }
+        Outcome::Unmatched
+    }
+}
+
+/// Checks every limit of the tier; takes from all of them only if all allow.
+fn decide(tier: &Tier, states: &[Tat], now: Nanos, cost: u64) -> Update<Decision> {
+    let mut next = Vec::with_capacity(tier.limits.len());
+    let mut statuses = Vec::with_capacity(tier.limits.len());
+    for (i, limit) in tier.limits.iter().enumerate() {
+        let tat = states.get(i).copied().unwrap_or_default();
+        let c = limit.rate.check(tat, now, cost);
+        next.push(c.tat);
+        statuses.push(LimitStatus {
+            allowed: c.allowed,
+            remaining: c.remaining,
+            reset_after: c.reset_after,
+            retry_after: c.retry_after,
+        });
+    }
+    let all = statuses.iter().all(|s| s.allowed);
+    if !all {
+        // Report the allowing limits as they stand, untouched by a request that did not happen.
+        for (i, limit) in tier.limits.iter().enumerate() {
+            if let (Some(s), true) = (statuses.get_mut(i), true) {
+                if s.allowed {
+                    let tat = states.get(i).copied().unwrap_or_default();
+                    let p = limit.rate.peek(tat, now);
+                    s.remaining = p.remaining;
+                    s.reset_after = p.reset_after;
+                }
+            }
+        }
+        return Update::Keep(Decision::from_limits(statuses));
+    }
+    Update::Write(next, Decision::from_limits(statuses))
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::request::HeaderList;
+    use crate::store::MemoryStore;
+    use alloc::format;
+    use alloc::string::String;
+
+    const TASK_API: &[u8] = include_bytes!("../../examples/task-api-policy.json");
+    const T0: Nanos = Nanos(1_700_000_000_000_000_000);
+
+    fn setup() -> (Policy, MemoryStore) {
+        let p = Policy::from_json(TASK_API).unwrap();
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        (p, s)
+    }
+
+    fn send(
+        p: &Policy,
+        s: &mut MemoryStore,
+        headers: &[(&str, &str)],
+        n: u32,
+        now: Nanos,
+    ) -> (u32, u32) {
+        let h: HeaderList = headers.iter().copied().collect();
+        let (mut ok, mut denied) = (0, 0);
+        for _ in 0..n {
+            match p.check(&h, now, s) {
+                Outcome::Decided { decision, .. } if decision.allowed => ok += 1,
+                Outcome::Decided { .. } => denied += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        (ok, denied)
+    }
+
+    fn tier_of(p: &Policy, s: &mut MemoryStore, headers: &[(&str, &str)]) -> String {
+        let h: HeaderList = headers.iter().copied().collect();
+        match p.check(&h, T0, s) {
+            Outcome::Decided { tier, .. } => tier.name.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn user_test_gets_exactly_100_of_110() {
+        let (p, mut s) = setup();
+        assert_eq!(
+            send(&p, &mut s, &[("x-user-id", "test")], 110, T0),
+            (100, 10)
+        );
+    }
+
+    #[test]
+    fn anonymous_callers_share_10_per_minute() {
+        let (p, mut s) = setup();
+        assert_eq!(send(&p, &mut s, &[], 15, T0), (10, 5));
+    }
+
+    #[test]
+    fn premium_key_is_not_limited_at_110_requests() {
+        let (p, mut s) = setup();
+        assert_eq!(
+            send(&p, &mut s, &[("x-api-key", "premium-abc")], 110, T0),
+            (110, 0)
+        );
+    }
+
+    #[test]
+    fn a_second_user_is_unaffected_by_the_first() {
+        let (p, mut s) = setup();
+        send(&p, &mut s, &[("x-user-id", "test")], 110, T0);
+        assert_eq!(
+            send(&p, &mut s, &[("x-user-id", "other")], 100, T0),
+            (100, 0)
+        );
+    }
+
+    #[test]
+    fn first_matching_tier_wins() {
+        let (p, mut s) = setup();
+        assert_eq!(
+            tier_of(
+                &p,
+                &mut s,
+                &[("x-api-key", "premium-1"), ("x-user-id", "u")]
+            ),
+            "premium"
+        );
+        assert_eq!(
+            tier_of(&p, &mut s, &[("x-api-key", "basic-1"), ("x-user-id", "u")]),
+            "authenticated"
+        );
+        assert_eq!(
+            tier_of(&p, &mut s, &[("x-api-key", "basic-1")]),
+            "anonymous"
+        );
+        assert_eq!(tier_of(&p, &mut s, &[("x-user-id", "")]), "anonymous");
+    }
+
+    #[test]
+    fn the_bucket_refills_after_the_window() {
+        let (p, mut s) = setup();
+        send(&p, &mut s, &[("x-user-id", "test")], 100, T0);
+        assert_eq!(send(&p, &mut s, &[("x-user-id", "test")], 1, T0), (0, 1));
+        let later = Nanos(T0.0 + 600_000_000);
+        assert_eq!(send(&p, &mut s, &[("x-user-id", "test")], 2, later), (1, 1));
+    }
+
+    #[test]
+    fn a_flood_of_new_ids_keeps_the_table_bounded_and_a_steady_user_limited() {
+        let p = Policy::from_json(
+            br#"{"max_keys":1024,"tiers":[{"name":"u","identity":{"header":"x-user-id"},
+                "limits":[{"requests":100,"per":"minute"}]}]}"#,
+        )
+        .unwrap();
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        let keys = s.len();
+        let mut steady_ok = 0;
+        for i in 0..50_000u64 {
+            let now = Nanos(T0.0 + i * 1_000_000); // 50 s of a 1000-ids-per-second flood
+            let id = format!("flood-{i}");
+            send(&p, &mut s, &[("x-user-id", id.as_str())], 1, now);
+            if i % 100 == 0 {
+                steady_ok += send(&p, &mut s, &[("x-user-id", "steady")], 5, now).0;
+            }
+        }
+        assert_eq!(s.len(), keys, "no key created after start-up");
+        // 500 bursts of 5 over 50 s against 100/min: 100 at first, then 100/min × 50 s ≈ 83 more.
+        assert!(
+            (180..=184).contains(&steady_ok),
+            "steady user admitted {steady_ok}"
+        );
+    }
+
+    #[test]
+    fn a_repeated_identity_header_is_ambiguous() {
+        let (p, mut s) = setup();
+        let h: HeaderList = [("x-user-id", "a"), ("x-user-id", "b")]
+            .into_iter()
+            .collect();
+        assert!(matches!(p.check(&h, T0, &mut s), Outcome::Ambiguous { .. }));
+    }
+
+    #[test]
+    fn several_limits_all_apply() {
+        let p = Policy::from_json(
+            br#"{"tiers":[{"name":"u","identity":"shared",
+                "limits":[{"requests":5,"per":"second"},{"requests":7,"per":"minute"}]}]}"#,
+        )
+        .unwrap();
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        assert_eq!(send(&p, &mut s, &[], 6, T0), (5, 1));
+        let h = HeaderList::default();
+        let later = Nanos(T0.0 + 2_000_000_000);
+        assert_eq!(send(&p, &mut s, &[], 3, later), (2, 1));
+        let Outcome::Decided { decision, tier, .. } = p.check(&h, later, &mut s) else {
+            panic!()
+        };
+        assert_eq!(tier.limits[decision.decisive].name, "u-minute");
+    }
+}

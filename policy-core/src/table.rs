@@ -1,0 +1,386 @@
+//! A fixed, set-associative table of buckets in the shared store.
+//!
+//! Shared data has no delete and no TTL, so memory is bounded by never creating more keys than a
+//! fixed number of *sets*, all created at configure time. A key is hashed to one set; the set's
+//! value holds [`WAYS`] ways, each a fingerprint and the key's bucket states. A set is read and
+//! written as one value, so a decision is one `get` and one CAS `set`.
+//!
+//! Reclaiming is lossless by construction: a way is only reused when all its buckets are full
+//! again, and a full bucket is exactly what a fresh key gets. An active key (one whose bucket is
+//! not full, including an abusive one in debt) keeps its way. When all ways of a set are active, a
+//! newcomer *shares* a way chosen by its fingerprint: limits get stricter for the two keys that
+//! share, never looser, and the caller is told so it can count it.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::bucket::Tat;
+use crate::hash::Slot;
+use crate::store::{Store, StoreError};
+
+/// Ways per set: enough that a set is rarely all active, few enough that a set is one small value.
+pub const WAYS: usize = 8;
+
+/// Compare-and-swap attempts before giving up. Under Envoy's per-process lock a conflict means
+/// another worker just wrote the same set, so a handful of retries suffices in practice.
+pub const MAX_ATTEMPTS: u32 = 16;
+
+const FINGERPRINT: usize = 8;
+const CELL: usize = 16;
+const TAG: usize = 8;
+
+/// How the key found its way in the set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The key already had a way.
+    Owned,
+    /// The key took an empty or idle way (a full bucket).
+    Fresh,
+    /// Every way was active: the key shares another key's way.
+    Shared,
+}
+
+/// What the caller wants done with the key's bucket states.
+#[derive(Debug)]
+pub enum Update<T> {
+    /// Store these states and return `T`.
+    Write(Vec<Tat>, T),
+    /// Store nothing and return `T` (a denial changes nothing).
+    Keep(T),
+}
+
+/// Why an update could not be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TableError {
+    /// The store kept reporting conflicts for [`MAX_ATTEMPTS`] attempts.
+    Contended,
+    /// The store failed.
+    Unavailable,
+}
+
+/// One table: `sets` sets of [`WAYS`] ways, each way holding `cells` bucket states.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    prefix: String,
+    sets: u32,
+    cells: usize,
+    tag: u64,
+}
+
+impl Table {
+    /// A table whose keys start with `prefix`, with room for at least `max_keys` keys of `cells`
+    /// buckets each. `tag` identifies the bucket layout (rates): a set written under another tag
+    /// is read as empty, so changing a tier's limits resets its state instead of misreading it.
+    pub fn new(prefix: String, max_keys: u32, cells: usize, tag: u64) -> Table {
+        let sets = max_keys.div_ceil(WAYS as u32).max(1);
+        Table {
+            prefix,
+            sets,
+            cells: cells.max(1),
+            tag,
+        }
+    }
+
+    /// Number of sets (= shared-data keys this table will ever create).
+    pub fn sets(&self) -> u32 {
+        self.sets
+    }
+
+    /// Bytes of one set's value.
+    pub fn set_bytes(&self) -> usize {
+        TAG + WAYS * self.way_bytes()
+    }
+
+    fn way_bytes(&self) -> usize {
+        FINGERPRINT + CELL * self.cells
+    }
+
+    /// The store key of set `set`.
+    pub fn key(&self, set: u32) -> String {
+        format!("{}{}", self.prefix, set)
+    }
+
+    fn empty_set(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.set_bytes());
+        v.extend_from_slice(&self.tag.to_le_bytes());
+        v.resize(self.set_bytes(), 0);
+        v
+    }
+
+    /// Creates every set that does not exist yet, so that no request ever meets a missing key
+    /// (a write to a missing key ignores the CAS, which would let two workers both "insert").
+    /// Returns how many sets it created.
+    pub fn init<S: Store>(&self, store: &mut S) -> Result<u32, StoreError> {
+        let empty = self.empty_set();
+        let mut created = 0;
+        for set in 0..self.sets {
+            let key = self.key(set);
+            if store.get(&key)?.is_none() {
+                store.set(&key, &empty, None)?;
+                created += 1;
+            }
+        }
+        Ok(created)
+    }
+
+    /// Reads the key's states, lets `decide` choose, and writes the result with CAS, retrying on
+    /// conflict. `is_idle` says whether a way's states are all full buckets (reclaimable).
+    pub fn update<S, T>(
+        &self,
+        store: &mut S,
+        slot: Slot,
+        is_idle: impl Fn(&[Tat]) -> bool,
+        mut decide: impl FnMut(&[Tat], Placement) -> Update<T>,
+    ) -> Result<(T, Placement), TableError>
+    where
+        S: Store,
+    {
+        let key = self.key(slot.set);
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut bytes, cas) = match store.get(&key) {
+                Ok(Some((bytes, cas)))
+                    if bytes.len() == self.set_bytes() && self.tag_of(&bytes) =>
+                {
+                    (bytes, cas)
+                }
+                // Missing, another layout, or torn: start from an empty set. With no CAS in hand
+                // a missing key is created unconditionally, exactly as init would have.
+                Ok(Some((_, cas))) => (self.empty_set(), cas),
+                Ok(None) => (self.empty_set(), None),
+                Err(StoreError::CasMismatch) => continue,
+                Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
+            };
+            let (way, placement) = self.place(&bytes, slot.fingerprint, &is_idle);
+            let current = match placement {
+                Placement::Fresh => alloc::vec![Tat::default(); self.cells],
+                _ => self.cells_of(&bytes, way),
+            };
+            match decide(&current, placement) {
+                Update::Keep(out) => return Ok((out, placement)),
+                Update::Write(states, out) => {
+                    let owner = match placement {
+                        Placement::Shared => self.fingerprint_of(&bytes, way),
+                        _ => slot.fingerprint,
+                    };
+                    self.write_way(&mut bytes, way, owner, &states);
+                    match store.set(&key, &bytes, cas) {
+                        Ok(()) => return Ok((out, placement)),
+                        Err(StoreError::CasMismatch) => continue,
+                        Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
+                    }
+                }
+            }
+        }
+        Err(TableError::Contended)
+    }
+
+    fn tag_of(&self, bytes: &[u8]) -> bool {
+        read_u64(bytes, 0) == Some(self.tag)
+    }
+
+    fn way_offset(&self, way: usize) -> usize {
+        TAG + way * self.way_bytes()
+    }
+
+    fn fingerprint_of(&self, bytes: &[u8], way: usize) -> u64 {
+        read_u64(bytes, self.way_offset(way)).unwrap_or(0)
+    }
+
+    fn cells_of(&self, bytes: &[u8], way: usize) -> Vec<Tat> {
+        let base = self.way_offset(way) + FINGERPRINT;
+        (0..self.cells)
+            .map(|i| Tat(read_u128(bytes, base + i * CELL).unwrap_or(0)))
+            .collect()
+    }
+
+    fn place(
+        &self,
+        bytes: &[u8],
+        fingerprint: u64,
+        is_idle: &impl Fn(&[Tat]) -> bool,
+    ) -> (usize, Placement) {
+        let mut free = None;
+        for way in 0..WAYS {
+            let fp = self.fingerprint_of(bytes, way);
+            if fp == fingerprint {
+                return (way, Placement::Owned);
+            }
+            if free.is_none() && (fp == 0 || is_idle(&self.cells_of(bytes, way))) {
+                free = Some(way);
+            }
+        }
+        match free {
+            Some(way) => (way, Placement::Fresh),
+            None => ((fingerprint % WAYS as u64) as usize, Placement::Shared),
+        }
+    }
+
+    fn write_way(&self, bytes: &mut [u8], way: usize, fingerprint: u64, states: &[Tat]) {
+        let base = self.way_offset(way);
+        write_bytes(bytes, base, &fingerprint.to_le_bytes());
+        for i in 0..self.cells {
+            let tat = states.get(i).copied().unwrap_or_default();
+            write_bytes(bytes, base + FINGERPRINT + i * CELL, &tat.0.to_le_bytes());
+        }
+    }
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let raw = bytes.get(at..at.checked_add(8)?)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(raw);
+    Some(u64::from_le_bytes(b))
+}
+
+fn read_u128(bytes: &[u8], at: usize) -> Option<u128> {
+    let raw = bytes.get(at..at.checked_add(16)?)?;
+    let mut b = [0u8; 16];
+    b.copy_from_slice(raw);
+    Some(u128::from_le_bytes(b))
+}
+
+fn write_bytes(bytes: &mut [u8], at: usize, data: &[u8]) {
+    if let Some(dst) = at
+        .checked_add(data.len())
+        .and_then(|end| bytes.get_mut(at..end))
+    {
+        dst.copy_from_slice(data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::store::MemoryStore;
+    use alloc::vec;
+
+    fn table() -> Table {
+        Table::new(String::from("t/"), 16, 1, 7)
+    }
+
+    fn slot(set: u32, fingerprint: u64) -> Slot {
+        Slot { set, fingerprint }
+    }
+
+    /// Marks the key active (state 100) and reports its placement.
+    fn touch(t: &Table, s: &mut MemoryStore, sl: Slot, now: u128) -> Placement {
+        t.update(
+            s,
+            sl,
+            |c| c[0].0 <= now,
+            |_, _| Update::Write(vec![Tat(100)], ()),
+        )
+        .unwrap()
+        .1
+    }
+
+    #[test]
+    fn init_creates_every_set_once() {
+        let t = table();
+        let mut s = MemoryStore::new();
+        assert_eq!(t.init(&mut s), Ok(2));
+        assert_eq!(t.init(&mut s), Ok(0));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_key_keeps_its_way() {
+        let t = table();
+        let mut s = MemoryStore::new();
+        t.init(&mut s).unwrap();
+        assert_eq!(touch(&t, &mut s, slot(0, 42), 0), Placement::Fresh);
+        assert_eq!(touch(&t, &mut s, slot(0, 42), 0), Placement::Owned);
+    }
+
+    #[test]
+    fn active_ways_are_never_evicted_and_a_full_set_shares() {
+        let t = table();
+        let mut s = MemoryStore::new();
+        t.init(&mut s).unwrap();
+        for fp in 1..=WAYS as u64 {
+            assert_eq!(touch(&t, &mut s, slot(1, fp), 0), Placement::Fresh);
+        }
+        assert_eq!(touch(&t, &mut s, slot(1, 999), 0), Placement::Shared);
+        for fp in 1..=WAYS as u64 {
+            assert_eq!(
+                touch(&t, &mut s, slot(1, fp), 0),
+                Placement::Owned,
+                "fp {fp}"
+            );
+        }
+    }
+
+    #[test]
+    fn idle_ways_are_reclaimed() {
+        let t = table();
+        let mut s = MemoryStore::new();
+        t.init(&mut s).unwrap();
+        for fp in 1..=WAYS as u64 {
+            touch(&t, &mut s, slot(1, fp), 0);
+        }
+        // At "now" = 100 every state (100) is full again: the newcomer takes a way.
+        assert_eq!(touch(&t, &mut s, slot(1, 999), 100), Placement::Fresh);
+    }
+
+    #[test]
+    fn a_set_of_another_layout_reads_as_empty() {
+        let mut s = MemoryStore::new();
+        let old = Table::new(String::from("t/"), 16, 1, 1);
+        old.init(&mut s).unwrap();
+        touch(&old, &mut s, slot(0, 5), 0);
+        let new = Table::new(String::from("t/"), 16, 1, 2);
+        assert_eq!(touch(&new, &mut s, slot(0, 5), 0), Placement::Fresh);
+    }
+
+    /// A store whose next `n` writes conflict.
+    struct Conflicting(MemoryStore, u32);
+    impl Store for Conflicting {
+        fn get(&mut self, key: &str) -> Result<Option<crate::store::Versioned>, StoreError> {
+            self.0.get(key)
+        }
+        fn set(
+            &mut self,
+            key: &str,
+            value: &[u8],
+            cas: Option<crate::Cas>,
+        ) -> Result<(), StoreError> {
+            if self.1 > 0 {
+                self.1 -= 1;
+                return Err(StoreError::CasMismatch);
+            }
+            self.0.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn conflicts_are_retried_then_reported() {
+        let t = table();
+        let mut s = Conflicting(MemoryStore::new(), 3);
+        t.init(&mut s.0).unwrap();
+        let mut calls = 0;
+        let r = t.update(
+            &mut s,
+            slot(0, 1),
+            |_| false,
+            |_, _| {
+                calls += 1;
+                Update::Write(vec![Tat(1)], ())
+            },
+        );
+        assert!(r.is_ok());
+        assert_eq!(calls, 4);
+        let mut s = Conflicting(s.0, u32::MAX);
+        let r = t.update(
+            &mut s,
+            slot(0, 1),
+            |_| false,
+            |_, _| Update::Write(vec![Tat(1)], ()),
+        );
+        assert_eq!(r, Err(TableError::Contended));
+    }
+}

@@ -19,6 +19,15 @@ impl Request {
         }
     }
 
+    /// The request path (`:path`), lossily decoded (only used to tell LLM APIs apart).
+    pub fn path(&self) -> String {
+        self.headers
+            .values(":path")
+            .next()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default()
+    }
+
     /// Whether this is a gRPC request, to be answered with a gRPC status instead of a 429.
     pub fn is_grpc(&self) -> bool {
         self.headers

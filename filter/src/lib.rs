@@ -6,6 +6,7 @@
 
 mod attributes;
 mod http;
+mod llm;
 mod metrics;
 mod reply;
 mod root;

@@ -2,9 +2,11 @@
 //!
 //! Incrementing an Envoy stat is a host call; doing it once a second per worker instead of once
 //! per request keeps the request path to the calls it cannot avoid. Envoy shows them as
-//! `wasmcustom.tollgate.<tier>.<counter>` (Prometheus: `envoy_wasmcustom_tollgate_…`).
+//! `wasmcustom.tollgate.<tier>.<counter>` (Prometheus: `envoy_wasmcustom_tollgate_<tier>_<counter>`),
+//! and per model as `wasmcustom.tollgate.<tier>.model.<model>.tokens_charged`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -13,39 +15,69 @@ use proxy_wasm::types::MetricType;
 #[derive(Clone, Copy, Debug)]
 pub enum Event {
     /// A request the tier admitted.
-    Allowed = 0,
+    Allowed,
     /// A request the tier refused with 429 / RESOURCE_EXHAUSTED.
-    Denied = 1,
+    Denied,
     /// A request whose key had to share a way because its set was full of active keys.
-    Saturated = 2,
+    Saturated,
     /// A request that met a store failure.
-    StoreFailure = 3,
+    StoreFailure,
     /// A request refused for a repeated identity header.
-    Ambiguous = 4,
+    Ambiguous,
+    /// LLM tokens charged from real usage (or the configured fallback).
+    TokensCharged,
+    /// LLM tokens held by reservations.
+    TokensReserved,
+    /// LLM tokens given back when usage was below the reservation.
+    TokensRefunded,
 }
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 8] = [
     "allowed",
     "denied",
     "table_saturated",
     "store_failures",
     "ambiguous_identity",
+    "tokens_charged",
+    "tokens_reserved",
+    "tokens_refunded",
 ];
 
 /// Pending counts and their Envoy metric ids, per tier.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    ids: Vec<[Option<u32>; 5]>,
-    pending: Vec<[Cell<u64>; 5]>,
+    tiers: Vec<String>,
+    ids: Vec<[Option<u32>; 8]>,
+    pending: Vec<[Cell<u64>; 8]>,
+    /// Per (tier, model): metric id and pending tokens. Models appear at run time.
+    models: RefCell<BTreeMap<(usize, String), ModelCounter>>,
+}
+
+/// A per-model counter: its Envoy metric id once defined, and the tokens not yet flushed.
+type ModelCounter = (Option<u32>, u64);
+
+/// Caps the per-model counters: model names come from request bodies.
+const MAX_MODELS: usize = 256;
+
+fn stat_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
 }
 
 impl Metrics {
     /// Defines the counters of the given tiers (names from a validated policy).
     pub fn define<'a>(tiers: impl Iterator<Item = &'a str>) -> Metrics {
-        let mut ids = Vec::new();
-        let mut pending = Vec::new();
+        let mut m = Metrics::default();
         for tier in tiers {
-            let mut row = [None; 5];
+            let mut row = [None; 8];
             for (slot, name) in row.iter_mut().zip(NAMES) {
                 *slot = hostcalls::define_metric(
                     MetricType::Counter,
@@ -53,20 +85,37 @@ impl Metrics {
                 )
                 .ok();
             }
-            ids.push(row);
-            pending.push(Default::default());
+            m.tiers.push(tier.to_owned());
+            m.ids.push(row);
+            m.pending.push(Default::default());
         }
-        Metrics { ids, pending }
+        m
     }
 
     /// Counts one event for tier number `tier`.
     pub fn count(&self, tier: usize, event: Event) {
+        self.add(tier, event, 1);
+    }
+
+    /// Counts `n` of an event for tier number `tier`.
+    pub fn add(&self, tier: usize, event: Event, n: u64) {
         if let Some(cell) = self
             .pending
             .get(tier)
             .and_then(|row| row.get(event as usize))
         {
-            cell.set(cell.get().saturating_add(1));
+            cell.set(cell.get().saturating_add(n));
+        }
+    }
+
+    /// Counts tokens charged for a model, up to [`MAX_MODELS`] distinct models.
+    pub fn add_model(&self, tier: usize, model: &str, n: u64) {
+        let mut models = self.models.borrow_mut();
+        let key = (tier, stat_safe(model));
+        if let Some(entry) = models.get_mut(&key) {
+            entry.1 = entry.1.saturating_add(n);
+        } else if models.len() < MAX_MODELS {
+            models.insert(key, (None, n));
         }
     }
 
@@ -78,6 +127,20 @@ impl Metrics {
                 if let (Some(id), true) = (id, n > 0) {
                     let _ = hostcalls::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
                 }
+            }
+        }
+        for ((tier, model), (id, n)) in self.models.borrow_mut().iter_mut() {
+            if *n == 0 {
+                continue;
+            }
+            if id.is_none() {
+                let tier_name = self.tiers.get(*tier).map_or("unknown", String::as_str);
+                let name = format!("tollgate.{tier_name}.model.{model}.tokens_charged");
+                *id = hostcalls::define_metric(MetricType::Counter, &name).ok();
+            }
+            if let Some(id) = id {
+                let _ = hostcalls::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
+                *n = 0;
             }
         }
     }

@@ -16,8 +16,10 @@ use regex_automata::util::syntax;
 use serde_json::{Map, Value};
 
 use crate::bucket::{Rate, RateError, MAX_AMOUNT};
+use crate::budget::{Budget, LlmSettings, Mode, ModelScope, OnIncomplete, OnMissingUsage};
 use crate::hash::Seed;
 use crate::identity::IdentitySource;
+use crate::llm::cost::{Cost, CostSpec};
 use crate::table::Table;
 use crate::tier::{Limit, Matcher, Tier, ValueTest};
 use crate::time::Nanos;
@@ -107,6 +109,11 @@ pub enum Reason {
         /// Why.
         why: &'static str,
     },
+    /// A field whose value a sub-parser refused, in its words.
+    Refused {
+        /// The sub-parser's words.
+        detail: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -143,6 +150,7 @@ impl fmt::Display for Reason {
                 f.write_str("must have exactly one of: present, exact, prefix, regex")
             }
             Reason::Invalid { why } => f.write_str(why),
+            Reason::Refused { detail } => f.write_str(detail),
         }
     }
 }
@@ -330,8 +338,26 @@ pub fn rate(
     Ok((rate, name, per))
 }
 
-const TOP_FIELDS: &[&str] = &["tiers", "max_keys", "on_store_failure", "hash_secret"];
-const TIER_FIELDS: &[&str] = &["name", "match", "identity", "limits", "max_keys"];
+const TOP_FIELDS: &[&str] = &[
+    "tiers",
+    "max_keys",
+    "on_store_failure",
+    "hash_secret",
+    "llm",
+];
+const TIER_FIELDS: &[&str] = &["name", "match", "identity", "limits", "tokens", "max_keys"];
+const BUDGET_FIELDS: &[&str] = &["tokens", "per", "burst", "name", "model"];
+const LLM_FIELDS: &[&str] = &[
+    "mode",
+    "count",
+    "default_max_tokens",
+    "max_request_body_bytes",
+    "max_response_body_bytes",
+    "on_missing_usage",
+    "on_incomplete",
+    "inject_stream_usage",
+    "strip_accept_encoding",
+];
 const MATCH_FIELDS: &[&str] = &["headers", "path_prefix", "methods"];
 const HEADER_FIELDS: &[&str] = &["name", "present", "exact", "prefix", "regex"];
 const LIMIT_FIELDS: &[&str] = &["requests", "per", "burst", "name"];
@@ -374,6 +400,10 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
         Some(v) => string(v, &top.at("hash_secret"))?.as_bytes(),
         None => &[],
     };
+    let llm = top
+        .opt("llm")
+        .map(|v| parse_llm(v, &top.at("llm")))
+        .transpose()?;
     let tiers_path = top.at("tiers");
     let list = array(top.req("tiers")?, &tiers_path)?;
     if list.is_empty() {
@@ -393,10 +423,17 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
         }
         tiers.push(tier);
     }
+    let any_budget = tiers.iter().any(|t| !t.budgets.is_empty());
+    let llm = match llm {
+        Some(l) => Some(l),
+        None if any_budget => Some(default_llm()),
+        None => None,
+    };
     Ok(Policy::new(
         tiers,
         on_store_failure,
         Seed::derive(text, secret),
+        llm,
     ))
 }
 
@@ -409,8 +446,14 @@ fn parse_tier(v: &Value, path: &str, default_keys: u32) -> Result<Tier, ConfigEr
     };
     let identity = parse_identity(o.req("identity")?, &o.at("identity"))?;
     let limits_path = o.at("limits");
-    let raw = array(o.req("limits")?, &limits_path)?;
-    if raw.is_empty() {
+    let has_tokens = o.opt("tokens").is_some();
+    let empty = Vec::new();
+    let raw = match o.opt("limits") {
+        Some(l) => array(l, &limits_path)?,
+        None if has_tokens => &empty,
+        None => return err(limits_path, Reason::Missing),
+    };
+    if raw.is_empty() && !has_tokens {
         return err(limits_path, Reason::Empty);
     }
     if raw.len() > MAX_LIMITS {
@@ -443,6 +486,10 @@ fn parse_tier(v: &Value, path: &str, default_keys: u32) -> Result<Tier, ConfigEr
         limits.len(),
         layout_tag(&limits),
     );
+    let budgets = match o.opt("tokens") {
+        Some(b) => parse_budgets(b, &o.at("tokens"), &name, &identity, max_keys)?,
+        None => Vec::new(),
+    };
     Ok(Tier {
         name,
         matchers,
@@ -451,18 +498,189 @@ fn parse_tier(v: &Value, path: &str, default_keys: u32) -> Result<Tier, ConfigEr
         identity,
         limits,
         table,
+        budgets,
     })
 }
 
 /// Identifies the rates a table's states were computed with.
 fn layout_tag(limits: &[Limit]) -> u64 {
+    rates_tag(limits.iter().map(|l| &l.rate))
+}
+
+fn rates_tag<'r>(rates: impl Iterator<Item = &'r Rate>) -> u64 {
     let mut parts: Vec<u8> = Vec::new();
-    for l in limits {
-        parts.extend_from_slice(&l.rate.amount().to_le_bytes());
-        parts.extend_from_slice(&l.rate.period().0.to_le_bytes());
-        parts.extend_from_slice(&l.rate.burst().to_le_bytes());
+    for r in rates {
+        parts.extend_from_slice(&r.amount().to_le_bytes());
+        parts.extend_from_slice(&r.period().0.to_le_bytes());
+        parts.extend_from_slice(&r.burst().to_le_bytes());
     }
     Seed([0; 16]).slot(&[&parts], 1).fingerprint
+}
+
+/// A name usable in headers and keys, made from a model name (which may hold `/`, `:`, `@`…).
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+fn parse_budgets(
+    v: &Value,
+    path: &str,
+    tier: &str,
+    identity: &IdentitySource,
+    max_keys: u32,
+) -> Result<Vec<Budget>, ConfigError> {
+    let raw = array(v, path)?;
+    if raw.is_empty() {
+        return err(path, Reason::Empty);
+    }
+    if raw.len() > MAX_LIMITS {
+        return err(path, Reason::TooMany { max: MAX_LIMITS });
+    }
+    let mut budgets: Vec<Budget> = Vec::with_capacity(raw.len());
+    for (i, b) in raw.iter().enumerate() {
+        let bpath = format!("{path}[{i}]");
+        let (rate, explicit, per) = rate(b, &bpath, "tokens", BUDGET_FIELDS)?;
+        let o = Obj::new(b, &bpath, BUDGET_FIELDS)?;
+        let scope = match o.opt("model") {
+            None => ModelScope::All,
+            Some(m) => match string(m, &o.at("model"))? {
+                "" => return err(o.at("model"), Reason::Empty),
+                "*" => ModelScope::Each,
+                model => ModelScope::Only(model.to_owned()),
+            },
+        };
+        let bname = explicit.unwrap_or_else(|| {
+            let model = match &scope {
+                ModelScope::All => String::new(),
+                ModelScope::Each => String::from("-each-model"),
+                ModelScope::Only(m) => format!("-{}", sanitize(m)),
+            };
+            let full = format!("{tier}-tokens{model}-{per}");
+            sanitize(&full)
+        });
+        if budgets.iter().any(|x| x.name == bname) {
+            return err(format!("{bpath}.name"), Reason::Duplicate { name: bname });
+        }
+        let keys = if identity.is_shared() && scope != ModelScope::Each {
+            1
+        } else {
+            max_keys
+        };
+        let table = Table::new(
+            format!("tollgate/t/{tier}/{bname}/"),
+            keys,
+            1,
+            rates_tag(core::iter::once(&rate)),
+        );
+        budgets.push(Budget {
+            name: bname,
+            scope,
+            rate,
+            table,
+        });
+    }
+    Ok(budgets)
+}
+
+fn default_llm() -> LlmSettings {
+    LlmSettings {
+        mode: Mode::Reserve,
+        cost: Cost::TOTAL,
+        default_max_tokens: 4096,
+        max_request_body: 1 << 20,
+        max_response_body: 1 << 20,
+        on_missing_usage: OnMissingUsage::Reservation,
+        on_incomplete: OnIncomplete::Received,
+        inject_stream_usage: true,
+        strip_accept_encoding: true,
+    }
+}
+
+fn word<T: Copy>(
+    v: &Value,
+    path: &str,
+    choices: &'static [&'static str],
+    values: &[T],
+) -> Result<T, ConfigError> {
+    let s = string(v, path)?;
+    match choices
+        .iter()
+        .position(|c| *c == s)
+        .and_then(|i| values.get(i))
+    {
+        Some(t) => Ok(*t),
+        None => err(path, Reason::NotOneOf { expected: choices }),
+    }
+}
+
+fn parse_llm(v: &Value, path: &str) -> Result<LlmSettings, ConfigError> {
+    let o = Obj::new(v, path, LLM_FIELDS)?;
+    let mut l = default_llm();
+    if let Some(m) = o.opt("mode") {
+        l.mode = word(
+            m,
+            &o.at("mode"),
+            &["reserve", "charge_after"],
+            &[Mode::Reserve, Mode::ChargeAfter],
+        )?;
+    }
+    if let Some(c) = o.opt("count") {
+        let cpath = o.at("count");
+        let spec: CostSpec = serde_json::from_value(c.clone()).map_err(|e| ConfigError {
+            path: cpath.clone(),
+            reason: Reason::Refused {
+                detail: e.to_string(),
+            },
+        })?;
+        l.cost = Cost::from_spec(&spec).map_err(|e| ConfigError {
+            path: cpath.clone(),
+            reason: Reason::Refused {
+                detail: e.to_string(),
+            },
+        })?;
+    }
+    if let Some(n) = o.opt("default_max_tokens") {
+        l.default_max_tokens = positive(n, &o.at("default_max_tokens"), MAX_AMOUNT)?;
+    }
+    let body_max = 64 << 20;
+    if let Some(n) = o.opt("max_request_body_bytes") {
+        l.max_request_body = positive(n, &o.at("max_request_body_bytes"), body_max)? as usize;
+    }
+    if let Some(n) = o.opt("max_response_body_bytes") {
+        l.max_response_body = positive(n, &o.at("max_response_body_bytes"), body_max)? as usize;
+    }
+    if let Some(m) = o.opt("on_missing_usage") {
+        l.on_missing_usage = word(
+            m,
+            &o.at("on_missing_usage"),
+            &["reservation", "nothing"],
+            &[OnMissingUsage::Reservation, OnMissingUsage::Nothing],
+        )?;
+    }
+    if let Some(m) = o.opt("on_incomplete") {
+        l.on_incomplete = word(
+            m,
+            &o.at("on_incomplete"),
+            &["received", "reservation"],
+            &[OnIncomplete::Received, OnIncomplete::Reservation],
+        )?;
+    }
+    if let Some(b) = o.opt("inject_stream_usage") {
+        l.inject_stream_usage = boolean(b, &o.at("inject_stream_usage"))?;
+    }
+    if let Some(b) = o.opt("strip_accept_encoding") {
+        l.strip_accept_encoding = boolean(b, &o.at("strip_accept_encoding"))?;
+    }
+    Ok(l)
 }
 
 type MatchParts = (Vec<Matcher>, Option<String>, Vec<String>);

@@ -27,6 +27,9 @@ pub struct Decision {
     pub decisive: usize,
     /// Every limit of the tier, in config order.
     pub limits: Vec<LimitStatus>,
+    /// For token budgets: which budget of the tier each entry of `limits` is (only the budgets
+    /// that apply to the request's model are checked). Empty for request limits.
+    pub applied: Vec<usize>,
 }
 
 impl Decision {
@@ -51,7 +54,14 @@ impl Decision {
             allowed,
             decisive,
             limits,
+            applied: Vec::new(),
         }
+    }
+
+    /// Records which budgets the entries of `limits` are.
+    pub fn with_applied(mut self, applied: Vec<usize>) -> Decision {
+        self.applied = applied;
+        self
     }
 
     /// The decisive limit's status.

@@ -19,11 +19,13 @@ extern crate alloc;
 extern crate std;
 
 pub mod bucket;
+pub mod budget;
 pub mod config;
 pub mod decision;
 pub mod hash;
 pub mod headers;
 pub mod identity;
+pub mod llm;
 pub mod policy;
 pub mod request;
 pub mod store;

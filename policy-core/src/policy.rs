@@ -3,6 +3,7 @@
 use alloc::vec::Vec;
 
 use crate::bucket::Tat;
+use crate::budget::{Hold, LlmSettings, Mode, Reservation};
 use crate::config::{self, ConfigError};
 use crate::decision::{Decision, LimitStatus};
 use crate::hash::Seed;
@@ -29,6 +30,26 @@ pub struct Policy {
     tiers: Vec<Tier>,
     on_store_failure: OnStoreFailure,
     seed: Seed,
+    llm: Option<LlmSettings>,
+}
+
+/// What the token budgets say about an LLM request.
+#[derive(Debug)]
+pub enum TokenOutcome {
+    /// Admitted; the holds must be settled when the response ends.
+    Admitted {
+        /// What was held.
+        reservation: Reservation,
+        /// Each applicable budget's state, aligned with `applied`.
+        decision: Decision,
+    },
+    /// A budget is spent.
+    Denied {
+        /// Each applicable budget's state, aligned with `applied`.
+        decision: Decision,
+    },
+    /// The state store failed.
+    StoreFailed(TableError),
 }
 
 /// What the policy says about one request.
@@ -44,6 +65,8 @@ pub enum Outcome<'p> {
         decision: Decision,
         /// How the caller's key found its slot (`Shared` means the table is saturated there).
         placement: Placement,
+        /// The caller's identity, for the token budgets settled later.
+        identity: Vec<u8>,
     },
     /// The request's identity is ambiguous (a repeated identity header).
     Ambiguous {
@@ -67,11 +90,112 @@ impl Policy {
         config::parse(text)
     }
 
-    pub(crate) fn new(tiers: Vec<Tier>, on_store_failure: OnStoreFailure, seed: Seed) -> Policy {
+    pub(crate) fn new(
+        tiers: Vec<Tier>,
+        on_store_failure: OnStoreFailure,
+        seed: Seed,
+        llm: Option<LlmSettings>,
+    ) -> Policy {
         Policy {
             tiers,
             on_store_failure,
             seed,
+            llm,
+        }
+    }
+
+    /// The LLM settings, when any tier has token budgets.
+    pub fn llm(&self) -> Option<&LlmSettings> {
+        self.llm.as_ref()
+    }
+
+    /// Index of a tier of this policy.
+    pub fn tier_index(&self, tier: &Tier) -> usize {
+        self.tiers
+            .iter()
+            .position(|t| core::ptr::eq(t, tier))
+            .unwrap_or(0)
+    }
+
+    /// Admits an LLM request against the tier's token budgets that apply to `model`.
+    /// `estimate` is what reserve mode holds (see [`crate::budget`]).
+    pub fn admit_tokens<S: Store>(
+        &self,
+        tier: &Tier,
+        identity: &[u8],
+        model: Option<&str>,
+        estimate: u64,
+        now: Nanos,
+        store: &mut S,
+    ) -> TokenOutcome {
+        let mode = self.llm.as_ref().map_or(Mode::Reserve, |l| l.mode);
+        let mut holds: Vec<Hold> = Vec::new();
+        let mut statuses = Vec::new();
+        let mut denied = false;
+        for (i, budget) in tier.budgets.iter().enumerate() {
+            if !budget.applies(model) {
+                continue;
+            }
+            let slot = budget.slot(&self.seed, &tier.name, identity, model);
+            match budget.admit(store, slot, mode, estimate, now) {
+                Ok((status, took)) => {
+                    statuses.push((i, status));
+                    if status.allowed {
+                        holds.push(Hold {
+                            budget: i,
+                            slot,
+                            reserved: took,
+                        });
+                    } else {
+                        denied = true;
+                    }
+                }
+                Err(e) => {
+                    self.release_tokens(tier, &holds, now, store);
+                    return TokenOutcome::StoreFailed(e);
+                }
+            }
+        }
+        let applied = statuses.iter().map(|(i, _)| *i).collect();
+        let decision = Decision::from_limits(statuses.into_iter().map(|(_, s)| s).collect());
+        if denied {
+            self.release_tokens(tier, &holds, now, store);
+            return TokenOutcome::Denied {
+                decision: decision.with_applied(applied),
+            };
+        }
+        TokenOutcome::Admitted {
+            reservation: Reservation { holds, estimate },
+            decision: decision.with_applied(applied),
+        }
+    }
+
+    /// Replaces the holds by the real cost `actual`; returns the budgets' states after it.
+    pub fn settle_tokens<S: Store>(
+        &self,
+        tier: &Tier,
+        reservation: &Reservation,
+        actual: u64,
+        now: Nanos,
+        store: &mut S,
+    ) -> Result<Decision, TableError> {
+        let mut statuses = Vec::with_capacity(reservation.holds.len());
+        let mut applied = Vec::with_capacity(reservation.holds.len());
+        for hold in &reservation.holds {
+            if let Some(budget) = tier.budgets.get(hold.budget) {
+                statuses.push(budget.settle(store, hold, actual, now)?);
+                applied.push(hold.budget);
+            }
+        }
+        Ok(Decision::from_limits(statuses).with_applied(applied))
+    }
+
+    fn release_tokens<S: Store>(&self, tier: &Tier, holds: &[Hold], now: Nanos, store: &mut S) {
+        for hold in holds {
+            if let Some(budget) = tier.budgets.get(hold.budget) {
+                // Best effort: a failed release leaves tokens held until they refill.
+                let _ = budget.release(store, hold, now);
+            }
         }
     }
 
@@ -129,12 +253,22 @@ impl Policy {
                     .zip(states)
                     .all(|(l, s)| l.rate.is_full(*s, now))
             };
+            if tier.limits.is_empty() {
+                // A token-only tier: nothing to count per request.
+                return Outcome::Decided {
+                    tier,
+                    decision: Decision::from_limits(Vec::new()),
+                    placement: Placement::Owned,
+                    identity: id,
+                };
+            }
             let decide = |states: &[Tat], _: Placement| decide(tier, states, now, 1);
             return match tier.table.update(store, slot, is_idle, decide) {
                 Ok((decision, placement)) => Outcome::Decided {
                     tier,
                     decision,
                     placement,
+                    identity: id,
                 },
                 Err(error) => Outcome::StoreFailed { tier, error },
             };

@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 use regex_automata::meta::Regex;
 
 use crate::bucket::Rate;
+use crate::budget::Budget;
 use crate::identity::IdentitySource;
 use crate::request::Attributes;
 use crate::table::Table;
@@ -31,6 +32,8 @@ pub struct Tier {
     pub limits: Vec<Limit>,
     /// Where this tier's buckets live.
     pub table: Table,
+    /// LLM token budgets (empty for plain request limits).
+    pub budgets: Vec<Budget>,
 }
 
 /// One limit of a tier.

@@ -1,0 +1,368 @@
+//! Token budgets: buckets whose cells are LLM tokens, per tier, per caller, optionally per model.
+//!
+//! A request's cost is unknown until its response ends, so admission and charging are split:
+//! - *reserve* (the default) takes an estimate up front — the client's own output cap plus a
+//!   prompt estimate — and denies if it does not fit, so concurrent requests cannot overshoot
+//!   the budget by more than their estimates; [`Budget::settle`] later replaces the estimate
+//!   by the real usage (refund or debit);
+//! - *charge after* only checks that something is left and charges the real usage at the end,
+//!   letting the budget go into debt, as most gateways do.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::bucket::{Rate, Tat};
+use crate::decision::LimitStatus;
+use crate::hash::{Seed, Slot};
+use crate::llm::cost::Cost;
+use crate::store::Store;
+use crate::table::{Placement, Table, TableError, Update};
+use crate::time::Nanos;
+
+/// Which requests a budget counts, and whether models share it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelScope {
+    /// Every model, one budget for all of them.
+    All,
+    /// Every model, a separate budget for each (`"model": "*"`).
+    Each,
+    /// Only this model.
+    Only(String),
+}
+
+/// One token budget of a tier.
+#[derive(Debug)]
+pub struct Budget {
+    /// The quota policy's name in `RateLimit-Policy`.
+    pub name: String,
+    /// Which models it counts.
+    pub scope: ModelScope,
+    /// Tokens per period.
+    pub rate: Rate,
+    /// Where its buckets live.
+    pub table: Table,
+}
+
+/// How tokens are admitted and charged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Reserve an estimate up front, settle to the real usage at the end.
+    Reserve,
+    /// Admit while anything is left, charge the real usage at the end (debt allowed).
+    ChargeAfter,
+}
+
+/// What to charge for a response that ended but whose usage could not be read (no `usage`, not
+/// JSON, an encoding the filter cannot read, larger than the body limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnMissingUsage {
+    /// The reservation (the estimate), so nothing goes free.
+    Reservation,
+    /// Nothing: fail open, as an operator may choose for an upstream that never reports usage.
+    Nothing,
+}
+
+/// What to charge for a stream that did not complete (client gone, upstream reset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnIncomplete {
+    /// What the client received: usage reported so far, else an estimate from the streamed text.
+    Received,
+    /// The whole reservation.
+    Reservation,
+}
+
+/// The LLM settings of a policy (`llm` in the config).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LlmSettings {
+    /// Reservation or charge after.
+    pub mode: Mode,
+    /// What a usage costs.
+    pub cost: Cost,
+    /// Output tokens assumed when the client sets no `max_tokens`.
+    pub default_max_tokens: u64,
+    /// Request bodies up to this size are read for `model` and `max_tokens`.
+    pub max_request_body: usize,
+    /// Non-streaming response bodies up to this size are held to read `usage` before the
+    /// headers go out (so the headers show the charge).
+    pub max_response_body: usize,
+    /// See [`OnMissingUsage`].
+    pub on_missing_usage: OnMissingUsage,
+    /// See [`OnIncomplete`].
+    pub on_incomplete: OnIncomplete,
+    /// Add `stream_options.include_usage: true` to OpenAI streaming requests.
+    pub inject_stream_usage: bool,
+    /// Drop `accept-encoding` towards the upstream so usage is readable.
+    pub strip_accept_encoding: bool,
+}
+
+/// Tokens held for one budget by one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// Index of the budget in its tier.
+    pub budget: usize,
+    /// The caller's slot in the budget's table.
+    pub slot: Slot,
+    /// Tokens reserved (0 in charge-after mode).
+    pub reserved: u64,
+}
+
+impl Budget {
+    /// Whether the budget counts a request for `model`.
+    pub fn applies(&self, model: Option<&str>) -> bool {
+        match &self.scope {
+            ModelScope::All | ModelScope::Each => true,
+            ModelScope::Only(m) => model == Some(m.as_str()),
+        }
+    }
+
+    /// The caller's slot: per model when the budget is.
+    pub fn slot(&self, seed: &Seed, tier: &str, identity: &[u8], model: Option<&str>) -> Slot {
+        let model = match self.scope {
+            ModelScope::Each => model.unwrap_or("").as_bytes(),
+            _ => b"",
+        };
+        seed.slot(
+            &[tier.as_bytes(), self.name.as_bytes(), identity, model],
+            self.table.sets(),
+        )
+    }
+
+    fn is_idle(&self, now: Nanos) -> impl Fn(&[Tat]) -> bool + '_ {
+        move |s: &[Tat]| s.first().is_none_or(|t| self.rate.is_full(*t, now))
+    }
+
+    fn status(&self, tat: Tat, now: Nanos, allowed: bool, retry_after: Nanos) -> LimitStatus {
+        let p = self.rate.peek(tat, now);
+        LimitStatus {
+            allowed,
+            remaining: p.remaining,
+            reset_after: p.reset_after,
+            retry_after,
+        }
+    }
+
+    /// Admits a request: in reserve mode takes `estimate` (capped at the burst, so a large
+    /// `max_tokens` needs the whole budget rather than being refused forever); in charge-after
+    /// mode only checks that something is left.
+    pub fn admit<S: Store>(
+        &self,
+        store: &mut S,
+        slot: Slot,
+        mode: Mode,
+        estimate: u64,
+        now: Nanos,
+    ) -> Result<(LimitStatus, u64), TableError> {
+        let take = estimate.min(self.rate.burst());
+        let decide = |s: &[Tat], _: Placement| {
+            let tat = s.first().copied().unwrap_or_default();
+            match mode {
+                Mode::Reserve => {
+                    let c = self.rate.check(tat, now, take);
+                    let status = LimitStatus {
+                        allowed: c.allowed,
+                        remaining: c.remaining,
+                        reset_after: c.reset_after,
+                        retry_after: c.retry_after,
+                    };
+                    if c.allowed {
+                        Update::Write(alloc::vec![c.tat], (status, take))
+                    } else {
+                        Update::Keep((status, 0))
+                    }
+                }
+                Mode::ChargeAfter => {
+                    let room = self.rate.has_room(tat, now);
+                    let wait = if room {
+                        Nanos::ZERO
+                    } else {
+                        self.rate.peek(tat, now).retry_after
+                    };
+                    Update::Keep((self.status(tat, now, room, wait), 0))
+                }
+            }
+        };
+        self.table
+            .update(store, slot, self.is_idle(now), decide)
+            .map(|(out, _)| out)
+    }
+
+    /// Replaces a hold by the real cost: refunds what was over-reserved, charges the rest (into
+    /// debt if need be). Returns the budget's state after the charge.
+    pub fn settle<S: Store>(
+        &self,
+        store: &mut S,
+        hold: &Hold,
+        actual: u64,
+        now: Nanos,
+    ) -> Result<LimitStatus, TableError> {
+        let decide = |s: &[Tat], placement: Placement| {
+            let tat = s.first().copied().unwrap_or_default();
+            let next = if actual >= hold.reserved {
+                self.rate.charge(tat, now, actual - hold.reserved)
+            } else if placement == Placement::Fresh {
+                // Our entry was reclaimed while idle: the bucket is already full.
+                tat
+            } else {
+                self.rate.refund(tat, hold.reserved - actual)
+            };
+            let status = self.status(next, now, true, Nanos::ZERO);
+            if next == tat {
+                Update::Keep(status)
+            } else {
+                Update::Write(alloc::vec![next], status)
+            }
+        };
+        self.table
+            .update(store, hold.slot, self.is_idle(now), decide)
+            .map(|(out, _)| out)
+    }
+
+    /// Gives a whole hold back (the request was refused elsewhere before it ran).
+    pub fn release<S: Store>(
+        &self,
+        store: &mut S,
+        hold: &Hold,
+        now: Nanos,
+    ) -> Result<(), TableError> {
+        if hold.reserved == 0 {
+            return Ok(());
+        }
+        self.settle(store, hold, 0, now).map(|_| ())
+    }
+}
+
+/// The holds of one request and the per-budget states to report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// One per applicable budget.
+    pub holds: Vec<Hold>,
+    /// The total reserved per hold's budget (max over holds: what the request was admitted for).
+    pub estimate: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::policy::{Outcome, TokenOutcome};
+    use crate::request::HeaderList;
+    use crate::store::MemoryStore;
+    use crate::Policy;
+    use alloc::format;
+
+    const T0: Nanos = Nanos(1_700_000_000_000_000_000);
+
+    fn policy(mode: &str) -> (Policy, MemoryStore) {
+        let json = format!(
+            r#"{{"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
+                "tokens":[{{"tokens":1000,"per":"minute"}},
+                          {{"tokens":500,"per":"minute","model":"gpt-4o"}},
+                          {{"tokens":400,"per":"minute","model":"*","name":"each"}}]}}],
+                "llm":{{"mode":"{mode}"}}}}"#
+        );
+        let p = Policy::from_json(json.as_bytes()).unwrap();
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        (p, s)
+    }
+
+    fn identity(p: &Policy, s: &mut MemoryStore, user: &str) -> Vec<u8> {
+        let h: HeaderList = [("x-user-id", user)].into_iter().collect();
+        match p.check(&h, T0, s) {
+            Outcome::Decided { identity, .. } => identity,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Admits and, when admitted, settles at `used` tokens; returns whether it was admitted.
+    fn call(p: &Policy, s: &mut MemoryStore, model: &str, estimate: u64, used: u64) -> bool {
+        let id = identity(p, s, "alice");
+        let tier = &p.tiers()[0];
+        match p.admit_tokens(tier, &id, Some(model), estimate, T0, s) {
+            TokenOutcome::Admitted { reservation, .. } => {
+                p.settle_tokens(tier, &reservation, used, T0, s).unwrap();
+                true
+            }
+            TokenOutcome::Denied { .. } => false,
+            TokenOutcome::StoreFailed(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn charge_after_lets_the_fourth_300_token_call_into_debt_and_denies_the_fifth() {
+        let (p, mut s) = policy("charge_after");
+        // A different model each time, so only the shared 1000-token budget binds.
+        let results: Vec<bool> = (0..5)
+            .map(|i| call(&p, &mut s, &format!("m{i}"), 0, 300))
+            .collect();
+        assert_eq!(results, [true, true, true, true, false]);
+    }
+
+    #[test]
+    fn reservations_admit_exactly_three_of_ten_concurrent_300_token_calls() {
+        let (p, mut s) = policy("reserve");
+        let id = identity(&p, &mut s, "alice");
+        let tier = &p.tiers()[0];
+        let mut held = Vec::new();
+        for i in 0..10 {
+            let model = format!("m{i}");
+            if let TokenOutcome::Admitted { reservation, .. } =
+                p.admit_tokens(tier, &id, Some(&model), 300, T0, &mut s)
+            {
+                held.push(reservation);
+            }
+        }
+        assert_eq!(held.len(), 3, "all ten are in flight before any settles");
+        let mut last = None;
+        for r in &held {
+            last = Some(p.settle_tokens(tier, r, 250, T0, &mut s).unwrap());
+        }
+        // 3 × 250 charged: the shared 1000-token budget shows 250 left.
+        let d = last.unwrap();
+        let i = d.applied.iter().position(|b| *b == 0).unwrap();
+        assert_eq!(d.limits[i].remaining, 250);
+    }
+
+    #[test]
+    fn per_model_budgets_are_independent() {
+        let (p, mut s) = policy("reserve");
+        assert!(call(&p, &mut s, "gpt-4o", 400, 400));
+        assert!(
+            !call(&p, &mut s, "gpt-4o", 400, 400),
+            "gpt-4o's 400 per model spent"
+        );
+        assert!(
+            call(&p, &mut s, "gpt-4o-mini", 400, 400),
+            "another model has its own"
+        );
+        assert!(
+            !call(&p, &mut s, "o3", 400, 400),
+            "the shared 1000 is spent: 800 used"
+        );
+    }
+
+    #[test]
+    fn a_refused_reservation_gives_back_what_it_held() {
+        let (p, mut s) = policy("reserve");
+        assert!(call(&p, &mut s, "gpt-4o", 450, 450));
+        // Needs 100 more of gpt-4o's 500: the shared and per-model holds are given back.
+        assert!(!call(&p, &mut s, "gpt-4o", 100, 100));
+        assert!(call(&p, &mut s, "x", 400, 400));
+        assert!(
+            call(&p, &mut s, "y", 150, 150),
+            "1000 - 450 - 400 = 150 left"
+        );
+    }
+
+    #[test]
+    fn a_reservation_larger_than_the_budget_waits_for_a_full_budget() {
+        let (p, mut s) = policy("reserve");
+        assert!(call(&p, &mut s, "z", 1_000_000, 10));
+        assert!(
+            !call(&p, &mut s, "z", 1_000_000, 10),
+            "needs the whole budget again"
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! LLM token budgets: what a request asks for, what its response reports, and what that costs.
+//!
+//! The flow in the filter, for one request to an LLM route:
+//! 1. [`ApiKind::from_path`] tells the API; [`LlmRequest::parse`] reads the buffered request
+//!    body (model, `stream`, output limits, a prompt-size estimate) and, for OpenAI streams,
+//!    [`ensure_stream_usage`] rewrites the body so the stream reports its usage.
+//! 2. A JSON response is read whole with [`usage_from_json`]; a streamed one (SSE) is observed
+//!    chunk by chunk with an [`SseScanner`], which never holds a chunk back.
+//! 3. [`Cost::tokens`] turns the [`Usage`] (or the scanner's estimate for a stream cut short)
+//!    into the number of budget tokens to charge.
+//!
+//! Everything here reads bytes that came from the network: no input can make it panic, loop
+//! without progress, or allocate beyond a small multiple of what the caller already buffered
+//! (for the scanner, [`SseLimits`]). Response bodies must be identity-encoded: the filter
+//! should keep `accept-encoding` from reaching the upstream on LLM routes.
+
+pub mod cost;
+mod json;
+pub mod request;
+pub mod sse;
+pub mod usage;
+
+pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
+pub use json::FieldError;
+pub use request::{ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, RequestError};
+pub use sse::{SseLimits, SseScanner};
+pub use usage::{usage_from_json, Usage, UsageError};

@@ -1,0 +1,1008 @@
+//! Token usage as the upstream reports it, read from a complete JSON response body.
+//!
+//! Three shapes are understood, told apart by their fields rather than by the request path so
+//! that an OpenAI-compatible server behind any path still counts:
+//!
+//! | API | input | output | cached input | reasoning | cache writes |
+//! | --- | --- | --- | --- | --- | --- |
+//! | OpenAI chat / completions / embeddings | `prompt_tokens` | `completion_tokens` | `prompt_tokens_details.cached_tokens` | `completion_tokens_details.reasoning_tokens` | — |
+//! | OpenAI Responses | `input_tokens` | `output_tokens` | `input_tokens_details.cached_tokens` | `output_tokens_details.reasoning_tokens` | — |
+//! | Anthropic messages | `input_tokens` + `cache_read_input_tokens` + `cache_creation_input_tokens` | `output_tokens` | `cache_read_input_tokens` | — | `cache_creation_input_tokens` |
+//!
+//! Anthropic's `input_tokens` counts only the tokens that were neither read from nor written to
+//! the cache, while OpenAI's input counts include cached ones; [`Usage`] uses OpenAI's meaning
+//! throughout so that one [`Cost`](super::cost::Cost) works for every API.
+
+use core::fmt;
+
+use serde::de::{
+    self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+
+use super::json::{keys, Count, FieldError, Seen};
+
+/// Tokens one request consumed, normalised across APIs.
+///
+/// The parsers in this module keep two invariants, raising the total when an upstream reports
+/// a part larger than its whole (the stricter reading): `cached_input + cache_creation <= input`
+/// and `reasoning <= output`. Code that builds a `Usage` by hand need not keep them:
+/// [`Cost::tokens`](super::cost::Cost::tokens) saturates either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Usage {
+    /// Every prompt token the model read, including the ones served from or written to a
+    /// prompt cache. For Anthropic this is the sum of its three input counts.
+    pub input: u64,
+    /// Every token the model generated, including reasoning ("thinking") tokens, which both
+    /// OpenAI and Anthropic bill as output.
+    pub output: u64,
+    /// The part of `input` served from a prompt cache (usually billed at a discount).
+    pub cached_input: u64,
+    /// The part of `output` spent on hidden reasoning, where the API reports it (OpenAI only;
+    /// Anthropic folds thinking into `output_tokens` without a breakdown).
+    pub reasoning: u64,
+    /// The part of `input` written into a prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`, usually billed at a premium; 0 for OpenAI).
+    pub cache_creation: u64,
+}
+
+impl Usage {
+    /// `input + output`, saturating.
+    pub fn total(&self) -> u64 {
+        self.input.saturating_add(self.output)
+    }
+}
+
+/// Why no [`Usage`] could be read from a response body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// The body is not well-formed JSON (or is nested deeper than 128 levels, or has trailing
+    /// bytes). Compressed bodies land here too: the filter must see identity-encoded bodies.
+    NotJson,
+    /// Well-formed JSON without a `usage` object holding any count: an error response, a JSON
+    /// document that is not an object, `"usage": null`, or `"usage": {}`.
+    NoUsage,
+    /// A `usage` field holds something that is not a token count.
+    BadUsage {
+        /// The field's path from the body's root, e.g. `usage.prompt_tokens`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: FieldError,
+    },
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UsageError::NotJson => f.write_str("response body is not well-formed JSON"),
+            UsageError::NoUsage => f.write_str("response body reports no token usage"),
+            UsageError::BadUsage { field, reason } => write!(f, "{field}: {reason}"),
+        }
+    }
+}
+
+impl core::error::Error for UsageError {}
+
+/// Reads the token usage from a complete, identity-encoded JSON response body of any of the
+/// supported APIs (see the module docs).
+///
+/// Only the top-level `usage` object is looked at; everything else is skipped without
+/// allocating, so the cost is one linear pass over the body whatever it holds.
+///
+/// # Errors
+/// [`UsageError::NotJson`] for a body that is not JSON, [`UsageError::NoUsage`] when there is
+/// nothing to read, [`UsageError::BadUsage`] naming the first field that is not a whole number
+/// in `0..=u64::MAX`, or a field that appears twice.
+pub fn usage_from_json(body: &[u8]) -> Result<Usage, UsageError> {
+    match serde_json::from_slice::<Envelope>(body) {
+        Err(_) => Err(UsageError::NotJson),
+        Ok(Envelope(UsageValue::Present(raw))) => Ok(raw.normalize()),
+        Ok(Envelope(UsageValue::Absent)) => Err(UsageError::NoUsage),
+        Ok(Envelope(UsageValue::Bad { field, reason })) => {
+            Err(UsageError::BadUsage { field, reason })
+        }
+    }
+}
+
+/// The raw counts of one `usage` object, as named by the APIs; `None` where absent or `null`.
+///
+/// Streams report usage piecemeal (Anthropic's input in `message_start`, output in
+/// `message_delta`), so the scanner [`merge`](RawUsage::merge)s raw objects and normalises
+/// only when asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RawUsage {
+    pub(crate) prompt_tokens: Option<u64>,
+    pub(crate) completion_tokens: Option<u64>,
+    pub(crate) total_tokens: Option<u64>,
+    pub(crate) input_tokens: Option<u64>,
+    pub(crate) output_tokens: Option<u64>,
+    pub(crate) cache_read_input_tokens: Option<u64>,
+    pub(crate) cache_creation_input_tokens: Option<u64>,
+    /// `prompt_tokens_details.cached_tokens` (chat) or `input_tokens_details.cached_tokens`
+    /// (Responses).
+    pub(crate) cached_tokens: Option<u64>,
+    /// `completion_tokens_details.reasoning_tokens` or `output_tokens_details.reasoning_tokens`.
+    pub(crate) reasoning_tokens: Option<u64>,
+    /// An `input_tokens_details` object was present: `input_tokens` has OpenAI's meaning
+    /// (cached tokens included) rather than Anthropic's.
+    pub(crate) openai_details: bool,
+}
+
+impl RawUsage {
+    /// True when no count at all was reported.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.prompt_tokens.is_none()
+            && self.completion_tokens.is_none()
+            && self.total_tokens.is_none()
+            && self.input_tokens.is_none()
+            && self.output_tokens.is_none()
+            && self.cache_read_input_tokens.is_none()
+            && self.cache_creation_input_tokens.is_none()
+            && self.cached_tokens.is_none()
+            && self.reasoning_tokens.is_none()
+    }
+
+    /// True when an input count was reported (so the caller need not estimate it).
+    pub(crate) fn has_input(&self) -> bool {
+        self.prompt_tokens.is_some() || self.input_tokens.is_some() || self.total_tokens.is_some()
+    }
+
+    /// Overwrites every count `newer` reports. Streaming APIs report cumulative counts, so the
+    /// latest value of a field is the right one.
+    pub(crate) fn merge(&mut self, newer: &RawUsage) {
+        fn take(slot: &mut Option<u64>, newer: Option<u64>) {
+            if newer.is_some() {
+                *slot = newer;
+            }
+        }
+        take(&mut self.prompt_tokens, newer.prompt_tokens);
+        take(&mut self.completion_tokens, newer.completion_tokens);
+        take(&mut self.total_tokens, newer.total_tokens);
+        take(&mut self.input_tokens, newer.input_tokens);
+        take(&mut self.output_tokens, newer.output_tokens);
+        take(
+            &mut self.cache_read_input_tokens,
+            newer.cache_read_input_tokens,
+        );
+        take(
+            &mut self.cache_creation_input_tokens,
+            newer.cache_creation_input_tokens,
+        );
+        take(&mut self.cached_tokens, newer.cached_tokens);
+        take(&mut self.reasoning_tokens, newer.reasoning_tokens);
+        self.openai_details |= newer.openai_details;
+    }
+
+    /// Turns the API's fields into [`Usage`]'s meaning (see the module docs).
+    pub(crate) fn normalize(&self) -> Usage {
+        let cache_read = self.cache_read_input_tokens.unwrap_or(0);
+        let cache_creation = self.cache_creation_input_tokens.unwrap_or(0);
+        let (mut input, cached_input) = match (self.prompt_tokens, self.input_tokens) {
+            // OpenAI chat shape. Some OpenAI-compatible proxies add Anthropic's cache fields
+            // to it; `prompt_tokens` already includes those tokens, so they are not added.
+            (Some(prompt), _) => (prompt, self.cached_tokens.unwrap_or(cache_read)),
+            // Responses shape: input includes cached tokens.
+            (None, Some(input)) if self.openai_details => (input, self.cached_tokens.unwrap_or(0)),
+            // Anthropic shape (or a bare `input_tokens`): the three counts are disjoint.
+            (None, input) => (
+                input
+                    .unwrap_or(0)
+                    .saturating_add(cache_read)
+                    .saturating_add(cache_creation),
+                cache_read.saturating_add(self.cached_tokens.unwrap_or(0)),
+            ),
+        };
+        let mut output = self.completion_tokens.or(self.output_tokens).unwrap_or(0);
+        // A server that reports only a total (embeddings-like) is charged it as input.
+        if self.prompt_tokens.is_none()
+            && self.input_tokens.is_none()
+            && self.completion_tokens.is_none()
+            && self.output_tokens.is_none()
+        {
+            input = input.max(self.total_tokens.unwrap_or(0));
+        }
+        input = input.max(cached_input.saturating_add(cache_creation));
+        let reasoning = self.reasoning_tokens.unwrap_or(0);
+        output = output.max(reasoning);
+        Usage {
+            input,
+            output,
+            cached_input,
+            reasoning,
+            cache_creation,
+        }
+    }
+}
+
+/// What a `usage` value turned out to be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum UsageValue {
+    /// Missing or `null`, or an object with no count in it.
+    #[default]
+    Absent,
+    /// An object with at least one count.
+    Present(RawUsage),
+    /// A field that is not a count; the first one found.
+    Bad {
+        field: &'static str,
+        reason: FieldError,
+    },
+}
+
+keys!(
+    /// The keys of a `usage` object that carry counts.
+    UsageKey {
+        PromptTokens = "prompt_tokens",
+        CompletionTokens = "completion_tokens",
+        TotalTokens = "total_tokens",
+        InputTokens = "input_tokens",
+        OutputTokens = "output_tokens",
+        CacheReadInputTokens = "cache_read_input_tokens",
+        CacheCreationInputTokens = "cache_creation_input_tokens",
+        PromptTokensDetails = "prompt_tokens_details",
+        CompletionTokensDetails = "completion_tokens_details",
+        InputTokensDetails = "input_tokens_details",
+        OutputTokensDetails = "output_tokens_details",
+    }
+);
+
+keys!(
+    /// The keys of a `*_details` object that we read.
+    DetailKey {
+        CachedTokens = "cached_tokens",
+        ReasoningTokens = "reasoning_tokens",
+    }
+);
+
+/// Records the first problem met in an object while the rest of it is still consumed.
+struct FirstBad(Option<(&'static str, FieldError)>);
+
+impl FirstBad {
+    fn note(&mut self, field: &'static str, result: Result<(), FieldError>) {
+        if let (None, Err(reason)) = (self.0, result) {
+            self.0 = Some((field, reason));
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UsageValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UsageVisitor)
+    }
+}
+
+struct UsageVisitor;
+
+impl UsageVisitor {
+    fn wrong_type() -> UsageValue {
+        UsageValue::Bad {
+            field: "usage",
+            reason: FieldError::WrongType,
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for UsageVisitor {
+    type Value = UsageValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a usage object")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<UsageValue, E> {
+        Ok(UsageValue::Absent)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<UsageValue, E> {
+        Ok(UsageValue::Absent)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<UsageValue, D::Error> {
+        UsageValue::deserialize(d)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<UsageValue, E> {
+        Ok(Self::wrong_type())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<UsageValue, E> {
+        Ok(Self::wrong_type())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<UsageValue, E> {
+        Ok(Self::wrong_type())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<UsageValue, E> {
+        Ok(Self::wrong_type())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<UsageValue, E> {
+        Ok(Self::wrong_type())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<UsageValue, A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| Self::wrong_type())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageValue, A::Error> {
+        let mut raw = RawUsage::default();
+        let mut seen = Seen::default();
+        let mut bad = FirstBad(None);
+        while let Some(key) = map.next_key::<UsageKey>()? {
+            if !seen.first(key.bit()) {
+                map.next_value::<IgnoredAny>()?;
+                bad.note(usage_key_name(key), Err(FieldError::Duplicate));
+                continue;
+            }
+            match key {
+                UsageKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                UsageKey::PromptTokensDetails
+                | UsageKey::InputTokensDetails
+                | UsageKey::CompletionTokensDetails
+                | UsageKey::OutputTokensDetails => {
+                    let cached = matches!(
+                        key,
+                        UsageKey::PromptTokensDetails | UsageKey::InputTokensDetails
+                    );
+                    let want = if cached {
+                        DetailKey::CachedTokens
+                    } else {
+                        DetailKey::ReasoningTokens
+                    };
+                    let detail = map.next_value_seed(DetailSeed(want))?;
+                    if key == UsageKey::InputTokensDetails && detail.object {
+                        raw.openai_details = true;
+                    }
+                    // Chat and Responses name the same count differently; one body never
+                    // carries both, and if it did the later one would win.
+                    let slot = if cached {
+                        &mut raw.cached_tokens
+                    } else {
+                        &mut raw.reasoning_tokens
+                    };
+                    let result = detail.count.map(|count| {
+                        if count.is_some() {
+                            *slot = count;
+                        }
+                    });
+                    let field = if detail.problem_is_container {
+                        usage_key_name(key)
+                    } else {
+                        match key {
+                            UsageKey::PromptTokensDetails => {
+                                "usage.prompt_tokens_details.cached_tokens"
+                            }
+                            UsageKey::InputTokensDetails => {
+                                "usage.input_tokens_details.cached_tokens"
+                            }
+                            UsageKey::CompletionTokensDetails => {
+                                "usage.completion_tokens_details.reasoning_tokens"
+                            }
+                            _ => "usage.output_tokens_details.reasoning_tokens",
+                        }
+                    };
+                    bad.note(field, result);
+                }
+                plain => {
+                    let slot = match plain {
+                        UsageKey::PromptTokens => &mut raw.prompt_tokens,
+                        UsageKey::CompletionTokens => &mut raw.completion_tokens,
+                        UsageKey::TotalTokens => &mut raw.total_tokens,
+                        UsageKey::InputTokens => &mut raw.input_tokens,
+                        UsageKey::OutputTokens => &mut raw.output_tokens,
+                        UsageKey::CacheReadInputTokens => &mut raw.cache_read_input_tokens,
+                        _ => &mut raw.cache_creation_input_tokens,
+                    };
+                    let result = map.next_value::<Count>()?.store(slot);
+                    bad.note(usage_key_name(plain), result);
+                }
+            }
+        }
+        Ok(match bad.0 {
+            Some((field, reason)) => UsageValue::Bad { field, reason },
+            None if raw.is_empty() => UsageValue::Absent,
+            None => UsageValue::Present(raw),
+        })
+    }
+}
+
+/// The error path of each count key.
+fn usage_key_name(key: UsageKey) -> &'static str {
+    match key {
+        UsageKey::PromptTokens => "usage.prompt_tokens",
+        UsageKey::CompletionTokens => "usage.completion_tokens",
+        UsageKey::TotalTokens => "usage.total_tokens",
+        UsageKey::InputTokens => "usage.input_tokens",
+        UsageKey::OutputTokens => "usage.output_tokens",
+        UsageKey::CacheReadInputTokens => "usage.cache_read_input_tokens",
+        UsageKey::CacheCreationInputTokens => "usage.cache_creation_input_tokens",
+        UsageKey::PromptTokensDetails => "usage.prompt_tokens_details",
+        UsageKey::CompletionTokensDetails => "usage.completion_tokens_details",
+        UsageKey::InputTokensDetails => "usage.input_tokens_details",
+        UsageKey::OutputTokensDetails => "usage.output_tokens_details",
+        UsageKey::Other => "usage",
+    }
+}
+
+/// One `*_details` object, reduced to the single count we want from it.
+struct Detail {
+    /// The count, if present; the error if it (or the object itself) is malformed.
+    count: Result<Option<u64>, FieldError>,
+    /// The error concerns the details value itself rather than the count inside it.
+    problem_is_container: bool,
+    /// The value was an object (even an empty one).
+    object: bool,
+}
+
+/// Reads a details object looking for one key.
+struct DetailSeed(DetailKey);
+
+impl<'de> DeserializeSeed<'de> for DetailSeed {
+    type Value = Detail;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Detail, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl DetailSeed {
+    fn container(reason: Option<FieldError>) -> Detail {
+        Detail {
+            count: reason.map_or(Ok(None), Err),
+            problem_is_container: true,
+            object: false,
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for DetailSeed {
+    type Value = Detail;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a token details object")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Detail, E> {
+        Ok(Self::container(None))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Detail, E> {
+        Ok(Self::container(None))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Detail, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Detail, E> {
+        Ok(Self::container(Some(FieldError::WrongType)))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Detail, E> {
+        Ok(Self::container(Some(FieldError::WrongType)))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Detail, E> {
+        Ok(Self::container(Some(FieldError::WrongType)))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Detail, E> {
+        Ok(Self::container(Some(FieldError::WrongType)))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Detail, E> {
+        Ok(Self::container(Some(FieldError::WrongType)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Detail, A::Error> {
+        IgnoredAny
+            .visit_seq(seq)
+            .map(|_| Self::container(Some(FieldError::WrongType)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Detail, A::Error> {
+        let mut count: Result<Option<u64>, FieldError> = Ok(None);
+        let mut seen = Seen::default();
+        while let Some(key) = map.next_key::<DetailKey>()? {
+            if key != self.0 {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            if !seen.first(key.bit()) {
+                map.next_value::<IgnoredAny>()?;
+                if count.is_ok() {
+                    count = Err(FieldError::Duplicate);
+                }
+                continue;
+            }
+            let mut slot = None;
+            let stored = map.next_value::<Count>()?.store(&mut slot);
+            if count.is_ok() {
+                count = stored.map(|()| slot);
+            }
+        }
+        Ok(Detail {
+            count,
+            problem_is_container: false,
+            object: true,
+        })
+    }
+}
+
+keys!(
+    /// The only top-level key of a response body we read.
+    EnvelopeKey { Usage = "usage" }
+);
+
+/// A whole response body, reduced to its `usage`.
+struct Envelope(UsageValue);
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Envelope;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON document")
+            }
+            // A document that is not an object has no usage; that is not a syntax error.
+            fn visit_unit<E: de::Error>(self) -> Result<Envelope, E> {
+                Ok(Envelope(UsageValue::Absent))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Envelope, E> {
+                Ok(Envelope(UsageValue::Absent))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Envelope, E> {
+                Ok(Envelope(UsageValue::Absent))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Envelope, E> {
+                Ok(Envelope(UsageValue::Absent))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Envelope, E> {
+                Ok(Envelope(UsageValue::Absent))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Envelope, E> {
+                Ok(Envelope(UsageValue::Absent))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Envelope, A::Error> {
+                IgnoredAny
+                    .visit_seq(seq)
+                    .map(|_| Envelope(UsageValue::Absent))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut usage = UsageValue::Absent;
+                let mut seen = Seen::default();
+                while let Some(key) = map.next_key::<EnvelopeKey>()? {
+                    match key {
+                        EnvelopeKey::Usage if seen.first(key.bit()) => usage = map.next_value()?,
+                        EnvelopeKey::Usage => {
+                            map.next_value::<IgnoredAny>()?;
+                            if !matches!(usage, UsageValue::Bad { .. }) {
+                                usage = UsageValue::Bad {
+                                    field: "usage",
+                                    reason: FieldError::Duplicate,
+                                };
+                            }
+                        }
+                        EnvelopeKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Envelope(usage))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use alloc::{format, string::String, vec::Vec};
+
+    use super::*;
+
+    fn usage(body: &str) -> Result<Usage, UsageError> {
+        usage_from_json(body.as_bytes())
+    }
+
+    const OPENAI_CHAT: &str = r#"{
+      "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+      "object": "chat.completion",
+      "created": 1741570283,
+      "model": "gpt-4o-2024-08-06",
+      "choices": [
+        {
+          "index": 0,
+          "message": {
+            "role": "assistant",
+            "content": "The image shows a wooden boardwalk path running through a lush green field. \"usage\": not this one",
+            "refusal": null,
+            "annotations": []
+          },
+          "logprobs": null,
+          "finish_reason": "stop"
+        }
+      ],
+      "usage": {
+        "prompt_tokens": 1117,
+        "completion_tokens": 46,
+        "total_tokens": 1163,
+        "prompt_tokens_details": { "cached_tokens": 1024, "audio_tokens": 0 },
+        "completion_tokens_details": {
+          "reasoning_tokens": 0,
+          "audio_tokens": 0,
+          "accepted_prediction_tokens": 0,
+          "rejected_prediction_tokens": 0
+        }
+      },
+      "service_tier": "default",
+      "system_fingerprint": "fp_fc9f1d7035"
+    }"#;
+
+    #[test]
+    fn openai_chat_completion() {
+        assert_eq!(
+            usage(OPENAI_CHAT),
+            Ok(Usage {
+                input: 1117,
+                output: 46,
+                cached_input: 1024,
+                reasoning: 0,
+                cache_creation: 0
+            })
+        );
+    }
+
+    #[test]
+    fn openai_reasoning_model_counts_reasoning_inside_output() {
+        let body = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"o3-mini","choices":[],
+            "usage":{"prompt_tokens":13,"completion_tokens":1843,"total_tokens":1856,
+            "prompt_tokens_details":{"cached_tokens":0},
+            "completion_tokens_details":{"reasoning_tokens":1792}}}"#;
+        let u = usage(body).unwrap();
+        assert_eq!((u.input, u.output, u.reasoning), (13, 1843, 1792));
+        assert_eq!(u.total(), 1856);
+    }
+
+    #[test]
+    fn openai_legacy_completion() {
+        let body = r#"{"id":"cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7","object":"text_completion","created":1589478378,
+            "model":"gpt-3.5-turbo-instruct","choices":[{"text":"\n\nThis is indeed a test","index":0,
+            "logprobs":null,"finish_reason":"length"}],
+            "usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        assert_eq!(
+            usage(body),
+            Ok(Usage {
+                input: 5,
+                output: 7,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn openai_embeddings() {
+        let body = r#"{"object":"list","data":[{"object":"embedding","index":0,
+            "embedding":[0.0023064255,-0.009327292,-0.0028842222]}],
+            "model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        assert_eq!(
+            usage(body),
+            Ok(Usage {
+                input: 8,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn openai_responses() {
+        let body = r#"{
+          "id": "resp_67ccd3a9da748190baa7f1570fe91ac604becb25c45c1d41",
+          "object": "response",
+          "created_at": 1741476777,
+          "status": "completed",
+          "model": "gpt-4o-2024-08-06",
+          "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": "In a peaceful grove", "annotations": []}]}],
+          "usage": {
+            "input_tokens": 328,
+            "input_tokens_details": {"cached_tokens": 128},
+            "output_tokens": 52,
+            "output_tokens_details": {"reasoning_tokens": 10},
+            "total_tokens": 380
+          }
+        }"#;
+        assert_eq!(
+            usage(body),
+            Ok(Usage {
+                input: 328,
+                output: 52,
+                cached_input: 128,
+                reasoning: 10,
+                cache_creation: 0
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_messages_adds_cache_reads_and_writes_to_input() {
+        let body = r#"{"id":"msg_013Zva2CMHLNnXjNJJKqJ2EF","type":"message","role":"assistant",
+            "model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"Hi! My name is Claude."}],
+            "stop_reason":"end_turn","stop_sequence":null,
+            "usage":{"input_tokens":21,"cache_creation_input_tokens":188086,"cache_read_input_tokens":0,
+              "output_tokens":393,"service_tier":"standard",
+              "cache_creation":{"ephemeral_5m_input_tokens":188086,"ephemeral_1h_input_tokens":0}}}"#;
+        assert_eq!(
+            usage(body),
+            Ok(Usage {
+                input: 188_107,
+                output: 393,
+                cached_input: 0,
+                reasoning: 0,
+                cache_creation: 188_086
+            })
+        );
+        let cached = r#"{"type":"message","usage":{"input_tokens":3,"cache_creation_input_tokens":0,
+            "cache_read_input_tokens":2048,"output_tokens":10}}"#;
+        assert_eq!(
+            usage(cached),
+            Ok(Usage {
+                input: 2051,
+                output: 10,
+                cached_input: 2048,
+                reasoning: 0,
+                cache_creation: 0
+            })
+        );
+    }
+
+    #[test]
+    fn openai_shape_with_proxy_added_cache_fields_is_not_double_counted() {
+        let body = r#"{"usage":{"prompt_tokens":100,"completion_tokens":5,
+            "cache_read_input_tokens":60,"cache_creation_input_tokens":0}}"#;
+        assert_eq!(
+            usage(body),
+            Ok(Usage {
+                input: 100,
+                output: 5,
+                cached_input: 60,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn parts_larger_than_their_whole_raise_the_whole() {
+        let body = r#"{"usage":{"prompt_tokens":10,"completion_tokens":1,
+            "prompt_tokens_details":{"cached_tokens":50},"completion_tokens_details":{"reasoning_tokens":7}}}"#;
+        assert_eq!(
+            usage(body),
+            Ok(Usage {
+                input: 50,
+                output: 7,
+                cached_input: 50,
+                reasoning: 7,
+                cache_creation: 0
+            })
+        );
+    }
+
+    #[test]
+    fn a_total_alone_is_charged_as_input() {
+        assert_eq!(
+            usage(r#"{"usage":{"total_tokens":9}}"#),
+            Ok(Usage {
+                input: 9,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn null_details_and_null_counts_are_absent() {
+        let body = r#"{"usage":{"prompt_tokens":4,"completion_tokens":null,
+            "prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":null}}}"#;
+        assert_eq!(
+            usage(body),
+            Ok(Usage {
+                input: 4,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn no_usage() {
+        assert_eq!(
+            usage(r#"{"id":"x","choices":[]}"#),
+            Err(UsageError::NoUsage)
+        );
+        assert_eq!(usage(r#"{"usage":null}"#), Err(UsageError::NoUsage));
+        assert_eq!(usage(r#"{"usage":{}}"#), Err(UsageError::NoUsage));
+        assert_eq!(
+            usage(r#"{"usage":{"service_tier":"default"}}"#),
+            Err(UsageError::NoUsage)
+        );
+        assert_eq!(
+            usage(r#"[{"usage":{"prompt_tokens":1}}]"#),
+            Err(UsageError::NoUsage)
+        );
+        assert_eq!(usage("42"), Err(UsageError::NoUsage));
+        let err = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        assert_eq!(usage(err), Err(UsageError::NoUsage));
+        let anthropic_err =
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(usage(anthropic_err), Err(UsageError::NoUsage));
+    }
+
+    #[test]
+    fn usage_nested_elsewhere_is_not_taken() {
+        assert_eq!(
+            usage(r#"{"data":{"usage":{"prompt_tokens":1}}}"#),
+            Err(UsageError::NoUsage)
+        );
+    }
+
+    #[test]
+    fn not_json() {
+        for body in [
+            "",
+            "{",
+            "{\"usage\":{\"prompt_tokens\":1}",
+            "nope",
+            "{\"usage\":1}}",
+            "\u{1f}\u{8b}",
+        ] {
+            assert_eq!(usage(body), Err(UsageError::NotJson), "{body:?}");
+        }
+        assert_eq!(
+            usage_from_json(&[0x1f, 0x8b, 0x08, 0x00]),
+            Err(UsageError::NotJson)
+        );
+        assert_eq!(
+            usage_from_json(b"{\"usage\":{\"prompt_tokens\":1}} trailing"),
+            Err(UsageError::NotJson)
+        );
+    }
+
+    #[test]
+    fn bad_counts_are_errors_naming_the_field() {
+        let bad = |json: &str| usage(&format!(r#"{{"usage":{json}}}"#));
+        let e = |field, reason| Err(UsageError::BadUsage { field, reason });
+        assert_eq!(
+            bad(r#"{"prompt_tokens":-1}"#),
+            e("usage.prompt_tokens", FieldError::Negative)
+        );
+        assert_eq!(
+            bad(r#"{"completion_tokens":1.5}"#),
+            e("usage.completion_tokens", FieldError::NotAnInteger)
+        );
+        assert_eq!(
+            bad(r#"{"output_tokens":18446744073709551616}"#),
+            e("usage.output_tokens", FieldError::TooLarge)
+        );
+        assert_eq!(
+            bad(r#"{"input_tokens":"12"}"#),
+            e("usage.input_tokens", FieldError::WrongType)
+        );
+        assert_eq!(
+            bad(r#"{"prompt_tokens":1,"prompt_tokens_details":{"cached_tokens":-5}}"#),
+            e(
+                "usage.prompt_tokens_details.cached_tokens",
+                FieldError::Negative
+            )
+        );
+        assert_eq!(
+            bad(r#"{"output_tokens":1,"output_tokens_details":[1]}"#),
+            e("usage.output_tokens_details", FieldError::WrongType)
+        );
+        assert_eq!(
+            bad(r#"{"prompt_tokens":1,"prompt_tokens":2}"#),
+            e("usage.prompt_tokens", FieldError::Duplicate)
+        );
+        assert_eq!(
+            bad(
+                r#"{"input_tokens":1,"input_tokens_details":{"cached_tokens":1,"cached_tokens":1}}"#
+            ),
+            e(
+                "usage.input_tokens_details.cached_tokens",
+                FieldError::Duplicate
+            )
+        );
+        assert_eq!(bad("[1,2]"), e("usage", FieldError::WrongType));
+        assert_eq!(bad("\"lots\""), e("usage", FieldError::WrongType));
+        // The first problem is reported, and the body is still read to its end.
+        assert_eq!(
+            bad(r#"{"prompt_tokens":-1,"completion_tokens":1.5,"x":[{"y":[]}]}"#),
+            e("usage.prompt_tokens", FieldError::Negative)
+        );
+        assert_eq!(
+            usage(r#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":1}}"#),
+            e("usage", FieldError::Duplicate)
+        );
+    }
+
+    #[test]
+    fn u64_extremes() {
+        let max = u64::MAX;
+        let body = format!(
+            r#"{{"usage":{{"prompt_tokens":{max},"completion_tokens":{max},"total_tokens":{max},
+            "prompt_tokens_details":{{"cached_tokens":{max}}},"completion_tokens_details":{{"reasoning_tokens":{max}}}}}}}"#
+        );
+        let u = usage(&body).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                input: max,
+                output: max,
+                cached_input: max,
+                reasoning: max,
+                cache_creation: 0
+            }
+        );
+        assert_eq!(u.total(), max);
+        let anthropic = format!(
+            r#"{{"usage":{{"input_tokens":{max},"cache_read_input_tokens":{max},"cache_creation_input_tokens":{max},"output_tokens":0}}}}"#
+        );
+        assert_eq!(usage(&anthropic).unwrap().input, max);
+    }
+
+    #[test]
+    fn escaped_keys_are_understood() {
+        assert_eq!(
+            usage(r#"{"us\u0061ge":{"prompt_t\u006fkens":3}}"#),
+            Ok(Usage {
+                input: 3,
+                ..Usage::default()
+            })
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let mut body = String::from(r#"{"usage":{"prompt_tokens":1},"x":"#);
+        body.extend(core::iter::repeat_n('[', 100_000));
+        assert_eq!(usage(&body), Err(UsageError::NotJson));
+        let mut body = String::from(r#"{"x":"#);
+        body.extend(core::iter::repeat_n("{\"a\":", 10_000));
+        assert_eq!(usage(&body), Err(UsageError::NotJson));
+    }
+
+    #[test]
+    fn large_bodies_are_skipped_linearly() {
+        // 4 MB of content before the usage object.
+        let mut body = String::from(r#"{"choices":[{"message":{"content":""#);
+        body.extend(core::iter::repeat_n("lorem ipsum \\\"quoted\\\" ", 200_000));
+        body.push_str(r#""}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#);
+        assert_eq!(
+            usage(&body),
+            Ok(Usage {
+                input: 1,
+                output: 2,
+                ..Usage::default()
+            })
+        );
+        let garbage: Vec<u8> = (0..10_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        assert_eq!(usage_from_json(&garbage), Err(UsageError::NotJson));
+    }
+
+    #[test]
+    fn errors_display_the_field_and_reason() {
+        let e = UsageError::BadUsage {
+            field: "usage.prompt_tokens",
+            reason: FieldError::Negative,
+        };
+        assert_eq!(format!("{e}"), "usage.prompt_tokens: must not be negative");
+    }
+
+    #[test]
+    fn merge_keeps_earlier_counts_the_newer_object_lacks() {
+        let mut a = RawUsage {
+            input_tokens: Some(10),
+            output_tokens: Some(1),
+            ..RawUsage::default()
+        };
+        a.merge(&RawUsage {
+            output_tokens: Some(15),
+            ..RawUsage::default()
+        });
+        assert_eq!(
+            a.normalize(),
+            Usage {
+                input: 10,
+                output: 15,
+                ..Usage::default()
+            }
+        );
+    }
+}

@@ -141,10 +141,23 @@ impl Stream {
         }
     }
 
+    /// Adds the fields to the response headers in two host calls (read the map, write it back)
+    /// rather than one call per field: the request path's host calls are its main cost.
     fn add_response_fields(&self, fields: headers::Fields) {
-        for (name, value) in fields {
-            self.add_http_response_header(name, &value);
+        if fields.is_empty() {
+            return;
         }
+        let mut pairs = self.get_http_response_headers_bytes();
+        pairs.extend(
+            fields
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v.into_bytes())),
+        );
+        let view: Vec<(&str, &[u8])> = pairs
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        self.set_http_response_headers_bytes(view);
     }
 }
 

@@ -142,11 +142,18 @@ mod native {
         next_cas: u32,
     }
 
+    /// The decimal number at the end of `key`.
     fn set_index(key: &str) -> usize {
-        let digits = key.rsplit('/').next().unwrap_or("");
-        digits
-            .bytes()
-            .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'))
+        let mut n = 0usize;
+        let mut scale = 1usize;
+        for &d in key.as_bytes().iter().rev() {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            n += usize::from(d - b'0') * scale;
+            scale *= 10;
+        }
+        n
     }
 
     impl Store for VecStore {
@@ -256,44 +263,75 @@ mod native {
         counts
     }
 
-    fn keyed_on<S: Store + Default>(c: &mut Criterion, store_name: &str) {
-        let mut g = c.benchmark_group(format!("keyed/{store_name}"));
-        g.throughput(Throughput::Elements(1));
-        for users in [1u32, 10_000, 1_000_000] {
-            let policy = keyed_policy(max_keys_for(users));
+    /// One keyed case's state, built on first use (so a filtered run skips the setup of the
+    /// cases it does not time) and kept from bench to bench: time never goes backwards and the
+    /// round-robin cursor never restarts.
+    struct Case<S> {
+        store: S,
+        clock: FakeClock,
+        next: u32,
+        /// Decisions made in timed loops, and how many of them were denials.
+        decided: u64,
+        denied: u64,
+    }
+
+    fn case<'c, S: Store + Default>(
+        slot: &'c mut Option<Case<S>>,
+        policy: &Policy,
+        label: &str,
+        users: u32,
+    ) -> &'c mut Case<S> {
+        slot.get_or_insert_with(|| {
             let mut store = S::default();
             policy.init_store(&mut store).unwrap();
-            // One clock per case, continued from bench to bench: time never goes backwards.
             let mut clock = FakeClock::new(Nanos(VISIT.0 / u64::from(users)));
-            let [owned, fresh, shared, denied] = sanity(&policy, &mut store, users, &mut clock);
+            let [owned, fresh, shared, denied] = sanity(policy, &mut store, users, &mut clock);
             eprintln!(
-                "keyed/{store_name}/{users}: max_keys {}, second pass over the users: \
+                "{label}: {users} users, max_keys {}; second pass over the users: \
                  {owned} owned, {fresh} fresh, {shared} shared, {denied} denied",
                 max_keys_for(users),
             );
+            Case {
+                store,
+                clock,
+                next: 0,
+                decided: 0,
+                denied: 0,
+            }
+        })
+    }
+
+    fn keyed_on<S: Store + Default>(c: &mut Criterion, store_name: &str) {
+        let label = format!("keyed/{store_name}");
+        let mut g = c.benchmark_group(&label);
+        g.throughput(Throughput::Elements(1));
+        for users in [1u32, 10_000, 1_000_000] {
+            let policy = keyed_policy(max_keys_for(users));
+            let mut state: Option<Case<S>> = None;
             if users == 1 {
                 let h = request("user-0");
                 g.bench_function(BenchmarkId::new("hot_allowed", users), |b| {
+                    let Case { store, clock, .. } = case(&mut state, &policy, &label, users);
                     b.iter(|| {
                         let now = clock.tick();
                         matches!(
-                            policy.check(black_box(&h), now, &mut store),
+                            policy.check(black_box(&h), now, store),
                             Outcome::Decided { decision, .. } if decision.allowed
                         )
                     })
                 });
-                // The same key with time standing still: drained, every request denied (a read
-                // and no write).
+                // The same key with time nearly standing still: drained, every request denied
+                // (a read and no write).
                 g.bench_function(BenchmarkId::new("hot_denied", users), |b| {
+                    let Case { store, clock, .. } = case(&mut state, &policy, &label, users);
                     clock.step = Nanos(1);
-                    policy.check(&h, clock.now, &mut store); // drain what refilled
                     for _ in 0..10 {
-                        policy.check(&h, clock.now, &mut store);
+                        policy.check(&h, clock.now, store);
                     }
                     b.iter(|| {
                         let now = clock.tick();
                         matches!(
-                            policy.check(black_box(&h), now, &mut store),
+                            policy.check(black_box(&h), now, store),
                             Outcome::Decided { decision, .. } if decision.allowed
                         )
                     })
@@ -302,23 +340,37 @@ mod native {
                 // Requests are built in batches outside the timed loop (the filter builds its
                 // header list from one host call before it calls the policy).
                 g.bench_function(BenchmarkId::new("round_robin", users), |b| {
-                    let mut next = 0u32;
+                    let Case {
+                        store,
+                        clock,
+                        next,
+                        decided,
+                        denied,
+                    } = case(&mut state, &policy, &label, users);
                     b.iter_batched(
                         || {
                             let h = request(&format!("user-{next}"));
-                            next = (next + 1) % users;
+                            *next = (*next + 1) % users;
                             (h, clock.tick())
                         },
                         |(h, now)| {
                             let allowed = matches!(
-                                policy.check(&h, now, &mut store),
+                                policy.check(&h, now, store),
                                 Outcome::Decided { decision, .. } if decision.allowed
                             );
-                            (h, allowed) // dropped outside the timing
+                            *decided += 1;
+                            *denied += u64::from(!allowed);
+                            h // dropped outside the timing
                         },
                         BatchSize::SmallInput,
                     )
                 });
+                if let Some(c) = &state {
+                    eprintln!(
+                        "{label}/round_robin/{users}: {} of {} timed decisions were denials",
+                        c.denied, c.decided
+                    );
+                }
             }
         }
         g.finish();

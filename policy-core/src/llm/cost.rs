@@ -299,3 +299,190 @@ impl Default for Cost {
         Cost::TOTAL
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use alloc::string::ToString;
+
+    use super::*;
+
+    fn spec(json: &str) -> CostSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn cost(json: &str) -> Result<Cost, CostError> {
+        Cost::from_spec(&spec(json))
+    }
+
+    const USAGE: Usage = Usage {
+        input: 1000,
+        output: 200,
+        cached_input: 600,
+        reasoning: 50,
+        cache_creation: 100,
+    };
+
+    #[test]
+    fn named_costs() {
+        assert_eq!(cost(r#""input""#).unwrap().tokens(&USAGE), 1000);
+        assert_eq!(cost(r#""output""#).unwrap().tokens(&USAGE), 200);
+        assert_eq!(cost(r#""total""#).unwrap().tokens(&USAGE), 1200);
+        assert_eq!(Cost::default(), Cost::TOTAL);
+        assert_eq!(Cost::TOTAL.tokens(&USAGE), USAGE.total());
+    }
+
+    #[test]
+    fn weighted_cost_with_cached_input_discounted() {
+        let c = cost(r#"{ "input": 1.0, "output": 4.0, "cached_input": 0.5 }"#).unwrap();
+        // uncached 300 + cache writes 100 at 1.0, cached 600 at 0.5, output 200 (reasoning included) at 4.
+        assert_eq!(c.tokens(&USAGE), 300 + 100 + 300 + 800);
+        let c = cost(r#"{ "input": 1, "output": 4, "cached_input": 0.1, "cache_creation": 1.25, "reasoning": 2 }"#).unwrap();
+        assert_eq!(c.tokens(&USAGE), 300 + 60 + 125 + 600 + 100);
+    }
+
+    #[test]
+    fn defaults_follow_input_and_output() {
+        let c = cost(r#"{ "output": 1 }"#).unwrap();
+        assert_eq!(c, Cost::OUTPUT);
+        let c = cost(r#"{ "input": 2 }"#).unwrap();
+        assert_eq!(c.tokens(&USAGE), 2000);
+    }
+
+    #[test]
+    fn fractions_round_up() {
+        let c = cost(r#"{ "input": 0.001 }"#).unwrap();
+        assert_eq!(
+            c.tokens(&Usage {
+                input: 1,
+                ..Usage::default()
+            }),
+            1
+        );
+        assert_eq!(
+            c.tokens(&Usage {
+                input: 1000,
+                ..Usage::default()
+            }),
+            1
+        );
+        assert_eq!(
+            c.tokens(&Usage {
+                input: 1001,
+                ..Usage::default()
+            }),
+            2
+        );
+        assert_eq!(c.tokens(&Usage::default()), 0);
+    }
+
+    #[test]
+    fn extremes_saturate() {
+        let max = Usage {
+            input: u64::MAX,
+            output: u64::MAX,
+            cached_input: 0,
+            reasoning: 0,
+            cache_creation: 0,
+        };
+        assert_eq!(Cost::TOTAL.tokens(&max), u64::MAX);
+        let c = cost(r#"{ "input": 1000000, "output": 1000000 }"#).unwrap();
+        assert_eq!(c.tokens(&max), u64::MAX);
+        let all = Usage {
+            input: u64::MAX,
+            output: u64::MAX,
+            cached_input: u64::MAX,
+            reasoning: u64::MAX,
+            cache_creation: u64::MAX,
+        };
+        assert_eq!(c.tokens(&all), u64::MAX);
+        let heavy = Cost::from_weights(
+            Weight::MAX,
+            Weight::MAX,
+            Weight::MAX,
+            Weight::MAX,
+            Weight(u64::MAX),
+        );
+        assert_eq!(heavy.tokens(&all), u64::MAX);
+        assert_eq!(Weight::from_millionths(u64::MAX), Weight::MAX);
+    }
+
+    #[test]
+    fn parts_larger_than_the_whole_saturate() {
+        let odd = Usage {
+            input: 10,
+            output: 1,
+            cached_input: 50,
+            reasoning: 9,
+            cache_creation: 0,
+        };
+        let c = cost(r#"{ "input": 1, "output": 1, "cached_input": 0.5 }"#).unwrap();
+        assert_eq!(c.tokens(&odd), 25 + 9);
+    }
+
+    #[test]
+    fn bad_weights_name_the_field() {
+        let e = |field, reason| Err(CostError::BadWeight { field, reason });
+        assert_eq!(
+            cost(r#"{ "input": -1 }"#),
+            e("input", WeightError::Negative)
+        );
+        assert_eq!(
+            cost(r#"{ "input": 1, "cached_input": -0.5 }"#),
+            e("cached_input", WeightError::Negative)
+        );
+        assert_eq!(
+            cost(r#"{ "output": 1000000.5 }"#),
+            e("output", WeightError::TooLarge)
+        );
+        assert_eq!(
+            cost(r#"{ "reasoning": 1e-7 }"#),
+            e("reasoning", WeightError::TooPrecise)
+        );
+        assert_eq!(
+            cost(r#"{ "input": 0, "output": 0 }"#),
+            Err(CostError::NothingCounted)
+        );
+        assert_eq!(cost("{}"), Err(CostError::NothingCounted));
+        assert_eq!(Weight::from_f64(f64::NAN), Err(WeightError::NotFinite));
+        assert_eq!(Weight::from_f64(f64::INFINITY), Err(WeightError::NotFinite));
+        assert_eq!(
+            CostError::BadWeight {
+                field: "cached_input",
+                reason: WeightError::Negative
+            }
+            .to_string(),
+            "cached_input: must not be negative"
+        );
+    }
+
+    #[test]
+    fn weights_keep_six_decimals() {
+        assert_eq!(Weight::from_f64(0.1), Ok(Weight(100_000)));
+        assert_eq!(Weight::from_f64(0.000_001), Ok(Weight(1)));
+        assert_eq!(Weight::from_f64(1.234_567), Ok(Weight(1_234_567)));
+        assert_eq!(Weight::from_f64(1_000_000.0), Ok(Weight::MAX));
+        assert_eq!(Weight::from_f64(-0.0), Ok(Weight::ZERO));
+        assert_eq!(Weight::from_f64(0.000_000_5), Err(WeightError::TooPrecise));
+    }
+
+    #[test]
+    fn config_shape_errors_come_from_serde() {
+        let unknown = serde_json::from_str::<CostSpec>(r#"{ "inptu": 1 }"#)
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("unknown field `inptu`"), "{unknown}");
+        let variant = serde_json::from_str::<CostSpec>(r#""everything""#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            variant.contains("unknown variant `everything`"),
+            "{variant}"
+        );
+        assert!(serde_json::from_str::<CostSpec>("1").is_err());
+        assert!(serde_json::from_str::<CostSpec>(r#"{ "input": "1" }"#).is_err());
+        assert!(serde_json::from_str::<CostSpec>(r#"{ "input": 1, "input": 2 }"#).is_err());
+    }
+}

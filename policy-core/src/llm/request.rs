@@ -686,3 +686,452 @@ impl<'de> Deserialize<'de> for Parsed {
         d.deserialize_any(V)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use alloc::{format, string::ToString, vec::Vec};
+
+    use super::*;
+
+    fn parse(body: &str) -> Result<LlmRequest, RequestError> {
+        LlmRequest::parse(body.as_bytes())
+    }
+
+    fn rewrite(body: &str) -> Option<String> {
+        ensure_stream_usage(ApiKind::OpenAiChat, body.as_bytes())
+            .unwrap()
+            .map(|bytes| String::from_utf8(bytes).unwrap())
+    }
+
+    fn json(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn api_kind_from_path() {
+        let cases = [
+            ("/v1/chat/completions", ApiKind::OpenAiChat),
+            ("/v1/chat/completions/", ApiKind::OpenAiChat),
+            (
+                "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21",
+                ApiKind::OpenAiChat,
+            ),
+            ("/api/openai/v1/chat/completions#x", ApiKind::OpenAiChat),
+            ("/v1/completions", ApiKind::OpenAiCompletions),
+            ("/v1/embeddings", ApiKind::OpenAiEmbeddings),
+            ("/v1/responses", ApiKind::OpenAiResponses),
+            ("/v1/responses?stream=true", ApiKind::OpenAiResponses),
+            ("/v1/responses/resp_123", ApiKind::Unknown),
+            ("/v1/messages", ApiKind::AnthropicMessages),
+            ("/anthropic/v1/messages", ApiKind::AnthropicMessages),
+            ("/v1/messages/count_tokens", ApiKind::Unknown),
+            ("/v1/messages/batches", ApiKind::Unknown),
+            ("/v1/threads/thread_abc/messages", ApiKind::Unknown),
+            ("/v1/models", ApiKind::Unknown),
+            ("/", ApiKind::Unknown),
+            ("", ApiKind::Unknown),
+            ("/V1/CHAT/COMPLETIONS", ApiKind::Unknown),
+        ];
+        for (path, kind) in cases {
+            assert_eq!(ApiKind::from_path(path), kind, "{path}");
+        }
+        assert!(ApiKind::OpenAiChat.needs_stream_usage_option());
+        assert!(ApiKind::OpenAiCompletions.needs_stream_usage_option());
+        assert!(!ApiKind::AnthropicMessages.needs_stream_usage_option());
+        assert!(!ApiKind::OpenAiResponses.needs_stream_usage_option());
+    }
+
+    #[test]
+    fn openai_chat_request() {
+        let body = r#"{
+          "model": "gpt-4o",
+          "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": [{"type": "text", "text": "What's in this image?"},
+              {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}}]}
+          ],
+          "max_completion_tokens": 300,
+          "temperature": 0.2,
+          "n": 2,
+          "stream": true,
+          "stream_options": {"include_usage": true},
+          "tools": [{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{}}}}]
+        }"#;
+        let r = parse(body).unwrap();
+        assert_eq!(r.model.as_deref(), Some("gpt-4o"));
+        assert!(r.stream && r.stream_usage);
+        assert_eq!(
+            (r.max_completion_tokens, r.max_tokens, r.n),
+            (Some(300), None, Some(2))
+        );
+        assert_eq!(r.max_output(), Some(300));
+        assert_eq!(r.max_output_all_choices(), Some(600));
+        assert_eq!(r.body_len, body.len());
+        assert_eq!(r.estimated_input_tokens(), (body.len() as u64).div_ceil(4));
+    }
+
+    #[test]
+    fn anthropic_and_responses_requests() {
+        let r = parse(
+            r#"{"model":"claude-sonnet-4-20250514","max_tokens":1024,"stream":true,
+                "system":"Be brief.","messages":[{"role":"user","content":"Hello, Claude"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.model.as_deref(), r.stream, r.max_output()),
+            (Some("claude-sonnet-4-20250514"), true, Some(1024))
+        );
+        let r = parse(r#"{"model":"gpt-4.1","input":"Tell me a story","max_output_tokens":50}"#)
+            .unwrap();
+        assert_eq!(
+            (r.stream, r.max_output_tokens, r.max_output()),
+            (false, Some(50), Some(50))
+        );
+    }
+
+    #[test]
+    fn the_largest_output_limit_is_reserved() {
+        let r = parse(r#"{"max_tokens":10,"max_completion_tokens":500,"n":0}"#).unwrap();
+        assert_eq!(r.max_output(), Some(500));
+        assert_eq!(
+            r.max_output_all_choices(),
+            Some(500),
+            "n: 0 is treated as 1"
+        );
+        let r = parse(r#"{"max_tokens":18446744073709551615,"n":3}"#).unwrap();
+        assert_eq!(r.max_output_all_choices(), Some(u64::MAX));
+        assert_eq!(parse("{}").unwrap().max_output(), None);
+    }
+
+    #[test]
+    fn nulls_are_absent() {
+        let r = parse(r#"{"model":null,"stream":null,"stream_options":null,"max_tokens":null}"#)
+            .unwrap();
+        assert_eq!(
+            r,
+            LlmRequest {
+                body_len: r.body_len,
+                ..LlmRequest::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let e = |field, reason| Err(RequestError::BadField { field, reason });
+        assert_eq!(parse(r#"{"model":42}"#), e("model", FieldError::WrongType));
+        assert_eq!(
+            parse(&format!(r#"{{"model":"{}"}}"#, "m".repeat(300))),
+            e("model", FieldError::TooLong)
+        );
+        assert_eq!(
+            parse(r#"{"stream":"true"}"#),
+            e("stream", FieldError::WrongType)
+        );
+        assert_eq!(
+            parse(r#"{"stream":true,"stream":false}"#),
+            e("stream", FieldError::Duplicate)
+        );
+        assert_eq!(
+            parse(r#"{"max_tokens":-1}"#),
+            e("max_tokens", FieldError::Negative)
+        );
+        assert_eq!(
+            parse(r#"{"max_tokens":1.5}"#),
+            e("max_tokens", FieldError::NotAnInteger)
+        );
+        assert_eq!(
+            parse(r#"{"max_output_tokens":1e40}"#),
+            e("max_output_tokens", FieldError::TooLarge)
+        );
+        assert_eq!(
+            parse(r#"{"stream_options":true}"#),
+            e("stream_options", FieldError::WrongType)
+        );
+        assert_eq!(
+            parse(r#"{"stream_options":{"include_usage":"yes"}}"#),
+            e("stream_options.include_usage", FieldError::WrongType)
+        );
+        assert_eq!(
+            parse(r#"{"stream_options":{"include_usage":false,"include_usage":true}}"#),
+            e("stream_options.include_usage", FieldError::Duplicate)
+        );
+        assert_eq!(
+            parse(r#"{"stre\u0061m":true,"stream":false}"#),
+            e("stream", FieldError::Duplicate)
+        );
+        assert_eq!(parse("[]"), Err(RequestError::NotAnObject));
+        assert_eq!(parse("\"hi\""), Err(RequestError::NotAnObject));
+        assert_eq!(parse("{\"model\":"), Err(RequestError::NotJson));
+        assert_eq!(parse(""), Err(RequestError::NotJson));
+        assert_eq!(
+            RequestError::BadField {
+                field: "max_tokens",
+                reason: FieldError::Negative
+            }
+            .to_string(),
+            "max_tokens: must not be negative"
+        );
+    }
+
+    #[test]
+    fn stream_usage_is_added_when_missing() {
+        let body =
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}],"stream":true}"#;
+        let out = rewrite(body).unwrap();
+        assert_eq!(
+            out,
+            r#"{"stream_options":{"include_usage":true},"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}],"stream":true}"#
+        );
+        let again = parse(&out).unwrap();
+        assert!(again.stream && again.stream_usage);
+        assert_eq!(rewrite(&out), None, "idempotent");
+    }
+
+    #[test]
+    fn other_stream_options_are_kept() {
+        let body = "{\n  \"stream\": true,\n  \"stream_options\": { \"continuous_usage_stats\": true },\n  \"temperature\": 0.70\n}";
+        let out = rewrite(body).unwrap();
+        assert_eq!(
+            out,
+            "{\n  \"stream\": true,\n  \"stream_options\": {\"include_usage\":true, \"continuous_usage_stats\": true },\n  \"temperature\": 0.70\n}"
+        );
+        assert_eq!(
+            json(&out)["stream_options"],
+            json(r#"{"include_usage":true,"continuous_usage_stats":true}"#)
+        );
+    }
+
+    #[test]
+    fn empty_null_and_false_stream_options_are_fixed() {
+        let cases = [
+            (
+                r#"{"stream":true,"stream_options":{}}"#,
+                r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{ }}"#,
+                r#"{"stream":true,"stream_options":{"include_usage":true }}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":null}"#,
+                r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{"a":[1,{"include_usage":false}],"include_usage":false}}"#,
+                r#"{"stream":true,"stream_options":{"a":[1,{"include_usage":false}],"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{"include_usage" : null , "b":"}"}}"#,
+                r#"{"stream":true,"stream_options":{"include_usage" : true , "b":"}"}}"#,
+            ),
+            (
+                r#"{"stream_\u006fptions":{"include_usage":false},"stream":true}"#,
+                r#"{"stream_\u006fptions":{"include_usage":true},"stream":true}"#,
+            ),
+        ];
+        for (body, want) in cases {
+            assert_eq!(rewrite(body).as_deref(), Some(want), "{body}");
+            assert!(parse(want).unwrap().stream_usage);
+        }
+    }
+
+    #[test]
+    fn nested_lookalikes_are_not_touched() {
+        let body = r#"{"messages":[{"role":"user","content":"{\"stream_options\":{}}","stream_options":1}],
+            "metadata":{"stream_options":{"include_usage":false}},"stream":true}"#;
+        let out = rewrite(body).unwrap();
+        let mut want = json(body);
+        want["stream_options"] = json(r#"{"include_usage":true}"#);
+        assert_eq!(json(&out), want);
+        assert!(out.ends_with(body.get(1..).unwrap()));
+    }
+
+    #[test]
+    fn no_rewrite_when_not_needed() {
+        assert_eq!(rewrite(r#"{"model":"m","stream":false}"#), None);
+        assert_eq!(rewrite(r#"{"model":"m"}"#), None);
+        assert_eq!(
+            rewrite(r#"{"stream":true,"stream_options":{"include_usage":true}}"#),
+            None
+        );
+        let anthropic = br#"{"model":"claude","stream":true,"max_tokens":5}"#;
+        assert_eq!(
+            ensure_stream_usage(ApiKind::AnthropicMessages, anthropic),
+            Ok(None)
+        );
+        assert_eq!(
+            ensure_stream_usage(ApiKind::OpenAiResponses, anthropic),
+            Ok(None)
+        );
+        assert_eq!(ensure_stream_usage(ApiKind::Unknown, b"not json"), Ok(None));
+        assert!(ensure_stream_usage(
+            ApiKind::OpenAiCompletions,
+            br#"{"prompt":"x","stream":true}"#
+        )
+        .unwrap()
+        .is_some());
+    }
+
+    #[test]
+    fn invalid_bodies_are_not_rewritten() {
+        assert_eq!(
+            ensure_stream_usage(ApiKind::OpenAiChat, b"{\"stream\":true"),
+            Err(RequestError::NotJson)
+        );
+        assert_eq!(
+            ensure_stream_usage(
+                ApiKind::OpenAiChat,
+                br#"{"stream":true,"stream_options":"x"}"#
+            ),
+            Err(RequestError::BadField {
+                field: "stream_options",
+                reason: FieldError::WrongType
+            })
+        );
+    }
+
+    #[test]
+    fn whitespace_everywhere_and_unicode_are_preserved() {
+        let body = " \r\n\t{ \"stream\" :\ttrue , \"messages\" : [ { \"content\" : \"héllo \\\" } ] {\" } ] } \n";
+        let out = rewrite(body).unwrap();
+        assert_eq!(
+            out,
+            body.replacen('{', "{\"stream_options\":{\"include_usage\":true},", 1)
+        );
+        assert!(parse(&out).unwrap().stream_usage);
+    }
+
+    #[test]
+    fn hostile_bodies_do_not_panic_or_overflow() {
+        // serde_json skips ignored content iteratively, and so does the splice walker: deep
+        // nesting in a field we do not read costs time linear in its size, and no stack.
+        let deep = format!(
+            "{{\"stream\":true,\"x\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let out = ensure_stream_usage(ApiKind::OpenAiChat, deep.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert!(out.starts_with(
+            b"{\"stream_options\":{\"include_usage\":true},\"stream\":true,\"x\":[[["
+        ));
+        assert_eq!(out.len(), deep.len() + 40);
+        let unclosed = format!("{{\"stream\":true,\"x\":{}", "[".repeat(100_000));
+        assert!(matches!(
+            ensure_stream_usage(ApiKind::OpenAiChat, unclosed.as_bytes()),
+            Err(RequestError::NotJson)
+        ));
+        let garbage: Vec<u8> = (0..1_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        assert_eq!(
+            ensure_stream_usage(ApiKind::OpenAiChat, &garbage),
+            Err(RequestError::NotJson)
+        );
+        // The splice walker on its own, over truncated and broken text: no panic, no answer.
+        for text in [
+            "",
+            "{",
+            "{\"a",
+            "{\"a\":",
+            "{\"a\":[",
+            "{\"a\":\"\\",
+            "{\"a\":1,",
+            "{\"a\" 1}",
+            "{]",
+            "{\"a\":]]]}",
+        ] {
+            assert_eq!(splice_include_usage(text.as_bytes()), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn estimate_rounds_up() {
+        assert_eq!(
+            (
+                estimate_tokens(0),
+                estimate_tokens(1),
+                estimate_tokens(4),
+                estimate_tokens(5)
+            ),
+            (0, 1, 1, 2)
+        );
+        assert_eq!(estimate_tokens(u64::MAX), u64::MAX / 4 + 1);
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                "[ -~\\u{e9}\\u{4e2d}]{0,8}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4)
+                        .prop_map(serde_json::Value::Array),
+                    proptest::collection::btree_map("[a-z_]{0,14}", inner, 0..4)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// The rewrite changes only `stream_options.include_usage`, whatever else the body
+            /// holds and however it is laid out.
+            #[test]
+            fn rewrite_sets_include_usage_and_keeps_everything_else(
+                fields in proptest::collection::btree_map("[a-z_]{1,14}", arb_json(), 0..5),
+                options in proptest::option::of(proptest::collection::btree_map("[a-z_]{1,14}", arb_json(), 0..3)),
+                pretty in any::<bool>(),
+            ) {
+                let mut body = serde_json::Map::new();
+                for (k, v) in fields {
+                    body.insert(k, v);
+                }
+                body.insert("stream".into(), true.into());
+                if let Some(options) = options {
+                    body.insert("stream_options".into(), serde_json::Value::Object(options.into_iter().collect()));
+                }
+                let value = serde_json::Value::Object(body);
+                let text = if pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) }.unwrap();
+                let Ok(request) = LlmRequest::parse(text.as_bytes()) else {
+                    // A generated field such as `model: 5` is refused; that is not under test.
+                    return Ok(());
+                };
+                let out = ensure_stream_usage(ApiKind::OpenAiChat, text.as_bytes()).unwrap();
+                let mut want = value.clone();
+                if !request.stream_usage {
+                    let options = want.as_object_mut().unwrap().entry("stream_options").or_insert(serde_json::json!({}));
+                    if !options.is_object() {
+                        *options = serde_json::json!({});
+                    }
+                    options.as_object_mut().unwrap().insert("include_usage".into(), true.into());
+                }
+                let got: serde_json::Value = match &out {
+                    Some(bytes) => serde_json::from_slice(bytes).unwrap(),
+                    None => value.clone(),
+                };
+                prop_assert_eq!(out.is_some(), !request.stream_usage);
+                prop_assert_eq!(got, want);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = LlmRequest::parse(&bytes);
+                let _ = ensure_stream_usage(ApiKind::OpenAiChat, &bytes);
+                let _ = splice_include_usage(&bytes);
+            }
+        }
+    }
+}

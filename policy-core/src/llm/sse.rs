@@ -1215,6 +1215,62 @@ mod tests {
     }
 
     #[test]
+    fn later_events_never_lower_a_count() {
+        let stream = concat!(
+            r#"data: {"type":"message_start","message":{"usage":{"input_tokens":40,"cache_read_input_tokens":8,"output_tokens":1}}}"#,
+            "\n\n",
+            r#"data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":0,"cache_read_input_tokens":0,"output_tokens":30}}"#,
+            "\n\n",
+            r#"data: {"type":"message_delta","delta":{},"usage":{"output_tokens":29}}"#,
+            "\n\n",
+            r#"data: {"type":"message_stop"}"#,
+            "\n\n",
+        );
+        let s = scan(stream);
+        assert_eq!(
+            s.usage(),
+            Some(Usage {
+                input: 48,
+                output: 30,
+                cached_input: 8,
+                ..Usage::default()
+            })
+        );
+        assert_eq!(s.usage_or_estimate(0), s.usage().unwrap());
+    }
+
+    #[test]
+    fn completed_streams_are_charged_what_they_report() {
+        // More text than the reported output: trusted once the stream completed...
+        let text = "x".repeat(400);
+        let done = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n\
+             data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":3,\"completion_tokens\":60}}}}\n\ndata: [DONE]\n\n"
+        );
+        let s = scan(&done);
+        assert_eq!(s.estimated_output_tokens(), 100);
+        assert_eq!(
+            s.usage_or_estimate(0),
+            Usage {
+                input: 3,
+                output: 60,
+                ..Usage::default()
+            }
+        );
+        // ...but raised to the estimate when the end marker never came.
+        let cut = scan(done.trim_end_matches("data: [DONE]\n\n"));
+        assert!(!cut.completed());
+        assert_eq!(
+            cut.usage_or_estimate(0),
+            Usage {
+                input: 3,
+                output: 100,
+                ..Usage::default()
+            }
+        );
+    }
+
+    #[test]
     fn last_event_without_blank_line_is_read_at_finish() {
         let s = scan("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1}}\n\ndata: [DONE]");
         assert!(s.completed());
@@ -1437,10 +1493,7 @@ mod tests {
         let mut lf = [b'a'; 40];
         for i in 0..40 {
             lf[i] = b'\n';
-            assert_eq!(
-                find_eol(&lf),
-                Some(i.min(find_eol(&lf).unwrap_or(usize::MAX)))
-            );
+            assert_eq!(find_eol(&lf), Some(i));
             lf[i] = b'a';
             let mut one = [0x8au8; 40];
             one[i] = b'\r';

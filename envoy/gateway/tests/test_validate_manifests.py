@@ -1,0 +1,306 @@
+"""scripts/validate-manifests: the repository's manifests pass, and seeded mistakes are caught
+with a message naming the file, the object, the field path and the reason."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+GATEWAY_DIR = Path(__file__).resolve().parents[1]
+REPO = GATEWAY_DIR.parents[1]
+sys.path.insert(0, str(GATEWAY_DIR))
+
+import validator as v  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def checker() -> v.TollgateChecker:
+    """tollgate-check, built once per test session."""
+    return v.TollgateChecker.build(REPO)
+
+
+@pytest.fixture(scope="session")
+def options(checker: v.TollgateChecker) -> v.Options:
+    return v.Options(checker=checker)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A copy of envoy/gateway's manifests, to seed mistakes in."""
+    for path in GATEWAY_DIR.rglob("*.yaml"):
+        target = tmp_path / path.relative_to(GATEWAY_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    return tmp_path
+
+
+def problems_in(paths: list[Path], options: v.Options) -> list[str]:
+    problems, _, _ = v.run(paths, options)
+    return [str(p) for p in problems]
+
+
+def seed(path: Path, old: str, new: str, count: int = 1) -> None:
+    text = path.read_text()
+    assert text.count(old) >= count, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, count))
+
+
+# --------------------------------------------------------------------------------------------
+# The repository
+
+
+def test_repository_manifests_pass(options: v.Options) -> None:
+    files = v.discover(REPO)
+    problems, validator, nfiles = v.run(files, options)
+    assert [str(p) for p in problems] == []
+    assert nfiles >= 9 and validator.objects >= 16
+
+
+def test_repository_has_the_task_api_scenario() -> None:
+    kinds = {}
+    for path in GATEWAY_DIR.rglob("*.yaml"):
+        for doc in v.load_documents(path.read_text()):
+            kinds.setdefault((doc["kind"], doc["metadata"]["name"]), []).append(path.name)
+    for wanted in [
+        ("GatewayClass", "eg"),
+        ("Gateway", "task-api-gateway"),
+        ("HTTPRoute", "task-api"),
+        ("EnvoyExtensionPolicy", "task-api-tollgate"),
+        ("BackendTrafficPolicy", "task-api-protection"),
+        ("ScaledObject", "task-api-scaler"),
+        ("Service", "task-api-v1"),
+        ("Service", "task-api-v2"),
+        ("HTTPRoute", "llm-api"),
+        ("EnvoyExtensionPolicy", "llm-api-tollgate"),
+    ]:
+        assert wanted in kinds, wanted
+    # Variants replace the plain object: same kind and name.
+    assert sorted(kinds[("HTTPRoute", "task-api")]) == ["httproute-canary.yaml", "httproute.yaml"]
+    assert sorted(kinds[("EnvoyExtensionPolicy", "task-api-tollgate")]) == ["tollgate-image.yaml", "tollgate.yaml"]
+
+
+def test_every_tollgate_policy_names_its_source() -> None:
+    """The policy JSON has one source, examples/; the validator compares against it."""
+    seen = 0
+    for path in GATEWAY_DIR.rglob("*.yaml"):
+        for doc in v.load_documents(path.read_text()):
+            if doc["kind"] != "EnvoyExtensionPolicy":
+                continue
+            wasm = [w for w in doc["spec"].get("wasm", []) if v.is_tollgate_wasm(w)]
+            if wasm:
+                seen += 1
+                source = doc["metadata"]["annotations"][v.POLICY_SOURCE_ANNOTATION]
+                assert (REPO / source).is_file(), (path, source)
+    assert seen == 3
+
+
+@pytest.mark.parametrize(
+    "name,fail_open",
+    [("tollgate.yaml", "true"), ("variants/tollgate-image.yaml", "true"), ("llm.yaml", "false")],
+)
+def test_failopen_is_set_explicitly_with_a_reason(name: str, fail_open: str) -> None:
+    text = (GATEWAY_DIR / name).read_text()
+    assert f"\n      failOpen: {fail_open}\n" in text and f"# failOpen: {fail_open}, deliberately" in text
+
+
+def test_envoy_gateways_own_wasm_test_input_passes(options: v.Options) -> None:
+    """The validator accepts what upstream itself writes (no false positives on real shapes)."""
+    ref = options.reference_dir / "envoy-gateway" / "envoyextensionpolicy-with-wasm.in.yaml"
+    data = yaml.safe_load(ref.read_text())
+    validator = v.Validator(options)
+    problems = [str(p) for objs in data.values() for o in objs for p in validator.validate_object(o, ref.name)]
+    assert problems == []
+
+
+# --------------------------------------------------------------------------------------------
+# Seeded mistakes: (file, old text, new text, expected message)
+
+TOLLGATE = "tollgate.yaml"
+EEP = "EnvoyExtensionPolicy default/task-api-tollgate"
+
+SEEDED = {
+    "misspelled field": (
+        TOLLGATE, "\n      failOpen: true", "\n      failopen: true",
+        f"{TOLLGATE}: {EEP}: spec.wasm[0].failopen: unknown field",
+    ),
+    "wrong enum": (
+        TOLLGATE, "type: HTTP", "type: Http",
+        f'{TOLLGATE}: {EEP}: spec.wasm[0].code.type: Unsupported value: "Http": supported values: "HTTP", "Image"',
+    ),
+    "code source does not match its type (CEL)": (
+        TOLLGATE, "type: HTTP", "type: Image",
+        f"{TOLLGATE}: {EEP}: spec.wasm[0].code: Invalid value: object: If type is Image, image field needs to be set.",
+    ),
+    "missing required field": (
+        TOLLGATE, "url: https://wasm.example.com", "uri: https://wasm.example.com",
+        f"{TOLLGATE}: {EEP}: spec.wasm[0].code.http.url: Required value",
+    ),
+    "malformed sha256": (
+        TOLLGATE, '"0000000000000000000000000000000000000000000000000000000000000000"', '"sha256:abc"',
+        f'{TOLLGATE}: {EEP}: spec.wasm[0].code.http.sha256: Invalid value: "sha256:abc": must be 64 lowercase hex digits',
+    ),
+    "invalid tollgate policy value": (
+        TOLLGATE, '"requests": 10,', '"requests": 0,',
+        f"{TOLLGATE}: {EEP}: spec.wasm[0].config.tiers[2].limits[0].requests: invalid tollgate policy: must be greater than 0",
+    ),
+    "misspelled tollgate policy field": (
+        TOLLGATE, '"identity": "shared"', '"identiy": "shared"',
+        f"{TOLLGATE}: {EEP}: spec.wasm[0].config.tiers[2].identiy: invalid tollgate policy: unknown field",
+    ),
+    "policy drifted from examples/": (
+        TOLLGATE, '"requests": 1000,', '"requests": 2000,',
+        f"{TOLLGATE}: {EEP}: spec.wasm[0].config: differs from examples/task-api-policy.json: "
+        "tiers[0].limits[0].requests: 2000 here, 1000 in the source file",
+    ),
+    "llm policy: invalid token budget": (
+        "llm.yaml", '"tokens": 2000, "per": "hour" }]', '"tokens": 2000, "per": "fortnight" }]',
+        "llm.yaml: EnvoyExtensionPolicy default/llm-api-tollgate: spec.wasm[0].config.tiers[2].tokens[0].per: invalid tollgate policy:",
+    ),
+    "image variant: wrong enum": (
+        "variants/tollgate-image.yaml", "type: Image", "type: OCI",
+        f'variants/tollgate-image.yaml: {EEP}: spec.wasm[0].code.type: Unsupported value: "OCI"',
+    ),
+    "policy targets a Service (CEL)": (
+        TOLLGATE, "kind: HTTPRoute", "kind: Service",
+        f"{TOLLGATE}: {EEP}: spec: Invalid value: object: this policy can only have a targetRefs[*].kind of",
+    ),
+    "gateway: misspelled field": (
+        "gateway.yaml", "gatewayClassName: eg", "gatewayClass: eg",
+        "gateway.yaml: Gateway default/task-api-gateway: spec.gatewayClassName: Required value",
+    ),
+    "gateway: tls on an HTTP listener (CEL)": (
+        "gateway.yaml", "      protocol: HTTPS", "      protocol: HTTP",
+        "gateway.yaml: Gateway default/task-api-gateway: spec.listeners: Invalid value: array: "
+        "tls must not be specified for protocols ['HTTP', 'TCP', 'UDP']",
+    ),
+    "route: wrong path match type": (
+        "httproute.yaml", "type: PathPrefix", "type: Prefix",
+        'httproute.yaml: HTTPRoute default/task-api: spec.rules[0].matches[0].path.type: Unsupported value: "Prefix"',
+    ),
+    "route: port out of range": (
+        "httproute.yaml", "port: 8000", "port: 80000",
+        "httproute.yaml: HTTPRoute default/task-api: spec.rules[0].backendRefs[0].port: "
+        "Invalid value: 80000: should be less than or equal to 65535",
+    ),
+    "canary: negative weight": (
+        "variants/httproute-canary.yaml", "weight: 10", "weight: -10",
+        "variants/httproute-canary.yaml: HTTPRoute default/task-api: spec.rules[3].backendRefs[1].weight: "
+        "Invalid value: -10: should be greater than or equal to 0",
+    ),
+    "circuit breaker: misspelled field": (
+        "backendtrafficpolicy.yaml", "maxParallelRequests: 25", "maxParallelRequest: 25",
+        "backendtrafficpolicy.yaml: BackendTrafficPolicy default/task-api-protection: "
+        "spec.circuitBreaker.maxParallelRequest: unknown field",
+    ),
+    "circuit breaker: negative limit": (
+        "backendtrafficpolicy.yaml", "maxPendingRequests: 5", "maxPendingRequests: -5",
+        "backendtrafficpolicy.yaml: BackendTrafficPolicy default/task-api-protection: "
+        "spec.circuitBreaker.maxPendingRequests: Invalid value: -5: should be greater than or equal to 0",
+    ),
+    "keda: unquoted threshold": (
+        "keda-scaledobject.yaml", 'threshold: "50"', "threshold: 50",
+        "keda-scaledobject.yaml: ScaledObject default/task-api-scaler: spec.triggers[0].metadata.threshold: "
+        "Invalid value: 50: must be of type string",
+    ),
+    "keda: min above max (CEL)": (
+        "keda-scaledobject.yaml", "minReplicaCount: 1", "minReplicaCount: 11",
+        "keda-scaledobject.yaml: ScaledObject default/task-api-scaler: spec: Invalid value: object: "
+        "minReplicaCount must be less than or equal to maxReplicaCount",
+    ),
+    "unknown apiVersion": (
+        "backendtrafficpolicy.yaml", "gateway.envoyproxy.io/v1alpha1", "gateway.envoyproxy.io/v1",
+        "backendtrafficpolicy.yaml: BackendTrafficPolicy default/task-api-protection: apiVersion: "
+        "no schema for BackendTrafficPolicy in gateway.envoyproxy.io/v1 (served versions: gateway.envoyproxy.io/v1alpha1)",
+    ),
+    "duplicate key": (
+        "backendtrafficpolicy.yaml", "maxConnections: 50", "maxConnections: 50\n    maxConnections: 60",
+        'backendtrafficpolicy.yaml: line 18: YAML error: duplicate field "maxConnections"',
+    ),
+    "deployment: selector does not match the template": (
+        "backend.yaml", "      app.kubernetes.io/version: v2\n  template", "      app.kubernetes.io/version: v3\n  template",
+        "backend.yaml: Deployment default/task-api-v2: spec.template.metadata.labels: "
+        "Invalid value: `selector` does not match template `labels`",
+    ),
+    "service: misspelled field": (
+        "backend.yaml", "      targetPort: http", "      targetport: http",
+        "backend.yaml: Service default/task-api-v1: spec.ports[0].targetport: unknown field",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SEEDED), ids=list(SEEDED))
+def test_seeded_mistake_is_caught(case: str, workdir: Path, options: v.Options) -> None:
+    name, old, new, expected = SEEDED[case]
+    seed(workdir / name, old, new)
+    problems = problems_in([workdir], options)
+    shown = [p.removeprefix(f"{workdir}/") for p in problems]
+    assert any(p.startswith(expected) for p in shown), "\n".join(shown) or "no problem reported"
+    # Only the seeded file is blamed.
+    assert all(p.startswith(f"{name}:") for p in shown), "\n".join(shown)
+
+
+def test_seeded_copies_pass_unchanged(workdir: Path, options: v.Options) -> None:
+    """The seeded tests start from a clean copy (and the copy resolves examples/ from the repo)."""
+    assert problems_in([workdir], options) == []
+
+
+def test_placeholders_are_refused_when_deployable(workdir: Path, checker: v.TollgateChecker) -> None:
+    problems = problems_in([workdir / TOLLGATE], v.Options(checker=checker, deployable=True))
+    assert [p.removeprefix(f"{workdir}/") for p in problems] == [
+        f"{TOLLGATE}: {EEP}: spec.wasm[0].code.http.sha256: Invalid value: placeholder: fill it from `scripts/package`"
+    ]
+
+
+def test_missing_checksum_is_refused_when_deployable(workdir: Path, checker: v.TollgateChecker) -> None:
+    seed(workdir / TOLLGATE, 'sha256: "0000', '# sha256: "0000')
+    assert problems_in([workdir / TOLLGATE], v.Options(checker=checker)) == []
+    problems = problems_in([workdir / TOLLGATE], v.Options(checker=checker, deployable=True))
+    assert any("spec.wasm[0].code.http.sha256: Required value" in p for p in problems), problems
+
+
+def test_secret_data_must_be_base64(tmp_path: Path, options: v.Options) -> None:
+    (tmp_path / "secret.yaml").write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: task-api-tls\ntype: kubernetes.io/tls\n"
+        "data:\n  tls.crt: not base64!\n"
+    )
+    problems = [p.removeprefix(f"{tmp_path}/") for p in problems_in([tmp_path], options)]
+    assert problems == [
+        "secret.yaml: Secret task-api-tls: data[tls.crt]: Invalid value: not base64 (use stringData for plain text)",
+        "secret.yaml: Secret task-api-tls: data[tls.key]: Required value: a kubernetes.io/tls Secret needs tls.key",
+    ]
+
+
+def test_non_kubernetes_yaml_is_left_alone(tmp_path: Path, options: v.Options) -> None:
+    (tmp_path / "envoy.yaml").write_text("static_resources:\n  listeners: []\n")
+    assert problems_in([tmp_path], options) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+
+def run_cli(*args: str, checker: v.TollgateChecker) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TOLLGATE_PYTHON=sys.executable, TOLLGATE_CHECK=" ".join(checker.command))
+    return subprocess.run(
+        [str(REPO / "scripts" / "validate-manifests"), *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_cli_passes_on_the_repository(checker: v.TollgateChecker) -> None:
+    run = run_cli(checker=checker)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout == ""
+    assert ", 0 problems" in run.stderr
+
+
+def test_cli_fails_naming_file_path_and_reason(workdir: Path, checker: v.TollgateChecker) -> None:
+    seed(workdir / TOLLGATE, '"requests": 100,', '"requests": -1,')
+    run = run_cli(str(workdir), checker=checker)
+    assert run.returncode == 1
+    assert f"{workdir}/{TOLLGATE}: {EEP}: spec.wasm[0].config.tiers[1].limits[0].requests: invalid tollgate policy:" in run.stdout

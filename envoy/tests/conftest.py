@@ -1,0 +1,261 @@
+"""Fixtures for tollgate's end-to-end tests against a real Envoy 1.40.
+
+Nothing here builds: scripts/test builds the filter (scripts/build-wasm) and the upstream
+(`cargo build --release -p tollgate-upstream`) first. Override the artifacts with TOLLGATE_WASM and
+TOLLGATE_UPSTREAM. Envoy is started through scripts/envoy-run, the same path as scripts/demo, with
+`--concurrency 4` so that four workers share the limiter's state through proxy-wasm shared data.
+Logs of every process go to the test's tmp dir and their tails are printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "envoy"))
+
+import client  # noqa: E402  (envoy/client.py, shared with scripts/demo)
+
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+WASM = Path(os.environ.get("TOLLGATE_WASM", TARGET / "wasm32-unknown-unknown/release/tollgate.wasm"))
+UPSTREAM = Path(os.environ.get("TOLLGATE_UPSTREAM", TARGET / "release/tollgate-upstream"))
+TASK_POLICY = ROOT / "examples/task-api-policy.json"
+ENVOY_RUN = ROOT / "scripts/envoy-run"
+CONCURRENCY = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique(name: str) -> str:
+    """A user id no other test uses (tests share Envoys, and so buckets)."""
+    return f"{name}-{uuid.uuid4().hex[:10]}"
+
+
+class Process:
+    """A child process whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, args: list[str], log: Path, **kw) -> None:
+        self.args = args
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT, **kw
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+
+    def log_text(self) -> str:
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return self.log.read_text(errors="replace")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def _get(url: str, timeout: float = 1.0) -> tuple[int, str]:
+    """GET without any proxy from the environment (http.client, not urllib)."""
+    rest = url.removeprefix("http://")
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", "/" + path)
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+class EnvoyExited(Exception):
+    def __init__(self, code: int, log: str) -> None:
+        super().__init__(f"envoy exited with {code}")
+        self.code = code
+        self.log = log
+
+
+class Envoy:
+    """A running Envoy with tollgate attached."""
+
+    def __init__(self, process: Process, port: int, admin_port: int) -> None:
+        self.process = process
+        self.port = port
+        self.admin_port = admin_port
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def admin(self, path: str) -> str:
+        status, body = _get(f"http://127.0.0.1:{self.admin_port}{path}", timeout=10)
+        assert status == 200, f"admin {path}: {status} {body[:200]}"
+        return body
+
+    def rss_kib(self) -> int:
+        """Resident set size of the Envoy process, from /proc (KiB)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS in /proc status")
+
+    def memory(self) -> dict:
+        """Envoy's allocator statistics (admin /memory)."""
+        return json.loads(self.admin("/memory"))
+
+    def request(self, path: str = "/api/tasks", headers: dict[str, str] | None = None) -> client.Reply:
+        return client.request(self.port, path, headers)
+
+    def burst(self, n: int, headers: dict[str, str] | None = None, **kw) -> list[client.Reply]:
+        return client.burst(self.port, n, headers, **kw)
+
+
+def _write_policy(policy: str | Path | dict, tmp: Path) -> Path:
+    if isinstance(policy, Path):
+        return policy
+    path = tmp / f"policy-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(policy if isinstance(policy, str) else json.dumps(policy, indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> dict[str, Path]:
+    missing = [f"{p} ({hint})" for p, hint in (
+        (WASM, "scripts/build-wasm"),
+        (UPSTREAM, "cargo build --release -p tollgate-upstream"),
+    ) if not p.is_file()]
+    if missing:
+        pytest.fail("not built: " + "; ".join(missing) + " — scripts/test builds them first",
+                    pytrace=False)
+    return {"wasm": WASM, "upstream": UPSTREAM}
+
+
+@pytest.fixture(scope="session")
+def upstreams(artifacts, tmp_path_factory):
+    """The Task API v1 and v2 upstreams, for the whole session."""
+    logs = tmp_path_factory.mktemp("upstreams")
+    started: dict[str, str] = {}
+    procs = []
+    try:
+        for version in ("v1", "v2"):
+            addr = f"127.0.0.1:{free_port()}"
+            proc = Process([str(artifacts["upstream"]), "--listen", addr, "--version", version],
+                           logs / f"{version}.log")
+            procs.append(proc)
+            started[version] = addr
+        for version, addr in started.items():
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    if _get(f"http://{addr}/healthz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, f"upstream {version} not ready"
+                time.sleep(0.05)
+        yield started
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def start_envoy(
+    policy: str | Path | dict,
+    upstreams: dict[str, str],
+    tmp: Path,
+    concurrency: int = CONCURRENCY,
+    timeout: float = 30.0,
+    log_level: str = "info",
+) -> Envoy:
+    """Start Envoy with `policy` (a file, a dict, or raw text passed through unchanged) and wait
+    until it serves; raise EnvoyExited if it exits first."""
+    port, admin_port = free_port(), free_port()
+    run_dir = tmp / f"envoy-{port}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        str(ENVOY_RUN), "--policy", str(_write_policy(policy, tmp)), "--wasm", str(WASM),
+        "--concurrency", str(concurrency), "--port", str(port), "--admin-port", str(admin_port),
+        "--upstream-v1", upstreams["v1"], "--upstream-v2", upstreams["v2"],
+        "--log-level", log_level, "--run-dir", str(run_dir),
+    ]
+    process = Process(args, run_dir / "envoy.log")
+    envoy = Envoy(process, port, admin_port)
+    deadline = time.monotonic() + timeout
+    while True:
+        code = process.poll()
+        if code is not None:
+            process.stop()
+            raise EnvoyExited(code, process.log_text())
+        try:
+            if (_get(f"http://127.0.0.1:{admin_port}/ready")[0] == 200
+                    and _get(f"http://127.0.0.1:{port}/healthz")[0] == 200):
+                return envoy
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            process.stop()
+            raise AssertionError(f"envoy not ready after {timeout}s:\n{process.tail()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def envoy_factory(upstreams, artifacts, tmp_path, request) -> Callable[..., Envoy]:
+    """start(policy, **kw) -> Envoy, stopped when the test ends (log tail shown on failure)."""
+    started: list[Envoy] = []
+
+    def start(policy, **kw) -> Envoy:
+        envoy = start_envoy(policy, upstreams, tmp_path, **kw)
+        started.append(envoy)
+        return envoy
+
+    yield start
+    failed = getattr(request.node, "rep_call", None)
+    for envoy in started:
+        if failed is not None and failed.failed:
+            print(f"\n--- {envoy.process.log} (tail) ---\n{envoy.process.tail()}")
+        envoy.process.stop()
+
+
+@pytest.fixture(scope="module")
+def task_envoy(upstreams, artifacts, tmp_path_factory) -> Envoy:
+    """One Envoy with examples/task-api-policy.json for a whole module (tests use unique ids)."""
+    envoy = start_envoy(TASK_POLICY, upstreams, tmp_path_factory.mktemp("task-envoy"))
+    yield envoy
+    envoy.process.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

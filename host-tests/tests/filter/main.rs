@@ -1,0 +1,16 @@
+//! The host-tests suite, one binary so wasmtime links once and the compiled filter is shared.
+//!
+//! `host` tests the host itself against a hand-written module (`probe.wat`); the other modules pin
+//! tollgate's behaviour through `target/wasm32-unknown-unknown/release/tollgate.wasm`
+//! (`scripts/build-wasm` builds it; `TOLLGATE_WASM` overrides the path).
+
+mod support;
+
+mod config;
+mod header_edges;
+mod host;
+mod imports;
+mod key_table;
+mod limits;
+mod refill;
+mod store;

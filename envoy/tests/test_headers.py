@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from client import Client, parse_structured_list
-from conftest import unique
+from conftest import start_envoy, unique
 
 LIMIT, WINDOW = 3, 60
 POLICY = {"tiers": [
@@ -25,8 +25,6 @@ POLICY = {"tiers": [
 
 @pytest.fixture(scope="module")
 def envoy(upstreams, artifacts, tmp_path_factory):
-    from conftest import start_envoy
-
     envoy = start_envoy(POLICY, upstreams, tmp_path_factory.mktemp("headers-envoy"))
     yield envoy
     envoy.process.stop()

@@ -4,9 +4,9 @@ sending during the flood is still limited exactly.
 tollgate keeps its buckets in a fixed table in proxy-wasm shared data (max_keys entries, created at
 configure time), so memory must not grow with the number of distinct ids. The bound below,
 MAX_GROWTH_MIB, is on Envoy's RSS growth between a warm-up flood of WARMUP ids and the end of a
-flood of FLOOD ids. A limiter keeping one shared-data key per user would grow by roughly
-200,000 x (key + value + hash-map node) ~ 30-60 MiB here, well past the bound; a bounded table
-grows by allocator noise only.
+flood of FLOOD ids. It separates the two behaviours by a wide margin (measured on the 2-core
+machine, Envoy 1.40, concurrency 4): tollgate's RSS grew by 0.2-0.4 MiB, while a test double that
+keeps one 16-byte shared-data key per user (what tollgate must not do) grew by 26.7 MiB.
 """
 
 from __future__ import annotations
@@ -113,12 +113,18 @@ def test_200k_distinct_users_leave_memory_bounded(envoy_factory, tmp_path):
     heap_after = int(envoy.memory().get("allocated", 0))
 
     growth_mib = (rss_after - rss_before) / 1024
+    time.sleep(1.2)  # the filter flushes its counters once a second
+    counters = {
+        line.split("{")[0]: line.rsplit(" ", 1)[1]
+        for line in envoy.admin("/stats/prometheus").splitlines()
+        if line.startswith(("tollgate_flood_", "tollgate_steady_"))
+    }
     print(
         f"\nflood: {result['ids']} distinct ids, {result['requests']} responses {result['statuses']} "
         f"in {elapsed:.1f}s ({result['requests'] / elapsed:.0f}/s); "
         f"Envoy RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB ({growth_mib:+.1f} MiB), "
         f"heap allocated {heap_before / 2**20:.1f} -> {heap_after / 2**20:.1f} MiB; "
-        f"steady user during the flood: {len(statuses)} sent"
+        f"steady user during the flood: {len(statuses)} sent; counters {counters}"
     )
     assert result["ids"] >= FLOOD, result
     assert result["statuses"].get("200", 0) >= FLOOD, result["statuses"]

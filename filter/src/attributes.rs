@@ -28,6 +28,16 @@ impl Request {
             .unwrap_or_default()
     }
 
+    /// The declared body length, when there is a valid one.
+    pub fn content_length(&self) -> Option<u64> {
+        let mut values = self.headers.values("content-length");
+        let v = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        std::str::from_utf8(v).ok()?.trim().parse().ok()
+    }
+
     /// Whether this is a gRPC request, to be answered with a gRPC status instead of a 429.
     pub fn is_grpc(&self) -> bool {
         self.headers

@@ -6,7 +6,7 @@ use std::time::UNIX_EPOCH;
 
 use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
-use policy_core::table::Placement;
+use policy_core::table::{Placement, TableError};
 use policy_core::tier::Tier;
 use policy_core::{Nanos, Outcome};
 use proxy_wasm::hostcalls;
@@ -19,6 +19,7 @@ use crate::metrics::Event;
 use crate::reply;
 use crate::root::Plugin;
 use crate::shared::SharedData;
+use policy_core::llm::ApiKind;
 
 /// A stream's state between request and response.
 #[derive(Debug)]
@@ -87,6 +88,12 @@ impl Stream {
                 reply::llm_rate_limited(self.grpc, fields, &body);
                 false
             }
+            Admission::Contended => {
+                plugin.metrics.count(llm.tier, Event::Denied);
+                self.llm = None;
+                reply::contended(self.grpc);
+                false
+            }
             Admission::StoreFailed => {
                 plugin.metrics.count(llm.tier, Event::StoreFailure);
                 self.llm = None;
@@ -141,6 +148,16 @@ impl Stream {
         }
     }
 
+    fn add_llm_fields(&self) {
+        let fields = self
+            .llm
+            .as_ref()
+            .and_then(|l| self.tier(l.tier).map(|t| l.fields(t)));
+        if let Some(fields) = fields {
+            self.add_response_fields(fields);
+        }
+    }
+
     /// Adds the fields to the response headers in two host calls (read the map, write it back)
     /// rather than one call per field: the request path's host calls are its main cost.
     fn add_response_fields(&self, fields: headers::Fields) {
@@ -148,6 +165,9 @@ impl Stream {
             return;
         }
         let mut pairs = self.get_http_response_headers_bytes();
+        // Ours replace the upstream's: two `x-ratelimit-remaining` lines would leave clients to
+        // pick one, and most pick the first.
+        pairs.retain(|(n, _)| !fields.iter().any(|(f, _)| n.eq_ignore_ascii_case(f)));
         pairs.extend(
             fields
                 .into_iter()
@@ -186,8 +206,8 @@ impl HttpContext for Stream {
                     plugin.metrics.count(i, Event::Denied);
                     self.log(LogLevel::Debug, &format!("denied by tier {}", tier.name));
                     if llm_tier {
-                        let path = request.path();
-                        let stream = LlmStream::new(i, identity, &path, decision);
+                        let api = ApiKind::from_path(&request.path());
+                        let stream = LlmStream::new(i, identity, api, decision);
                         let body = headers::llm_denial_body(
                             stream.style(),
                             tier,
@@ -205,23 +225,45 @@ impl HttpContext for Stream {
                     self.pending = headers::fields(tier, &decision);
                     return Action::Continue;
                 }
-                self.llm = Some(LlmStream::new(i, identity, &request.path(), decision));
-                if plugin.policy.llm().is_some_and(|l| l.strip_accept_encoding) {
+                let api = ApiKind::from_path(&request.path());
+                let Some(settings) = plugin.policy.llm().filter(|_| api != ApiKind::Unknown) else {
+                    // Not a completion API (e.g. listing models): request limits only.
+                    plugin.metrics.count(i, Event::Allowed);
+                    self.pending = headers::llm_fields(tier, Some(&decision), None);
+                    return Action::Continue;
+                };
+                let mut stream = LlmStream::new(i, identity, api, decision);
+                if settings.strip_accept_encoding {
                     self.set_http_request_header("accept-encoding", None);
                 }
                 if end_of_stream {
-                    if let (Some(llm), Some(settings)) = (self.llm.as_mut(), plugin.policy.llm()) {
-                        llm.unreadable_request(settings, 0);
-                    }
+                    stream.unreadable_request(settings, 0);
+                    self.llm = Some(stream);
                     return if self.admit_tokens() {
                         Action::Continue
                     } else {
                         Action::Pause
                     };
                 }
-                // Hold the headers until the body is read: the body may have to be rewritten,
-                // and then content-length with it.
-                Action::Pause
+                let length = request.content_length();
+                let small = length.is_none_or(|n| n <= settings.buffer_limit as u64);
+                if let Phase::ReadingRequest { holding, .. } = &mut stream.phase {
+                    *holding = small;
+                }
+                let hold = settings.hold_headers && small;
+                if small && !hold && stream.may_rewrite(settings) {
+                    // The body may grow when asked to report usage, and the headers leave
+                    // before it is read: let Envoy frame it instead of a stale content-length.
+                    self.set_http_request_header("content-length", None);
+                }
+                self.llm = Some(stream);
+                if hold {
+                    // Envoy resumes a stream held at its headers only with
+                    // allow_on_headers_stop_iteration, which `hold_headers` promises.
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
             }
             Outcome::Ambiguous { tier, error } => {
                 plugin
@@ -231,14 +273,31 @@ impl HttpContext for Stream {
                 reply::ambiguous(self.grpc, &error);
                 Action::Pause
             }
+            Outcome::StoreFailed {
+                tier,
+                error: TableError::Contended,
+            } => {
+                // Lost every CAS race: the key is being written as fast as we can read it. That
+                // is heavy traffic on one key, which must not turn into unmetered traffic.
+                plugin
+                    .metrics
+                    .count(plugin.policy.tier_index(tier), Event::Denied);
+                reply::contended(self.grpc);
+                Action::Pause
+            }
             Outcome::StoreFailed { tier, error } => {
                 plugin
                     .metrics
                     .count(plugin.policy.tier_index(tier), Event::StoreFailure);
-                self.log(
-                    LogLevel::Warn,
-                    &format!("state store failed for tier {}: {error:?}", tier.name),
-                );
+                if plugin.warn_due(now) {
+                    self.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "state store failed for tier {}: {error:?} (logged at most once a second per worker)",
+                            tier.name
+                        ),
+                    );
+                }
                 match plugin.policy.on_store_failure() {
                     OnStoreFailure::Allow => Action::Continue,
                     OnStoreFailure::Deny => {
@@ -255,29 +314,59 @@ impl HttpContext for Stream {
         let Some(settings) = plugin.policy.llm() else {
             return Action::Continue;
         };
-        let Some(llm) = self.llm.as_mut() else {
+        let Some(Phase::ReadingRequest { holding, .. }) = self.llm.as_ref().map(|l| &l.phase)
+        else {
             return Action::Continue;
         };
-        if !matches!(llm.phase, Phase::ReadingRequest) {
-            return Action::Continue;
-        }
-        if !end_of_stream && body_size <= settings.max_request_body {
-            return Action::Pause;
-        }
-        if body_size > settings.max_request_body {
-            llm.unreadable_request(settings, body_size);
-        } else {
-            let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-            if let Some(llm) = self.llm.as_mut() {
-                if let Some(rewritten) = llm.read_request(settings, &body) {
-                    self.set_http_request_body(0, body_size, &rewritten);
-                    self.set_http_request_header(
-                        "content-length",
-                        Some(&rewritten.len().to_string()),
-                    );
+        if *holding {
+            if body_size <= settings.buffer_limit {
+                if !end_of_stream {
+                    return Action::Pause; // Envoy buffers it for us.
                 }
+                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                let rewritten = self
+                    .llm
+                    .as_mut()
+                    .and_then(|l| l.read_request(settings, &body, true));
+                if let Some(new_body) = rewritten {
+                    self.set_http_request_body(0, body_size, &new_body);
+                    if settings.hold_headers {
+                        self.set_http_request_header(
+                            "content-length",
+                            Some(&new_body.len().to_string()),
+                        );
+                    }
+                }
+                return if self.admit_tokens() {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                };
+            }
+            // Larger than we may ask Envoy to buffer: copy it as it passes instead.
+            if let Some(LlmStream {
+                phase: Phase::ReadingRequest { holding, .. },
+                ..
+            }) = self.llm.as_mut()
+            {
+                *holding = false;
             }
         }
+        let chunk = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if let Some(LlmStream {
+            phase: Phase::ReadingRequest { copy, .. },
+            ..
+        }) = self.llm.as_mut()
+        {
+            copy.push(&chunk, settings.max_request_body);
+        }
+        if !end_of_stream {
+            return Action::Continue;
+        }
+        if let Some(llm) = self.llm.as_mut() {
+            llm.read_copied_request(settings);
+        }
+        // The body already went upstream; a refusal now resets that request.
         if self.admit_tokens() {
             Action::Continue
         } else {
@@ -287,37 +376,30 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let plugin = Rc::clone(&self.plugin);
-        if let (Some(settings), Some(llm)) = (plugin.policy.llm(), self.llm.as_ref()) {
-            if matches!(llm.phase, Phase::Admitted) {
-                let status = self.get_http_response_header_bytes(":status");
-                let content_type = self.get_http_response_header_bytes("content-type");
-                let encoded = self
-                    .get_http_response_header_bytes("content-encoding")
-                    .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
-                if let Some(llm) = self.llm.as_mut() {
-                    llm.on_response_headers(
-                        settings,
-                        status.as_deref(),
-                        content_type.as_deref(),
-                        encoded,
-                        end_of_stream,
-                    );
-                }
-                if matches!(self.llm.as_ref().map(|l| &l.phase), Some(Phase::Buffering)) {
-                    return Action::Pause;
-                }
-                if end_of_stream {
-                    self.settle(true);
-                }
-                if let Some(tier) = self
-                    .llm
-                    .as_ref()
-                    .and_then(|l| self.tier(l.tier).map(|t| l.fields(t)))
-                {
-                    self.add_response_fields(tier);
-                }
-                return Action::Continue;
+        let admitted = matches!(self.llm.as_ref().map(|l| &l.phase), Some(Phase::Admitted));
+        if let (Some(settings), true) = (plugin.policy.llm(), admitted) {
+            let status = self.get_http_response_header_bytes(":status");
+            let content_type = self.get_http_response_header_bytes("content-type");
+            let encoded = self
+                .get_http_response_header_bytes("content-encoding")
+                .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
+            let hold = self.llm.as_mut().is_some_and(|l| {
+                l.on_response_headers(
+                    settings,
+                    status.as_deref(),
+                    content_type.as_deref(),
+                    encoded,
+                    end_of_stream,
+                )
+            });
+            if hold {
+                return Action::Pause;
             }
+            if end_of_stream {
+                self.settle(true);
+            }
+            self.add_llm_fields();
+            return Action::Continue;
         }
         let pending = std::mem::take(&mut self.pending);
         self.add_response_fields(pending);
@@ -349,34 +431,44 @@ impl HttpContext for Stream {
                 }
                 Action::Continue
             }
-            Phase::Buffering => {
-                if !end_of_stream && body_size <= settings.max_response_body {
+            Phase::Json { holding: true, .. } if body_size <= settings.buffer_limit => {
+                if !end_of_stream {
                     return Action::Pause;
                 }
-                let cost = if end_of_stream && body_size <= settings.max_response_body {
-                    let body = self
-                        .get_http_response_body(0, body_size)
-                        .unwrap_or_default();
-                    self.llm
-                        .as_ref()
-                        .map_or(0, |l| l.json_cost(settings, &body))
-                } else {
-                    self.llm
-                        .as_ref()
-                        .map_or(0, |l| l.missing_usage_charge(settings))
-                };
-                if end_of_stream {
-                    self.settle_at(cost);
-                } else if let Some(llm) = self.llm.as_mut() {
-                    // Too large to hold: let it through and charge it when it ends.
-                    llm.phase = Phase::Unreadable { charge: cost };
-                }
-                if let Some(fields) = self
-                    .llm
-                    .as_ref()
-                    .and_then(|l| self.tier(l.tier).map(|t| l.fields(t)))
+                // Held whole: charge it, then let the headers out showing the charge.
+                let body = self
+                    .get_http_response_body(0, body_size)
+                    .unwrap_or_default();
+                if let Some(LlmStream {
+                    phase: Phase::Json { copy, .. },
+                    ..
+                }) = self.llm.as_mut()
                 {
-                    self.add_response_fields(fields);
+                    copy.push(&body, settings.max_response_body);
+                }
+                self.settle(true);
+                self.add_llm_fields();
+                Action::Continue
+            }
+            Phase::Json { holding, .. } => {
+                let was_holding = *holding;
+                let chunk = self
+                    .get_http_response_body(0, body_size)
+                    .unwrap_or_default();
+                if let Some(LlmStream {
+                    phase: Phase::Json { copy, holding },
+                    ..
+                }) = self.llm.as_mut()
+                {
+                    copy.push(&chunk, settings.max_response_body);
+                    *holding = false;
+                }
+                if end_of_stream {
+                    self.settle(true);
+                }
+                if was_holding {
+                    // Too large to hold: the headers go now, with the reservation's state.
+                    self.add_llm_fields();
                 }
                 Action::Continue
             }

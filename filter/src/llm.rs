@@ -1,36 +1,68 @@
 //! The LLM side of a stream: read the request body, hold tokens, read usage, settle.
 //!
-//! Each step maps one Envoy callback to one policy-core call; the state between callbacks is
-//! the [`Phase`]. Whatever happens (a body too large to read, a response without usage, a client
-//! that disconnects mid-stream), the stream ends settled exactly once, in `on_log` at the latest.
+//! Envoy resumes a stream held at its *headers* only when the Wasm filter is configured with
+//! `allow_on_headers_stop_iteration: true`, which Envoy Gateway cannot set today. So by default
+//! tollgate never holds headers: it buffers a small request body (to read `model` and rewrite
+//! `stream_options`), otherwise reads bodies as they pass, and reads usage from a bounded copy
+//! of the response. With `llm.hold_headers` it also holds headers, so a rewritten request keeps
+//! an exact `content-length` and a JSON response's own headers show its charge.
+//!
+//! Whatever happens (a body too large to read, a response without usage, a client that
+//! disconnects mid-stream), the stream ends settled exactly once, in `on_log` at the latest.
 
 use policy_core::budget::{LlmSettings, OnIncomplete, OnMissingUsage, Reservation};
 use policy_core::decision::Decision;
 use policy_core::headers::{self, ErrorStyle, Fields};
 use policy_core::llm::{
-    ensure_stream_usage, estimate_tokens, usage_from_json, ApiKind, LlmRequest, SseLimits,
-    SseScanner,
+    ensure_stream_usage, estimate_tokens, usage_from_json, usage_from_tail, ApiKind, LlmRequest,
+    SseLimits, SseScanner,
 };
 use policy_core::policy::TokenOutcome;
+use policy_core::table::TableError;
 use policy_core::tier::Tier;
 use policy_core::{Nanos, Policy};
 
 use crate::shared::SharedData;
 
+/// A copy of a body as it passes, bounded: whole while it fits, then only its last bytes.
+#[derive(Debug, Default)]
+pub struct BodyCopy {
+    bytes: Vec<u8>,
+    /// Bytes were dropped from the front.
+    pub truncated: bool,
+}
+
+impl BodyCopy {
+    pub fn push(&mut self, chunk: &[u8], max: usize) {
+        self.bytes.extend_from_slice(chunk);
+        if self.bytes.len() > max {
+            let drop = self.bytes.len() - max;
+            self.bytes.drain(..drop);
+            self.truncated = true;
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Where an LLM stream is.
 #[derive(Debug)]
 pub enum Phase {
-    /// Request headers held until the body is read.
-    ReadingRequest,
+    /// Reading the request body. `holding`: Envoy buffers it for us (small enough, and it may
+    /// need rewriting); otherwise we copy it as it passes.
+    ReadingRequest { holding: bool, copy: BodyCopy },
     /// Admitted; the response has not started.
     Admitted,
-    /// A JSON response being held to read its usage before the headers go out.
-    Buffering,
+    /// A JSON response. `holding`: held (with its headers) until complete; otherwise copied as
+    /// it passes.
+    Json { holding: bool, copy: BodyCopy },
     /// An SSE response passing through while its usage is read.
     Streaming(Box<SseScanner>),
     /// A response whose usage cannot be read; `charge` is what it will cost.
     Unreadable { charge: u64 },
-    /// Settled: nothing more to do.
+    /// Settled, refused or never admitted: nothing more to do.
     Done,
 }
 
@@ -54,17 +86,21 @@ pub struct LlmStream {
 pub enum Admission {
     Admitted,
     Denied,
+    Contended,
     StoreFailed,
 }
 
 impl LlmStream {
-    pub fn new(tier: usize, identity: Vec<u8>, path: &str, requests: Decision) -> LlmStream {
+    pub fn new(tier: usize, identity: Vec<u8>, api: ApiKind, requests: Decision) -> LlmStream {
         LlmStream {
             tier,
             identity,
-            api: ApiKind::from_path(path),
+            api,
             requests,
-            phase: Phase::ReadingRequest,
+            phase: Phase::ReadingRequest {
+                holding: true,
+                copy: BodyCopy::default(),
+            },
             model: None,
             estimate: 0,
             estimated_input: 0,
@@ -80,9 +116,19 @@ impl LlmStream {
         }
     }
 
+    /// Whether this request's body may be rewritten (to ask an OpenAI stream for its usage).
+    pub fn may_rewrite(&self, llm: &LlmSettings) -> bool {
+        llm.inject_stream_usage && self.api.needs_stream_usage_option()
+    }
+
     /// Reads what a complete request body asks for; returns a rewritten body when the stream
-    /// must be told to report usage.
-    pub fn read_request(&mut self, llm: &LlmSettings, body: &[u8]) -> Option<Vec<u8>> {
+    /// must be told to report usage and `rewrite` allows it.
+    pub fn read_request(
+        &mut self,
+        llm: &LlmSettings,
+        body: &[u8],
+        rewrite: bool,
+    ) -> Option<Vec<u8>> {
         match LlmRequest::parse(body) {
             Ok(req) => {
                 self.estimated_input = req.estimated_input_tokens();
@@ -91,7 +137,7 @@ impl LlmStream {
                     .unwrap_or(llm.default_max_tokens);
                 self.estimate = self.estimated_input.saturating_add(output);
                 self.model = req.model;
-                if llm.inject_stream_usage {
+                if rewrite && self.may_rewrite(llm) {
                     return ensure_stream_usage(self.api, body).ok().flatten();
                 }
                 None
@@ -103,10 +149,29 @@ impl LlmStream {
         }
     }
 
-    /// A body too large (or not JSON) to read: estimate from its size and the default cap.
+    /// A body too large (or not JSON) to read: estimate from its size and the default cap; the
+    /// model stays unknown, so every per-model budget applies.
     pub fn unreadable_request(&mut self, llm: &LlmSettings, size: usize) {
         self.estimated_input = estimate_tokens(u64::try_from(size).unwrap_or(u64::MAX));
         self.estimate = self.estimated_input.saturating_add(llm.default_max_tokens);
+        self.model = None;
+    }
+
+    /// Reads a request body copied as it passed (never rewritten).
+    pub fn read_copied_request(&mut self, llm: &LlmSettings) {
+        let copy = match std::mem::replace(&mut self.phase, Phase::Admitted) {
+            Phase::ReadingRequest { copy, .. } => copy,
+            other => {
+                self.phase = other;
+                return;
+            }
+        };
+        if copy.truncated {
+            // Only the size is known: the copy kept the last bytes of a larger body.
+            self.unreadable_request(llm, llm.max_request_body.saturating_add(1));
+        } else {
+            self.read_request(llm, copy.bytes(), false);
+        }
     }
 
     pub fn model(&self) -> Option<&str> {
@@ -115,14 +180,15 @@ impl LlmStream {
 
     pub fn admit(&mut self, policy: &Policy, tier: &Tier, now: Nanos) -> Admission {
         let model = self.model.clone();
-        match policy.admit_tokens(
+        let outcome = policy.admit_tokens(
             tier,
             &self.identity,
             model.as_deref(),
             self.estimate,
             now,
             &mut SharedData,
-        ) {
+        );
+        match outcome {
             TokenOutcome::Admitted {
                 reservation,
                 decision,
@@ -137,14 +203,18 @@ impl LlmStream {
                 self.phase = Phase::Done;
                 Admission::Denied
             }
-            TokenOutcome::StoreFailed(_) => {
+            TokenOutcome::StoreFailed(e) => {
                 self.phase = Phase::Done;
-                Admission::StoreFailed
+                if e == TableError::Contended {
+                    Admission::Contended
+                } else {
+                    Admission::StoreFailed
+                }
             }
         }
     }
 
-    /// The estimate, for a response whose usage cannot be read.
+    /// What a response whose usage cannot be read costs.
     pub fn missing_usage_charge(&self, llm: &LlmSettings) -> u64 {
         match llm.on_missing_usage {
             OnMissingUsage::Reservation => self.estimate,
@@ -152,7 +222,7 @@ impl LlmStream {
         }
     }
 
-    /// Decides how to follow the response from its headers.
+    /// Decides how to follow the response from its headers. Returns whether to hold them.
     pub fn on_response_headers(
         &mut self,
         llm: &LlmSettings,
@@ -160,12 +230,12 @@ impl LlmStream {
         content_type: Option<&[u8]>,
         encoded: bool,
         end_of_stream: bool,
-    ) {
+    ) -> bool {
         let ok = status.is_some_and(|s| s.first() == Some(&b'2'));
         self.phase = if !ok {
             // The API refused the request: providers do not bill for errors.
             Phase::Unreadable { charge: 0 }
-        } else if encoded {
+        } else if encoded || end_of_stream {
             Phase::Unreadable {
                 charge: self.missing_usage_charge(llm),
             }
@@ -173,48 +243,64 @@ impl LlmStream {
             Phase::Streaming(Box::new(SseScanner::new(SseLimits::new(
                 llm.max_response_body,
             ))))
-        } else if end_of_stream {
-            Phase::Unreadable {
-                charge: self.missing_usage_charge(llm),
-            }
         } else {
-            Phase::Buffering
+            Phase::Json {
+                holding: llm.hold_headers,
+                copy: BodyCopy::default(),
+            }
         };
+        matches!(self.phase, Phase::Json { holding: true, .. })
     }
 
-    /// What a complete JSON response costs.
-    pub fn json_cost(&self, llm: &LlmSettings, body: &[u8]) -> u64 {
-        match usage_from_json(body) {
+    /// What a JSON response costs, from the copy of its body.
+    pub fn json_cost(&self, llm: &LlmSettings, copy: &BodyCopy) -> u64 {
+        let usage = if copy.truncated {
+            usage_from_tail(copy.bytes())
+        } else {
+            usage_from_json(copy.bytes())
+        };
+        match usage {
             Ok(usage) => llm.cost.tokens(&usage),
             Err(_) => self.missing_usage_charge(llm),
         }
     }
 
-    /// What the stream has cost so far, when it ends now. `complete` is false for a stream cut
+    /// What the response has cost, now that it ends. `complete` is false for a stream cut
     /// short (client gone, upstream reset).
     pub fn final_cost(&mut self, llm: &LlmSettings, complete: bool) -> Option<u64> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::ReadingRequest | Phase::Done => None,
+            Phase::ReadingRequest { .. } | Phase::Done => None,
             Phase::Unreadable { charge } => Some(charge),
-            Phase::Admitted | Phase::Buffering => Some(match (complete, llm.on_incomplete) {
-                (true, _) => self.missing_usage_charge(llm),
-                (false, _) => self.estimate,
+            // Nothing of the response was seen, or only part of a JSON body: what the client
+            // received cannot be counted, so the reservation stands.
+            Phase::Admitted => Some(self.estimate),
+            Phase::Json { copy, .. } => Some(if complete {
+                self.json_cost(llm, &copy)
+            } else {
+                self.estimate
             }),
             Phase::Streaming(mut scanner) => {
                 scanner.finish();
-                let usage = match scanner.usage() {
-                    Some(u) if complete && scanner.completed() => u,
-                    _ if !complete && llm.on_incomplete == OnIncomplete::Reservation => {
-                        return Some(self.estimate)
-                    }
-                    _ => scanner.usage_or_estimate(self.estimated_input),
-                };
-                Some(llm.cost.tokens(&usage))
+                let usage = scanner.usage();
+                Some(match (complete, usage) {
+                    (true, Some(u)) if scanner.completed() => llm.cost.tokens(&u),
+                    // Usage began but the stream did not finish normally: raise the output
+                    // to what was streamed.
+                    (true, Some(_)) => llm
+                        .cost
+                        .tokens(&scanner.usage_or_estimate(self.estimated_input)),
+                    (true, None) => self.missing_usage_charge(llm),
+                    (false, _) if llm.on_incomplete == OnIncomplete::Reservation => self.estimate,
+                    (false, _) => llm
+                        .cost
+                        .tokens(&scanner.usage_or_estimate(self.estimated_input)),
+                })
             }
         }
     }
 
-    /// Replaces the hold by `cost`; keeps the budgets' new states for the headers.
+    /// Replaces the hold by `cost`; keeps the budgets' new states for the headers. Returns
+    /// (reserved, charged) for the metrics.
     pub fn settle(
         &mut self,
         policy: &Policy,

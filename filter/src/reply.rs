@@ -86,3 +86,17 @@ pub fn unavailable(grpc: bool) {
         "rate limiter state unavailable",
     );
 }
+
+/// 429 with `Retry-After: 1` when every compare-and-swap attempt lost to other workers.
+pub fn contended(grpc: bool) {
+    let fields = vec![("retry-after", String::from("1"))];
+    let body = "{\"error\":\"rate_limited\",\"message\":\"rate limiter state is contended; retry shortly\",\"retry_after_seconds\":1}";
+    send(
+        grpc,
+        429,
+        GrpcStatusCode::ResourceExhausted,
+        &fields,
+        body,
+        "rate limiter state is contended; retry shortly",
+    );
+}

@@ -1,9 +1,10 @@
 //! The root context: one per worker VM. Parses the policy once and prepares shared state.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use policy_core::Policy;
+use policy_core::{Nanos, Policy};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
@@ -17,6 +18,23 @@ use crate::shared::SharedData;
 pub struct Plugin {
     pub policy: Policy,
     pub metrics: Metrics,
+    /// When the last store-failure warning was logged: a broken store must not flood the log
+    /// with one line per request.
+    last_warning: Cell<Option<Nanos>>,
+}
+
+impl Plugin {
+    /// Whether a warning may be logged now (at most once a second per worker).
+    pub fn warn_due(&self, now: Nanos) -> bool {
+        let due = self
+            .last_warning
+            .get()
+            .is_none_or(|last| now < last || now.0 - last.0 >= Nanos::SECOND.0);
+        if due {
+            self.last_warning.set(Some(now));
+        }
+        due
+    }
 }
 
 /// The worker's root context.
@@ -60,7 +78,11 @@ impl RootContext for Root {
             ),
         );
         let metrics = Metrics::define(policy.tiers().iter().map(|t| t.name.as_str()));
-        self.plugin = Some(Rc::new(Plugin { policy, metrics }));
+        self.plugin = Some(Rc::new(Plugin {
+            policy,
+            metrics,
+            last_warning: Cell::new(None),
+        }));
         self.set_tick_period(Duration::from_secs(1));
         true
     }

@@ -32,7 +32,7 @@
 //! # }
 //! ```
 //!
-//! Layers, from the bottom: [`memory`] (guest memory access), the host functions (listed in
+//! Layers, from the bottom: bounds-checked guest memory access, the host functions (listed in
 //! [`IMPLEMENTED_IMPORTS`]), [`Vm`] (one instance, one worker), [`Harness`] (N workers, whole
 //! requests) and [`Stream`] (one request step by step).
 

@@ -36,7 +36,6 @@ impl Plugin {
         let mut config = Config::new();
         // Fuel bounds every call; it is deterministic, unlike epoch deadlines.
         config.consume_fuel(true);
-        config.cranelift_opt_level(wasmtime::OptLevel::None);
         let engine = Engine::new(&config).map_err(HostError::Load)?;
         let module = Module::new(&engine, bytes).map_err(HostError::Load)?;
         let mut linker = Linker::new(&engine);

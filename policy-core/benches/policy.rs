@@ -16,6 +16,8 @@
 //!   from the key: the store's cost taken out, what is left is policy-core's own).
 //! - `tiers`: choosing the tier in a five-tier policy with exact, prefix, present and regex
 //!   matches, for requests that stop at the first, second, fourth and fifth tier.
+//! - `llm`: reading token usage from a typical non-streaming OpenAI response (`usage_from_json`)
+//!   and from a 200-chunk SSE stream fed in 1 KiB and 16 KiB pieces (`SseScanner`), in bytes/s.
 #![allow(
     missing_docs,
     missing_debug_implementations,
@@ -476,6 +478,76 @@ mod native {
         g.finish();
     }
 
+    // ---------------------------------------------------------------------------------------
+    // llm
+
+    /// A typical non-streaming OpenAI chat completion (usage with both detail objects).
+    fn openai_json() -> Vec<u8> {
+        let content = "Prince Hamlet seeks to avenge his father's murder by his uncle Claudius, \
+            who has married Hamlet's mother and taken the throne. Feigning madness, Hamlet \
+            confirms the guilt with a play but hesitates to act. A chain of deaths follows, \
+            ending in a duel in which nearly everyone dies.";
+        format!(
+            r#"{{"id":"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG","object":"chat.completion","created":1741570283,"model":"gpt-4o-2024-08-06","choices":[{{"index":0,"message":{{"role":"assistant","content":"{content}","refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":1117,"completion_tokens":46,"total_tokens":1163,"prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}},"service_tier":"default","system_fingerprint":"fp_fc9f1d7035"}}"#
+        )
+        .into_bytes()
+    }
+
+    /// An OpenAI chat completion stream with `stream_options.include_usage`: a role chunk, one
+    /// chunk per word of a 200-word answer, a finish chunk, the usage chunk and `[DONE]`.
+    fn openai_sse() -> Vec<u8> {
+        let head = r#"data: {"id":"chatcmpl-AbC","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":"#;
+        let mut s = String::new();
+        s.push_str(head);
+        s.push_str(r#"{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}"#);
+        s.push_str("\n\n");
+        for i in 0..200 {
+            s.push_str(head);
+            s.push_str(&format!(
+                r#"{{"content":" word{i}"}},"logprobs":null,"finish_reason":null}}],"usage":null}}"#
+            ));
+            s.push_str("\n\n");
+        }
+        s.push_str(head);
+        s.push_str(r#"{},"logprobs":null,"finish_reason":"stop"}],"usage":null}"#);
+        s.push_str("\n\n");
+        s.push_str(r#"data: {"id":"chatcmpl-AbC","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_44709d6fcb","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":200,"total_tokens":209,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}"#);
+        s.push_str("\n\ndata: [DONE]\n\n");
+        s.into_bytes()
+    }
+
+    fn llm(c: &mut Criterion) {
+        use policy_core::llm::{usage_from_json, SseLimits, SseScanner};
+
+        let mut g = c.benchmark_group("llm");
+        let json = openai_json();
+        assert_eq!(usage_from_json(&json).map(|u| u.total()), Ok(1163));
+        g.throughput(Throughput::Bytes(json.len() as u64));
+        g.bench_function(BenchmarkId::new("usage_from_json", "openai_chat"), |b| {
+            b.iter(|| usage_from_json(black_box(&json)))
+        });
+
+        let sse = openai_sse();
+        g.throughput(Throughput::Bytes(sse.len() as u64));
+        // Envoy hands the body over in whatever pieces arrive: 1 KiB here, cutting events.
+        for chunk in [1024usize, 16 * 1024] {
+            let scan = || {
+                let mut s = SseScanner::new(SseLimits::default());
+                for piece in black_box(&sse).chunks(chunk) {
+                    s.feed(piece);
+                }
+                s.finish();
+                s.usage()
+            };
+            assert_eq!(scan().map(|u| u.total()), Some(209));
+            g.bench_function(
+                BenchmarkId::new("sse_stream", format!("{chunk}B_chunks")),
+                |b| b.iter(scan),
+            );
+        }
+        g.finish();
+    }
+
     fn config() -> Criterion {
         // Short runs: the machine is shared. Raise with --measurement-time for publication.
         Criterion::default()
@@ -487,6 +559,6 @@ mod native {
     criterion_group! {
         name = benches;
         config = config();
-        targets = bucket, keyed, tiers
+        targets = bucket, keyed, tiers, llm
     }
 }

@@ -93,6 +93,13 @@ pub struct LlmSettings {
     pub inject_stream_usage: bool,
     /// Drop `accept-encoding` towards the upstream so usage is readable.
     pub strip_accept_encoding: bool,
+    /// The most the filter asks Envoy to buffer (a request body to rewrite, a response held for
+    /// its usage). Must not exceed Envoy's per-connection buffer limit, or Envoy answers 413/500.
+    pub buffer_limit: usize,
+    /// Hold request headers until the body is read and JSON responses until their usage is
+    /// read. Needs `allow_on_headers_stop_iteration: true` on the Wasm filter: without it,
+    /// Envoy never resumes a stream held at its headers.
+    pub hold_headers: bool,
 }
 
 /// Tokens held for one budget by one request.
@@ -107,11 +114,30 @@ pub struct Hold {
 }
 
 impl Budget {
-    /// Whether the budget counts a request for `model`.
+    /// Whether the budget counts a request for `model`. A request whose model is unknown (a
+    /// body too large to read, or without `model`) counts against every budget: it could be
+    /// for any model, and must not escape a per-model budget by hiding which.
     pub fn applies(&self, model: Option<&str>) -> bool {
-        match &self.scope {
-            ModelScope::All | ModelScope::Each => true,
-            ModelScope::Only(m) => model == Some(m.as_str()),
+        match (&self.scope, model) {
+            (ModelScope::All | ModelScope::Each, _) | (ModelScope::Only(_), None) => true,
+            (ModelScope::Only(m), Some(model)) => model == m,
+        }
+    }
+
+    /// The state a budget showed before `took` tokens were held (for a refused request whose
+    /// holds were given back).
+    pub fn unheld(&self, status: LimitStatus, took: u64) -> LimitStatus {
+        let back = u128::from(took).saturating_mul(u128::from(self.rate.period().0))
+            / u128::from(self.rate.amount());
+        LimitStatus {
+            remaining: status.remaining.saturating_add(took),
+            reset_after: Nanos(
+                status
+                    .reset_after
+                    .0
+                    .saturating_sub(u64::try_from(back).unwrap_or(u64::MAX)),
+            ),
+            ..status
         }
     }
 

@@ -357,6 +357,8 @@ const LLM_FIELDS: &[&str] = &[
     "on_incomplete",
     "inject_stream_usage",
     "strip_accept_encoding",
+    "buffer_limit_bytes",
+    "hold_headers",
 ];
 const MATCH_FIELDS: &[&str] = &["headers", "path_prefix", "methods"];
 const HEADER_FIELDS: &[&str] = &["name", "present", "exact", "prefix", "regex"];
@@ -597,11 +599,13 @@ fn default_llm() -> LlmSettings {
         cost: Cost::TOTAL,
         default_max_tokens: 4096,
         max_request_body: 1 << 20,
-        max_response_body: 1 << 20,
+        max_response_body: 256 << 10,
         on_missing_usage: OnMissingUsage::Reservation,
         on_incomplete: OnIncomplete::Received,
         inject_stream_usage: true,
         strip_accept_encoding: true,
+        buffer_limit: 32 << 10,
+        hold_headers: false,
     }
 }
 
@@ -679,6 +683,12 @@ fn parse_llm(v: &Value, path: &str) -> Result<LlmSettings, ConfigError> {
     }
     if let Some(b) = o.opt("strip_accept_encoding") {
         l.strip_accept_encoding = boolean(b, &o.at("strip_accept_encoding"))?;
+    }
+    if let Some(n) = o.opt("buffer_limit_bytes") {
+        l.buffer_limit = positive(n, &o.at("buffer_limit_bytes"), body_max)? as usize;
+    }
+    if let Some(b) = o.opt("hold_headers") {
+        l.hold_headers = boolean(b, &o.at("hold_headers"))?;
     }
     Ok(l)
 }

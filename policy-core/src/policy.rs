@@ -139,7 +139,7 @@ impl Policy {
             let slot = budget.slot(&self.seed, &tier.name, identity, model);
             match budget.admit(store, slot, mode, estimate, now) {
                 Ok((status, took)) => {
-                    statuses.push((i, status));
+                    statuses.push((i, status, took));
                     if status.allowed {
                         holds.push(Hold {
                             budget: i,
@@ -156,14 +156,21 @@ impl Policy {
                 }
             }
         }
-        let applied = statuses.iter().map(|(i, _)| *i).collect();
-        let decision = Decision::from_limits(statuses.into_iter().map(|(_, s)| s).collect());
+        let applied = statuses.iter().map(|(i, _, _)| *i).collect();
         if denied {
             self.release_tokens(tier, &holds, now, store);
+            // Report the budgets whose holds were given back as they are again.
+            let shown = statuses
+                .into_iter()
+                .map(|(i, s, took)| match tier.budgets.get(i) {
+                    Some(b) if s.allowed => b.unheld(s, took),
+                    _ => s,
+                });
             return TokenOutcome::Denied {
-                decision: decision.with_applied(applied),
+                decision: Decision::from_limits(shown.collect()).with_applied(applied),
             };
         }
+        let decision = Decision::from_limits(statuses.into_iter().map(|(_, s, _)| s).collect());
         TokenOutcome::Admitted {
             reservation: Reservation { holds, estimate },
             decision: decision.with_applied(applied),

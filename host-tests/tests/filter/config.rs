@@ -48,10 +48,8 @@ fn an_empty_configuration_is_refused() {
 
 #[test]
 fn an_unknown_field_is_refused_with_its_path() {
-    let policy = format!(
-        r#"{{"tiers":[{{"name":"a","identity":"shared","limits":[{{"requests":1,"per":"minute","burts":2}}]}}]}}"#
-    );
-    assert_rejected(&policy, "tiers[0].limits[0].burts: unknown field");
+    let policy = r#"{"tiers":[{"name":"a","identity":"shared","limits":[{"requests":1,"per":"minute","burts":2}]}]}"#;
+    assert_rejected(policy, "tiers[0].limits[0].burts: unknown field");
     assert_rejected(r#"{"tier":[]}"#, "tier: unknown field");
 }
 

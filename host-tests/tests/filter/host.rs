@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use host_tests::vm::ROOT_CONTEXT_ID;
 use host_tests::{
-    Action, FailFor, Harness, Headers, HostError, Shared, SharedData, Status, Vm, VmOptions,
-    IMPLEMENTED_IMPORTS,
+    Action, FailFor, Harness, Headers, HostError, HttpReply, Shared, SharedData, Status,
+    StreamType, Vm, VmOptions, IMPLEMENTED_IMPORTS,
 };
 
 use crate::support::probe;
@@ -544,4 +544,77 @@ fn a_local_reply_passes_back_through_the_filters_response_callbacks() {
     assert_eq!(sent.get("x-why"), Some("because"));
     assert_eq!(sent.get("content-type"), Some("text/plain"));
     assert_eq!(record.response_body.forwarded, b"nope");
+}
+
+#[test]
+fn http_callouts_are_recorded_and_replies_are_injected_into_the_calling_stream() {
+    let h = Harness::new(probe()).configure("").unwrap();
+    let mut stream = h.stream(0).unwrap();
+    stream.request_headers(&[(":path", "/")], false).unwrap();
+    let id = stream.id();
+    let mut vm = h.worker(0).unwrap();
+    vm.write_memory(KEY, b"auth").unwrap();
+    let call = |vm: &mut Vm, headers: &Headers| -> i32 {
+        let bytes = headers.serialize();
+        vm.write_memory(VALUE, &bytes).unwrap();
+        let args = (
+            KEY as i32,
+            4,
+            VALUE as i32,
+            bytes.len() as i32,
+            0,
+            0,
+            0,
+            0,
+            500,
+            RET_PTR,
+        );
+        vm.call("http_call", id, args).unwrap()
+    };
+    // Envoy refuses a callout without :method, :path and :authority.
+    assert_eq!(
+        call(&mut vm, &Headers::from_pairs(&[(":path", "/check")])),
+        BAD_ARGUMENT
+    );
+    let headers = Headers::from_pairs(&[
+        (":method", "GET"),
+        (":path", "/check"),
+        (":authority", "auth"),
+    ]);
+    assert_eq!(call(&mut vm, &headers), OK);
+    let token = word(&mut vm, RET_PTR);
+    let pending = vm.pending_http_callouts();
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].token, pending[0].context_id), (token, id));
+    assert_eq!(
+        (pending[0].upstream.as_str(), pending[0].timeout_ms),
+        ("auth", 500)
+    );
+    assert_eq!(pending[0].headers, headers);
+
+    let reply = HttpReply {
+        headers: Headers::from_pairs(&[(":status", "200"), ("x-a", "1")]),
+        body: b"allowed".to_vec(),
+        trailers: Headers::new(),
+    };
+    vm.deliver_http_reply(token, reply.clone()).unwrap();
+    let seen: Vec<u32> = (0..5).map(|i| word(&mut vm, 3072 + 4 * i)).collect();
+    assert_eq!(seen, vec![token, 2, 7, 0, 0]);
+    let (ptr, len) = (word(&mut vm, 3092), word(&mut vm, 3096));
+    assert_eq!(vm.read_memory(ptr, len as usize).unwrap(), b"allowed");
+    assert!(vm.pending_http_callouts().is_empty());
+    assert!(matches!(
+        vm.deliver_http_reply(token, reply),
+        Err(HostError::UnknownToken(_))
+    ));
+    drop(vm);
+    let record = stream.finish().unwrap();
+    assert_eq!(record.continued, vec![StreamType::HttpRequest]);
+}
+
+#[test]
+fn a_missing_module_says_how_to_build_it() {
+    let error = host_tests::Plugin::from_file("/nonexistent/tollgate.wasm").unwrap_err();
+    assert!(matches!(error, HostError::WasmMissing { .. }), "{error:?}");
+    assert!(error.to_string().contains("scripts/build-wasm"), "{error}");
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use host_tests::Outcome;
+use host_tests::{Outcome, Request, Response};
 
 use crate::support::{
     assert_consistent_admission, assert_consistent_denial, send_as, tollgate_with, Rng, TASK_API,
@@ -129,4 +129,30 @@ fn admissions_and_denials_are_counted_in_envoy_stats_on_the_tick() {
         Some(100)
     );
     assert_eq!(h.metrics().value("tollgate.authenticated.denied"), Some(3));
+}
+
+#[test]
+fn a_request_reset_by_the_client_after_admission_still_counts() {
+    let h = tollgate_with(2, TASK_API);
+    let mut stream = h.stream(0).unwrap();
+    stream
+        .request_headers(&[(":path", "/"), ("x-user-id", "alice")], true)
+        .unwrap();
+    let record = stream.reset().unwrap();
+    assert!(record.reset_by_downstream);
+    assert_eq!(record.response_headers, None);
+    let out = send_as(&h, 1, "alice").unwrap();
+    assert_eq!(assert_consistent_admission(&out, "authenticated", 100), 98);
+}
+
+#[test]
+fn an_upstream_error_still_carries_the_rate_limit_headers() {
+    let h = tollgate_with(1, TASK_API);
+    let request = Request::get("/tasks")
+        .header("x-user-id", "alice")
+        .respond_with(Response::status(503).body_chunk("upstream down"));
+    let out = h.send(0, &request).unwrap();
+    assert_eq!(out.status(), 503);
+    assert_eq!(out.body(), b"upstream down");
+    assert_eq!(assert_consistent_admission(&out, "authenticated", 100), 99);
 }

@@ -4,6 +4,10 @@
 //! tollgate's behaviour through `target/wasm32-unknown-unknown/release/tollgate.wasm`
 //! (`scripts/build-wasm` builds it; `TOLLGATE_WASM` overrides the path).
 
+// This whole binary is test code: a failed unwrap is a failed test. clippy.toml's
+// allow-*-in-tests covers `#[test]` functions only, not the helpers they share.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 mod config;
@@ -14,3 +18,4 @@ mod key_table;
 mod limits;
 mod refill;
 mod store;
+mod streams;

@@ -17,6 +17,11 @@
   (import "env" "proxy_send_local_response"
     (func $local_response (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
 
+  (import "env" "proxy_http_call"
+    (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $set_effective (param i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 32768))
   (global $ticks (mut i32) (i32.const 0))
@@ -74,6 +79,22 @@
   (func (export "local_response") (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
     (call $local_response (local.get 0) (local.get 1) (local.get 2) (local.get 3)
       (local.get 4) (local.get 5) (local.get 6) (local.get 7)))
+
+  (func (export "http_call") (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)
+    (call $http_call (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)
+      (local.get 5) (local.get 6) (local.get 7) (local.get 8) (local.get 9)))
+  ;; Like the SDK: record the arguments at 3072.., switch to the calling stream (its id is the
+  ;; first argument here), read the reply body (status at 3088, ptr/len at 3092/3096), and resume
+  ;; the request.
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32)
+    (i32.store (i32.const 3072) (local.get 1))
+    (i32.store (i32.const 3076) (local.get 2))
+    (i32.store (i32.const 3080) (local.get 3))
+    (i32.store (i32.const 3084) (local.get 4))
+    (drop (call $set_effective (local.get 0)))
+    (i32.store (i32.const 3088)
+      (call $get_buffer (i32.const 4) (i32.const 0) (i32.const -1) (i32.const 3092) (i32.const 3096)))
+    (drop (call $continue (i32.const 0))))
 
   ;; What the SDK's panic hook does under panic=abort: log at Critical, then trap.
   (data (i32.const 4096) "panicked at src/lib.rs:7:5: boom")

@@ -65,28 +65,31 @@ fn an_idle_user_refills_to_the_full_burst_and_no_more() {
 
 #[test]
 fn retry_after_is_the_first_whole_second_that_passes_at_any_instant() {
-    // 3 per second: a token every 333_333_333.3 ns; Retry-After is always 1 s here, so check
-    // with a slower limit too: 7 per hour (a token every 514.29 s).
+    // 7 per hour: a token every 3600/7 s = 514_285_714_285.714… ns, not a whole nanosecond, so
+    // the boundary and every Retry-After are checked against exact fractions.
     let h = tollgate_with(1, &users_policy(7, "hour", ""));
     let t0 = h.now();
     for _ in 0..7 {
         send_as(&h, 0, "frank").unwrap();
     }
-    let interval = 3600 * SECOND / 7;
+    let hour = 3600 * SECOND;
+    let boundary = hour.div_ceil(7); // the first whole nanosecond at or after the token
     for offset in [
         0,
         1,
         SECOND - 1,
         200 * SECOND + 7,
-        interval - SECOND,
-        interval - 1,
+        boundary - SECOND - 1,
+        boundary - SECOND,
+        boundary - 1,
     ] {
         h.set_time(t0 + offset);
         let out = send_as(&h, 0, "frank").unwrap();
         let retry = assert_consistent_denial(&out, "users", 7, 3600);
-        let wait = interval - offset;
-        assert_eq!(retry, wait.div_ceil(SECOND), "at +{offset} ns");
+        // ceil((hour / 7 - offset) / SECOND), in sevenths of a nanosecond.
+        let expected = (hour - 7 * offset).div_ceil(7 * SECOND);
+        assert_eq!(retry, expected, "at +{offset} ns");
     }
-    h.set_time(t0 + interval);
+    h.set_time(t0 + boundary);
     assert!(send_as(&h, 0, "frank").unwrap().is_continue());
 }

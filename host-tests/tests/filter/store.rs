@@ -2,7 +2,6 @@
 //! first-insert race and real concurrent workers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use host_tests::{FailFor, Harness, HostError, Outcome};
 
@@ -34,25 +33,21 @@ fn a_conflict_storm_below_the_retry_bound_never_over_admits() {
 }
 
 #[test]
-fn a_conflict_storm_beyond_the_retry_bound_follows_on_store_failure_allow() {
+fn a_conflict_storm_beyond_the_retry_bound_is_refused_not_let_through() {
     let h = tollgate_with(2, TASK_API);
     for i in 0..99 {
         send_as(&h, i % 2, "alice").unwrap();
     }
     h.store().inject_cas_conflicts(MAX_ATTEMPTS);
     let out = send_as(&h, 0, "alice").unwrap();
-    // Let through unmetered: no rate-limit headers, nothing charged.
-    assert!(out.is_continue(), "{out:?}");
-    assert!(out.header("x-ratelimit-remaining").is_none(), "{out:?}");
+    // Every CAS lost: heavy traffic on one key must not become unmetered traffic.
+    assert_eq!(out.status(), 429, "{out:?}");
+    assert_eq!(out.header("retry-after"), Some("1"), "{out:?}");
     assert_eq!(h.store().pending_cas_conflicts(), 0);
+    // Nothing was charged for the refused request: one left.
     let out = send_as(&h, 1, "alice").unwrap();
     assert_eq!(assert_consistent_admission(&out, "authenticated", 100), 0);
     assert_eq!(send_as(&h, 0, "alice").unwrap().status(), 429);
-    h.advance(Duration::from_secs(1)).unwrap();
-    assert_eq!(
-        h.metrics().value("tollgate.authenticated.store_failures"),
-        Some(1)
-    );
 }
 
 #[test]
@@ -69,7 +64,8 @@ fn a_failing_store_lets_requests_through_by_default() {
         .into_iter()
         .filter(|l| l.message.contains("state store failed"))
         .count();
-    assert_eq!(warnings, 150);
+    // Logged at most once a second per worker, not once per request.
+    assert_eq!(warnings, 2);
     // Healed: counting resumes from a clean slate (failed requests were not charged).
     h.store().clear_faults();
     let out = send_as(&h, 0, "alice").unwrap();

@@ -24,4 +24,4 @@ pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
 pub use request::{ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, RequestError};
 pub use sse::{SseLimits, SseScanner};
-pub use usage::{usage_from_json, Usage, UsageError};
+pub use usage::{usage_from_json, usage_from_tail, Usage, UsageError};

@@ -104,6 +104,49 @@ pub fn usage_from_json(body: &[u8]) -> Result<Usage, UsageError> {
     }
 }
 
+/// Usage from the *end* of a JSON body too large to keep whole.
+///
+/// OpenAI and Anthropic both write `usage` after the generated content, so the last bytes of a
+/// response hold it. The last `"usage"` key in `tail` is read: inside a JSON string a quote is
+/// escaped, so the raw bytes `"usage"` followed by `:` can only be a key. A nested `usage` key
+/// after the top-level one would be read instead, which no API in use produces.
+///
+/// # Errors
+/// [`UsageError::NoUsage`] when no `"usage":` is in the tail, otherwise as
+/// [`usage_from_json`] for the object found.
+pub fn usage_from_tail(tail: &[u8]) -> Result<Usage, UsageError> {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = tail.len();
+    while let Some(at) = tail
+        .get(..end)
+        .and_then(|hay| hay.windows(KEY.len()).rposition(|w| w == KEY))
+    {
+        let rest = tail.get(at + KEY.len()..).unwrap_or(&[]);
+        let rest = trim_start(rest);
+        if let Some(value) = rest.strip_prefix(b":") {
+            let mut de = serde_json::Deserializer::from_slice(value);
+            return match UsageValue::deserialize(&mut de) {
+                Err(_) => Err(UsageError::NotJson),
+                Ok(UsageValue::Present(raw)) => Ok(raw.normalize()),
+                Ok(UsageValue::Absent) => Err(UsageError::NoUsage),
+                Ok(UsageValue::Bad { field, reason }) => {
+                    Err(UsageError::BadUsage { field, reason })
+                }
+            };
+        }
+        end = at;
+    }
+    Err(UsageError::NoUsage)
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b
+        .iter()
+        .take_while(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+        .count();
+    b.get(n..).unwrap_or(&[])
+}
+
 /// The raw counts of one `usage` object, as named by the APIs; `None` where absent or `null`.
 ///
 /// Streams report usage piecemeal (Anthropic's input in `message_start`, output in
@@ -585,6 +628,26 @@ impl<'de> Deserialize<'de> for Envelope {
 mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn usage_is_read_from_the_tail_of_a_large_body() {
+        let body = br#"{"choices":[{"message":{"content":"say \"usage\": {\"prompt_tokens\": 9}"}}],"usage":{"prompt_tokens":100,"completion_tokens":200,"total_tokens":300}}"#;
+        for cut in [0, 20, 60] {
+            let u = super::usage_from_tail(&body[cut..]).unwrap();
+            assert_eq!((u.input, u.output), (100, 200), "cut at {cut}");
+        }
+        assert_eq!(
+            super::usage_from_tail(b"no usage here"),
+            Err(UsageError::NoUsage)
+        );
+        assert_eq!(
+            super::usage_from_tail(br#""usage": {"prompt_"#),
+            Err(UsageError::NotJson)
+        );
+        let anthropic = br#"...text"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":34}}"#;
+        let u = super::usage_from_tail(anthropic).unwrap();
+        assert_eq!((u.input, u.output), (12, 34));
+    }
 
     use alloc::{format, string::String, vec::Vec};
 

@@ -137,3 +137,31 @@ def test_200k_distinct_users_leave_memory_bounded(envoy_factory, tmp_path):
     c.close()
     assert statuses.count(200) == STEADY_LIMIT, statuses
     assert statuses == [200] * STEADY_LIMIT + [429] * (STEADY_SENT - STEADY_LIMIT), statuses
+
+
+def test_a_saturated_table_is_stricter_never_looser(envoy_factory, tmp_path):
+    """With a tiny table full of active buckets, newcomers share ways: a user may then get less
+    than its limit, never more, and the filter counts the saturation."""
+    policy = json.loads(json.dumps(POLICY))
+    policy["max_keys"] = 64
+    # Flood buckets stay active (not full again) for the whole test: 1000 a day.
+    policy["tiers"][1]["limits"] = [{"requests": 1000, "per": "day"}]
+    envoy = envoy_factory(policy)
+    steady = {"x-user-id": "steady-user"}
+    c = Client(envoy.port)
+    statuses = [c.request(headers=steady).status]  # the steady user holds a way first
+    result = flood(envoy.port, WARMUP, "saturate", tmp_path)
+    assert result["ids"] >= WARMUP, result
+    statuses += [c.request(headers=steady).status for _ in range(STEADY_SENT - 1)]
+    c.close()
+    time.sleep(1.2)  # the filter flushes its counters once a second
+    saturated = sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in envoy.admin("/stats/prometheus").splitlines()
+        if line.startswith("tollgate_") and "_table_saturated" in line
+    )
+    print(f"\nsaturated table: steady user {statuses.count(200)} of {STEADY_LIMIT} allowed, "
+          f"{saturated} saturated lookups, flood {result['statuses']}")
+    assert statuses.count(200) <= STEADY_LIMIT, statuses
+    assert statuses[0] == 200
+    assert saturated > 0

@@ -19,7 +19,10 @@ use crate::metrics::Event;
 use crate::reply;
 use crate::root::Plugin;
 use crate::shared::SharedData;
-use policy_core::llm::ApiKind;
+use policy_core::llm::{ApiKind, MAX_STREAM_USAGE_GROWTH};
+
+/// Bytes a request body may grow by when asked to report stream usage.
+const REWRITE_ROOM: u64 = MAX_STREAM_USAGE_GROWTH as u64;
 
 /// A stream's state between request and response.
 #[derive(Debug)]
@@ -245,8 +248,12 @@ impl HttpContext for Stream {
                         Action::Pause
                     };
                 }
-                let length = request.content_length();
-                let small = length.is_none_or(|n| n <= settings.buffer_limit as u64);
+                // Ask Envoy to buffer only a body known to fit, with room for the rewrite: Envoy
+                // adds each read to a held body before calling us, so a body that outgrows its
+                // buffer limit while held is answered 413 before the filter can let go.
+                let small = request.content_length().is_some_and(|n| {
+                    n.saturating_add(REWRITE_ROOM) <= settings.buffer_limit as u64
+                });
                 if let Phase::ReadingRequest { holding, .. } = &mut stream.phase {
                     *holding = small;
                 }
@@ -383,11 +390,15 @@ impl HttpContext for Stream {
             let encoded = self
                 .get_http_response_header_bytes("content-encoding")
                 .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
+            let length = self
+                .get_http_response_header_bytes("content-length")
+                .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok());
             let hold = self.llm.as_mut().is_some_and(|l| {
                 l.on_response_headers(
                     settings,
                     status.as_deref(),
                     content_type.as_deref(),
+                    length,
                     encoded,
                     end_of_stream,
                 )

@@ -30,10 +30,13 @@ pub struct BodyCopy {
     bytes: Vec<u8>,
     /// Bytes were dropped from the front.
     pub truncated: bool,
+    /// Every byte seen, kept or not.
+    pub seen: usize,
 }
 
 impl BodyCopy {
     pub fn push(&mut self, chunk: &[u8], max: usize) {
+        self.seen = self.seen.saturating_add(chunk.len());
         self.bytes.extend_from_slice(chunk);
         if self.bytes.len() > max {
             let drop = self.bytes.len() - max;
@@ -132,9 +135,13 @@ impl LlmStream {
         match LlmRequest::parse(body) {
             Ok(req) => {
                 self.estimated_input = req.estimated_input_tokens();
-                let output = req
-                    .max_output_all_choices()
-                    .unwrap_or(llm.default_max_tokens);
+                let output = match self.api {
+                    // Embeddings produce no output tokens.
+                    ApiKind::OpenAiEmbeddings => 0,
+                    _ => req
+                        .max_output_all_choices()
+                        .unwrap_or(llm.default_max_tokens),
+                };
                 self.estimate = self.estimated_input.saturating_add(output);
                 self.model = req.model;
                 if rewrite && self.may_rewrite(llm) {
@@ -168,7 +175,7 @@ impl LlmStream {
         };
         if copy.truncated {
             // Only the size is known: the copy kept the last bytes of a larger body.
-            self.unreadable_request(llm, llm.max_request_body.saturating_add(1));
+            self.unreadable_request(llm, copy.seen);
         } else {
             self.read_request(llm, copy.bytes(), false);
         }
@@ -228,9 +235,13 @@ impl LlmStream {
         llm: &LlmSettings,
         status: Option<&[u8]>,
         content_type: Option<&[u8]>,
+        content_length: Option<u64>,
         encoded: bool,
         end_of_stream: bool,
     ) -> bool {
+        // Hold only what is known to fit in Envoy's buffer: a body that outgrows it while held
+        // is answered 500 by Envoy.
+        let fits = content_length.is_some_and(|n| n <= llm.buffer_limit as u64);
         let ok = status.is_some_and(|s| s.first() == Some(&b'2'));
         self.phase = if !ok {
             // The API refused the request: providers do not bill for errors.
@@ -245,7 +256,7 @@ impl LlmStream {
             ))))
         } else {
             Phase::Json {
-                holding: llm.hold_headers,
+                holding: llm.hold_headers && fits,
                 copy: BodyCopy::default(),
             }
         };

@@ -2,7 +2,7 @@
 //!
 //! Incrementing an Envoy stat is a host call; doing it once a second per worker instead of once
 //! per request keeps the request path to the calls it cannot avoid. Envoy shows them as
-//! `wasmcustom.tollgate.<tier>.<counter>` (Prometheus: `envoy_wasmcustom_tollgate_<tier>_<counter>`),
+//! `wasmcustom.tollgate.<tier>.<counter>` (Prometheus: `tollgate_<tier>_<counter>`),
 //! and per model as `wasmcustom.tollgate.<tier>.model.<model>.tokens_charged`.
 
 use std::cell::{Cell, RefCell};

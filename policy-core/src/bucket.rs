@@ -163,10 +163,11 @@ impl Rate {
         Tat(tat.0.saturating_sub(self.cost(cells)))
     }
 
-    /// Whether the bucket still has anything left (used to admit in "charge after" mode).
+    /// Whether at least one whole cell is left (used to admit in "charge after" mode): the
+    /// same test as a one-cell [`check`](Rate::check), so a refusal's retry-after agrees.
     pub fn has_room(&self, tat: Tat, now: Nanos) -> bool {
         let now_s = self.scaled(now);
-        tat.0.saturating_sub(now_s) < self.window()
+        tat.0.saturating_sub(now_s).saturating_add(self.cost(1)) <= self.window()
     }
 
     /// The bucket as seen at `now` without taking anything.
@@ -320,9 +321,9 @@ mod tests {
         assert!(rate.has_room(tat, T0), "100 tokens left");
         tat = rate.charge(tat, T0, 300); // goes 200 into debt
         assert!(!rate.has_room(tat, T0));
-        // 200 tokens of debt take 12 s to pay back; any time after that there is room again.
-        assert!(!rate.has_room(tat, Nanos(T0.0 + 12_000_000_000)));
-        assert!(rate.has_room(tat, Nanos(T0.0 + 12_000_000_001)));
+        // 200 tokens of debt take 12 s to pay back, and one whole token 60 ms more.
+        assert!(!rate.has_room(tat, Nanos(T0.0 + 12_059_999_999)));
+        assert!(rate.has_room(tat, Nanos(T0.0 + 12_060_000_000)));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub mod usage;
 
 pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
-pub use request::{ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, RequestError};
+pub use request::{
+    ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, RequestError,
+    MAX_STREAM_USAGE_GROWTH,
+};
 pub use sse::{SseLimits, SseScanner};
 pub use usage::{usage_from_json, usage_from_tail, Usage, UsageError};

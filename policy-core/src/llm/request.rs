@@ -210,6 +210,11 @@ pub fn ensure_stream_usage(api: ApiKind, body: &[u8]) -> Result<Option<Vec<u8>>,
 
 const INCLUDE_USAGE: &[u8] = b"\"include_usage\":true";
 
+/// The most [`ensure_stream_usage`] can add to a body (`"stream_options":{"include_usage":true},`):
+/// a filter that asks Envoy to buffer a body for rewriting must leave this much room.
+pub const MAX_STREAM_USAGE_GROWTH: usize =
+    b"\"stream_options\":{".len() + INCLUDE_USAGE.len() + b"},".len();
+
 fn splice_include_usage(body: &[u8]) -> Option<Vec<u8>> {
     let mut cursor = Cursor { s: body, i: 0 };
     cursor.ws();

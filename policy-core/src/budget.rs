@@ -317,6 +317,17 @@ mod tests {
     }
 
     #[test]
+    fn budget_tables_exist_from_start_up_so_no_call_creates_a_key() {
+        let (p, mut s) = policy("reserve");
+        let (keys, _) = p.footprint();
+        assert_eq!(s.len() as u64, keys);
+        for i in 0..50 {
+            call(&p, &mut s, &format!("m{i}"), 10, 10);
+        }
+        assert_eq!(s.len() as u64, keys, "no key created by a call");
+    }
+
+    #[test]
     fn charge_after_lets_the_fourth_300_token_call_into_debt_and_denies_the_fifth() {
         let (p, mut s) = policy("charge_after");
         // A different model each time, so only the shared 1000-token budget binds.

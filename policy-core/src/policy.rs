@@ -10,7 +10,7 @@ use crate::hash::Seed;
 use crate::identity::IdentityError;
 use crate::request::Attributes;
 use crate::store::{Store, StoreError};
-use crate::table::{Placement, TableError, Update};
+use crate::table::{Placement, Table, TableError, Update};
 use crate::tier::Tier;
 use crate::time::Nanos;
 
@@ -220,8 +220,8 @@ impl Policy {
     /// that exist from the start can never be raced into existence by two workers at once.
     pub fn init_store<S: Store>(&self, store: &mut S) -> Result<u32, StoreError> {
         let mut created = 0;
-        for tier in &self.tiers {
-            created += tier.table.init(store)?;
+        for table in self.tables() {
+            created += table.init(store)?;
         }
         Ok(created)
     }
@@ -229,9 +229,18 @@ impl Policy {
     /// The shared-data keys this policy will ever create, and their total value bytes: the
     /// memory bound, before Envoy's per-entry overhead.
     pub fn footprint(&self) -> (u64, u64) {
-        self.tiers.iter().fold((0, 0), |(keys, bytes), t| {
-            let sets = u64::from(t.table.sets());
-            (keys + sets, bytes + sets * t.table.set_bytes() as u64)
+        self.tables().fold((0, 0), |(keys, bytes), t| {
+            let sets = u64::from(t.sets());
+            (keys + sets, bytes + sets * t.set_bytes() as u64)
+        })
+    }
+
+    /// Every table of the policy: each tier's request limits and each of its token budgets.
+    fn tables(&self) -> impl Iterator<Item = &Table> {
+        self.tiers.iter().flat_map(|t| {
+            core::iter::once(&t.table)
+                .filter(|_| !t.limits.is_empty())
+                .chain(t.budgets.iter().map(|b| &b.table))
         })
     }
 

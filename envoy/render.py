@@ -7,7 +7,12 @@ deliberately broken policy reaches the filter broken, which is what the bad-conf
     python3 envoy/render.py --policy examples/task-api-policy.json \
         --wasm target/wasm32-unknown-unknown/release/tollgate.wasm \
         --listen-port 10000 --admin-port 9901 \
+        --https-port 10443 --tls-cert envoy/.run/tls/tls.crt --tls-key envoy/.run/tls/tls.key \
         --upstream-v1 127.0.0.1:18081 --upstream-v2 127.0.0.1:18082 -o envoy.yaml
+
+With --https-port (and the certificate and key it needs) the bootstrap has both listeners of the
+Gateway, HTTP and HTTPS, as Envoy Gateway generates them; without it, the HTTP listener only (the
+template's `#@if https` sections are dropped). scripts/envoy-run always renders both.
 
 Only the standard library is used, so any Python 3 runs it.
 """
@@ -16,11 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import string
 import sys
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent / "bootstrap.yaml.tmpl"
+
+# `#@if NAME` ... `#@end NAME`, each on a line of its own: a section kept only when NAME is on.
+_SECTION = re.compile(r"^#@if (?P<name>\w+)\n(?P<body>.*?)^#@end (?P=name)\n", re.M | re.S)
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -28,6 +37,15 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return host, int(port)
+
+
+def _sections(text: str, on: set[str]) -> str:
+    """Keep the `#@if NAME` sections whose NAME is in `on` (without their marker lines), drop the
+    others."""
+    out = _SECTION.sub(lambda m: m["body"] if m["name"] in on else "", text)
+    if re.search(r"^#@(if|end) ", out, re.M):
+        raise ValueError(f"{TEMPLATE}: unbalanced #@if/#@end section markers")
+    return out
 
 
 def render(
@@ -39,11 +57,28 @@ def render(
     upstream_v1: str,
     upstream_v2: str,
     fail_open: bool = False,
+    https_port: int | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
 ) -> str:
-    """Return the bootstrap YAML. `policy_text` is passed to the filter unchanged."""
+    """Return the bootstrap YAML. `policy_text` is passed to the filter unchanged.
+
+    With `https_port`, also the HTTPS listener, terminating TLS with `tls_cert` and `tls_key`
+    (PEM files, both required then)."""
     v1_host, v1_port = _host_port(upstream_v1)
     v2_host, v2_port = _host_port(upstream_v2)
-    template = string.Template(TEMPLATE.read_text())
+    on: set[str] = set()
+    tls: dict[str, str] = {}
+    if https_port is not None:
+        if not tls_cert or not tls_key:
+            raise ValueError("an HTTPS port needs a TLS certificate and key (--tls-cert, --tls-key)")
+        on.add("https")
+        tls = {
+            "https_port": str(int(https_port)),
+            "tls_cert": json.dumps(str(Path(tls_cert).resolve())),
+            "tls_key": json.dumps(str(Path(tls_key).resolve())),
+        }
+    template = string.Template(_sections(TEMPLATE.read_text(), on))
     # A JSON string literal is a valid YAML double-quoted scalar (json.dumps never emits the one
     # escape YAML lacks, "\/"), so this quotes any policy text, newlines and all.
     return template.substitute(
@@ -56,6 +91,7 @@ def render(
         upstream_v2_host=json.dumps(v2_host),
         upstream_v2_port=v2_port,
         fail_open="true" if fail_open else "false",
+        **tls,
     )
 
 
@@ -65,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wasm", required=True, help="the built tollgate.wasm")
     parser.add_argument("--listen-port", type=int, required=True)
     parser.add_argument("--admin-port", type=int, required=True)
+    parser.add_argument("--https-port", type=int, help="also the HTTPS listener, on this port")
+    parser.add_argument("--tls-cert", help="PEM certificate (chain) of the HTTPS listener")
+    parser.add_argument("--tls-key", help="PEM private key of the HTTPS listener")
     parser.add_argument("--upstream-v1", required=True, metavar="HOST:PORT")
     parser.add_argument("--upstream-v2", required=True, metavar="HOST:PORT")
     parser.add_argument("--fail-open", action="store_true", help="let requests through if the VM fails")
@@ -79,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             upstream_v1=args.upstream_v1,
             upstream_v2=args.upstream_v2,
             fail_open=args.fail_open,
+            https_port=args.https_port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
     except (OSError, ValueError, KeyError) as e:
         print(f"render.py: {e}", file=sys.stderr)

@@ -4,6 +4,9 @@ Nothing here builds: scripts/test builds the filter (scripts/build-wasm) and the
 (`cargo build --release -p tollgate-upstream`) first. Override the artifacts with TOLLGATE_WASM and
 TOLLGATE_UPSTREAM. Envoy is started through scripts/envoy-run, the same path as scripts/demo, with
 `--concurrency 4` so that four workers share the limiter's state through proxy-wasm shared data.
+Every Envoy has the Gateway's two listeners: HTTP on `Envoy.port` and HTTPS on `Envoy.https_port`
+(TLS terminated with the self-signed localhost certificate `Envoy.tls_cert`, which scripts/envoy-run
+makes in envoy/.run/tls/ when it is missing), both with the filter and one shared limiter state.
 Logs of every process go to the test's tmp dir and their tails are printed when a test fails.
 """
 
@@ -14,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -33,6 +37,8 @@ WASM = Path(os.environ.get("TOLLGATE_WASM", TARGET / "wasm32-unknown-unknown/rel
 UPSTREAM = Path(os.environ.get("TOLLGATE_UPSTREAM", TARGET / "release/tollgate-upstream"))
 TASK_POLICY = ROOT / "examples/task-api-policy.json"
 ENVOY_RUN = ROOT / "scripts/envoy-run"
+# Where scripts/envoy-run keeps (and makes, when missing) the HTTPS listener's certificate.
+TLS_DIR = ROOT / "envoy/.run/tls"
 CONCURRENCY = 4
 
 
@@ -85,11 +91,17 @@ class Process:
 
 
 def _get(url: str, timeout: float = 1.0) -> tuple[int, str]:
-    """GET without any proxy from the environment (http.client, not urllib)."""
-    rest = url.removeprefix("http://")
+    """GET without any proxy from the environment (http.client, not urllib). An https:// URL is
+    fetched without verifying the certificate (like `curl -k`)."""
+    https = url.startswith("https://")
+    rest = url.removeprefix("https://" if https else "http://")
     hostport, _, path = rest.partition("/")
     host, _, port = hostport.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    if https:
+        conn = http.client.HTTPSConnection(host, int(port), timeout=timeout,
+                                           context=ssl._create_unverified_context())
+    else:
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
         conn.request("GET", "/" + path)
         response = conn.getresponse()
@@ -106,12 +118,24 @@ class EnvoyExited(Exception):
 
 
 class Envoy:
-    """A running Envoy with tollgate attached."""
+    """A running Envoy with tollgate attached: HTTP on `port`, HTTPS on `https_port` (None when
+    started without it) with the certificate `tls_cert`, admin on `admin_port`."""
 
-    def __init__(self, process: Process, port: int, admin_port: int) -> None:
+    def __init__(self, process: Process, port: int, admin_port: int,
+                 https_port: int | None = None, tls_cert: Path | None = None) -> None:
         self.process = process
         self.port = port
         self.admin_port = admin_port
+        self.https_port = https_port
+        self.tls_cert = tls_cert
+
+    def url(self, path: str = "/api/tasks", https: bool = False) -> str:
+        """The URL of `path` on the HTTP listener, or on the HTTPS one (as https://localhost:P,
+        the name the certificate is for)."""
+        if https:
+            assert self.https_port is not None, "this Envoy has no HTTPS listener"
+            return f"https://localhost:{self.https_port}{path}"
+        return f"http://127.0.0.1:{self.port}{path}"
 
     @property
     def pid(self) -> int:
@@ -196,10 +220,13 @@ def start_envoy(
     concurrency: int = CONCURRENCY,
     timeout: float = 30.0,
     log_level: str = "info",
+    https: bool = True,
 ) -> Envoy:
     """Start Envoy with `policy` (a file, a dict, or raw text passed through unchanged) and wait
-    until it serves; raise EnvoyExited if it exits first."""
+    until it serves, on both listeners (HTTP only with https=False); raise EnvoyExited if it
+    exits first."""
     port, admin_port = free_port(), free_port()
+    https_port = free_port() if https else None
     run_dir = tmp / f"envoy-{port}"
     run_dir.mkdir(parents=True, exist_ok=True)
     args = [
@@ -207,9 +234,14 @@ def start_envoy(
         "--concurrency", str(concurrency), "--port", str(port), "--admin-port", str(admin_port),
         "--upstream-v1", upstreams["v1"], "--upstream-v2", upstreams["v2"],
         "--log-level", log_level, "--run-dir", str(run_dir),
+        *(["--https-port", str(https_port), "--tls-dir", str(TLS_DIR)] if https
+          else ["--https-port", "none"]),
     ]
     process = Process(args, run_dir / "envoy.log")
-    envoy = Envoy(process, port, admin_port)
+    envoy = Envoy(process, port, admin_port, https_port, TLS_DIR / "tls.crt" if https else None)
+    ready = [f"http://127.0.0.1:{admin_port}/ready", f"http://127.0.0.1:{port}/healthz"]
+    if https:
+        ready.append(f"https://127.0.0.1:{https_port}/healthz")
     deadline = time.monotonic() + timeout
     while True:
         code = process.poll()
@@ -217,10 +249,9 @@ def start_envoy(
             process.stop()
             raise EnvoyExited(code, process.log_text())
         try:
-            if (_get(f"http://127.0.0.1:{admin_port}/ready")[0] == 200
-                    and _get(f"http://127.0.0.1:{port}/healthz")[0] == 200):
+            if all(_get(url)[0] == 200 for url in ready):
                 return envoy
-        except OSError:
+        except OSError:  # ssl.SSLError is one
             pass
         if time.monotonic() > deadline:
             process.stop()

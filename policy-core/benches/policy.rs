@@ -3,7 +3,7 @@
 //! Time is a fake clock: a `Nanos` the loop advances by a fixed step, never a real clock read.
 //! Every group declares its throughput (decisions, or bytes for usage parsing).
 //!
-//! Run: `cargo bench -p policy-core --bench policy` (all groups, about two minutes) or
+//! Run: `cargo bench -p policy-core --bench policy` (all groups, about three minutes) or
 //! `cargo bench -p policy-core --bench policy -- keyed/` for one group. CI only builds them
 //! (`cargo bench --no-run`). Results and their reading are in BENCHMARKS.md.
 //!

@@ -3,16 +3,20 @@
 --
 --   BENCH_USERS  number of distinct users (default 10000)
 --   BENCH_PATH   request path (default /api/v1/tasks)
---   BENCH_LLM    if set: POST an OpenAI chat completion request body instead of a GET
+--   BENCH_LLM    if set: POST a small OpenAI chat completion request (model gpt-4o-mini,
+--                max_tokens 256, 190 bytes) instead of a GET
+--   BENCH_STREAM if set with BENCH_LLM: the same request with "stream": true (SSE answer)
 --   BENCH_UNIQUE if set: every request gets a never-seen-before id (key churn)
 
 local users = tonumber(os.getenv("BENCH_USERS") or "10000")
 local path = os.getenv("BENCH_PATH") or "/api/v1/tasks"
 local llm = os.getenv("BENCH_LLM") ~= nil
 local unique = os.getenv("BENCH_UNIQUE") ~= nil
+local stream = os.getenv("BENCH_STREAM") ~= nil
 local body = nil
 if llm then
-  body = '{"model":"gpt-4o-mini","max_tokens":256,"messages":[' ..
+  body = '{"model":"gpt-4o-mini",' .. (stream and '"stream":true,' or '') ..
+    '"max_tokens":256,"messages":[' ..
     '{"role":"system","content":"You are a helpful assistant."},' ..
     '{"role":"user","content":"Summarise the plot of Hamlet in three sentences."}]}'
 end

@@ -109,12 +109,20 @@ impl Rate {
 
     /// Scaled units to nanoseconds, rounded up so waits are never too short.
     fn nanos_of(&self, scaled: u128) -> Nanos {
+        // A 64-bit division when the value fits (always, for windows up to months): the
+        // 128-bit one is a libcall on wasm32 and the costliest step of a decision.
+        if let Ok(small) = u64::try_from(scaled) {
+            return Nanos(small.div_ceil(self.amount));
+        }
         let ns = scaled.div_ceil(u128::from(self.amount));
         Nanos(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 
     fn remaining(&self, ahead: u128) -> u64 {
         let room = self.window().saturating_sub(ahead);
+        if let Ok(small) = u64::try_from(room) {
+            return small / self.period.0;
+        }
         let cells = room / u128::from(self.period.0);
         u64::try_from(cells).unwrap_or(u64::MAX)
     }

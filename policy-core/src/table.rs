@@ -11,7 +11,6 @@
 //! newcomer *shares* a way chosen by its fingerprint: limits get stricter for the two keys that
 //! share, never looser, and the caller is told so it can count it.
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -29,6 +28,9 @@ pub const MAX_ATTEMPTS: u32 = 16;
 const FINGERPRINT: usize = 8;
 const CELL: usize = 16;
 const TAG: usize = 8;
+
+/// The most bucket states one way holds (a tier has at most 8 limits).
+pub const MAX_CELLS: usize = 8;
 
 /// How the key found its way in the set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +80,7 @@ impl Table {
         Table {
             prefix,
             sets,
-            cells: cells.max(1),
+            cells: cells.clamp(1, MAX_CELLS),
             tag,
         }
     }
@@ -99,7 +101,25 @@ impl Table {
 
     /// The store key of set `set`.
     pub fn key(&self, set: u32) -> String {
-        format!("{}{}", self.prefix, set)
+        // On every decision: one exact allocation and no formatting machinery.
+        let mut digits = [0u8; 10];
+        let mut n = set;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            if let Some(d) = digits.get_mut(start) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || start == 0 {
+                break;
+            }
+        }
+        let digits = digits.get(start..).unwrap_or(&[]);
+        let mut key = String::with_capacity(self.prefix.len() + digits.len());
+        key.push_str(&self.prefix);
+        key.extend(digits.iter().map(|&d| char::from(d)));
+        key
     }
 
     fn empty_set(&self) -> Vec<u8> {
@@ -188,6 +208,16 @@ impl Table {
         read_u64(bytes, self.way_offset(way)).unwrap_or(0)
     }
 
+    /// A way's states read into `buf` (no allocation, for the idle scan of every way).
+    fn cells_into<'b>(&self, bytes: &[u8], way: usize, buf: &'b mut [Tat; MAX_CELLS]) -> &'b [Tat] {
+        let base = self.way_offset(way) + FINGERPRINT;
+        let n = self.cells.min(MAX_CELLS);
+        for (i, slot) in buf.iter_mut().take(n).enumerate() {
+            *slot = Tat(read_u128(bytes, base + i * CELL).unwrap_or(0));
+        }
+        buf.get(..n).unwrap_or(&[])
+    }
+
     fn cells_of(&self, bytes: &[u8], way: usize) -> Vec<Tat> {
         let base = self.way_offset(way) + FINGERPRINT;
         (0..self.cells)
@@ -202,12 +232,13 @@ impl Table {
         is_idle: &impl Fn(&[Tat]) -> bool,
     ) -> (usize, Placement) {
         let mut free = None;
+        let mut scratch = [Tat::default(); MAX_CELLS];
         for way in 0..WAYS {
             let fp = self.fingerprint_of(bytes, way);
             if fp == fingerprint {
                 return (way, Placement::Owned);
             }
-            if free.is_none() && (fp == 0 || is_idle(&self.cells_of(bytes, way))) {
+            if free.is_none() && (fp == 0 || is_idle(self.cells_into(bytes, way, &mut scratch))) {
                 free = Some(way);
             }
         }
@@ -277,6 +308,14 @@ mod tests {
         )
         .unwrap()
         .1
+    }
+
+    #[test]
+    fn keys_are_the_prefix_and_the_set_number() {
+        let t = table();
+        for set in [0, 7, 10, 1234, u32::MAX] {
+            assert_eq!(t.key(set), alloc::format!("t/{set}"));
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 --   BENCH_USERS  number of distinct users (default 10000)
 --   BENCH_PATH   request path (default /api/v1/tasks)
 --   BENCH_LLM    if set: POST a small OpenAI chat completion request (model gpt-4o-mini,
---                max_tokens 256, 190 bytes) instead of a GET
+--                max_tokens 256, 189 bytes) instead of a GET
 --   BENCH_STREAM if set with BENCH_LLM: the same request with "stream": true (SSE answer)
 --   BENCH_UNIQUE if set: every request gets a never-seen-before id (key churn)
 

@@ -164,6 +164,21 @@ class Envoy:
         return client.burst(self.port, n, headers, **kw)
 
 
+def wait_healthy(addr: str, what: str, proc: "Process | None" = None, timeout: float = 10) -> None:
+    """Polls http://ADDR/healthz until it answers 200; fails with the process's log if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if _get(f"http://{addr}/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        if proc is not None:
+            assert proc.poll() is None, f"{what} exited:\n{proc.tail()}"
+        assert time.monotonic() < deadline, f"{what} not ready"
+        time.sleep(0.05)
+
+
 def _write_policy(policy: str | Path | dict, tmp: Path) -> Path:
     if isinstance(policy, Path):
         return policy
@@ -198,15 +213,7 @@ def upstreams(artifacts, tmp_path_factory):
             procs.append(proc)
             started[version] = addr
         for version, addr in started.items():
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    if _get(f"http://{addr}/healthz")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, f"upstream {version} not ready"
-                time.sleep(0.05)
+            wait_healthy(addr, f"upstream {version}")
         yield started
     finally:
         for proc in procs:

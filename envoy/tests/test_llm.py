@@ -44,7 +44,9 @@ import pytest
 
 import render  # envoy/render.py (conftest puts envoy/ on sys.path)
 from client import Reply, parse_structured_list
-from conftest import ROOT, WASM, Envoy, Process, _get, free_port, start_envoy, unique
+from conftest import (
+    ROOT, WASM, Envoy, Process, _get, free_port, start_envoy, unique, wait_healthy,
+)
 
 # Envoy (proxy-wasm-cpp-host) turns a plugin's Pause from on_http_{request,response}_headers into
 # StopAllIterationAndWatermark, and never resumes the stream, unless the plugin config sets this
@@ -162,16 +164,7 @@ def mock(artifacts, tmp_path_factory) -> str:
     log = tmp_path_factory.mktemp("llm-mock") / "mock.log"
     proc = Process([str(artifacts["upstream"]), "--app", "llm", "--listen", addr], log)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if _get(f"http://{addr}/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, f"LLM mock exited:\n{proc.tail()}"
-            assert time.monotonic() < deadline, "LLM mock not ready"
-            time.sleep(0.05)
+        wait_healthy(addr, "LLM mock", proc)
         yield addr
     finally:
         proc.stop()

@@ -9,17 +9,24 @@ use alloc::borrow::ToOwned;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::fmt;
 
 use regex_automata::meta::Regex;
 use regex_automata::util::syntax;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+mod error;
+mod json;
+mod llm;
+
+pub use error::{ConfigError, Reason};
+
+use error::err;
+use json::{array, boolean, header_name, name, positive, string, Obj};
+use llm::{default_llm, parse_budgets, parse_llm};
 
 use crate::bucket::{Rate, RateError, MAX_AMOUNT};
-use crate::budget::{Budget, LlmSettings, Mode, ModelScope, OnIncomplete, OnMissingUsage};
 use crate::hash::Seed;
 use crate::identity::IdentitySource;
-use crate::llm::cost::{Cost, CostSpec};
 use crate::table::Table;
 use crate::tier::{Limit, Matcher, Tier, ValueTest};
 use crate::time::Nanos;
@@ -34,262 +41,6 @@ pub const MAX_KEYS_LIMIT: u32 = 1 << 24;
 pub const MAX_LIMITS: usize = 8;
 /// The most tiers a policy may have.
 pub const MAX_TIERS: usize = 64;
-
-/// A policy the filter must refuse, with where and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Where, as a JSON path from the root: `tiers[1].limits[0].requests`; `$` for the whole.
-    pub path: String,
-    /// Why.
-    pub reason: Reason,
-}
-
-/// Why a policy is refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Reason {
-    /// Not JSON at all.
-    InvalidJson {
-        /// 1-based.
-        line: usize,
-        /// 1-based.
-        column: usize,
-        /// The parser's words.
-        detail: String,
-    },
-    /// A field the policy format does not have.
-    UnknownField {
-        /// The fields it does have.
-        expected: &'static [&'static str],
-    },
-    /// A required field is missing.
-    Missing,
-    /// The value has the wrong JSON type.
-    WrongType {
-        /// What was expected.
-        expected: &'static str,
-    },
-    /// A number that must be positive is zero.
-    NotPositive,
-    /// A number is above its maximum.
-    TooLarge {
-        /// The maximum.
-        max: u64,
-    },
-    /// Not one of the accepted words.
-    NotOneOf {
-        /// The accepted words.
-        expected: &'static [&'static str],
-    },
-    /// An invalid regular expression.
-    InvalidRegex {
-        /// The regex compiler's words.
-        detail: String,
-    },
-    /// A list that must not be empty is.
-    Empty,
-    /// A list is longer than allowed.
-    TooMany {
-        /// The maximum.
-        max: usize,
-    },
-    /// A name that must be unique is repeated.
-    Duplicate {
-        /// The name.
-        name: String,
-    },
-    /// A name with characters outside `[A-Za-z0-9._-]` or longer than 64.
-    BadName,
-    /// A header name that is not a lowercase HTTP token.
-    BadHeaderName,
-    /// A matcher must have exactly one test.
-    OneTestRequired,
-    /// A field with a value that is wrong for the stated reason.
-    Invalid {
-        /// Why.
-        why: &'static str,
-    },
-    /// A field whose value a sub-parser refused, in its words.
-    Refused {
-        /// The sub-parser's words.
-        detail: String,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.reason)
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::InvalidJson {
-                line,
-                column,
-                detail,
-            } => write!(f, "invalid JSON at line {line} column {column}: {detail}"),
-            Reason::UnknownField { expected } => {
-                write!(f, "unknown field, expected one of: {}", expected.join(", "))
-            }
-            Reason::Missing => f.write_str("required field is missing"),
-            Reason::WrongType { expected } => write!(f, "must be {expected}"),
-            Reason::NotPositive => f.write_str("must be greater than 0"),
-            Reason::TooLarge { max } => write!(f, "must be at most {max}"),
-            Reason::NotOneOf { expected } => write!(f, "must be one of: {}", expected.join(", ")),
-            Reason::InvalidRegex { detail } => write!(f, "invalid regular expression: {detail}"),
-            Reason::Empty => f.write_str("must not be empty"),
-            Reason::TooMany { max } => write!(f, "must have at most {max} entries"),
-            Reason::Duplicate { name } => write!(f, "duplicate name {name:?}"),
-            Reason::BadName => {
-                f.write_str("must be 1 to 64 characters of letters, digits, '.', '_' or '-'")
-            }
-            Reason::BadHeaderName => f.write_str("must be a lowercase HTTP header name"),
-            Reason::OneTestRequired => {
-                f.write_str("must have exactly one of: present, exact, prefix, regex")
-            }
-            Reason::Invalid { why } => f.write_str(why),
-            Reason::Refused { detail } => f.write_str(detail),
-        }
-    }
-}
-
-impl core::error::Error for ConfigError {}
-
-fn err<T>(path: impl Into<String>, reason: Reason) -> Result<T, ConfigError> {
-    Err(ConfigError {
-        path: path.into(),
-        reason,
-    })
-}
-
-/// A JSON object being read, with its path and the fields it may have.
-struct Obj<'a> {
-    map: &'a Map<String, Value>,
-    path: String,
-}
-
-impl<'a> Obj<'a> {
-    fn new(
-        v: &'a Value,
-        path: &str,
-        fields: &'static [&'static str],
-    ) -> Result<Obj<'a>, ConfigError> {
-        let Value::Object(map) = v else {
-            return err(
-                path,
-                Reason::WrongType {
-                    expected: "an object",
-                },
-            );
-        };
-        if let Some(unknown) = map.keys().find(|k| !fields.contains(&k.as_str())) {
-            return err(
-                join(path, unknown),
-                Reason::UnknownField { expected: fields },
-            );
-        }
-        Ok(Obj {
-            map,
-            path: path.to_owned(),
-        })
-    }
-
-    fn at(&self, field: &str) -> String {
-        join(&self.path, field)
-    }
-
-    fn opt(&self, field: &str) -> Option<&'a Value> {
-        self.map.get(field).filter(|v| !v.is_null())
-    }
-
-    fn req(&self, field: &str) -> Result<&'a Value, ConfigError> {
-        match self.opt(field) {
-            Some(v) => Ok(v),
-            None => err(self.at(field), Reason::Missing),
-        }
-    }
-}
-
-fn join(path: &str, field: &str) -> String {
-    if path == "$" {
-        field.to_owned()
-    } else {
-        format!("{path}.{field}")
-    }
-}
-
-fn string<'v>(v: &'v Value, path: &str) -> Result<&'v str, ConfigError> {
-    v.as_str().ok_or_else(|| ConfigError {
-        path: path.to_owned(),
-        reason: Reason::WrongType {
-            expected: "a string",
-        },
-    })
-}
-
-fn boolean(v: &Value, path: &str) -> Result<bool, ConfigError> {
-    v.as_bool().ok_or_else(|| ConfigError {
-        path: path.to_owned(),
-        reason: Reason::WrongType {
-            expected: "true or false",
-        },
-    })
-}
-
-fn array<'v>(v: &'v Value, path: &str) -> Result<&'v Vec<Value>, ConfigError> {
-    v.as_array().ok_or_else(|| ConfigError {
-        path: path.to_owned(),
-        reason: Reason::WrongType { expected: "a list" },
-    })
-}
-
-/// A positive whole number up to `max`.
-fn positive(v: &Value, path: &str, max: u64) -> Result<u64, ConfigError> {
-    let Some(n) = v.as_u64() else {
-        if v.as_i64() == Some(0) || v.as_f64() == Some(0.0) {
-            return err(path, Reason::NotPositive);
-        }
-        return err(
-            path,
-            Reason::WrongType {
-                expected: "a positive whole number",
-            },
-        );
-    };
-    if n == 0 {
-        return err(path, Reason::NotPositive);
-    }
-    if n > max {
-        return err(path, Reason::TooLarge { max });
-    }
-    Ok(n)
-}
-
-fn name(v: &Value, path: &str) -> Result<String, ConfigError> {
-    let s = string(v, path)?;
-    if s.is_empty()
-        || s.len() > 64
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return err(path, Reason::BadName);
-    }
-    Ok(s.to_owned())
-}
-
-fn header_name(v: &Value, path: &str) -> Result<String, ConfigError> {
-    let s = string(v, path)?;
-    let token =
-        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
-    let body = s.strip_prefix(':').unwrap_or(s);
-    if body.is_empty() || !body.bytes().all(token) {
-        return err(path, Reason::BadHeaderName);
-    }
-    Ok(s.to_owned())
-}
 
 /// The period of a window word. A month is 30 days, as billing windows usually are.
 pub fn period(word: &str) -> Option<Nanos> {
@@ -346,20 +97,6 @@ const TOP_FIELDS: &[&str] = &[
     "llm",
 ];
 const TIER_FIELDS: &[&str] = &["name", "match", "identity", "limits", "tokens", "max_keys"];
-const BUDGET_FIELDS: &[&str] = &["tokens", "per", "burst", "name", "model"];
-const LLM_FIELDS: &[&str] = &[
-    "mode",
-    "count",
-    "default_max_tokens",
-    "max_request_body_bytes",
-    "max_response_body_bytes",
-    "on_missing_usage",
-    "on_incomplete",
-    "inject_stream_usage",
-    "strip_accept_encoding",
-    "buffer_limit_bytes",
-    "hold_headers",
-];
 const MATCH_FIELDS: &[&str] = &["headers", "path_prefix", "methods"];
 const HEADER_FIELDS: &[&str] = &["name", "present", "exact", "prefix", "regex"];
 const LIMIT_FIELDS: &[&str] = &["requests", "per", "burst", "name"];
@@ -509,7 +246,7 @@ fn layout_tag(limits: &[Limit]) -> u64 {
     rates_tag(limits.iter().map(|l| &l.rate))
 }
 
-fn rates_tag<'r>(rates: impl Iterator<Item = &'r Rate>) -> u64 {
+pub(super) fn rates_tag<'r>(rates: impl Iterator<Item = &'r Rate>) -> u64 {
     let mut parts: Vec<u8> = Vec::new();
     for r in rates {
         parts.extend_from_slice(&r.amount().to_le_bytes());
@@ -517,180 +254,6 @@ fn rates_tag<'r>(rates: impl Iterator<Item = &'r Rate>) -> u64 {
         parts.extend_from_slice(&r.burst().to_le_bytes());
     }
     Seed([0; 16]).slot(&[&parts], 1).fingerprint
-}
-
-/// A name usable in headers and keys, made from a model name (which may hold `/`, `:`, `@`…).
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect()
-}
-
-fn parse_budgets(
-    v: &Value,
-    path: &str,
-    tier: &str,
-    identity: &IdentitySource,
-    max_keys: u32,
-) -> Result<Vec<Budget>, ConfigError> {
-    let raw = array(v, path)?;
-    if raw.is_empty() {
-        return err(path, Reason::Empty);
-    }
-    if raw.len() > MAX_LIMITS {
-        return err(path, Reason::TooMany { max: MAX_LIMITS });
-    }
-    let mut budgets: Vec<Budget> = Vec::with_capacity(raw.len());
-    for (i, b) in raw.iter().enumerate() {
-        let bpath = format!("{path}[{i}]");
-        let (rate, explicit, per) = rate(b, &bpath, "tokens", BUDGET_FIELDS)?;
-        let o = Obj::new(b, &bpath, BUDGET_FIELDS)?;
-        let scope = match o.opt("model") {
-            None => ModelScope::All,
-            Some(m) => match string(m, &o.at("model"))? {
-                "" => return err(o.at("model"), Reason::Empty),
-                "*" => ModelScope::Each,
-                model => ModelScope::Only(model.to_owned()),
-            },
-        };
-        let bname = explicit.unwrap_or_else(|| {
-            let model = match &scope {
-                ModelScope::All => String::new(),
-                ModelScope::Each => String::from("-each-model"),
-                ModelScope::Only(m) => format!("-{}", sanitize(m)),
-            };
-            let full = format!("{tier}-tokens{model}-{per}");
-            sanitize(&full)
-        });
-        if budgets.iter().any(|x| x.name == bname) {
-            return err(format!("{bpath}.name"), Reason::Duplicate { name: bname });
-        }
-        let keys = if identity.is_shared() && scope != ModelScope::Each {
-            1
-        } else {
-            max_keys
-        };
-        let table = Table::new(
-            format!("tollgate/t/{tier}/{bname}/"),
-            keys,
-            1,
-            rates_tag(core::iter::once(&rate)),
-        );
-        budgets.push(Budget {
-            name: bname,
-            scope,
-            rate,
-            table,
-        });
-    }
-    Ok(budgets)
-}
-
-fn default_llm() -> LlmSettings {
-    LlmSettings {
-        mode: Mode::Reserve,
-        cost: Cost::TOTAL,
-        default_max_tokens: 4096,
-        max_request_body: 1 << 20,
-        max_response_body: 256 << 10,
-        on_missing_usage: OnMissingUsage::Reservation,
-        on_incomplete: OnIncomplete::Received,
-        inject_stream_usage: true,
-        strip_accept_encoding: true,
-        buffer_limit: 32 << 10,
-        hold_headers: false,
-    }
-}
-
-fn word<T: Copy>(
-    v: &Value,
-    path: &str,
-    choices: &'static [&'static str],
-    values: &[T],
-) -> Result<T, ConfigError> {
-    let s = string(v, path)?;
-    match choices
-        .iter()
-        .position(|c| *c == s)
-        .and_then(|i| values.get(i))
-    {
-        Some(t) => Ok(*t),
-        None => err(path, Reason::NotOneOf { expected: choices }),
-    }
-}
-
-fn parse_llm(v: &Value, path: &str) -> Result<LlmSettings, ConfigError> {
-    let o = Obj::new(v, path, LLM_FIELDS)?;
-    let mut l = default_llm();
-    if let Some(m) = o.opt("mode") {
-        l.mode = word(
-            m,
-            &o.at("mode"),
-            &["reserve", "charge_after"],
-            &[Mode::Reserve, Mode::ChargeAfter],
-        )?;
-    }
-    if let Some(c) = o.opt("count") {
-        let cpath = o.at("count");
-        let spec: CostSpec = serde_json::from_value(c.clone()).map_err(|e| ConfigError {
-            path: cpath.clone(),
-            reason: Reason::Refused {
-                detail: e.to_string(),
-            },
-        })?;
-        l.cost = Cost::from_spec(&spec).map_err(|e| ConfigError {
-            path: cpath.clone(),
-            reason: Reason::Refused {
-                detail: e.to_string(),
-            },
-        })?;
-    }
-    if let Some(n) = o.opt("default_max_tokens") {
-        l.default_max_tokens = positive(n, &o.at("default_max_tokens"), MAX_AMOUNT)?;
-    }
-    let body_max = 64 << 20;
-    if let Some(n) = o.opt("max_request_body_bytes") {
-        l.max_request_body = positive(n, &o.at("max_request_body_bytes"), body_max)? as usize;
-    }
-    if let Some(n) = o.opt("max_response_body_bytes") {
-        l.max_response_body = positive(n, &o.at("max_response_body_bytes"), body_max)? as usize;
-    }
-    if let Some(m) = o.opt("on_missing_usage") {
-        l.on_missing_usage = word(
-            m,
-            &o.at("on_missing_usage"),
-            &["reservation", "nothing"],
-            &[OnMissingUsage::Reservation, OnMissingUsage::Nothing],
-        )?;
-    }
-    if let Some(m) = o.opt("on_incomplete") {
-        l.on_incomplete = word(
-            m,
-            &o.at("on_incomplete"),
-            &["received", "reservation"],
-            &[OnIncomplete::Received, OnIncomplete::Reservation],
-        )?;
-    }
-    if let Some(b) = o.opt("inject_stream_usage") {
-        l.inject_stream_usage = boolean(b, &o.at("inject_stream_usage"))?;
-    }
-    if let Some(b) = o.opt("strip_accept_encoding") {
-        l.strip_accept_encoding = boolean(b, &o.at("strip_accept_encoding"))?;
-    }
-    if let Some(n) = o.opt("buffer_limit_bytes") {
-        l.buffer_limit = positive(n, &o.at("buffer_limit_bytes"), body_max)? as usize;
-    }
-    if let Some(b) = o.opt("hold_headers") {
-        l.hold_headers = boolean(b, &o.at("hold_headers"))?;
-    }
-    Ok(l)
 }
 
 type MatchParts = (Vec<Matcher>, Option<String>, Vec<String>);
@@ -849,7 +412,7 @@ mod tests {
 
     use super::*;
 
-    const TASK_API: &str = include_str!("../../examples/task-api-policy.json");
+    const TASK_API: &str = include_str!("../../../examples/task-api-policy.json");
 
     fn error(json: &str) -> String {
         match parse(json.as_bytes()) {

@@ -1,0 +1,206 @@
+//! The LLM parts of a policy: a tier's token budgets and the `llm` settings.
+
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use serde_json::Value;
+
+use super::error::{err, ConfigError, Reason};
+use super::json::{array, boolean, positive, string, Obj};
+use super::{rate, rates_tag, MAX_LIMITS};
+use crate::bucket::MAX_AMOUNT;
+use crate::budget::{Budget, LlmSettings, Mode, ModelScope, OnIncomplete, OnMissingUsage};
+use crate::identity::IdentitySource;
+use crate::llm::cost::{Cost, CostSpec};
+use crate::table::Table;
+
+const BUDGET_FIELDS: &[&str] = &["tokens", "per", "burst", "name", "model"];
+const LLM_FIELDS: &[&str] = &[
+    "mode",
+    "count",
+    "default_max_tokens",
+    "max_request_body_bytes",
+    "max_response_body_bytes",
+    "on_missing_usage",
+    "on_incomplete",
+    "inject_stream_usage",
+    "strip_accept_encoding",
+    "buffer_limit_bytes",
+    "hold_headers",
+];
+
+/// A name usable in headers and keys, made from a model name (which may hold `/`, `:`, `@`…).
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+pub(super) fn parse_budgets(
+    v: &Value,
+    path: &str,
+    tier: &str,
+    identity: &IdentitySource,
+    max_keys: u32,
+) -> Result<Vec<Budget>, ConfigError> {
+    let raw = array(v, path)?;
+    if raw.is_empty() {
+        return err(path, Reason::Empty);
+    }
+    if raw.len() > MAX_LIMITS {
+        return err(path, Reason::TooMany { max: MAX_LIMITS });
+    }
+    let mut budgets: Vec<Budget> = Vec::with_capacity(raw.len());
+    for (i, b) in raw.iter().enumerate() {
+        let bpath = format!("{path}[{i}]");
+        let (rate, explicit, per) = rate(b, &bpath, "tokens", BUDGET_FIELDS)?;
+        let o = Obj::new(b, &bpath, BUDGET_FIELDS)?;
+        let scope = match o.opt("model") {
+            None => ModelScope::All,
+            Some(m) => match string(m, &o.at("model"))? {
+                "" => return err(o.at("model"), Reason::Empty),
+                "*" => ModelScope::Each,
+                model => ModelScope::Only(model.to_owned()),
+            },
+        };
+        let bname = explicit.unwrap_or_else(|| {
+            let model = match &scope {
+                ModelScope::All => String::new(),
+                ModelScope::Each => String::from("-each-model"),
+                ModelScope::Only(m) => format!("-{}", sanitize(m)),
+            };
+            let full = format!("{tier}-tokens{model}-{per}");
+            sanitize(&full)
+        });
+        if budgets.iter().any(|x| x.name == bname) {
+            return err(format!("{bpath}.name"), Reason::Duplicate { name: bname });
+        }
+        let keys = if identity.is_shared() && scope != ModelScope::Each {
+            1
+        } else {
+            max_keys
+        };
+        let table = Table::new(
+            format!("tollgate/t/{tier}/{bname}/"),
+            keys,
+            1,
+            rates_tag(core::iter::once(&rate)),
+        );
+        budgets.push(Budget {
+            name: bname,
+            scope,
+            rate,
+            table,
+        });
+    }
+    Ok(budgets)
+}
+
+pub(super) fn default_llm() -> LlmSettings {
+    LlmSettings {
+        mode: Mode::Reserve,
+        cost: Cost::TOTAL,
+        default_max_tokens: 4096,
+        max_request_body: 1 << 20,
+        max_response_body: 256 << 10,
+        on_missing_usage: OnMissingUsage::Reservation,
+        on_incomplete: OnIncomplete::Received,
+        inject_stream_usage: true,
+        strip_accept_encoding: true,
+        buffer_limit: 32 << 10,
+        hold_headers: false,
+    }
+}
+
+fn word<T: Copy>(
+    v: &Value,
+    path: &str,
+    choices: &'static [&'static str],
+    values: &[T],
+) -> Result<T, ConfigError> {
+    let s = string(v, path)?;
+    match choices
+        .iter()
+        .position(|c| *c == s)
+        .and_then(|i| values.get(i))
+    {
+        Some(t) => Ok(*t),
+        None => err(path, Reason::NotOneOf { expected: choices }),
+    }
+}
+
+pub(super) fn parse_llm(v: &Value, path: &str) -> Result<LlmSettings, ConfigError> {
+    let o = Obj::new(v, path, LLM_FIELDS)?;
+    let mut l = default_llm();
+    if let Some(m) = o.opt("mode") {
+        l.mode = word(
+            m,
+            &o.at("mode"),
+            &["reserve", "charge_after"],
+            &[Mode::Reserve, Mode::ChargeAfter],
+        )?;
+    }
+    if let Some(c) = o.opt("count") {
+        let cpath = o.at("count");
+        let spec: CostSpec = serde_json::from_value(c.clone()).map_err(|e| ConfigError {
+            path: cpath.clone(),
+            reason: Reason::Refused {
+                detail: e.to_string(),
+            },
+        })?;
+        l.cost = Cost::from_spec(&spec).map_err(|e| ConfigError {
+            path: cpath.clone(),
+            reason: Reason::Refused {
+                detail: e.to_string(),
+            },
+        })?;
+    }
+    if let Some(n) = o.opt("default_max_tokens") {
+        l.default_max_tokens = positive(n, &o.at("default_max_tokens"), MAX_AMOUNT)?;
+    }
+    let body_max = 64 << 20;
+    if let Some(n) = o.opt("max_request_body_bytes") {
+        l.max_request_body = positive(n, &o.at("max_request_body_bytes"), body_max)? as usize;
+    }
+    if let Some(n) = o.opt("max_response_body_bytes") {
+        l.max_response_body = positive(n, &o.at("max_response_body_bytes"), body_max)? as usize;
+    }
+    if let Some(m) = o.opt("on_missing_usage") {
+        l.on_missing_usage = word(
+            m,
+            &o.at("on_missing_usage"),
+            &["reservation", "nothing"],
+            &[OnMissingUsage::Reservation, OnMissingUsage::Nothing],
+        )?;
+    }
+    if let Some(m) = o.opt("on_incomplete") {
+        l.on_incomplete = word(
+            m,
+            &o.at("on_incomplete"),
+            &["received", "reservation"],
+            &[OnIncomplete::Received, OnIncomplete::Reservation],
+        )?;
+    }
+    if let Some(b) = o.opt("inject_stream_usage") {
+        l.inject_stream_usage = boolean(b, &o.at("inject_stream_usage"))?;
+    }
+    if let Some(b) = o.opt("strip_accept_encoding") {
+        l.strip_accept_encoding = boolean(b, &o.at("strip_accept_encoding"))?;
+    }
+    if let Some(n) = o.opt("buffer_limit_bytes") {
+        l.buffer_limit = positive(n, &o.at("buffer_limit_bytes"), body_max)? as usize;
+    }
+    if let Some(b) = o.opt("hold_headers") {
+        l.hold_headers = boolean(b, &o.at("hold_headers"))?;
+    }
+    Ok(l)
+}

@@ -68,12 +68,23 @@ fn structured<'a>(entries: impl Iterator<Item = Entry<'a>>, out: &mut Fields) {
             policy.push_str(", ");
             current.push_str(", ");
         }
-        let unit = if e.tokens { ";qu=\"tokens\"" } else { "" };
-        policy.push_str(&format!(
-            "\"{}\";q={};w={}{unit}",
-            e.name, e.quota, e.window
-        ));
-        current.push_str(&format!("\"{}\";r={};t={}", e.name, e.remaining, e.reset));
+        for (buf, (k1, v1), (k2, v2)) in [
+            (&mut policy, ("q", e.quota), ("w", e.window)),
+            (&mut current, ("r", e.remaining), ("t", e.reset)),
+        ] {
+            buf.push('"');
+            buf.push_str(e.name);
+            buf.push('"');
+            for (k, v) in [(k1, v1), (k2, v2)] {
+                buf.push(';');
+                buf.push_str(k);
+                buf.push('=');
+                push_u64(buf, v);
+            }
+        }
+        if e.tokens {
+            policy.push_str(";qu=\"tokens\"");
+        }
     }
     if !policy.is_empty() {
         out.push(("ratelimit-policy", policy));
@@ -90,16 +101,38 @@ pub fn fields(tier: &Tier, d: &Decision) -> Fields {
     structured(request_entries(tier, d), &mut out);
     let s = d.status();
     let limit = tier.limits.get(d.decisive).map_or(0, |l| l.rate.amount());
-    out.push(("x-ratelimit-limit", format!("{limit}")));
-    out.push(("x-ratelimit-remaining", format!("{}", s.remaining)));
-    out.push((
-        "x-ratelimit-reset",
-        format!("{}", s.reset_after.as_secs_ceil()),
-    ));
+    out.push(("x-ratelimit-limit", number(limit)));
+    out.push(("x-ratelimit-remaining", number(s.remaining)));
+    out.push(("x-ratelimit-reset", number(s.reset_after.as_secs_ceil())));
     if let Some(wait) = d.retry_after() {
-        out.push(("retry-after", format!("{}", wait.as_secs_ceil())));
+        out.push(("retry-after", number(wait.as_secs_ceil())));
     }
     out
+}
+
+/// Appends `n` in decimal. On every admitted request: no `core::fmt` machinery.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        if let Some(d) = digits.get_mut(start) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || start == 0 {
+            break;
+        }
+    }
+    for &d in digits.get(start..).unwrap_or(&[]) {
+        out.push(char::from(d));
+    }
+}
+
+fn number(n: u64) -> String {
+    let mut s = String::with_capacity(20);
+    push_u64(&mut s, n);
+    s
 }
 
 /// A duration as OpenAI writes it in `x-ratelimit-reset-*` (Go's format): `6m0s`, `1.5s`,
@@ -257,6 +290,13 @@ mod tests {
     use crate::request::HeaderList;
     use crate::store::MemoryStore;
     use crate::Policy;
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 100, 123_456_789, u64::MAX] {
+            assert_eq!(number(n), alloc::format!("{n}"));
+        }
+    }
 
     #[test]
     fn durations_read_like_openai_headers() {

@@ -151,6 +151,20 @@ impl Stream {
         }
     }
 
+    /// The body chunk Envoy offers, without a host call for an empty one (Envoy ends many
+    /// bodies with an empty end-of-stream callback).
+    fn body_bytes(&self, size: usize, request: bool) -> Vec<u8> {
+        if size == 0 {
+            return Vec::new();
+        }
+        let bytes = if request {
+            self.get_http_request_body(0, size)
+        } else {
+            self.get_http_response_body(0, size)
+        };
+        bytes.unwrap_or_default()
+    }
+
     fn add_llm_fields(&self) {
         let fields = self
             .llm
@@ -316,7 +330,7 @@ impl HttpContext for Stream {
                 if !end_of_stream {
                     return Action::Pause; // Envoy buffers it for us.
                 }
-                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                let body = self.body_bytes(body_size, true);
                 let rewritten = self
                     .llm
                     .as_mut()
@@ -345,7 +359,7 @@ impl HttpContext for Stream {
                 *holding = false;
             }
         }
-        let chunk = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let chunk = self.body_bytes(body_size, true);
         if let Some(LlmStream {
             phase: Phase::ReadingRequest { copy, .. },
             ..
@@ -413,9 +427,7 @@ impl HttpContext for Stream {
         };
         match phase {
             Phase::Streaming(_) => {
-                let chunk = self
-                    .get_http_response_body(0, body_size)
-                    .unwrap_or_default();
+                let chunk = self.body_bytes(body_size, false);
                 if let Some(LlmStream {
                     phase: Phase::Streaming(scanner),
                     ..
@@ -433,9 +445,7 @@ impl HttpContext for Stream {
                     return Action::Pause;
                 }
                 // Held whole: charge it, then let the headers out showing the charge.
-                let body = self
-                    .get_http_response_body(0, body_size)
-                    .unwrap_or_default();
+                let body = self.body_bytes(body_size, false);
                 if let Some(LlmStream {
                     phase: Phase::Json { copy, .. },
                     ..
@@ -449,9 +459,7 @@ impl HttpContext for Stream {
             }
             Phase::Json { holding, .. } => {
                 let was_holding = *holding;
-                let chunk = self
-                    .get_http_response_body(0, body_size)
-                    .unwrap_or_default();
+                let chunk = self.body_bytes(body_size, false);
                 if let Some(LlmStream {
                     phase: Phase::Json { copy, holding },
                     ..

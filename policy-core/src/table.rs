@@ -15,6 +15,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::bucket::Tat;
+use crate::decimal::push_u64;
 use crate::hash::Slot;
 use crate::store::{Store, StoreError};
 
@@ -102,23 +103,9 @@ impl Table {
     /// The store key of set `set`.
     pub fn key(&self, set: u32) -> String {
         // On every decision: one exact allocation and no formatting machinery.
-        let mut digits = [0u8; 10];
-        let mut n = set;
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            if let Some(d) = digits.get_mut(start) {
-                *d = b'0' + (n % 10) as u8;
-            }
-            n /= 10;
-            if n == 0 || start == 0 {
-                break;
-            }
-        }
-        let digits = digits.get(start..).unwrap_or(&[]);
-        let mut key = String::with_capacity(self.prefix.len() + digits.len());
+        let mut key = String::with_capacity(self.prefix.len() + 10);
         key.push_str(&self.prefix);
-        key.extend(digits.iter().map(|&d| char::from(d)));
+        push_u64(&mut key, u64::from(set));
         key
     }
 

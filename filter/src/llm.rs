@@ -83,6 +83,10 @@ pub struct LlmStream {
     reservation: Option<Reservation>,
     /// The budgets' states to report (after admission, then after settling).
     pub tokens: Option<Decision>,
+    /// tollgate asked the upstream for stream usage the client did not ask for (it added
+    /// `stream_options.include_usage`, or turned the client's `false` into `true`): what that
+    /// adds to the stream is read for the charge and removed before it reaches the client.
+    pub usage_added: bool,
 }
 
 /// What admission decided.
@@ -109,6 +113,7 @@ impl LlmStream {
             estimated_input: 0,
             reservation: None,
             tokens: None,
+            usage_added: false,
         }
     }
 
@@ -145,7 +150,9 @@ impl LlmStream {
                 self.estimate = self.estimated_input.saturating_add(output);
                 self.model = req.model;
                 if rewrite && self.may_rewrite(llm) {
-                    return ensure_stream_usage(self.api, body).ok().flatten();
+                    let rewritten = ensure_stream_usage(self.api, body).ok().flatten();
+                    self.usage_added = rewritten.is_some();
+                    return rewritten;
                 }
                 None
             }

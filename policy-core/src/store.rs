@@ -24,6 +24,17 @@ pub enum StoreError {
     Unavailable,
 }
 
+impl core::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            StoreError::CasMismatch => {
+                "compare-and-swap mismatch: the value changed since it was read"
+            }
+            StoreError::Unavailable => "the store refused or failed the operation",
+        })
+    }
+}
+
 /// A stored value with its CAS token, as `get` returns it.
 pub type Versioned = (Vec<u8>, Option<Cas>);
 

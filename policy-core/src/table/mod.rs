@@ -11,6 +11,8 @@
 //! newcomer *shares* a way chosen by its fingerprint: limits get stricter for the two keys that
 //! share, never looser, and the caller is told so it can count it.
 
+mod set;
+
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -19,19 +21,11 @@ use crate::decimal::push_u64;
 use crate::hash::Slot;
 use crate::store::{Store, StoreError};
 
-/// Ways per set: enough that a set is rarely all active, few enough that a set is one small value.
-pub const WAYS: usize = 8;
+pub use set::{set_len, SetValue, Way, WrongLength, MAX_CELLS, WAYS};
 
 /// Compare-and-swap attempts before giving up. Under Envoy's per-process lock a conflict means
 /// another worker just wrote the same set, so a handful of retries suffices in practice.
 pub const MAX_ATTEMPTS: u32 = 16;
-
-const FINGERPRINT: usize = 8;
-const CELL: usize = 16;
-const TAG: usize = 8;
-
-/// The most bucket states one way holds (a tier has at most 8 limits).
-pub const MAX_CELLS: usize = 8;
 
 /// How the key found its way in the set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +55,17 @@ pub enum TableError {
     Contended,
     /// The store failed.
     Unavailable,
+}
+
+impl core::fmt::Display for TableError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            TableError::Contended => {
+                "the key's set kept changing under every compare-and-swap attempt"
+            }
+            TableError::Unavailable => "shared data refused the read or the write",
+        })
+    }
 }
 
 /// One table: `sets` sets of [`WAYS`] ways, each way holding `cells` bucket states.
@@ -93,11 +98,7 @@ impl Table {
 
     /// Bytes of one set's value.
     pub fn set_bytes(&self) -> usize {
-        TAG + WAYS * self.way_bytes()
-    }
-
-    fn way_bytes(&self) -> usize {
-        FINGERPRINT + CELL * self.cells
+        set_len(self.cells)
     }
 
     /// The store key of set `set`.
@@ -109,18 +110,24 @@ impl Table {
         key
     }
 
-    fn empty_set(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.set_bytes());
-        v.extend_from_slice(&self.tag.to_le_bytes());
-        v.resize(self.set_bytes(), 0);
-        v
+    fn empty_set(&self) -> SetValue<Vec<u8>> {
+        SetValue::empty(self.cells, self.tag)
+    }
+
+    /// Reads a stored value as this table's set: a value of another length (torn) or another
+    /// tag (another layout) reads as empty.
+    fn read_set(&self, bytes: Vec<u8>) -> SetValue<Vec<u8>> {
+        match SetValue::new_checked(bytes, self.cells) {
+            Ok(set) if set.tag() == self.tag => set,
+            _ => self.empty_set(),
+        }
     }
 
     /// Creates every set that does not exist yet, so that no request ever meets a missing key
     /// (a write to a missing key ignores the CAS, which would let two workers both "insert").
     /// Returns how many sets it created.
     pub fn init<S: Store>(&self, store: &mut S) -> Result<u32, StoreError> {
-        let empty = self.empty_set();
+        let empty = self.empty_set().into_inner();
         let mut created = 0;
         for set in 0..self.sets {
             let key = self.key(set);
@@ -146,33 +153,28 @@ impl Table {
     {
         let key = self.key(slot.set);
         for _ in 0..MAX_ATTEMPTS {
-            let (mut bytes, cas) = match store.get(&key) {
-                Ok(Some((bytes, cas)))
-                    if bytes.len() == self.set_bytes() && self.tag_of(&bytes) =>
-                {
-                    (bytes, cas)
-                }
-                // Missing, another layout, or torn: start from an empty set. With no CAS in hand
-                // a missing key is created unconditionally, exactly as init would have.
-                Ok(Some((_, cas))) => (self.empty_set(), cas),
+            let (mut set, cas) = match store.get(&key) {
+                Ok(Some((bytes, cas))) => (self.read_set(bytes), cas),
+                // Missing: with no CAS in hand it is created unconditionally, exactly as init
+                // would have.
                 Ok(None) => (self.empty_set(), None),
                 Err(StoreError::CasMismatch) => continue,
                 Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             };
-            let (way, placement) = self.place(&bytes, slot.fingerprint, &is_idle);
+            let (way, placement) = place(&set, slot.fingerprint, &is_idle);
             let current = match placement {
                 Placement::Fresh => alloc::vec![Tat::default(); self.cells],
-                _ => self.cells_of(&bytes, way),
+                _ => (0..self.cells).map(|c| set.cell(way, c)).collect(),
             };
             match decide(&current, placement) {
                 Update::Keep(out) => return Ok((out, placement)),
                 Update::Write(states, out) => {
                     let owner = match placement {
-                        Placement::Shared => self.fingerprint_of(&bytes, way),
+                        Placement::Shared => set.fingerprint(way),
                         _ => slot.fingerprint,
                     };
-                    self.write_way(&mut bytes, way, owner, &states);
-                    match store.set(&key, &bytes, cas) {
+                    set.set_way(way, owner, &states);
+                    match store.set(&key, set.into_inner().as_slice(), cas) {
                         Ok(()) => return Ok((out, placement)),
                         Err(StoreError::CasMismatch) => continue,
                         Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
@@ -182,89 +184,28 @@ impl Table {
         }
         Err(TableError::Contended)
     }
-
-    fn tag_of(&self, bytes: &[u8]) -> bool {
-        read_u64(bytes, 0) == Some(self.tag)
-    }
-
-    fn way_offset(&self, way: usize) -> usize {
-        TAG + way * self.way_bytes()
-    }
-
-    fn fingerprint_of(&self, bytes: &[u8], way: usize) -> u64 {
-        read_u64(bytes, self.way_offset(way)).unwrap_or(0)
-    }
-
-    /// A way's states read into `buf` (no allocation, for the idle scan of every way).
-    fn cells_into<'b>(&self, bytes: &[u8], way: usize, buf: &'b mut [Tat; MAX_CELLS]) -> &'b [Tat] {
-        let base = self.way_offset(way) + FINGERPRINT;
-        let n = self.cells.min(MAX_CELLS);
-        for (i, slot) in buf.iter_mut().take(n).enumerate() {
-            *slot = Tat(read_u128(bytes, base + i * CELL).unwrap_or(0));
-        }
-        buf.get(..n).unwrap_or(&[])
-    }
-
-    fn cells_of(&self, bytes: &[u8], way: usize) -> Vec<Tat> {
-        let base = self.way_offset(way) + FINGERPRINT;
-        (0..self.cells)
-            .map(|i| Tat(read_u128(bytes, base + i * CELL).unwrap_or(0)))
-            .collect()
-    }
-
-    fn place(
-        &self,
-        bytes: &[u8],
-        fingerprint: u64,
-        is_idle: &impl Fn(&[Tat]) -> bool,
-    ) -> (usize, Placement) {
-        let mut free = None;
-        let mut scratch = [Tat::default(); MAX_CELLS];
-        for way in 0..WAYS {
-            let fp = self.fingerprint_of(bytes, way);
-            if fp == fingerprint {
-                return (way, Placement::Owned);
-            }
-            if free.is_none() && (fp == 0 || is_idle(self.cells_into(bytes, way, &mut scratch))) {
-                free = Some(way);
-            }
-        }
-        match free {
-            Some(way) => (way, Placement::Fresh),
-            None => ((fingerprint % WAYS as u64) as usize, Placement::Shared),
-        }
-    }
-
-    fn write_way(&self, bytes: &mut [u8], way: usize, fingerprint: u64, states: &[Tat]) {
-        let base = self.way_offset(way);
-        write_bytes(bytes, base, &fingerprint.to_le_bytes());
-        for i in 0..self.cells {
-            let tat = states.get(i).copied().unwrap_or_default();
-            write_bytes(bytes, base + FINGERPRINT + i * CELL, &tat.0.to_le_bytes());
-        }
-    }
 }
 
-fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
-    let raw = bytes.get(at..at.checked_add(8)?)?;
-    let mut b = [0u8; 8];
-    b.copy_from_slice(raw);
-    Some(u64::from_le_bytes(b))
-}
-
-fn read_u128(bytes: &[u8], at: usize) -> Option<u128> {
-    let raw = bytes.get(at..at.checked_add(16)?)?;
-    let mut b = [0u8; 16];
-    b.copy_from_slice(raw);
-    Some(u128::from_le_bytes(b))
-}
-
-fn write_bytes(bytes: &mut [u8], at: usize, data: &[u8]) {
-    if let Some(dst) = at
-        .checked_add(data.len())
-        .and_then(|end| bytes.get_mut(at..end))
-    {
-        dst.copy_from_slice(data);
+/// The way a key uses: its own, else the first empty or idle one, else one it shares.
+fn place(
+    set: &SetValue<Vec<u8>>,
+    fingerprint: u64,
+    is_idle: &impl Fn(&[Tat]) -> bool,
+) -> (Way, Placement) {
+    let mut free = None;
+    let mut scratch = [Tat::default(); MAX_CELLS];
+    for way in Way::all() {
+        let fp = set.fingerprint(way);
+        if fp == fingerprint {
+            return (way, Placement::Owned);
+        }
+        if free.is_none() && (fp == 0 || is_idle(set.cells_into(way, &mut scratch))) {
+            free = Some(way);
+        }
+    }
+    match free {
+        Some(way) => (way, Placement::Fresh),
+        None => (Way::for_fingerprint(fingerprint), Placement::Shared),
     }
 }
 

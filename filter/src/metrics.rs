@@ -11,44 +11,60 @@ use std::collections::BTreeMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-/// What is counted per tier.
-#[derive(Clone, Copy, Debug)]
-pub enum Event {
-    /// A request the tier admitted.
-    Allowed,
-    /// A request the tier refused with 429 / RESOURCE_EXHAUSTED.
-    Denied,
-    /// A request whose key had to share a way because its set was full of active keys.
-    Saturated,
-    /// A request that met a store failure.
-    StoreFailure,
-    /// A request refused for a repeated identity header.
-    Ambiguous,
-    /// LLM tokens charged from real usage (or the configured fallback).
-    TokensCharged,
-    /// LLM tokens held by reservations.
-    TokensReserved,
-    /// LLM tokens given back when usage was below the reservation.
-    TokensRefunded,
+/// Declares the per-tier counters once: the enum, its stat names and the array size all come
+/// from this list, so they cannot drift apart (Envoy's `ALL_LOCAL_RATE_LIMIT_STATS` pattern).
+macro_rules! tier_counters {
+    ($($(#[$doc:meta])* $event:ident => $stat:literal,)+) => {
+        /// What is counted per tier.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Event {
+            $($(#[$doc])* $event,)+
+        }
+
+        impl Event {
+            /// Every event, in declaration order (the index is the event's discriminant).
+            pub const ALL: &'static [Event] = &[$(Event::$event),+];
+            /// How many events there are.
+            pub const COUNT: usize = Event::ALL.len();
+
+            /// The stat name under `wasmcustom.tollgate.<tier>.`.
+            pub const fn stat(self) -> &'static str {
+                match self {
+                    $(Event::$event => $stat,)+
+                }
+            }
+        }
+    };
 }
 
-const NAMES: [&str; 8] = [
-    "allowed",
-    "denied",
-    "table_saturated",
-    "store_failures",
-    "ambiguous_identity",
-    "tokens_charged",
-    "tokens_reserved",
-    "tokens_refunded",
-];
+tier_counters! {
+    /// A request the tier admitted.
+    Allowed => "allowed",
+    /// A request the tier refused with 429 / RESOURCE_EXHAUSTED because a limit was spent.
+    Denied => "denied",
+    /// A request refused because its key lost every compare-and-swap race (heavy traffic on
+    /// one key): refused rather than let through unmetered, but not a spent limit.
+    Contended => "contended",
+    /// A request whose key had to share a way because its set was full of active keys.
+    Saturated => "table_saturated",
+    /// A request that met a store failure.
+    StoreFailure => "store_failures",
+    /// A request refused for a repeated identity header.
+    Ambiguous => "ambiguous_identity",
+    /// LLM tokens charged from real usage (or the configured fallback), once settled.
+    TokensCharged => "tokens_charged",
+    /// LLM tokens held by reservations.
+    TokensReserved => "tokens_reserved",
+    /// LLM tokens given back when usage was below the reservation.
+    TokensRefunded => "tokens_refunded",
+}
 
 /// Pending counts and their Envoy metric ids, per tier.
 #[derive(Debug, Default)]
 pub struct Metrics {
     tiers: Vec<String>,
-    ids: Vec<[Option<u32>; 8]>,
-    pending: Vec<[Cell<u64>; 8]>,
+    ids: Vec<[Option<u32>; Event::COUNT]>,
+    pending: Vec<[Cell<u64>; Event::COUNT]>,
     /// Per (tier, model): metric id and pending tokens. Models appear at run time.
     models: RefCell<BTreeMap<(usize, String), ModelCounter>>,
 }
@@ -77,11 +93,11 @@ impl Metrics {
     pub fn define<'a>(tiers: impl Iterator<Item = &'a str>) -> Metrics {
         let mut m = Metrics::default();
         for tier in tiers {
-            let mut row = [None; 8];
-            for (slot, name) in row.iter_mut().zip(NAMES) {
+            let mut row = [None; Event::COUNT];
+            for (slot, event) in row.iter_mut().zip(Event::ALL) {
                 *slot = hostcalls::define_metric(
                     MetricType::Counter,
-                    &format!("tollgate.{tier}.{name}"),
+                    &format!("tollgate.{tier}.{}", event.stat()),
                 )
                 .ok();
             }

@@ -4,7 +4,6 @@ use alloc::vec::Vec;
 
 use crate::bucket::Tat;
 use crate::budget::{Hold, LlmSettings, Mode, Reservation};
-use crate::config::{self, ConfigError};
 use crate::decision::{Decision, LimitStatus};
 use crate::hash::Seed;
 use crate::identity::IdentityError;
@@ -85,11 +84,6 @@ pub enum Outcome<'p> {
 }
 
 impl Policy {
-    /// Parses a policy from JSON (see [`crate::config`]).
-    pub fn from_json(text: &[u8]) -> Result<Policy, ConfigError> {
-        config::parse(text)
-    }
-
     pub(crate) fn new(
         tiers: Vec<Tier>,
         on_store_failure: OnStoreFailure,

@@ -105,6 +105,18 @@ const METADATA_FIELDS: &[&str] = &["filter", "path"];
 const IDENTITY_WORDS: &[&str] = &["shared", "client_address"];
 const FAILURE_WORDS: &[&str] = &["allow", "deny"];
 
+// Parsing lives here, beside the rest of the config code, so that `policy` (the decisions) does
+// not depend on `config` (the parser): config builds a Policy, never the other way round.
+impl Policy {
+    /// Parses a policy from JSON (see [`crate::config`]).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the path and the reason of the first mistake.
+    pub fn from_json(text: &[u8]) -> Result<Policy, ConfigError> {
+        parse(text)
+    }
+}
+
 /// Parses a policy from its JSON text, exactly as Envoy hands over the plugin configuration.
 pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
     let root: Value = serde_json::from_slice(text).map_err(|e| ConfigError {

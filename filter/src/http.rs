@@ -16,8 +16,8 @@ use proxy_wasm::types::{Action, LogLevel};
 use crate::attributes::Request;
 use crate::llm::{Admission, LlmStream, Phase};
 use crate::metrics::Event;
+use crate::plugin::Plugin;
 use crate::reply;
-use crate::root::Plugin;
 use crate::shared::SharedData;
 use policy_core::llm::{ApiKind, MAX_STREAM_USAGE_GROWTH};
 

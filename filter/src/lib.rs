@@ -8,6 +8,7 @@ mod attributes;
 mod http;
 mod llm;
 mod metrics;
+mod plugin;
 mod reply;
 mod root;
 mod shared;

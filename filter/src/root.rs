@@ -1,41 +1,17 @@
 //! The root context: one per worker VM. Parses the policy once and prepares shared state.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use policy_core::{Nanos, Policy};
+use policy_core::Policy;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
 use crate::http::Stream;
 use crate::metrics::Metrics;
+use crate::plugin::Plugin;
 use crate::shared::SharedData;
-
-/// What every stream of this worker shares: the policy and the counters.
-#[derive(Debug)]
-pub struct Plugin {
-    pub policy: Policy,
-    pub metrics: Metrics,
-    /// When the last store-failure warning was logged: a broken store must not flood the log
-    /// with one line per request.
-    last_warning: Cell<Option<Nanos>>,
-}
-
-impl Plugin {
-    /// Whether a warning may be logged now (at most once a second per worker).
-    pub fn warn_due(&self, now: Nanos) -> bool {
-        let due = self
-            .last_warning
-            .get()
-            .is_none_or(|last| now < last || now.0 - last.0 >= Nanos::SECOND.0);
-        if due {
-            self.last_warning.set(Some(now));
-        }
-        due
-    }
-}
 
 /// The worker's root context.
 #[derive(Debug, Default)]
@@ -78,11 +54,7 @@ impl RootContext for Root {
             ),
         );
         let metrics = Metrics::define(policy.tiers().iter().map(|t| t.name.as_str()));
-        self.plugin = Some(Rc::new(Plugin {
-            policy,
-            metrics,
-            last_warning: Cell::new(None),
-        }));
+        self.plugin = Some(Rc::new(Plugin::new(policy, metrics)));
         self.set_tick_period(Duration::from_secs(1));
         true
     }

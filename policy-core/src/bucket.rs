@@ -178,12 +178,14 @@ impl Rate {
         tat.0.saturating_sub(now_s).saturating_add(self.cost(1)) <= self.window()
     }
 
-    /// The bucket as seen at `now` without taking anything.
+    /// The bucket as seen at `now` without taking anything: `allowed` says whether a one-cell
+    /// request would pass (exactly [`check`](Rate::check)`(tat, now, 1).allowed`), `retry_after`
+    /// how long until one would.
     pub fn peek(&self, tat: Tat, now: Nanos) -> Check {
         let now_s = self.scaled(now);
         let ahead = tat.0.saturating_sub(now_s);
         Check {
-            allowed: ahead < self.window(),
+            allowed: ahead.saturating_add(self.cost(1)) <= self.window(),
             tat,
             remaining: self.remaining(ahead),
             reset_after: self.nanos_of(ahead),
@@ -358,6 +360,28 @@ mod proptests {
     use proptest::prelude::*;
 
     proptest! {
+        /// `peek` and a one-cell `check` never disagree on whether a request would pass, nor on
+        /// how long it must wait.
+        #[test]
+        fn peek_agrees_with_a_one_cell_check(
+            amount in 1u64..1_000,
+            burst in 1u64..1_000,
+            taken in 0u64..2_000,
+            at in 0u64..120_000_000_000,
+        ) {
+            let minute = Nanos(60_000_000_000);
+            let t0 = Nanos(1_700_000_000_000_000_000);
+            let rate = Rate::new(amount, minute, burst).unwrap();
+            let tat = rate.charge(Tat::default(), t0, taken);
+            let now = Nanos(t0.0 + at);
+            let (p, c) = (rate.peek(tat, now), rate.check(tat, now, 1));
+            prop_assert_eq!(p.allowed, c.allowed);
+            prop_assert_eq!(p.allowed, rate.has_room(tat, now));
+            if !c.allowed {
+                prop_assert_eq!(p.retry_after, c.retry_after);
+            }
+        }
+
         /// governor's invariant: over any schedule, admitted cells never exceed
         /// burst + amount × elapsed / period.
         #[test]

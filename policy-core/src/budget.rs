@@ -184,12 +184,7 @@ impl Budget {
             match mode {
                 Mode::Reserve => {
                     let c = self.rate.check(tat, now, take);
-                    let status = LimitStatus {
-                        allowed: c.allowed,
-                        remaining: c.remaining,
-                        reset_after: c.reset_after,
-                        retry_after: c.retry_after,
-                    };
+                    let status = LimitStatus::from(c);
                     if c.allowed {
                         Update::Write(alloc::vec![c.tat], (status, take))
                     } else {

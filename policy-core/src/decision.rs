@@ -17,6 +17,19 @@ pub struct LimitStatus {
     pub retry_after: Nanos,
 }
 
+impl From<crate::bucket::Check> for LimitStatus {
+    /// A bucket's answer as a limit's state: whether it admits, what is left, when it is full,
+    /// and (denied) how long to wait.
+    fn from(c: crate::bucket::Check) -> LimitStatus {
+        LimitStatus {
+            allowed: c.allowed,
+            remaining: c.remaining,
+            reset_after: c.reset_after,
+            retry_after: c.retry_after,
+        }
+    }
+}
+
 /// A decision on one request for one tier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {

@@ -295,18 +295,13 @@ fn decide(tier: &Tier, states: &[Tat], now: Nanos, cost: u64) -> Update<Decision
         let tat = states.get(i).copied().unwrap_or_default();
         let c = limit.rate.check(tat, now, cost);
         next.push(c.tat);
-        statuses.push(LimitStatus {
-            allowed: c.allowed,
-            remaining: c.remaining,
-            reset_after: c.reset_after,
-            retry_after: c.retry_after,
-        });
+        statuses.push(LimitStatus::from(c));
     }
     let all = statuses.iter().all(|s| s.allowed);
     if !all {
         // Report the allowing limits as they stand, untouched by a request that did not happen.
         for (i, limit) in tier.limits.iter().enumerate() {
-            if let (Some(s), true) = (statuses.get_mut(i), true) {
+            if let Some(s) = statuses.get_mut(i) {
                 if s.allowed {
                     let tat = states.get(i).copied().unwrap_or_default();
                     let p = limit.rate.peek(tat, now);

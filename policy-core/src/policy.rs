@@ -238,7 +238,8 @@ impl Policy {
         })
     }
 
-    /// Picks the tier, derives the key and decides, charging `cost` units if allowed.
+    /// Picks the tier, derives the key and decides: one request is taken from every limit of
+    /// the tier if all of them admit it, from none otherwise.
     pub fn check<A: Attributes, S: Store>(
         &self,
         attrs: &A,

@@ -26,8 +26,21 @@ def checker() -> v.TollgateChecker:
 
 
 @pytest.fixture(scope="session")
-def crd_set() -> crds.CrdSet:
+def _cached_crds() -> crds.CrdSet | None:
+    """The cache, looked up once per session; a tampered file raises here (an error)."""
     try:
         return crds.locate()
-    except crds.CrdsUnavailable as exc:
-        pytest.skip(f"needs the CRDs: {exc}")
+    except crds.CrdsUnavailable:
+        return None
+
+
+@pytest.fixture
+def crd_set(_cached_crds: crds.CrdSet | None, request: pytest.FixtureRequest) -> crds.CrdSet:
+    """The CRDs, or a skip naming the test, the reason and how to get them."""
+    if _cached_crds is None:
+        pytest.skip(
+            f"{request.node.name}: needs the Envoy Gateway / Gateway API / KEDA CRDs, and there are none in "
+            f"{crds.cache_dir()}: run scripts/fetch-crds (downloads the pinned files; offline: "
+            "TOLLGATE_CRD_DIR=DIR scripts/fetch-crds, or a kubectl context of a cluster that has them)"
+        )
+    return _cached_crds

@@ -27,7 +27,7 @@ def crds_howto() -> str:
     return crds.HOW_TO_GET
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def options(checker: v.TollgateChecker, crd_set) -> v.Options:
     """With the CRDs (skips the test without them)."""
     return v.Options(crds=crd_set, checker=checker)

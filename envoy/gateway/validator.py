@@ -697,7 +697,7 @@ class Validator:
             schema = self.schemas.get((group, version, kind))
             if schema is None:
                 known = sorted(f"{g}/{ver}" for g, ver, k in self.schemas if k == kind)
-                hint = f" (served versions: {', '.join(known)})" if known else " (no CRD for this kind in the reference)"
+                hint = f" (served versions: {', '.join(known)})" if known else " (no CRD for this kind among the CRDs read)"
                 v.error("apiVersion", f"no schema for {kind} in {api_version}{hint}")
             else:
                 validate_metadata(doc, v)

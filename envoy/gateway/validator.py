@@ -5,7 +5,8 @@ Used by `scripts/validate-manifests` and by the tests in `envoy/gateway/tests/`.
 For each YAML document that looks like a Kubernetes object (a mapping with `apiVersion` and `kind`):
 
 * custom resources are checked against the upstream CRD's `openAPIV3Schema` for their exact
-  group/version/kind (from `shared/reference/`, beside the repository): types, required fields,
+  group/version/kind (the pinned files `scripts/fetch-crds` puts in `.cache/crds/`, see
+  `crds.py`; or a directory given with `--crds`): types, required fields,
   enums, patterns, lengths, bounds, list-type uniqueness, unknown fields (structural schemas prune
   them; we report them as `kubectl apply --validate=strict` does) and the CEL
   `x-kubernetes-validations` rules (evaluated with cel-python, after applying schema defaults as
@@ -16,6 +17,11 @@ For each YAML document that looks like a Kubernetes object (a mapping with `apiV
   whose name or code URL mentions "tollgate") is parsed by tollgate's own config code
   (`tollgate-check`), and, when the policy carries the annotation `tollgate/policy-source`, it must
   equal that file.
+
+Without CRDs (none fetched yet, no network), custom resources are still checked for their
+metadata and embedded tollgate policies, and the run says which objects were not checked against
+a schema and how to get the CRDs; `scripts/validate-manifests` then exits 2 unless told
+`--allow-missing-crds`.
 
 Every problem names the file, the object, the field path and the reason:
 `envoy/gateway/tollgate.yaml: EnvoyExtensionPolicy default/task-api-tollgate: spec.wasm[0].code.type: Unsupported value: "OCI": supported values: "HTTP", "Image"`.
@@ -40,9 +46,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import crds  # noqa: E402  (envoy/gateway/crds.py: where the CRDs come from)
+
 REPO = Path(__file__).resolve().parents[2]
-# CI clones the repository with shared/ beside it.
-DEFAULT_REFERENCE = REPO.parent / "shared" / "reference"
 POLICY_SOURCE_ANNOTATION = "tollgate/policy-source"
 SHA256_RE = re.compile(r"^[a-f0-9]{64}$")
 PLACEHOLDER_SHA256 = "0" * 64
@@ -104,15 +112,12 @@ def is_k8s_object(doc: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def load_crd_schemas(reference_dir: str) -> dict[tuple[str, str, str], dict]:
+def load_crd_schemas(crd_dir: str) -> dict[tuple[str, str, str], dict]:
     """(group, version, kind) -> openAPIV3Schema for every served version of every CRD found."""
     schemas: dict[tuple[str, str, str], dict] = {}
-    root = Path(reference_dir)
+    root = Path(crd_dir)
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"reference CRDs not found at {root} (expected shared/reference/ beside the repository; "
-            "set TOLLGATE_REFERENCE_DIR or --reference)"
-        )
+        raise FileNotFoundError(f"CRD directory {root} does not exist")
     for path in sorted(root.rglob("*.yaml")):
         with path.open() as f:
             for doc in yaml.load_all(f, Loader=_BaseLoader):
@@ -621,9 +626,19 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
 # Driver
 
 
+def cached_crds() -> crds.CrdSet | None:
+    """The CRDs in the cache, verified; None when there are none (crds.locate says why). A
+    tampered file raises crds.ChecksumMismatch: that is an error, never a quiet fallback."""
+    try:
+        return crds.locate()
+    except crds.CrdsUnavailable:
+        return None
+
+
 @dataclasses.dataclass
 class Options:
-    reference_dir: Path = DEFAULT_REFERENCE
+    # None: no CRDs, custom resources are checked only for what needs no schema.
+    crds: crds.CrdSet | None = dataclasses.field(default_factory=cached_crds)
     repo: Path = REPO
     checker: TollgateChecker | None = None
     deployable: bool = False  # also reject placeholders (all-zero sha256) and missing checksums
@@ -632,8 +647,10 @@ class Options:
 class Validator:
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.schemas = load_crd_schemas(str(options.reference_dir))
+        self.schemas = load_crd_schemas(str(options.crds.root)) if options.crds else None
         self.objects = 0
+        # Custom resources checked without their CRD (no CRDs available): kind -> count.
+        self.unchecked: dict[str, int] = {}
 
     def validate_file(self, path: Path) -> list[Problem]:
         shown = self._display(path)
@@ -669,12 +686,18 @@ class Validator:
             check, name_re = CORE_KINDS[(api_version, kind)]
             validate_metadata(doc, v, name_re)
             check(doc, v)
+        elif self.schemas is None:
+            # No CRDs: what can be checked without the schema still is.
+            self.unchecked[kind] = self.unchecked.get(kind, 0) + 1
+            validate_metadata(doc, v)
+            if (split_api_version(api_version)[0], kind) == ("gateway.envoyproxy.io", "EnvoyExtensionPolicy"):
+                self._wasm(doc, v)
         else:
             group, version = split_api_version(api_version)
             schema = self.schemas.get((group, version, kind))
             if schema is None:
                 known = sorted(f"{g}/{ver}" for g, ver, k in self.schemas if k == kind)
-                hint = f" (served versions: {', '.join(known)})" if known else " (no CRD for this kind in the reference)"
+                hint = f" (served versions: {', '.join(known)})" if known else " (no CRD for this kind among the CRDs read)"
                 v.error("apiVersion", f"no schema for {kind} in {api_version}{hint}")
             else:
                 validate_metadata(doc, v)
@@ -757,7 +780,7 @@ def discover(repo: Path) -> list[Path]:
         ).stdout  # fmt: skip
         files = [repo / p for p in out.split("\0") if p]
     except (OSError, subprocess.CalledProcessError):
-        skip = {".git", "target", ".venv", ".tools", "dist", "node_modules"}
+        skip = {".git", "target", ".venv", ".tools", ".cache", "dist", "node_modules"}
         files = [p for p in repo.rglob("*") if not skip & set(p.relative_to(repo).parts)]
     return sorted(p for p in files if p.suffix in (".yaml", ".yml") and p.is_file())
 
@@ -785,8 +808,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Validate Kubernetes manifests against the upstream CRDs and tollgate's config parser.",
     )
     parser.add_argument("paths", nargs="*", type=Path, help="files or directories (default: every YAML file in the repository)")
-    parser.add_argument("--reference", type=Path, default=Path(os.environ.get("TOLLGATE_REFERENCE_DIR", DEFAULT_REFERENCE)),
-                        help="directory holding the CRDs (default: ../shared/reference beside the repository)")  # fmt: skip
+    parser.add_argument("--crds", type=Path, metavar="DIR",
+                        help="read the CRDs from DIR (any *.yaml holding CustomResourceDefinitions, e.g. exported "
+                             "from your cluster; not checksum-checked) instead of the pinned ones in .cache/crds/")  # fmt: skip
+    parser.add_argument("--allow-missing-crds", action="store_true",
+                        help="without CRDs, check what needs none and exit 0 when that passes (default: exit 2)")  # fmt: skip
     parser.add_argument("--deployable", action="store_true",
                         help="also reject what is fine in the repository but not in a cluster: placeholder or missing sha256")  # fmt: skip
     parser.add_argument("--no-tollgate-check", action="store_true", help="skip tollgate's own parsing of embedded policies")
@@ -797,13 +823,36 @@ def main(argv: list[str] | None = None) -> int:
         print("validate-manifests: needs the Python packages pyyaml and cel-python (scripts/setup installs them in .venv)", file=sys.stderr)
         return 2
 
+    missing_reason = ""
+    if args.crds is not None:
+        if not args.crds.is_dir():
+            print(f"validate-manifests: --crds {args.crds}: not a directory", file=sys.stderr)
+            return 2
+        found: crds.CrdSet | None = crds.CrdSet(args.crds, False, f"{args.crds} (given with --crds)")
+    else:
+        try:
+            found = crds.locate()
+        except crds.CrdsUnavailable as exc:
+            found, missing_reason = None, str(exc)
+        except crds.CrdError as exc:
+            print(f"validate-manifests: error: {exc}", file=sys.stderr)
+            return 2
     checker = None if args.no_tollgate_check else TollgateChecker.build(REPO)
-    options = Options(reference_dir=args.reference, checker=checker, deployable=args.deployable)
+    options = Options(crds=found, checker=checker, deployable=args.deployable)
     paths = args.paths or discover(REPO)
     problems, validator, nfiles = run(paths, options)
     for problem in problems:
         print(problem)
     print(f"validate-manifests: {validator.objects} objects in {nfiles} files, {len(problems)} problems", file=sys.stderr)
+    if validator.unchecked:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(validator.unchecked.items()))
+        print(
+            f"validate-manifests: NOT checked against their CRDs ({kinds}): only their metadata and "
+            f"embedded tollgate policies were. Needs the Envoy Gateway, Gateway API and KEDA CRDs: {missing_reason}",
+            file=sys.stderr,
+        )
+        if not problems and not args.allow_missing_crds:
+            return 2
     return 1 if problems else 0
 
 

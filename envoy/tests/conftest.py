@@ -179,6 +179,22 @@ def wait_healthy(addr: str, what: str, proc: "Process | None" = None, timeout: f
         time.sleep(0.05)
 
 
+def wait_until(predicate: Callable[[], object], timeout: float, what: str | Callable[[], str], interval: float = 0.05):
+    """Polls `predicate` until it returns something truthy and returns that; fails naming `what`
+    (a string, or a function giving one at failure time) and the last value seen after `timeout`
+    seconds. For what the tests wait on (a counter flush, connections to close, a round of requests
+    that fits its time window) instead of a fixed sleep that a slow machine outruns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            shown = what() if callable(what) else what
+            pytest.fail(f"timed out after {timeout}s waiting for {shown} (last: {value!r})", pytrace=False)
+        time.sleep(interval)
+
+
 def _write_policy(policy: str | Path | dict, tmp: Path) -> Path:
     if isinstance(policy, Path):
         return policy

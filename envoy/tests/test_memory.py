@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from client import Client
+from conftest import wait_until
 
 FLOOD = 200_000
 WARMUP = 20_000
@@ -78,13 +79,36 @@ def flood(port: int, total: int, prefix: str, tmp: Path, threads: int = 2, conne
     return summary
 
 
+def counters(envoy, prefixes: tuple[str, ...]) -> dict[str, int]:
+    """tollgate's counters in /stats/prometheus whose names start with one of `prefixes`."""
+    out: dict[str, int] = {}
+    for line in envoy.admin("/stats/prometheus").splitlines():
+        if line.startswith(prefixes):
+            name = line.split("{")[0].split(" ")[0]
+            out[name] = out.get(name, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def no_open_connections(envoy) -> bool:
+    """True once Envoy has closed every downstream connection (the flood's and the steady user's):
+    memory is measured then, not while connection buffers are still held."""
+    # http.admin.* is this very request to the admin listener.
+    gauges = {
+        name: int(value)
+        for name, _, value in (line.partition(": ") for line in envoy.admin("/stats?filter=downstream_cx_active$").splitlines())
+        if name.startswith("http.") and not name.startswith("http.admin.")
+    }
+    assert gauges, "Envoy reports no http.*.downstream_cx_active gauge"
+    return sum(gauges.values()) == 0
+
+
 def test_200k_distinct_users_leave_memory_bounded(envoy_factory, tmp_path):
     envoy = envoy_factory(POLICY)
     steady = {"x-user-id": "steady-user"}
 
     warm = flood(envoy.port, WARMUP, "warm", tmp_path)
     assert warm["ids"] >= WARMUP, warm
-    time.sleep(0.5)
+    wait_until(lambda: no_open_connections(envoy), 30, "Envoy to close the warm-up flood's connections")
     rss_before = envoy.rss_kib()
     heap_before = int(envoy.memory().get("allocated", 0))
 
@@ -108,23 +132,29 @@ def test_200k_distinct_users_leave_memory_bounded(envoy_factory, tmp_path):
     elapsed = time.monotonic() - started
     stop.set()
     sender.join(timeout=30)
-    time.sleep(0.5)
+    assert not sender.is_alive(), "the steady user's sender did not stop"
+    wait_until(lambda: no_open_connections(envoy), 30, "Envoy to close the flood's connections")
     rss_after = envoy.rss_kib()
     heap_after = int(envoy.memory().get("allocated", 0))
 
     growth_mib = (rss_after - rss_before) / 1024
-    time.sleep(1.2)  # the filter flushes its counters once a second
-    counters = {
-        line.split("{")[0]: line.rsplit(" ", 1)[1]
-        for line in envoy.admin("/stats/prometheus").splitlines()
-        if line.startswith(("tollgate_flood_", "tollgate_steady_"))
-    }
+    # The filter flushes its counters from each worker once a second: wait until they account for
+    # every request sent so far (wrk counts only the responses it read, hence >=).
+    flood_sent, steady_sent = warm["requests"] + result["requests"], len(statuses)
+
+    def flushed() -> dict[str, int] | None:
+        seen = counters(envoy, ("tollgate_flood_", "tollgate_steady_"))
+        flood = seen.get("tollgate_flood_allowed", 0) + seen.get("tollgate_flood_denied", 0)
+        steady = seen.get("tollgate_steady_allowed", 0) + seen.get("tollgate_steady_denied", 0)
+        return seen if flood >= flood_sent and steady == steady_sent else None
+
+    counters_seen = wait_until(flushed, 15, f"counters of {flood_sent} flood and {steady_sent} steady requests")
     print(
         f"\nflood: {result['ids']} distinct ids, {result['requests']} responses {result['statuses']} "
         f"in {elapsed:.1f}s ({result['requests'] / elapsed:.0f}/s); "
         f"Envoy RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB ({growth_mib:+.1f} MiB), "
         f"heap allocated {heap_before / 2**20:.1f} -> {heap_after / 2**20:.1f} MiB; "
-        f"steady user during the flood: {len(statuses)} sent; counters {counters}"
+        f"steady user during the flood: {len(statuses)} sent; counters {counters_seen}"
     )
     assert result["ids"] >= FLOOD, result
     assert result["statuses"].get("200", 0) >= FLOOD, result["statuses"]
@@ -154,12 +184,12 @@ def test_a_saturated_table_is_stricter_never_looser(envoy_factory, tmp_path):
     assert result["ids"] >= WARMUP, result
     statuses += [c.request(headers=steady).status for _ in range(STEADY_SENT - 1)]
     c.close()
-    time.sleep(1.2)  # the filter flushes its counters once a second
-    saturated = sum(
-        int(line.rsplit(" ", 1)[1])
-        for line in envoy.admin("/stats/prometheus").splitlines()
-        if line.startswith("tollgate_") and "_table_saturated" in line
-    )
+
+    def saturated_count() -> int:
+        return sum(n for name, n in counters(envoy, ("tollgate_",)).items() if name.endswith("_table_saturated"))
+
+    # The filter flushes its counters once a second: wait for the saturation to show.
+    saturated = wait_until(saturated_count, 15, "a flushed tollgate_*_table_saturated count above 0")
     print(f"\nsaturated table: steady user {statuses.count(200)} of {STEADY_LIMIT} allowed, "
           f"{saturated} saturated lookups, flood {result['statuses']}")
     assert statuses.count(200) <= STEADY_LIMIT, statuses

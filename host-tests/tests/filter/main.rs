@@ -17,6 +17,7 @@ mod imports;
 mod key_table;
 mod limits;
 mod readme;
+mod reconfigure;
 mod refill;
 mod store;
 mod streams;

@@ -171,7 +171,7 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
     Ok(Policy::new(
         tiers,
         on_store_failure,
-        Seed::derive(text, secret),
+        Seed::derive(secret),
         llm,
     ))
 }

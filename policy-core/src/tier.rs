@@ -7,11 +7,10 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use regex_automata::meta::Regex;
-
 use crate::bucket::Rate;
 use crate::budget::Budget;
 use crate::identity::IdentitySource;
+use crate::pattern::Pattern;
 use crate::request::Attributes;
 use crate::table::Table;
 
@@ -64,8 +63,8 @@ pub enum ValueTest {
     /// Starts with.
     Prefix(Vec<u8>),
     /// Matches (unanchored unless the pattern anchors itself, as in HTTPRoute's
-    /// RegularExpression; ASCII classes; on raw bytes).
-    Regex(Regex),
+    /// RegularExpression; ASCII classes; on raw bytes; linear time, bounded input).
+    Regex(Pattern),
 }
 
 impl Matcher {

@@ -20,5 +20,6 @@ mod limits;
 mod readme;
 mod reconfigure;
 mod refill;
+mod regex_corpus;
 mod store;
 mod streams;

@@ -10,8 +10,6 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use regex_automata::meta::Regex;
-use regex_automata::util::syntax;
 use serde_json::Value;
 
 mod error;
@@ -27,6 +25,7 @@ use llm::{default_llm, parse_budgets, parse_llm};
 use crate::bucket::{Rate, RateError, MAX_AMOUNT};
 use crate::hash::Seed;
 use crate::identity::IdentitySource;
+use crate::pattern::{Pattern, PatternError};
 use crate::table::Table;
 use crate::tier::{Limit, Matcher, Tier, ValueTest};
 use crate::time::Nanos;
@@ -324,31 +323,20 @@ fn parse_matcher(v: &Value, path: &str) -> Result<Matcher, ConfigError> {
     Ok(Matcher { header, test })
 }
 
-/// Compiles a header-value regex: bytes, ASCII classes, bounded size.
-fn regex(pattern: &str, path: &str) -> Result<Regex, ConfigError> {
-    Regex::builder()
-        .syntax(syntax::Config::new().unicode(false).utf8(false))
-        .configure(Regex::config().nfa_size_limit(Some(1 << 20)))
-        .build(pattern)
-        .map_err(|e| ConfigError {
-            path: path.to_owned(),
-            reason: Reason::InvalidRegex {
-                detail: regex_detail(&e),
+/// Compiles a header-value regex, refusing one whose matching cost is not bounded
+/// (see [`crate::pattern`]).
+fn regex(pattern: &str, path: &str) -> Result<Pattern, ConfigError> {
+    Pattern::new(pattern).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        reason: match e {
+            PatternError::Syntax(detail) | PatternError::Other(detail) => {
+                Reason::InvalidRegex { detail }
+            }
+            other => Reason::Refused {
+                detail: other.to_string(),
             },
-        })
-}
-
-/// The one-line reason inside a regex build error ("unclosed group"), rather than its generic
-/// "error parsing pattern 0" or the multi-line caret diagram.
-fn regex_detail(e: &regex_automata::meta::BuildError) -> String {
-    if let Some(syntax) = e.syntax_error() {
-        let text = syntax.to_string();
-        if let Some(line) = text.lines().find_map(|l| l.strip_prefix("error: ")) {
-            return line.to_owned();
-        }
-        return text.replace('\n', " ");
-    }
-    e.to_string()
+        },
+    })
 }
 
 fn parse_identity(v: &Value, path: &str) -> Result<IdentitySource, ConfigError> {

@@ -27,6 +27,7 @@ pub mod hash;
 pub mod headers;
 pub mod identity;
 pub mod llm;
+pub mod path;
 pub mod pattern;
 pub mod policy;
 pub mod request;

@@ -278,7 +278,8 @@ fn parse_match(v: &Value, path: &str) -> Result<MatchParts, ConfigError> {
                     },
                 );
             }
-            Some(s.to_owned())
+            // Matched against the normalised `:path`, so normalised the same way.
+            Some(crate::path::normalize_str(s))
         }
         None => None,
     };

@@ -529,6 +529,44 @@ mod tests {
         );
     }
 
+    /// Holds 100 tokens for `alice` under `policy` (over `store`) and returns what is left.
+    fn hold_100(policy: &str, store: &mut crate::MemoryStore) -> u64 {
+        use crate::policy::TokenOutcome;
+        let p = parse(policy.as_bytes()).unwrap();
+        p.init_store(store).unwrap();
+        let tier = p.tiers().iter().find(|t| !t.budgets.is_empty()).unwrap();
+        let now = Nanos::from_secs(1_700_000_000);
+        match p.admit_tokens(tier, b"alice", Some("gpt-4o"), 100, now, store) {
+            TokenOutcome::Admitted { decision, .. } => decision.limits[0].remaining,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn token_budgets_survive_unrelated_edits_and_reset_on_their_own() {
+        let base = r#"{"tiers":[{"name":"llm","identity":{"header":"x-user-id"},
+            "tokens":[{"tokens":1000,"per":"week"}]}]}"#;
+        let edited = r#"{ "on_store_failure": "deny", "llm": {"default_max_tokens": 512},
+            "tiers": [ {"name":"first","identity":"shared","limits":[{"requests":1,"per":"minute"}]},
+                       {"name": "llm", "identity": {"header": "x-user-id"},
+                        "tokens": [ {"tokens": 1000, "per": "week"} ]} ] }"#;
+        let mut store = crate::MemoryStore::new();
+        assert_eq!(hold_100(base, &mut store), 900);
+        assert_eq!(hold_100(edited, &mut store), 800, "kept across the edit");
+        let renamed = base.replace(r#""llm""#, r#""llm2""#);
+        assert_eq!(
+            hold_100(&renamed, &mut store),
+            900,
+            "a renamed tier starts afresh"
+        );
+        let resized = base.replace("1000", "2000");
+        assert_eq!(
+            hold_100(&resized, &mut store),
+            1900,
+            "new limits start afresh"
+        );
+    }
+
     #[test]
     fn several_limits_get_distinct_default_names() {
         let p = parse(

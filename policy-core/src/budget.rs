@@ -26,8 +26,63 @@ pub enum ModelScope {
     All,
     /// Every model, a separate budget for each (`"model": "*"`).
     Each,
-    /// Only this model.
+    /// Only this model, and its dated snapshots and `-latest` alias (see [`base_model`]).
     Only(String),
+}
+
+/// The model a snapshot name stands for: `gpt-4o-mini-2024-07-18` → `gpt-4o-mini`,
+/// `claude-3-5-sonnet-20241022` and `claude-3-5-sonnet-latest` → `claude-3-5-sonnet`.
+///
+/// Providers publish a model under a base name and under dated snapshots of it; a budget written
+/// for the base must not be escaped by naming a snapshot. One suffix is removed: `-YYYY-MM-DD`
+/// (OpenAI), `-YYYYMMDD` (Anthropic), each with a real month (01–12) and day (01–31), or
+/// `-latest`. Anything else is its own model: `gpt-4-0613` (4-digit OpenAI dates are ambiguous
+/// with other numbering such as Mistral's `-2407`), `gpt-4o` is not `gpt-4o-mini`.
+pub fn base_model(model: &str) -> &str {
+    if let Some(base) = model.strip_suffix("-latest") {
+        if !base.is_empty() {
+            return base;
+        }
+    }
+    let b = model.as_bytes();
+    let dated = |digits: &[u8], month: &[u8], day: &[u8]| {
+        let num = |d: &[u8]| {
+            d.iter().try_fold(0u32, |n, c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        num(digits).is_some()
+            && num(month).is_some_and(|m| (1..=12).contains(&m))
+            && num(day).is_some_and(|d| (1..=31).contains(&d))
+    };
+    // -YYYY-MM-DD: 11 bytes.
+    if let Some(i) = b.len().checked_sub(11) {
+        if let (Some(b'-'), Some(b'-'), Some(b'-')) = (b.get(i), b.get(i + 5), b.get(i + 8)) {
+            if i > 0
+                && dated(
+                    b.get(i + 1..i + 5).unwrap_or(&[]),
+                    b.get(i + 6..i + 8).unwrap_or(&[]),
+                    b.get(i + 9..).unwrap_or(&[]),
+                )
+            {
+                return model.get(..i).unwrap_or(model);
+            }
+        }
+    }
+    // -YYYYMMDD: 9 bytes.
+    if let Some(i) = b.len().checked_sub(9) {
+        if i > 0
+            && b.get(i) == Some(&b'-')
+            && dated(
+                b.get(i + 1..i + 5).unwrap_or(&[]),
+                b.get(i + 5..i + 7).unwrap_or(&[]),
+                b.get(i + 7..).unwrap_or(&[]),
+            )
+        {
+            return model.get(..i).unwrap_or(model);
+        }
+    }
+    model
 }
 
 /// One token budget of a tier.
@@ -41,6 +96,9 @@ pub struct Budget {
     pub rate: Rate,
     /// Where its buckets live.
     pub table: Table,
+    /// Snapshot names that another budget of the tier names exactly: a request for one of
+    /// them counts against that budget, not this base model's (the exact budget wins).
+    pub exact_elsewhere: Vec<String>,
 }
 
 /// How tokens are admitted and charged.
@@ -116,11 +174,15 @@ pub struct Hold {
 impl Budget {
     /// Whether the budget counts a request for `model`. A request whose model is unknown (a
     /// body too large to read, or without `model`) counts against every budget: it could be
-    /// for any model, and must not escape a per-model budget by hiding which.
+    /// for any model, and must not escape a per-model budget by hiding which. A snapshot of
+    /// the budget's model counts too ([`base_model`]), unless another budget names it exactly.
     pub fn applies(&self, model: Option<&str>) -> bool {
         match (&self.scope, model) {
             (ModelScope::All | ModelScope::Each, _) | (ModelScope::Only(_), None) => true,
-            (ModelScope::Only(m), Some(model)) => model == m,
+            (ModelScope::Only(m), Some(model)) => {
+                model == m
+                    || (base_model(model) == m && !self.exact_elsewhere.iter().any(|e| e == model))
+            }
         }
     }
 
@@ -144,7 +206,9 @@ impl Budget {
     /// The caller's slot: per model when the budget is.
     pub fn slot(&self, seed: &Seed, tier: &str, identity: &[u8], model: Option<&str>) -> Slot {
         let model = match self.scope {
-            ModelScope::Each => model.unwrap_or("").as_bytes(),
+            // A snapshot shares its base model's budget, so naming snapshots cannot multiply
+            // a per-model budget.
+            ModelScope::Each => base_model(model.unwrap_or("")).as_bytes(),
             _ => b"",
         };
         seed.slot(
@@ -372,6 +436,84 @@ mod tests {
         assert!(
             !call(&p, &mut s, "o3", 400, 400),
             "the shared 1000 is spent: 800 used"
+        );
+    }
+
+    #[test]
+    fn snapshot_names_reduce_to_their_base_model() {
+        for (name, base) in [
+            ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+            ("gpt-4o-2024-08-06", "gpt-4o"),
+            ("claude-3-5-sonnet-20241022", "claude-3-5-sonnet"),
+            ("claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
+            ("claude-sonnet-4-20250514", "claude-sonnet-4"),
+            ("gpt-4o-mini", "gpt-4o-mini"),
+            ("gpt-4-0613", "gpt-4-0613"),
+            ("mistral-large-2407", "mistral-large-2407"),
+            ("model-2024-13-01", "model-2024-13-01"),
+            ("model-20240100", "model-20240100"),
+            ("model-2024-7-18", "model-2024-7-18"),
+            ("-2024-07-18", "-2024-07-18"),
+            ("-20240718", "-20240718"),
+            ("-latest", "-latest"),
+            ("latest", "latest"),
+            ("", ""),
+            ("ä-2024-07-18", "ä"),
+            ("x-2024-07-1ä", "x-2024-07-1ä"),
+        ] {
+            assert_eq!(base_model(name), base, "{name}");
+        }
+    }
+
+    fn snapshot_policy() -> (Policy, MemoryStore) {
+        let json = r#"{"tiers":[{"name":"free","identity":{"header":"x-user-id"},
+            "tokens":[{"tokens":500,"per":"minute","model":"gpt-4o-mini"},
+                      {"tokens":300,"per":"minute","model":"gpt-4o-mini-2024-07-18"},
+                      {"tokens":400,"per":"minute","model":"*","name":"each"}]}]}"#;
+        let p = Policy::from_json(json.as_bytes()).unwrap();
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        (p, s)
+    }
+
+    #[test]
+    fn a_dated_snapshot_counts_against_its_base_models_budget() {
+        let (p, mut s) = snapshot_policy();
+        let budgets = &p.tiers()[0].budgets;
+        let applying = |model: &str| -> Vec<&str> {
+            budgets
+                .iter()
+                .filter(|b| b.applies(Some(model)))
+                .map(|b| b.name.as_str())
+                .collect()
+        };
+        assert_eq!(
+            applying("gpt-4o-mini"),
+            ["free-tokens-gpt-4o-mini-minute", "each"]
+        );
+        assert_eq!(
+            applying("gpt-4o-mini-latest"),
+            ["free-tokens-gpt-4o-mini-minute", "each"]
+        );
+        assert_eq!(
+            applying("gpt-4o-mini-2024-12-01"),
+            ["free-tokens-gpt-4o-mini-minute", "each"]
+        );
+        // The exact budget for the dated name wins over the base's.
+        assert_eq!(
+            applying("gpt-4o-mini-2024-07-18"),
+            ["free-tokens-gpt-4o-mini-2024-07-18-minute", "each"]
+        );
+        assert_eq!(applying("gpt-4o"), ["each"]);
+        // `"*"`: a snapshot shares its base's bucket (400), so it cannot be used to double it.
+        assert!(call(&p, &mut s, "gpt-4o-mini", 250, 250));
+        assert!(
+            !call(&p, &mut s, "gpt-4o-mini-2024-12-01", 250, 250),
+            "the base's 400 per model is shared with its snapshots"
+        );
+        assert!(
+            call(&p, &mut s, "gpt-4o", 250, 250),
+            "another model has its own"
         );
     }
 

@@ -2,8 +2,15 @@
 //!
 //! Keys are never stored, only a 64-bit fingerprint: a hostile 64 KiB header value costs the same
 //! 8 bytes as "alice". The hash is keyed (SipHash-1-3, 128-bit) with a seed derived from the
-//! policy, so that slot placement is not predictable from the public algorithm alone; every worker
-//! derives the same seed from the same policy, which keeps all workers on the same slots.
+//! policy's `hash_secret`, so that with a secret set, slot placement cannot be predicted from the
+//! public algorithm; every worker derives the same seed, which keeps all workers on the same slots.
+//!
+//! The seed depends on nothing else in the policy on purpose: what places a caller is the seed,
+//! the table's name and its set count (see `config`), so an edit of the policy that leaves a
+//! tier's name, limits and size alone (a space, another tier, another order, an unrelated field)
+//! leaves every caller in the slot that holds their state. Deriving it from the whole policy text,
+//! as tollgate once did, reset every user on any edit and left their old ways active for up to a
+//! window.
 
 use core::hash::Hasher;
 use siphasher::sip128::{Hasher128, SipHasher13};
@@ -23,11 +30,10 @@ pub struct Slot {
 pub struct Seed(pub [u8; 16]);
 
 impl Seed {
-    /// A seed derived from the policy's text (and an optional secret the operator sets).
-    pub fn derive(policy_text: &[u8], secret: &[u8]) -> Seed {
-        let mut h = SipHasher13::new_with_keys(0x746f_6c6c_6761_7465, 0x7365_6564_2d76_3100);
-        h.write(policy_text);
-        h.write_u8(0xff);
+    /// The seed for a policy's `hash_secret` (empty when it sets none).
+    pub fn derive(secret: &[u8]) -> Seed {
+        let mut h = SipHasher13::new_with_keys(0x746f_6c6c_6761_7465, 0x7365_6564_2d76_3200);
+        h.write_u64(secret.len() as u64);
         h.write(secret);
         Seed(h.finish128().as_bytes())
     }
@@ -70,9 +76,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_same_policy_places_keys_in_the_same_slot_on_every_worker() {
-        let a = Seed::derive(b"{\"tiers\":[]}", b"");
-        let b = Seed::derive(b"{\"tiers\":[]}", b"");
+    fn the_same_secret_places_keys_in_the_same_slot_on_every_worker() {
+        let a = Seed::derive(b"s");
+        let b = Seed::derive(b"s");
         assert_eq!(
             a.slot(&[b"t", b"alice"], 1024),
             b.slot(&[b"t", b"alice"], 1024)
@@ -81,7 +87,7 @@ mod tests {
 
     #[test]
     fn part_boundaries_matter() {
-        let s = Seed::derive(b"p", b"");
+        let s = Seed::derive(b"");
         assert_ne!(
             s.slot(&[b"ab", b"c"], 1 << 20),
             s.slot(&[b"a", b"bc"], 1 << 20)
@@ -90,14 +96,14 @@ mod tests {
 
     #[test]
     fn another_secret_moves_keys() {
-        let a = Seed::derive(b"p", b"one");
-        let b = Seed::derive(b"p", b"two");
+        let a = Seed::derive(b"one");
+        let b = Seed::derive(b"two");
         assert_ne!(a.slot(&[b"x"], 1 << 20), b.slot(&[b"x"], 1 << 20));
     }
 
     #[test]
     fn sets_stay_in_range_and_spread() {
-        let s = Seed::derive(b"p", b"");
+        let s = Seed::derive(b"");
         let mut seen = [0u32; 16];
         for i in 0..1600u32 {
             let slot = s.slot(&[&i.to_le_bytes()], 16);

@@ -13,7 +13,8 @@ pub enum IdentitySource {
         /// Lowercase header name.
         name: String,
         /// Whether `Alice` and `alice` are different callers. Off by default, so a caller
-        /// cannot multiply their limit by changing the case of their id.
+        /// cannot multiply their limit by changing the case of their id (in any script: see
+        /// [`fold_case`]).
         case_sensitive: bool,
     },
     /// A value an authentication filter verified and put in dynamic metadata.
@@ -62,11 +63,11 @@ impl IdentitySource {
                 if value.is_empty() {
                     return Ok(None);
                 }
-                let mut id = Vec::from(value);
-                if !case_sensitive {
-                    id.make_ascii_lowercase();
+                if *case_sensitive {
+                    Ok(Some(Vec::from(value)))
+                } else {
+                    Ok(Some(fold_case(value)))
                 }
-                Ok(Some(id))
             }
             IdentitySource::Metadata { filter, path } => {
                 Ok(attrs.metadata(filter, path).filter(|v| !trim(v).is_empty()))
@@ -82,6 +83,41 @@ impl IdentitySource {
     pub fn is_shared(&self) -> bool {
         matches!(self, IdentitySource::Shared)
     }
+}
+
+/// Folds the case of an identity so that every spelling a caller can choose is one caller.
+///
+/// Each character becomes lowercase(uppercase(lowercase(c))) by Unicode's context-free mappings
+/// (`char::to_lowercase`/`to_uppercase`, in `core`; the first lowercasing makes `ẞ` meet `ß`
+/// before `ß` becomes `SS`): `Ä`/`ä`, `Σ`/`σ`/`ς`, `ſ`/`s`, the Kelvin sign and `k`, and
+/// `ẞ`/`ß`/`SS`/`ss` each fold to one identity, and folding a folded id changes nothing. This is close
+/// to Unicode's full case folding and errs the same safe way where it differs: it may merge two
+/// ids (dotless `ı` with `i`) but never splits what a case change could produce, so a limit can
+/// only get stricter, never multiplied. Bytes that are not UTF-8 are kept as they are (a header
+/// value is bytes); ASCII takes the fast path with no decoding.
+pub fn fold_case(value: &[u8]) -> Vec<u8> {
+    if value.is_ascii() {
+        return value.to_ascii_lowercase();
+    }
+    let mut out = Vec::with_capacity(value.len());
+    let mut buf = [0u8; 4];
+    for chunk in value.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_ascii() {
+                out.push(c.to_ascii_lowercase() as u8);
+                continue;
+            }
+            for l in c.to_lowercase() {
+                for u in l.to_uppercase() {
+                    for f in u.to_lowercase() {
+                        out.extend_from_slice(f.encode_utf8(&mut buf).as_bytes());
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(chunk.invalid());
+    }
+    out
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -131,6 +167,57 @@ mod tests {
         let b: HeaderList = [("X-USER-ID", " alice ")].into_iter().collect();
         assert_eq!(header(false).derive(&a), header(false).derive(&b));
         assert_ne!(header(true).derive(&a), header(true).derive(&b));
+    }
+
+    #[test]
+    fn case_folding_covers_every_script() {
+        let id = |v: &str| {
+            let h: HeaderList = [("x-user-id", v)].into_iter().collect();
+            header(false).derive(&h).unwrap().unwrap()
+        };
+        for (a, b) in [
+            ("Äpfel", "äpfel"),
+            ("ÄPFEL", "äpfel"),
+            ("ΣΟΦΙΑ", "σοφια"),
+            ("ΟΔΟΣ", "οδος"), // final sigma
+            ("ΟΔΟΣ", "οδοσ"),
+            ("STRASSE", "straße"),
+            ("ẞ", "ss"),
+            ("\u{212A}elvin", "kelvin"), // the Kelvin sign
+            ("ſam", "SAM"),
+            ("ДМИТРИЙ", "дмитрий"),
+            ("ǅ", "ǆ"), // titlecase digraph
+        ] {
+            assert_eq!(id(a), id(b), "{a} and {b}");
+        }
+        assert_ne!(id("äpfel"), id("apfel"), "case, not accents");
+        let h: HeaderList = [("x-user-id", "Äpfel")].into_iter().collect();
+        assert_ne!(
+            header(true).derive(&h).unwrap(),
+            Some(Vec::from("äpfel".as_bytes()))
+        );
+    }
+
+    #[test]
+    fn every_case_variant_of_every_character_folds_alike() {
+        let fold = |s: &str| fold_case(s.as_bytes());
+        for c in (0..=0x10_ffffu32).filter_map(char::from_u32) {
+            let mut b = [0u8; 4];
+            let one = fold(c.encode_utf8(&mut b));
+            let upper: alloc::string::String = c.to_uppercase().collect();
+            let lower: alloc::string::String = c.to_lowercase().collect();
+            assert_eq!(fold(&upper), one, "{c:?} and its uppercase {upper:?}");
+            assert_eq!(fold(&lower), one, "{c:?} and its lowercase {lower:?}");
+            let again = core::str::from_utf8(&one).unwrap();
+            assert_eq!(fold(again), one, "folding {c:?} twice");
+        }
+    }
+
+    #[test]
+    fn folding_keeps_bytes_that_are_not_utf8() {
+        assert_eq!(fold_case(b"\xffA\xc3\x84\xc3"), b"\xffa\xc3\xa4\xc3");
+        assert_eq!(fold_case(b"ABC-1"), b"abc-1");
+        assert_eq!(fold_case(b""), b"");
     }
 
     #[test]

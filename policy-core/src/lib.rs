@@ -27,6 +27,8 @@ pub mod hash;
 pub mod headers;
 pub mod identity;
 pub mod llm;
+pub mod path;
+pub mod pattern;
 pub mod policy;
 pub mod request;
 pub mod store;

@@ -7,11 +7,10 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use regex_automata::meta::Regex;
-
 use crate::bucket::Rate;
 use crate::budget::Budget;
 use crate::identity::IdentitySource;
+use crate::pattern::Pattern;
 use crate::request::Attributes;
 use crate::table::Table;
 
@@ -22,7 +21,8 @@ pub struct Tier {
     pub name: String,
     /// All must hold.
     pub matchers: Vec<Matcher>,
-    /// `:path` must start with this, segment-wise (`/api` matches `/api/x`, not `/apix`).
+    /// `:path` must start with this, segment-wise (`/api` matches `/api/x`, not `/apix`), both
+    /// normalised ([`crate::path::normalize`]: `/%61pi//x` is `/api/x`).
     pub path_prefix: Option<String>,
     /// `:method` must be one of these, when set.
     pub methods: Vec<String>,
@@ -64,8 +64,8 @@ pub enum ValueTest {
     /// Starts with.
     Prefix(Vec<u8>),
     /// Matches (unanchored unless the pattern anchors itself, as in HTTPRoute's
-    /// RegularExpression; ASCII classes; on raw bytes).
-    Regex(Regex),
+    /// RegularExpression; ASCII classes; on raw bytes; linear time, bounded input).
+    Regex(Pattern),
 }
 
 impl Matcher {
@@ -91,7 +91,7 @@ impl Tier {
             let Some(path) = attrs.headers().values(":path").next() else {
                 return false;
             };
-            if !path_has_prefix(path, prefix.as_bytes()) {
+            if !path_has_prefix(&crate::path::normalize(path), prefix.as_bytes()) {
                 return false;
             }
         }
@@ -139,5 +139,28 @@ mod tests {
         assert!(!path_has_prefix(b"/apix", b"/api"));
         assert!(!path_has_prefix(b"/ap", b"/api"));
         assert!(path_has_prefix(b"/anything", b"/"));
+    }
+
+    #[test]
+    fn a_tier_matches_the_normalised_path() {
+        let policy = crate::Policy::from_json(
+            br#"{"tiers":[{"name":"api","match":{"path_prefix":"/api"},"identity":"shared",
+                "limits":[{"requests":1,"per":"minute"}]}]}"#,
+        )
+        .unwrap();
+        let tier = &policy.tiers()[0];
+        for (path, holds) in [
+            ("/api/v1", true),
+            ("/%61pi/v1", true),
+            ("//api//v1", true),
+            ("/x/../api", true),
+            ("/./api?q", true),
+            ("/apix", false),
+            ("/API/v1", false),
+            ("/api/../x", false),
+        ] {
+            let h: crate::HeaderList = [(":path", path)].into_iter().collect();
+            assert_eq!(tier.matches(&h), holds, "{path}");
+        }
     }
 }

@@ -11,7 +11,9 @@ use super::error::{err, ConfigError, Reason};
 use super::json::{array, boolean, positive, string, Obj};
 use super::{rate, rates_tag, MAX_LIMITS};
 use crate::bucket::MAX_AMOUNT;
-use crate::budget::{Budget, LlmSettings, Mode, ModelScope, OnIncomplete, OnMissingUsage};
+use crate::budget::{
+    base_model, Budget, LlmSettings, Mode, ModelScope, OnIncomplete, OnMissingUsage,
+};
 use crate::identity::IdentitySource;
 use crate::llm::cost::{Cost, CostSpec};
 use crate::table::Table;
@@ -100,7 +102,26 @@ pub(super) fn parse_budgets(
             scope,
             rate,
             table,
+            exact_elsewhere: Vec::new(),
         });
+    }
+    // A budget for a dated name (`gpt-4o-mini-2024-07-18`) takes that name from the budget of
+    // its base (`gpt-4o-mini`), which otherwise counts every snapshot.
+    let exact: Vec<String> = budgets
+        .iter()
+        .filter_map(|b| match &b.scope {
+            ModelScope::Only(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    for b in &mut budgets {
+        if let ModelScope::Only(m) = &b.scope {
+            b.exact_elsewhere = exact
+                .iter()
+                .filter(|e| *e != m && base_model(e) == m)
+                .cloned()
+                .collect();
+        }
     }
     Ok(budgets)
 }

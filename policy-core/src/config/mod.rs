@@ -10,8 +10,6 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use regex_automata::meta::Regex;
-use regex_automata::util::syntax;
 use serde_json::Value;
 
 mod error;
@@ -27,6 +25,7 @@ use llm::{default_llm, parse_budgets, parse_llm};
 use crate::bucket::{Rate, RateError, MAX_AMOUNT};
 use crate::hash::Seed;
 use crate::identity::IdentitySource;
+use crate::pattern::{Pattern, PatternError};
 use crate::table::Table;
 use crate::tier::{Limit, Matcher, Tier, ValueTest};
 use crate::time::Nanos;
@@ -183,7 +182,7 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
     Ok(Policy::new(
         tiers,
         on_store_failure,
-        Seed::derive(text, secret),
+        Seed::derive(secret),
         llm,
     ))
 }
@@ -291,7 +290,8 @@ fn parse_match(v: &Value, path: &str) -> Result<MatchParts, ConfigError> {
                     },
                 );
             }
-            Some(s.to_owned())
+            // Matched against the normalised `:path`, so normalised the same way.
+            Some(crate::path::normalize_str(s))
         }
         None => None,
     };
@@ -336,31 +336,20 @@ fn parse_matcher(v: &Value, path: &str) -> Result<Matcher, ConfigError> {
     Ok(Matcher { header, test })
 }
 
-/// Compiles a header-value regex: bytes, ASCII classes, bounded size.
-fn regex(pattern: &str, path: &str) -> Result<Regex, ConfigError> {
-    Regex::builder()
-        .syntax(syntax::Config::new().unicode(false).utf8(false))
-        .configure(Regex::config().nfa_size_limit(Some(1 << 20)))
-        .build(pattern)
-        .map_err(|e| ConfigError {
-            path: path.to_owned(),
-            reason: Reason::InvalidRegex {
-                detail: regex_detail(&e),
+/// Compiles a header-value regex, refusing one whose matching cost is not bounded
+/// (see [`crate::pattern`]).
+fn regex(pattern: &str, path: &str) -> Result<Pattern, ConfigError> {
+    Pattern::new(pattern).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        reason: match e {
+            PatternError::Syntax(detail) | PatternError::Other(detail) => {
+                Reason::InvalidRegex { detail }
+            }
+            other => Reason::Refused {
+                detail: other.to_string(),
             },
-        })
-}
-
-/// The one-line reason inside a regex build error ("unclosed group"), rather than its generic
-/// "error parsing pattern 0" or the multi-line caret diagram.
-fn regex_detail(e: &regex_automata::meta::BuildError) -> String {
-    if let Some(syntax) = e.syntax_error() {
-        let text = syntax.to_string();
-        if let Some(line) = text.lines().find_map(|l| l.strip_prefix("error: ")) {
-            return line.to_owned();
-        }
-        return text.replace('\n', " ");
-    }
-    e.to_string()
+        },
+    })
 }
 
 fn parse_identity(v: &Value, path: &str) -> Result<IdentitySource, ConfigError> {
@@ -549,6 +538,44 @@ mod tests {
         assert_eq!(
             e,
             "tiers[0].limits[0].requests: must be at most 1099511627776"
+        );
+    }
+
+    /// Holds 100 tokens for `alice` under `policy` (over `store`) and returns what is left.
+    fn hold_100(policy: &str, store: &mut crate::MemoryStore) -> u64 {
+        use crate::policy::TokenOutcome;
+        let p = parse(policy.as_bytes()).unwrap();
+        p.init_store(store).unwrap();
+        let tier = p.tiers().iter().find(|t| !t.budgets.is_empty()).unwrap();
+        let now = Nanos::from_secs(1_700_000_000);
+        match p.admit_tokens(tier, b"alice", Some("gpt-4o"), 100, now, store) {
+            TokenOutcome::Admitted { decision, .. } => decision.limits[0].remaining,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn token_budgets_survive_unrelated_edits_and_reset_on_their_own() {
+        let base = r#"{"tiers":[{"name":"llm","identity":{"header":"x-user-id"},
+            "tokens":[{"tokens":1000,"per":"week"}]}]}"#;
+        let edited = r#"{ "on_store_failure": "deny", "llm": {"default_max_tokens": 512},
+            "tiers": [ {"name":"first","identity":"shared","limits":[{"requests":1,"per":"minute"}]},
+                       {"name": "llm", "identity": {"header": "x-user-id"},
+                        "tokens": [ {"tokens": 1000, "per": "week"} ]} ] }"#;
+        let mut store = crate::MemoryStore::new();
+        assert_eq!(hold_100(base, &mut store), 900);
+        assert_eq!(hold_100(edited, &mut store), 800, "kept across the edit");
+        let renamed = base.replace(r#""llm""#, r#""llm2""#);
+        assert_eq!(
+            hold_100(&renamed, &mut store),
+            900,
+            "a renamed tier starts afresh"
+        );
+        let resized = base.replace("1000", "2000");
+        assert_eq!(
+            hold_100(&resized, &mut store),
+            1900,
+            "new limits start afresh"
         );
     }
 

@@ -38,6 +38,9 @@ pub enum ApiKind {
 impl ApiKind {
     /// The API a request path belongs to.
     pub fn from_path(path: &str) -> ApiKind {
+        // What the upstream routes: decoded, dot segments resolved, ASCII case ignored (crate::path).
+        let normalized = crate::path::normalize_str(path).to_ascii_lowercase();
+        let path = normalized.as_str();
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let path = path.strip_suffix('/').unwrap_or(path);
         if path.ends_with("/chat/completions") {
@@ -738,7 +741,9 @@ mod tests {
             ("/v1/models", ApiKind::Unknown),
             ("/", ApiKind::Unknown),
             ("", ApiKind::Unknown),
-            ("/V1/CHAT/COMPLETIONS", ApiKind::Unknown),
+            ("/V1/CHAT/COMPLETIONS", ApiKind::OpenAiChat),
+            ("/v1/chat/completion%73", ApiKind::OpenAiChat),
+            ("/v1//chat/./x/../completions", ApiKind::OpenAiChat),
         ];
         for (path, kind) in cases {
             assert_eq!(ApiKind::from_path(path), kind, "{path}");

@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 
 use crate::bucket::Tat;
 use crate::decimal::push_u64;
-use crate::hash::Slot;
+use crate::hash::{Seed, Slot};
 use crate::store::{Store, StoreError};
 
 pub use set::{set_len, SetValue, Way, WrongLength, MAX_CELLS, WAYS};
@@ -81,8 +81,15 @@ impl Table {
     /// A table whose keys start with `prefix`, with room for at least `max_keys` keys of `cells`
     /// buckets each. `tag` identifies the bucket layout (rates): a set written under another tag
     /// is read as empty, so changing a tier's limits resets its state instead of misreading it.
+    ///
+    /// The set count is part of the stored tag too: a caller's set is its hash modulo the set
+    /// count, so another count moves callers to other sets, and their old ways must read as
+    /// empty rather than stay active (unreclaimable) for up to a window.
     pub fn new(prefix: String, max_keys: u32, cells: usize, tag: u64) -> Table {
         let sets = max_keys.div_ceil(WAYS as u32).max(1);
+        let tag = Seed([0; 16])
+            .slot(&[&tag.to_le_bytes(), &sets.to_le_bytes()], 1)
+            .fingerprint;
         Table {
             prefix,
             sets,
@@ -292,6 +299,17 @@ mod tests {
         }
         // At "now" = 100 every state (100) is full again: the newcomer takes a way.
         assert_eq!(touch(&t, &mut s, slot(1, 999), 100), Placement::Fresh);
+    }
+
+    #[test]
+    fn a_set_of_another_size_reads_as_empty() {
+        let mut s = MemoryStore::new();
+        let old = Table::new(String::from("t/"), 16, 1, 1);
+        old.init(&mut s).unwrap();
+        touch(&old, &mut s, slot(0, 5), 0);
+        assert_eq!(touch(&old, &mut s, slot(0, 5), 0), Placement::Owned);
+        let bigger = Table::new(String::from("t/"), 64, 1, 1);
+        assert_eq!(touch(&bigger, &mut s, slot(0, 5), 0), Placement::Fresh);
     }
 
     #[test]

@@ -14,12 +14,17 @@
 //! (for the scanner, [`SseLimits`]). Response bodies must be identity-encoded: the filter
 //! should keep `accept-encoding` from reaching the upstream on LLM routes.
 
+pub mod added_usage;
+pub mod charge;
 pub mod cost;
 mod json;
 pub mod request;
 pub mod sse;
+pub mod sse_frame;
 pub mod usage;
 
+pub use added_usage::AddedUsageRemover;
+pub use charge::{stream_charge, StreamSeen};
 pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
 pub use request::{

@@ -309,9 +309,9 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
+    use alloc::format;
     use alloc::string::String;
     use alloc::vec::Vec;
-    use alloc::{format, vec};
 
     use super::*;
     use crate::llm::sse::{SseLimits, SseScanner};
@@ -522,6 +522,52 @@ mod tests {
             String::from_utf8(out).unwrap(),
             format!("{}{tail}", &want[..kept])
         );
-        let _ = vec![0u8];
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Whatever the bytes and however they are split, the client gets the same output
+            /// (and `remove` checks the remover never holds more than its bound).
+            #[test]
+            fn output_does_not_depend_on_the_split(
+                lines in proptest::collection::vec(
+                    prop_oneof![
+                        Just(String::from("")),
+                        Just(String::from("data: [DONE]")),
+                        Just(String::from(": ping")),
+                        Just(String::from(r#"data: {"choices":[],"usage":{"prompt_tokens":1}}"#)),
+                        Just(String::from(r#"data: {"choices":[{"delta":{"content":"a"}}],"usage":null}"#)),
+                        "data: \\{\"(usage|choices|x)\":[ -~]{0,40}",
+                        "[a-z]{0,6}:?[ -~]{0,20}",
+                    ],
+                    0..30,
+                ),
+                sep in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+                max in 64usize..300,
+            ) {
+                let stream = lines.join(sep);
+                let bytes = stream.as_bytes();
+                let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+                points.sort_unstable();
+                let mut pieces = Vec::new();
+                let mut last = 0;
+                for p in points {
+                    pieces.push(&bytes[last..p]);
+                    last = p;
+                }
+                pieces.push(&bytes[last..]);
+                let (whole, _) = remove(max, &[bytes]);
+                let (split, _) = remove(max, &pieces);
+                prop_assert_eq!(&split, &whole);
+                prop_assert!(whole.len() <= bytes.len());
+            }
+        }
     }
 }

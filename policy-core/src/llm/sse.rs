@@ -1525,10 +1525,13 @@ mod tests {
         }
         let completed = stream.find("data: {\"type\":\"response.completed").unwrap();
         let usage = stream.rfind("\"usage\"").unwrap();
+        // Every boundary where the head and the tail are cut (the event's type, its usage and
+        // what follows), and a sample of the rest.
         for cut in (0..bytes.len())
-            .step_by(997)
+            .step_by(9973)
             .chain(completed - 3..completed + 140)
-            .chain(usage - 20..bytes.len())
+            .chain(usage - 20..usage + 40)
+            .chain(bytes.len() - 40..bytes.len())
         {
             let (a, b) = bytes.split_at(cut);
             assert_eq!(

@@ -1236,3 +1236,25 @@ def test_oversized_final_events_of_the_other_formats_are_charged_their_usage(res
     assert s.status == 200 and s.complete
     assert max(len(e) for e in s.events) > 300_000
     assert spent(reserve, who) == 300
+
+
+@pytest.mark.parametrize("envoy_name", ["reserve", "held"])
+def test_the_openai_sdks_usual_stream_loop_works_through_tollgate(request, envoy_name):
+    """The loop most clients write, `chunk.choices[0].delta.content`, raised IndexError on the
+    usage chunk tollgate had asked for; the SDK's stream_options still gets the usage."""
+    openai = pytest.importorskip(
+        "openai", reason="the official SDK, from envoy/tests/requirements.txt (scripts/setup)")
+    envoy = request.getfixturevalue(envoy_name)
+    who = {"x-user-id": unique("sdk-stream")}
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{envoy.port}/api/v1", api_key="sk-test",
+                           default_headers=who, max_retries=0, timeout=30)
+    messages = [{"role": "user", "content": "hi"}]
+    text = "".join(chunk.choices[0].delta.content or ""
+                   for chunk in client.chat.completions.create(model="m", messages=messages,
+                                                               stream=True))
+    assert len(text) == 800, "200 tokens of 4 characters"
+    chunks = list(client.chat.completions.create(
+        model="m", messages=messages, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 300
+    assert all(c.usage is None for c in chunks[:-1])
+    assert spent(envoy, who) == 600

@@ -7,8 +7,13 @@
 //! of the response. With `llm.hold_headers` it also holds headers, so a rewritten request keeps
 //! an exact `content-length` and a JSON response's own headers show its charge.
 //!
+//! Where tollgate asked an OpenAI stream for usage the client did not ask for (`usage_added`),
+//! each response chunk is replaced by the same bytes without what the option added
+//! ([`AddedUsageRemover`]); the usage is read from the upstream's bytes first.
+//!
 //! Whatever happens (a body too large to read, a response without usage, a client that
-//! disconnects mid-stream), the stream ends settled exactly once, in `on_log` at the latest.
+//! disconnects mid-stream), the stream ends settled exactly once, in `on_log` at the latest. What
+//! an ended stream costs is policy-core's [`stream_charge`].
 
 use policy_core::budget::{LlmSettings, OnMissingUsage, Reservation};
 use policy_core::decision::Decision;

@@ -1121,25 +1121,28 @@ STREAM_SHAPES = {
 SHORT = {"x-mock-completion-tokens": "12"}
 
 
-@pytest.mark.parametrize("path,option,shape", [
-    *[(CHAT, option, shape) for option in ("absent", "false") for shape in STREAM_SHAPES],
-    *[(COMPLETIONS, option, shape) for option in ("absent", "false")
+@pytest.mark.parametrize("envoy_name,path,option,shape", [
+    *[("reserve", CHAT, option, shape) for option in ("absent", "false") for shape in STREAM_SHAPES],
+    *[("reserve", COMPLETIONS, option, shape) for option in ("absent", "false")
       for shape in ("event-per-write", "7-bytes")],
+    # hold_headers: the rewritten request keeps an exact content-length; the response is the same
+    *[("held", CHAT, option, "3-bytes") for option in ("absent", "false")],
 ])
 def test_a_stream_that_did_not_ask_for_usage_reaches_the_client_as_the_upstream_sends_it_without(
-        reserve, mock, path, option, shape):
+        request, mock, envoy_name, path, option, shape):
+    envoy = request.getfixturevalue(envoy_name)
     who = {"x-user-id": unique(f"usage-{option}")}
     extra = {} if option == "absent" else {"stream_options": {"include_usage": False}}
     data = body(stream=True, **extra)
     asked = {**STREAM_SHAPES[shape], **SHORT}
-    reply = post(reserve, path, data, {**who, **asked}, timeout=30)
+    reply = post(envoy, path, data, {**who, **asked}, timeout=30)
     assert reply.status == 200, reply.head()
     assert reply.header("x-mock-saw-include-usage") == "true", "tollgate asked for usage"
     # Byte for byte what the mock sends a request without the option.
     assert reply.body == direct(mock, path, data, asked)
     assert b'"usage"' not in reply.body
-    assert spent(reserve, who) == 112, "and the usage it read was charged"
-    assert_no_wasm_failure(reserve)
+    assert spent(envoy, who) == 112, "and the usage it read was charged"
+    assert_no_wasm_failure(envoy)
 
 
 def read_in_pieces(envoy: Envoy, path: str, data: bytes, headers: dict[str, str]) -> tuple:

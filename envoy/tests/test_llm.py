@@ -614,13 +614,17 @@ def test_an_openai_stream_that_did_not_ask_for_usage_is_made_to_report_it(gatewa
     # The mock read the whole grown body: without hold_headers tollgate dropped the stale
     # content-length (Envoy sent it chunked); with it, it set the new one.
     assert int(s.headers["x-mock-saw-body-bytes"]) == len(data) + len(STREAM_USAGE_OPTION)
+    # The usage was read, and what the option added taken out: no usage chunk, no "usage" key
+    # (see the response-side section below for the byte-for-byte comparison).
     chunks = s.data()
     assert chunks[-1] == "[DONE]"
-    assert chunks[-2]["choices"] == [] and chunks[-2]["usage"]["total_tokens"] == 300
+    assert all(c["choices"] and "usage" not in c for c in chunks[:-1]), chunks
     assert spent(gateway, who) == 300
-    # A client that explicitly said false is told the same (it gets one extra chunk).
+    # A client that explicitly said false is overridden upstream (else it streams uncharged)
+    # and likewise gets the stream without usage.
     s = stream(gateway, CHAT, body(stream=True, stream_options={"include_usage": False}), who)
     assert s.headers["x-mock-saw-include-usage"] == "true"
+    assert all(c["choices"] and "usage" not in c for c in s.data()[:-1])
     assert spent(gateway, who) == 600
 
 
@@ -804,6 +808,11 @@ RESERVATION, NOTHING = "reservation", "nothing"
 def _expected(outcome: str, data: bytes, on_missing: str) -> int:
     if outcome == "free":
         return 0
+    if outcome == "streamed":
+        # A stream that ends without usage pays at least what it visibly consumed: the prompt
+        # estimate plus its text / 4 (200 tokens), whatever on_missing_usage says.
+        return max(math.ceil(len(data) / 4) + 200,
+                   estimate(data, 100) if on_missing == RESERVATION else 0)
     return estimate(data, 100) if on_missing == RESERVATION else 0
 
 
@@ -853,7 +862,7 @@ def test_streams_that_end_without_readable_usage_get_the_configured_outcome(faul
     s = stream(envoy, path, data, {**who, **mock_headers})
     assert s.status == 200 and s.complete
     assert_no_wasm_failure(envoy)
-    assert spent(envoy, who) == _expected("missing", data, on_missing)
+    assert spent(envoy, who) == _expected("streamed", data, on_missing)
 
 
 @pytest.fixture(params=["reserve", "charge_after", "held"])
@@ -925,14 +934,16 @@ def test_a_40kb_prompt_is_served_and_charged(gateway):
 
 def test_a_streamed_prompt_too_large_to_rewrite_is_charged_as_configured_for_missing_usage(reserve):
     """Over buffer_limit_bytes the body passes as it is: the stream is not asked for its usage,
-    reports none, and is charged per on_missing_usage (the reservation here)."""
+    reports none, and is charged at least what it visibly consumed (prompt + text / 4), else per
+    on_missing_usage (the reservation here)."""
     who = {"x-bulk-user": unique("long-stream")}
     data = body(max_tokens=10, stream=True, messages=[{"role": "user", "content": "x" * 40_000}])
     s = stream(reserve, CHAT, data, who)
     assert s.status == 200 and s.complete
     assert s.headers["x-mock-saw-include-usage"] == "false"
     assert s.headers["x-mock-saw-body-bytes"] == str(len(data))
-    assert spent(reserve, who, budget=100_000) == estimate(data, 10)
+    assert spent(reserve, who, budget=100_000) == max(estimate(data, 10),
+                                                      math.ceil(len(data) / 4) + 200)
 
 
 @pytest.mark.parametrize("size,rewritten", [
@@ -1092,3 +1103,161 @@ def test_no_wasm_panic_or_trap_in_the_envoy_logs(reserve, charge_after, held):
     for envoy in (reserve, charge_after, held):
         assert_no_wasm_failure(envoy)
         assert "tollgate: policy loaded" in envoy.process.log_text()
+
+
+# --- response side: what the client receives, what an ended stream is charged -----------------
+# (issue 9 item 2, issue 15 items 1 and 2; tests of the request side are elsewhere in this file)
+
+# How the mock writes its stream: one event per write, or N bytes per write with a pause between
+# writes so that each reaches Envoy (and tollgate) as a chunk of its own, splitting events, lines
+# and UTF-8 anywhere. 1 byte per write is every boundary there is.
+STREAM_SHAPES = {
+    "event-per-write": {},
+    **{f"{n}-bytes": {"x-mock-chunk-bytes": str(n), "x-mock-delay-ms": "1"}
+       for n in (1, 2, 3, 7, 64, 333)},
+    "1000-bytes-no-pause": {"x-mock-chunk-bytes": "1000"},
+}
+# A short answer (12 tokens in 6 deltas), so that one byte per write stays quick.
+SHORT = {"x-mock-completion-tokens": "12"}
+
+
+@pytest.mark.parametrize("envoy_name,path,option,shape", [
+    *[("reserve", CHAT, option, shape) for option in ("absent", "false") for shape in STREAM_SHAPES],
+    *[("reserve", COMPLETIONS, option, shape) for option in ("absent", "false")
+      for shape in ("event-per-write", "7-bytes")],
+    # hold_headers: the rewritten request keeps an exact content-length; the response is the same
+    *[("held", CHAT, option, "3-bytes") for option in ("absent", "false")],
+])
+def test_a_stream_that_did_not_ask_for_usage_reaches_the_client_as_the_upstream_sends_it_without(
+        request, mock, envoy_name, path, option, shape):
+    envoy = request.getfixturevalue(envoy_name)
+    who = {"x-user-id": unique(f"usage-{option}")}
+    extra = {} if option == "absent" else {"stream_options": {"include_usage": False}}
+    data = body(stream=True, **extra)
+    asked = {**STREAM_SHAPES[shape], **SHORT}
+    reply = post(envoy, path, data, {**who, **asked}, timeout=30)
+    assert reply.status == 200, reply.head()
+    assert reply.header("x-mock-saw-include-usage") == "true", "tollgate asked for usage"
+    # Byte for byte what the mock sends a request without the option.
+    assert reply.body == direct(mock, path, data, asked)
+    assert b'"usage"' not in reply.body
+    assert spent(envoy, who) == 112, "and the usage it read was charged"
+    assert_no_wasm_failure(envoy)
+
+
+def read_in_pieces(envoy: Envoy, path: str, data: bytes, headers: dict[str, str]) -> tuple:
+    """POST; the status, the response headers, the body and how many reads it arrived in."""
+    conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=30)
+    try:
+        conn.request("POST", path, body=data,
+                     headers={"content-type": "application/json", **headers})
+        response = conn.getresponse()
+        pieces = []
+        while chunk := response.read1(65536):
+            pieces.append(chunk)
+        head = {k.lower(): v for k, v in response.getheaders()}
+        return response.status, head, b"".join(pieces), len(pieces)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("shape", ["event-per-write", "1-bytes", "7-bytes"])
+def test_a_stream_that_asked_for_usage_gets_the_usage_chunk(reserve, mock, shape):
+    who = {"x-user-id": unique("usage-true")}
+    data = body(stream=True, stream_options={"include_usage": True})
+    asked = {**STREAM_SHAPES[shape], **SHORT}
+    status, head, got, reads = read_in_pieces(reserve, CHAT, data, {**who, **asked})
+    reply = Reply(status, "", head, got)
+    assert reply.status == 200, reply.head()
+    if shape == "1-bytes":
+        # Left untouched, the stream reaches the client in as many pieces as the mock wrote,
+        # near enough: the mock's one-byte writes do reach tollgate one by one.
+        assert reads > len(got) // 2, (reads, len(got))
+    assert reply.header("x-mock-saw-body-bytes") == str(len(data)), "not rewritten"
+    assert reply.body == direct(mock, CHAT, data, asked)
+    # The role chunk, 6 deltas and the finish chunk carry "usage":null; then the usage chunk.
+    assert b'"choices":[],' in reply.body and reply.body.count(b'"usage":null') == 8
+    assert spent(reserve, who) == 112
+
+
+def test_the_usage_chunk_is_what_openai_sends(mock):
+    """With include_usage the mock does as OpenAI does: "usage":null on every chunk, then a
+    chunk with no choices and the usage; without it, no usage key at all."""
+    asked = dict(SHORT)
+    with_usage = direct(mock, CHAT, body(stream=True, stream_options={"include_usage": True}),
+                        asked)
+    events = [json.loads(e[6:]) for e in with_usage.decode().split("\n\n")
+              if e.startswith("data: {")]
+    assert all(e["usage"] is None and e["choices"] for e in events[:-1])
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] == 112
+    without = direct(mock, CHAT, body(stream=True), asked)
+    assert b'"usage"' not in without
+
+
+@pytest.mark.parametrize("path", [CHAT, MESSAGES, RESPONSES])
+def test_a_stream_that_completes_without_usage_is_never_charged_less_than_the_same_stream_cut(
+        charge_after, path):
+    """charge_after has on_missing_usage "nothing": before, a completed stream without usage
+    went free while the same stream cut paid prompt + text / 4."""
+    envoy = charge_after
+    data = body(stream=True)
+    prompt = math.ceil(len(data) / 4)
+    who = {"x-user-id": unique("no-usage-done")}
+    s = stream(envoy, path, data, {**who, "x-mock-no-usage": "1"})
+    assert s.status == 200 and s.complete
+    completed = spent(envoy, who)
+    assert completed == prompt + 200, "the prompt estimate plus the 200 tokens of text"
+    for cut_after in (3, 6, 9):
+        who = {"x-user-id": unique("no-usage-cut")}
+        s = stream(envoy, path, data, {**who, "x-mock-no-usage": "1",
+                                       "x-mock-cut-after": str(cut_after)})
+        assert not s.complete
+        cut = wait_for(lambda: spent(envoy, who) or None, what="the cut stream to be settled")
+        assert prompt <= cut <= completed, (cut_after, cut, completed)
+
+
+def test_a_320kb_response_completed_is_charged_its_usage(reserve):
+    """80,000 output tokens: the Responses API's response.completed repeats the whole output
+    (~320 KB), more than max_response_body_bytes (256 KiB). Its usage is read from its tail."""
+    who = {"x-bulk-user": unique("long-output")}
+    data = body(max_tokens=90_000, stream=True)
+    s = stream(reserve, RESPONSES, data, {**who, "x-mock-completion-tokens": "80000"}, timeout=60)
+    assert s.status == 200 and s.complete
+    done = [e for e in s.events if "event: response.completed" in e]
+    assert len(done) == 1 and len(done[0]) > 320_000, [len(e) for e in done]
+    assert spent(reserve, who, budget=100_000) == 80_100
+    assert_no_wasm_failure(reserve)
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS, MESSAGES])
+def test_oversized_final_events_of_the_other_formats_are_charged_their_usage(reserve, path):
+    """The mock pads the last usage-carrying event (chat's and completions' usage chunk,
+    Anthropic's message_delta) to 300 KB, before its usage."""
+    who = {"x-user-id": unique("padded")}
+    data = body(max_tokens=300, stream=True, stream_options={"include_usage": True})
+    s = stream(reserve, path, data, {**who, "x-mock-pad-final": "300000"}, timeout=30)
+    assert s.status == 200 and s.complete
+    assert max(len(e) for e in s.events) > 300_000
+    assert spent(reserve, who) == 300
+
+
+@pytest.mark.parametrize("envoy_name", ["reserve", "held"])
+def test_the_openai_sdks_usual_stream_loop_works_through_tollgate(request, envoy_name):
+    """The loop most clients write, `chunk.choices[0].delta.content`, raised IndexError on the
+    usage chunk tollgate had asked for; the SDK's stream_options still gets the usage."""
+    openai = pytest.importorskip(
+        "openai", reason="the official SDK, from envoy/tests/requirements.txt (scripts/setup)")
+    envoy = request.getfixturevalue(envoy_name)
+    who = {"x-user-id": unique("sdk-stream")}
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{envoy.port}/api/v1", api_key="sk-test",
+                           default_headers=who, max_retries=0, timeout=30)
+    messages = [{"role": "user", "content": "hi"}]
+    text = "".join(chunk.choices[0].delta.content or ""
+                   for chunk in client.chat.completions.create(model="m", messages=messages,
+                                                               stream=True))
+    assert len(text) == 800, "200 tokens of 4 characters"
+    chunks = list(client.chat.completions.create(
+        model="m", messages=messages, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 300
+    assert all(c.usage is None for c in chunks[:-1])
+    assert spent(envoy, who) == 600

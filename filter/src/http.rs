@@ -406,6 +406,10 @@ impl HttpContext for Stream {
             if hold {
                 return Action::Pause;
             }
+            if self.llm.as_ref().is_some_and(|l| l.remover.is_some()) {
+                // The client gets fewer bytes than the upstream sent.
+                self.set_http_response_header("content-length", None);
+            }
             if end_of_stream {
                 self.settle(true);
             }
@@ -428,12 +432,29 @@ impl HttpContext for Stream {
         match phase {
             Phase::Streaming(_) => {
                 let chunk = self.body_bytes(body_size, false);
+                let mut rewritten = None;
                 if let Some(LlmStream {
                     phase: Phase::Streaming(scanner),
+                    remover,
                     ..
                 }) = self.llm.as_mut()
                 {
+                    // The usage is read from the upstream's bytes, before any are taken out.
                     scanner.feed(&chunk);
+                    if let Some(remover) = remover.as_mut() {
+                        let mut out = Vec::with_capacity(chunk.len());
+                        remover.push(&chunk, &mut out);
+                        if end_of_stream {
+                            remover.finish(&mut out);
+                        }
+                        rewritten = Some(out).filter(|out| *out != chunk);
+                    }
+                }
+                if let Some(out) = rewritten {
+                    // Replaces this chunk only (Envoy drains `body_size` bytes from the front of
+                    // the chunk's buffer and puts `out` in their place); bytes of an unfinished
+                    // event stay with the remover until a later chunk completes them.
+                    self.set_http_response_body(0, body_size, &out);
                 }
                 if end_of_stream {
                     self.settle(true);

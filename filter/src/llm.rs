@@ -7,15 +7,20 @@
 //! of the response. With `llm.hold_headers` it also holds headers, so a rewritten request keeps
 //! an exact `content-length` and a JSON response's own headers show its charge.
 //!
+//! Where tollgate asked an OpenAI stream for usage the client did not ask for (`usage_added`),
+//! each response chunk is replaced by the same bytes without what the option added
+//! ([`AddedUsageRemover`]); the usage is read from the upstream's bytes first.
+//!
 //! Whatever happens (a body too large to read, a response without usage, a client that
-//! disconnects mid-stream), the stream ends settled exactly once, in `on_log` at the latest.
+//! disconnects mid-stream), the stream ends settled exactly once, in `on_log` at the latest. What
+//! an ended stream costs is policy-core's [`stream_charge`].
 
-use policy_core::budget::{LlmSettings, OnIncomplete, OnMissingUsage, Reservation};
+use policy_core::budget::{LlmSettings, OnMissingUsage, Reservation};
 use policy_core::decision::Decision;
 use policy_core::headers::{self, ErrorStyle, Fields};
 use policy_core::llm::{
-    ensure_stream_usage, estimate_tokens, usage_from_json, usage_from_tail, ApiKind, LlmRequest,
-    SseLimits, SseScanner,
+    ensure_stream_usage, estimate_tokens, stream_charge, usage_from_json, usage_from_tail,
+    AddedUsageRemover, ApiKind, LlmRequest, SseLimits, SseScanner, StreamSeen,
 };
 use policy_core::policy::TokenOutcome;
 use policy_core::table::TableError;
@@ -87,6 +92,9 @@ pub struct LlmStream {
     /// `stream_options.include_usage`, or turned the client's `false` into `true`): what that
     /// adds to the stream is read for the charge and removed before it reaches the client.
     pub usage_added: bool,
+    /// Set for an SSE response to a request with `usage_added`: takes out of the stream what
+    /// the option added before the client sees it.
+    pub remover: Option<AddedUsageRemover>,
 }
 
 /// What admission decided.
@@ -114,6 +122,7 @@ impl LlmStream {
             reservation: None,
             tokens: None,
             usage_added: false,
+            remover: None,
         }
     }
 
@@ -258,6 +267,9 @@ impl LlmStream {
                 charge: self.missing_usage_charge(llm),
             }
         } else if content_type.is_some_and(|c| c.starts_with(b"text/event-stream")) {
+            if self.usage_added {
+                self.remover = Some(AddedUsageRemover::new(llm.max_response_body));
+            }
             Phase::Streaming(Box::new(SseScanner::new(SseLimits::new(
                 llm.max_response_body,
             ))))
@@ -299,20 +311,19 @@ impl LlmStream {
             }),
             Phase::Streaming(mut scanner) => {
                 scanner.finish();
-                let usage = scanner.usage();
-                Some(match (complete, usage) {
-                    (true, Some(u)) if scanner.completed() => llm.cost.tokens(&u),
-                    // Usage began but the stream did not finish normally: raise the output
-                    // to what was streamed.
-                    (true, Some(_)) => llm
-                        .cost
-                        .tokens(&scanner.usage_or_estimate(self.estimated_input)),
-                    (true, None) => self.missing_usage_charge(llm),
-                    (false, _) if llm.on_incomplete == OnIncomplete::Reservation => self.estimate,
-                    (false, _) => llm
-                        .cost
-                        .tokens(&scanner.usage_or_estimate(self.estimated_input)),
-                })
+                let seen = StreamSeen {
+                    ended: complete,
+                    completed: scanner.completed(),
+                    reported: scanner.usage(),
+                    received: scanner.usage_or_estimate(self.estimated_input),
+                    estimate: self.estimate,
+                };
+                Some(stream_charge(
+                    &seen,
+                    &llm.cost,
+                    llm.on_incomplete,
+                    llm.on_missing_usage,
+                ))
             }
         }
     }

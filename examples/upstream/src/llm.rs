@@ -31,6 +31,16 @@
 //! - `x-mock-provider-headers: 1`: add the provider's own rate-limit headers, as OpenAI and
 //!   Anthropic send them.
 //!
+//! Stream shape, by request header (a proxy must give the client the same bytes whatever the
+//! chunking; these let a test choose it):
+//! - `x-mock-chunk-bytes: N`: write the stream in pieces of N bytes (splitting events, lines
+//!   and UTF-8 characters anywhere) instead of one piece per event; `x-mock-delay-ms` then
+//!   pauses between pieces, so each reaches the proxy on its own, and `x-mock-cut-after`
+//!   counts pieces;
+//! - `x-mock-pad-final: N`: pad the stream's last usage-carrying event (chat's usage chunk,
+//!   Anthropic's `message_delta`, the Responses API's `response.completed`) with an
+//!   `"x_padding"` field of N bytes before its `usage`, as a long `response.completed` is.
+//!
 //! What the mock received is echoed in response headers, so a test can see what a proxy
 //! changed: `x-mock-saw-include-usage: true|false`, `x-mock-saw-accept-encoding: <value>|none`,
 //! `x-mock-saw-stream`, `x-mock-saw-model`, `x-mock-saw-body-bytes`.
@@ -126,6 +136,10 @@ pub struct Scenario {
     pub truncated_event: bool,
     /// `x-mock-provider-headers`.
     pub provider_headers: bool,
+    /// `x-mock-chunk-bytes`.
+    pub chunk_bytes: Option<usize>,
+    /// `x-mock-pad-final`.
+    pub pad_final: Option<usize>,
 }
 
 /// Why a request cannot be answered as asked: a 400 in the API's error format.
@@ -185,6 +199,16 @@ impl Scenario {
                 "x-mock-delay-ms must be at most {MAX_DELAY_MS}"
             )));
         }
+        let chunk_bytes: Option<usize> = number(request, "x-mock-chunk-bytes")?;
+        if chunk_bytes == Some(0) {
+            return Err(BadRequest("x-mock-chunk-bytes must be at least 1".into()));
+        }
+        let pad_final: Option<usize> = number(request, "x-mock-pad-final")?;
+        if pad_final.is_some_and(|n| n > MAX_BIG_BODY) {
+            return Err(BadRequest(format!(
+                "x-mock-pad-final must be at most {MAX_BIG_BODY}"
+            )));
+        }
         let big_body: Option<usize> = number(request, "x-mock-big-body")?;
         if big_body.is_some_and(|n| n > MAX_BIG_BODY) {
             return Err(BadRequest(format!(
@@ -207,6 +231,8 @@ impl Scenario {
             big_body,
             truncated_event: flag(request, "x-mock-truncated-event"),
             provider_headers: flag(request, "x-mock-provider-headers"),
+            chunk_bytes,
+            pad_final,
         })
     }
 
@@ -563,6 +589,18 @@ pub fn stream_events(s: &Scenario) -> Vec<Event> {
             e.data.push_str("<<not json>>");
         }
     }
+    if let Some(n) = s.pad_final {
+        let padding = format!(r#""x_padding":"{}","#, "x".repeat(n));
+        let last = events
+            .iter_mut()
+            .rev()
+            .find(|e| e.data.contains(r#""usage":{"#));
+        if let Some(event) = last {
+            if let Some(at) = event.data.rfind(r#""usage":{"#) {
+                event.data.insert_str(at, &padding);
+            }
+        }
+    }
     if s.truncated_event {
         let last = events
             .iter()
@@ -585,6 +623,10 @@ pub fn stream_pieces(s: &Scenario) -> Vec<Vec<u8>> {
             let head = piece.len() - event.data.len() - 2;
             piece.truncate(head + event.data.len() / 2);
         }
+    }
+    if let Some(n) = s.chunk_bytes {
+        let wire: Vec<u8> = pieces.concat();
+        pieces = wire.chunks(n).map(<[u8]>::to_vec).collect();
     }
     pieces
 }
@@ -1405,5 +1447,53 @@ mod tests {
         assert!(d.iter().all(|p| p.len() == 80));
         assert_eq!(deltas(&completion_text(3)).len(), 3);
         assert!(deltas("").is_empty());
+    }
+
+    #[test]
+    fn chunk_bytes_splits_the_same_stream_anywhere() {
+        let whole = call(CHAT, STREAM_USAGE, &[]);
+        let whole = whole.stream.as_ref().unwrap().pieces.concat();
+        for n in ["1", "7", "100000"] {
+            let r = call(CHAT, STREAM_USAGE, &[("x-mock-chunk-bytes", n)]);
+            let pieces = &r.stream.as_ref().unwrap().pieces;
+            let size: usize = n.parse().unwrap();
+            assert!(pieces.iter().all(|p| p.len() <= size && !p.is_empty()));
+            assert_eq!(pieces.concat(), whole, "{n}");
+        }
+        assert_eq!(
+            call(CHAT, STREAM, &[("x-mock-chunk-bytes", "0")]).status,
+            400
+        );
+    }
+
+    #[test]
+    fn pad_final_grows_the_last_usage_event_and_keeps_its_usage() {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/messages",
+            "/v1/responses",
+            "/v1/completions",
+        ] {
+            let r = call(path, STREAM_USAGE, &[("x-mock-pad-final", "300000")]);
+            let events = events_of(&r);
+            let (_, last) = events
+                .iter()
+                .rev()
+                .find(|(_, d)| {
+                    d.as_ref().is_ok_and(|d| {
+                        d.get("x_padding").is_some()
+                            || d.get("response").and_then(|r| r.get("x_padding")).is_some()
+                    })
+                })
+                .unwrap_or_else(|| panic!("{path}: no padded event"));
+            let last = last.as_ref().unwrap();
+            let usage = last
+                .get("usage")
+                .or_else(|| last.get("response")?.get("usage"))
+                .unwrap();
+            assert!(matches!(usage, Value::Object(_)), "{path}");
+            let wire: usize = r.stream.as_ref().unwrap().pieces.iter().map(Vec::len).sum();
+            assert!(wire > 300_000, "{path}");
+        }
     }
 }

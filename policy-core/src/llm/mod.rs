@@ -5,21 +5,28 @@
 //!    body (model, `stream`, output limits, a prompt-size estimate) and, for OpenAI streams,
 //!    [`ensure_stream_usage`] rewrites the body so the stream reports its usage.
 //! 2. A JSON response is read whole with [`usage_from_json`]; a streamed one (SSE) is observed
-//!    chunk by chunk with an [`SseScanner`], which never holds a chunk back.
+//!    chunk by chunk with an [`SseScanner`], which never holds a chunk back. Where tollgate
+//!    added `include_usage`, an [`AddedUsageRemover`] takes what that added out of the stream
+//!    before the client sees it.
 //! 3. [`Cost::tokens`] turns the [`Usage`] (or the scanner's estimate for a stream cut short)
-//!    into the number of budget tokens to charge.
+//!    into the number of budget tokens to charge; [`stream_charge`] decides it for a stream.
 //!
 //! Everything here reads bytes that came from the network: no input can make it panic, loop
 //! without progress, or allocate beyond a small multiple of what the caller already buffered
 //! (for the scanner, [`SseLimits`]). Response bodies must be identity-encoded: the filter
 //! should keep `accept-encoding` from reaching the upstream on LLM routes.
 
+pub mod added_usage;
+pub mod charge;
 pub mod cost;
 mod json;
 pub mod request;
 pub mod sse;
+pub mod sse_frame;
 pub mod usage;
 
+pub use added_usage::AddedUsageRemover;
+pub use charge::{stream_charge, StreamSeen};
 pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
 pub use request::{

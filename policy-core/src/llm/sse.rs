@@ -19,8 +19,13 @@
 //! received so far from the generated text in the deltas (see
 //! [`SseScanner::estimated_output_tokens`]), so an aborted stream is charged for what it got.
 //!
-//! Memory is bounded by [`SseLimits`]: a line or an event larger than the limit is dropped and
-//! counted ([`SseScanner::oversize_events`]), never buffered without end.
+//! Memory is bounded by [`SseLimits`]: a line or an event larger than the limit is not buffered
+//! whole and is counted ([`SseScanner::oversize_events`]). Only its first
+//! [`OVERSIZE_HEAD_BYTES`] (where every API names the event's type) and its last
+//! [`OVERSIZE_TAIL_BYTES`] (where every API puts `usage`, after the content) are kept, and read
+//! the way a large JSON body is (see [`usage_from_tail`](super::usage_from_tail)): the usage of
+//! a Responses `response.completed` that repeats a long output, or of any oversized final
+//! event, still counts. Its text is not estimated.
 
 use core::fmt;
 
@@ -32,7 +37,13 @@ use serde::Deserialize as DeriveDeserialize;
 
 use super::json::{TextLen, TextLenVisitor};
 use super::request::estimate_tokens;
-use super::usage::{RawUsage, Usage, UsageValue};
+use super::usage::{raw_usage_from_tail, RawUsage, Usage, UsageValue};
+
+/// Bytes kept of the start of an oversized event's data: enough for its `type`.
+pub const OVERSIZE_HEAD_BYTES: usize = 128;
+/// Bytes kept of the end of an oversized event's data: enough for its `usage` and what follows
+/// it (a Responses `response.completed` ends with `usage`, `user`, `metadata`).
+pub const OVERSIZE_TAIL_BYTES: usize = 8 * 1024;
 
 /// Memory bounds for an [`SseScanner`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,8 +99,15 @@ pub struct SseScanner {
     data: Vec<u8>,
     /// The current event has at least one `data` field (possibly empty).
     has_data: bool,
-    /// The current event's data outgrew the limit and will be dropped when it ends.
+    /// The current event's data outgrew the limit: only its head and tail are kept.
     event_oversize: bool,
+    /// The line being discarded is a `data` line: its bytes go to the oversized event's tail.
+    discarding_data: bool,
+    /// The first [`OVERSIZE_HEAD_BYTES`] of an oversized event's data.
+    over_head: Vec<u8>,
+    /// The last bytes of an oversized event's data (between one and two times
+    /// [`OVERSIZE_TAIL_BYTES`], so that trimming is rare).
+    over_tail: Vec<u8>,
     /// [`finish`](SseScanner::finish) was called; later input is ignored.
     finished: bool,
     usage: RawUsage,
@@ -114,6 +132,9 @@ impl SseScanner {
             data: Vec::new(),
             has_data: false,
             event_oversize: false,
+            discarding_data: false,
+            over_head: Vec::new(),
+            over_tail: Vec::new(),
             finished: false,
             usage: RawUsage::default(),
             completed: false,
@@ -233,6 +254,9 @@ impl SseScanner {
     fn end_line(&mut self, tail: &[u8]) {
         if self.discarding_line {
             self.discarding_line = false;
+            if core::mem::take(&mut self.discarding_data) {
+                self.spill(tail);
+            }
         } else if self.line.is_empty() {
             if tail.len() > self.limits.max_event_bytes {
                 self.oversize_line(tail, &[]);
@@ -256,12 +280,18 @@ impl SseScanner {
 
     /// A line continues past the chunk: keep its start, unless it is too long already.
     fn partial_line(&mut self, part: &[u8]) {
-        if part.is_empty() || self.discarding_line {
+        if part.is_empty() {
+            return;
+        }
+        if self.discarding_line {
+            if self.discarding_data {
+                self.spill(part);
+            }
             return;
         }
         if self.line.len().saturating_add(part.len()) > self.limits.max_event_bytes {
             let head = core::mem::take(&mut self.line);
-            self.oversize_line(&head, part);
+            self.discarding_data = self.oversize_line(&head, part);
             self.line = head;
             self.line.clear();
             self.discarding_line = true;
@@ -270,21 +300,67 @@ impl SseScanner {
         }
     }
 
-    /// A line longer than the limit, seen as `head` then `tail`: only its field name matters.
-    /// A `data` line makes the whole event unusable; any other field is ignored anyway.
-    fn oversize_line(&mut self, head: &[u8], tail: &[u8]) {
-        let mut start = [0u8; 8];
+    /// A line longer than the limit, seen as `head` then `tail` (so far). A `data` line makes
+    /// the event oversized and its value goes to the event's head and tail; any other field is
+    /// ignored anyway. Returns whether it is a `data` line.
+    fn oversize_line(&mut self, head: &[u8], tail: &[u8]) -> bool {
+        let mut start = [0u8; 9];
         for (slot, byte) in start.iter_mut().zip(head.iter().chain(tail.iter())) {
             *slot = *byte;
         }
-        let start = if self.first_line {
-            start.strip_prefix(BOM).unwrap_or(&start)
+        let bom = if self.first_line && start.starts_with(BOM) {
+            BOM.len()
         } else {
-            &start
+            0
         };
-        if start.starts_with(b"data:") {
-            self.event_oversize = true;
-            self.data.clear();
+        let field = start.get(bom..).unwrap_or(&[]);
+        if !field.starts_with(b"data:") {
+            return false;
+        }
+        // The value starts after `data:` and one optional space.
+        let skip = bom + 5 + usize::from(field.get(5) == Some(&b' '));
+        self.begin_oversize();
+        if self.has_data {
+            self.spill(b"\n");
+        }
+        self.has_data = true;
+        let (head_skip, tail_skip) = match skip.checked_sub(head.len()) {
+            None => (skip, 0),
+            Some(rest) => (head.len(), rest),
+        };
+        self.spill(head.get(head_skip..).unwrap_or(&[]));
+        self.spill(tail.get(tail_skip..).unwrap_or(&[]));
+        true
+    }
+
+    /// The current event is too large to keep whole: from now on only its head and tail are.
+    fn begin_oversize(&mut self) {
+        if self.event_oversize {
+            return;
+        }
+        self.event_oversize = true;
+        self.over_head.clear();
+        self.over_tail.clear();
+        if self.has_data {
+            let data = core::mem::take(&mut self.data);
+            self.spill(&data);
+            self.data = data;
+        }
+        self.data.clear();
+    }
+
+    /// More data of an oversized event: keeps its first and last bytes.
+    fn spill(&mut self, bytes: &[u8]) {
+        let room = OVERSIZE_HEAD_BYTES.saturating_sub(self.over_head.len());
+        self.over_head
+            .extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or(&[]));
+        let keep = bytes
+            .get(bytes.len().saturating_sub(2 * OVERSIZE_TAIL_BYTES)..)
+            .unwrap_or(bytes);
+        self.over_tail.extend_from_slice(keep);
+        if self.over_tail.len() > 2 * OVERSIZE_TAIL_BYTES {
+            let drop = self.over_tail.len() - OVERSIZE_TAIL_BYTES;
+            self.over_tail.drain(..drop);
         }
     }
 
@@ -313,18 +389,19 @@ impl SseScanner {
     }
 
     fn append_data(&mut self, value: &[u8]) {
-        if self.event_oversize {
-            return;
-        }
         let separator = usize::from(self.has_data);
         let needed = self
             .data
             .len()
             .saturating_add(separator)
             .saturating_add(value.len());
-        if needed > self.limits.max_event_bytes {
-            self.event_oversize = true;
-            self.data.clear();
+        if self.event_oversize || needed > self.limits.max_event_bytes {
+            self.begin_oversize();
+            if self.has_data {
+                self.spill(b"\n");
+            }
+            self.spill(value);
+            self.has_data = true;
             return;
         }
         if self.has_data {
@@ -339,6 +416,14 @@ impl SseScanner {
         if self.event_oversize {
             self.oversize = self.oversize.saturating_add(1);
             self.events = self.events.saturating_add(1);
+            let tail = self
+                .over_tail
+                .get(self.over_tail.len().saturating_sub(OVERSIZE_TAIL_BYTES)..)
+                .unwrap_or(&[]);
+            let outcome = read_oversize_event(&self.over_head, tail);
+            self.apply(outcome);
+            self.over_head.clear();
+            self.over_tail.clear();
         } else if self.has_data {
             self.events = self.events.saturating_add(1);
             let outcome = read_event(&self.data);
@@ -460,6 +545,33 @@ fn read_event(data: &[u8]) -> EventOutcome {
             },
             UsageValue::Bad { .. } => summary.bad_usage = true,
         }
+    }
+    EventOutcome::Read(summary)
+}
+
+/// An event too large to keep, from its first and last bytes: its usage (the last `"usage"`
+/// key in its tail) and whether it ends the stream (its type, near its start). Its text is not
+/// counted: the bytes in between are gone.
+fn read_oversize_event(head: &[u8], tail: &[u8]) -> EventOutcome {
+    const TERMINAL: [&[u8]; 4] = [
+        b"\"response.completed\"",
+        b"\"response.incomplete\"",
+        b"\"response.failed\"",
+        b"\"message_stop\"",
+    ];
+    let terminal = TERMINAL
+        .iter()
+        .any(|t| head.windows(t.len()).any(|w| w == *t));
+    let mut summary = EventSummary {
+        terminal,
+        ..EventSummary::default()
+    };
+    match raw_usage_from_tail(tail) {
+        None | Some(Ok(UsageValue::Absent)) => {}
+        Some(Ok(UsageValue::Present(raw))) => summary.usage = Some(raw),
+        Some(Ok(UsageValue::Bad { .. })) => summary.bad_usage = true,
+        // Cut inside its usage (a stream that ended there): not JSON, so nothing it says counts.
+        Some(Err(())) => return EventOutcome::Malformed,
     }
     EventOutcome::Read(summary)
 }
@@ -1371,6 +1483,106 @@ mod tests {
         );
         assert_eq!(s.estimated_output_tokens(), 0);
         assert_split_invariant(stream.as_bytes(), limits);
+    }
+
+    /// A Responses stream whose `response.completed` repeats `text_bytes` of output.
+    fn long_responses_stream(text_bytes: usize) -> String {
+        let text = "abcd".repeat(text_bytes / 4);
+        format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{text}\"}}\n\n\
+             event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":9,\"response\":{{\"id\":\"resp_1\",\"status\":\"completed\",\"output\":[{{\"type\":\"message\",\"content\":[{{\"type\":\"output_text\",\"text\":\"{text}\"}}]}}],\"tools\":[],\"usage\":{{\"input_tokens\":100,\"input_tokens_details\":{{\"cached_tokens\":0}},\"output_tokens\":80000,\"output_tokens_details\":{{\"reasoning_tokens\":0}},\"total_tokens\":80100}},\"user\":null,\"metadata\":{{}}}}}}\n\n"
+        )
+    }
+
+    #[test]
+    fn usage_in_a_response_completed_larger_than_the_limit_is_read() {
+        // 320 KB of output, the default 256 KiB bound of max_response_body_bytes.
+        let stream = long_responses_stream(320_000);
+        let limits = SseLimits::new(256 * 1024);
+        let whole = scan_with(limits, &[stream.as_bytes()]);
+        assert_eq!(
+            whole.oversize_events(),
+            2,
+            "the delta and response.completed"
+        );
+        assert!(whole.completed());
+        assert_eq!(
+            whole.usage(),
+            Some(Usage {
+                input: 100,
+                output: 80_000,
+                ..Usage::default()
+            })
+        );
+        let bytes = stream.as_bytes();
+        for step in [1, 3, 4096, 16 * 1024 + 1, 100_000] {
+            let pieces: Vec<&[u8]> = bytes.chunks(step).collect();
+            assert_eq!(
+                summary(&scan_with(limits, &pieces)),
+                summary(&whole),
+                "chunks of {step}"
+            );
+        }
+        let completed = stream.find("data: {\"type\":\"response.completed").unwrap();
+        let usage = stream.rfind("\"usage\"").unwrap();
+        // Every boundary where the head and the tail are cut (the event's type, its usage and
+        // what follows), and a sample of the rest.
+        for cut in (0..bytes.len())
+            .step_by(9973)
+            .chain(completed - 3..completed + 140)
+            .chain(usage - 20..usage + 40)
+            .chain(bytes.len() - 40..bytes.len())
+        {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(
+                summary(&scan_with(limits, &[a, b])),
+                summary(&whole),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_final_events_of_every_format_keep_their_usage() {
+        let pad = "x".repeat(3000);
+        let streams = [
+            // chat's usage chunk
+            format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"abcd\"}}}}]}}\n\ndata: {{\"choices\":[],\"x_padding\":\"{pad}\",\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":9}}}}\n\ndata: [DONE]\n\n"),
+            // legacy completions
+            format!("data: {{\"choices\":[{{\"text\":\"abcd\"}}]}}\n\ndata: {{\"choices\":[],\"x_padding\":\"{pad}\",\"usage\":{{\"prompt_tokens\":7,\"completion_tokens\":9}}}}\n\ndata: [DONE]\n\n"),
+            // Anthropic's message_delta (and message_start before it)
+            format!("event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":7,\"output_tokens\":1}}}}}}\n\nevent: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{}},\"x_padding\":\"{pad}\",\"usage\":{{\"output_tokens\":9}}}}\n\nevent: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"),
+            // Responses, with the data split over several lines
+            format!("data: {{\"type\":\"response.completed\",\n:comment\ndata: \"response\":{{\"x\":\"{pad}\",\ndata: \"usage\":{{\"input_tokens\":7,\"input_tokens_details\":{{}},\"output_tokens\":9}}}}}}\n\n"),
+        ];
+        let limits = SseLimits::new(1000);
+        for stream in &streams {
+            for text in [stream.clone(), crlf(stream), cr(stream)] {
+                let s = scan_with(limits, &[text.as_bytes()]);
+                assert_eq!(s.oversize_events(), 1, "{stream}");
+                assert!(s.completed(), "{stream}");
+                assert_eq!(
+                    s.usage(),
+                    Some(Usage {
+                        input: 7,
+                        output: 9,
+                        ..Usage::default()
+                    }),
+                    "{stream}"
+                );
+                assert_split_invariant(text.as_bytes(), limits);
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_event_cut_short_is_malformed_not_read() {
+        let stream = long_responses_stream(4000);
+        let cut = stream.rfind("\"usage\"").unwrap() + 20;
+        let s = scan_with(SseLimits::new(1000), &[&stream.as_bytes()[..cut]]);
+        assert_eq!(s.usage(), None);
+        assert!(!s.completed());
+        assert_eq!(s.malformed_events(), 1);
     }
 
     #[test]

@@ -115,6 +115,19 @@ pub fn usage_from_json(body: &[u8]) -> Result<Usage, UsageError> {
 /// [`UsageError::NoUsage`] when no `"usage":` is in the tail, otherwise as
 /// [`usage_from_json`] for the object found.
 pub fn usage_from_tail(tail: &[u8]) -> Result<Usage, UsageError> {
+    match raw_usage_from_tail(tail) {
+        None => Err(UsageError::NoUsage),
+        Some(Err(())) => Err(UsageError::NotJson),
+        Some(Ok(UsageValue::Present(raw))) => Ok(raw.normalize()),
+        Some(Ok(UsageValue::Absent)) => Err(UsageError::NoUsage),
+        Some(Ok(UsageValue::Bad { field, reason })) => Err(UsageError::BadUsage { field, reason }),
+    }
+}
+
+/// The value of the last `"usage":` key in `tail` (see [`usage_from_tail`]): `None` when there
+/// is no such key, `Some(Err(()))` when what follows it is not a JSON value. Streams merge the
+/// raw counts, so the scanner reads an oversized event's tail with this.
+pub(crate) fn raw_usage_from_tail(tail: &[u8]) -> Option<Result<UsageValue, ()>> {
     const KEY: &[u8] = b"\"usage\"";
     let mut end = tail.len();
     while let Some(at) = tail
@@ -125,18 +138,11 @@ pub fn usage_from_tail(tail: &[u8]) -> Result<Usage, UsageError> {
         let rest = trim_start(rest);
         if let Some(value) = rest.strip_prefix(b":") {
             let mut de = serde_json::Deserializer::from_slice(value);
-            return match UsageValue::deserialize(&mut de) {
-                Err(_) => Err(UsageError::NotJson),
-                Ok(UsageValue::Present(raw)) => Ok(raw.normalize()),
-                Ok(UsageValue::Absent) => Err(UsageError::NoUsage),
-                Ok(UsageValue::Bad { field, reason }) => {
-                    Err(UsageError::BadUsage { field, reason })
-                }
-            };
+            return Some(UsageValue::deserialize(&mut de).map_err(|_| ()));
         }
         end = at;
     }
-    Err(UsageError::NoUsage)
+    None
 }
 
 fn trim_start(b: &[u8]) -> &[u8] {

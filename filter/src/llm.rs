@@ -10,12 +10,14 @@
 //! Whatever happens (a body too large to read, a response without usage, a client that
 //! disconnects mid-stream), the stream ends settled exactly once, in `on_log` at the latest.
 
-use policy_core::budget::{LlmSettings, OnIncomplete, OnMissingUsage, Reservation};
+use policy_core::budget::{
+    Ask, LlmSettings, ModelScope, OnIncomplete, OnMissingUsage, Reservation,
+};
 use policy_core::decision::Decision;
 use policy_core::headers::{self, ErrorStyle, Fields};
 use policy_core::llm::{
-    ensure_stream_usage, estimate_tokens, usage_from_json, usage_from_tail, ApiKind, LlmRequest,
-    SseLimits, SseScanner,
+    estimate_tokens, usage_from_json, usage_from_tail, ApiKind, LlmRequest, RewriteError,
+    SseLimits, SseScanner, UsageRewriter,
 };
 use policy_core::policy::TokenOutcome;
 use policy_core::table::TableError;
@@ -87,6 +89,16 @@ pub struct LlmStream {
     /// `stream_options.include_usage`, or turned the client's `false` into `true`): what that
     /// adds to the stream is read for the charge and removed before it reaches the client.
     pub usage_added: bool,
+    /// Follows the request body as it passes: rewrites it so an OpenAI stream reports usage
+    /// (whether the body is held or not), and notes `model` for an admission decided before the
+    /// whole body is read. `None` once it has nothing left to do.
+    rewriter: Option<UsageRewriter>,
+    /// The rewriter may change the body (not only read it).
+    rewrites: bool,
+    /// The request's `content-length`, when it has one.
+    pub content_length: Option<u64>,
+    /// The input is stored upstream (see [`LlmRequest::stored_input`]).
+    stored_input: bool,
 }
 
 /// What admission decided.
@@ -114,7 +126,56 @@ impl LlmStream {
             reservation: None,
             tokens: None,
             usage_added: false,
+            rewriter: None,
+            rewrites: false,
+            content_length: None,
+            stored_input: false,
         }
+    }
+
+    /// Sets how the body will be followed. `exact`: `content-length` was announced as the
+    /// original plus [`policy_core::llm::MAX_STREAM_USAGE_GROWTH`], so the rewrite pads to it.
+    pub fn follow_body(&mut self, llm: &LlmSettings, exact: bool) {
+        self.rewrites = self.may_rewrite(llm);
+        self.rewriter = Some(match (self.rewrites, exact) {
+            (true, true) => UsageRewriter::exact(),
+            (true, false) => UsageRewriter::new(),
+            (false, _) => UsageRewriter::read_only(),
+        });
+    }
+
+    /// The least this call can cost, for a refusal before any of it goes upstream: the prompt
+    /// estimated from `content-length` (none without it) plus one output token (none for
+    /// embeddings). Admission never asks for less (see [`read_request`](Self::read_request)).
+    pub fn least_cost(&self) -> u64 {
+        let input = self.content_length.map_or(0, estimate_tokens);
+        input.saturating_add(self.least_output())
+    }
+
+    fn least_output(&self) -> u64 {
+        u64::from(self.api != ApiKind::OpenAiEmbeddings)
+    }
+
+    /// Passes one chunk of the request body through the rewriter. `Ok(Some(bytes))`: send these
+    /// instead; `Ok(None)`: the chunk goes as it is.
+    ///
+    /// # Errors
+    /// The rewrite does not fit the announced `content-length` (see [`RewriteError`]).
+    pub fn rewrite_chunk(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+    ) -> Result<Option<Vec<u8>>, RewriteError> {
+        let Some(rewriter) = self.rewriter.as_mut() else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(chunk.len());
+        rewriter.feed(chunk, &mut out)?;
+        if end {
+            rewriter.finish(&mut out)?;
+        }
+        self.usage_added = self.rewrites && rewriter.usage_added();
+        Ok((out != chunk).then_some(out))
     }
 
     pub fn style(&self) -> ErrorStyle {
@@ -129,44 +190,33 @@ impl LlmStream {
         llm.inject_stream_usage && self.api.needs_stream_usage_option()
     }
 
-    /// Reads what a complete request body asks for; returns a rewritten body when the stream
-    /// must be told to report usage and `rewrite` allows it.
-    pub fn read_request(
-        &mut self,
-        llm: &LlmSettings,
-        body: &[u8],
-        rewrite: bool,
-    ) -> Option<Vec<u8>> {
+    /// Reads what a complete request body asks for (the body is rewritten separately, by
+    /// [`rewrite_chunk`](Self::rewrite_chunk)).
+    pub fn read_request(&mut self, llm: &LlmSettings, body: &[u8]) {
         match LlmRequest::parse(body) {
             Ok(req) => {
                 self.estimated_input = req.estimated_input_tokens();
+                // At least one output token (none for embeddings): what `least_cost` assumed.
                 let output = match self.api {
-                    // Embeddings produce no output tokens.
                     ApiKind::OpenAiEmbeddings => 0,
                     _ => req
                         .max_output_all_choices()
                         .unwrap_or(llm.default_max_tokens),
-                };
+                }
+                .max(self.least_output());
                 self.estimate = self.estimated_input.saturating_add(output);
                 self.model = req.model;
-                if rewrite && self.may_rewrite(llm) {
-                    let rewritten = ensure_stream_usage(self.api, body).ok().flatten();
-                    self.usage_added = rewritten.is_some();
-                    return rewritten;
-                }
-                None
+                self.stored_input = req.stored_input;
             }
-            Err(_) => {
-                self.unreadable_request(llm, body.len());
-                None
-            }
+            Err(_) => self.unreadable_request(llm, body.len()),
         }
     }
 
     /// A body too large (or not JSON) to read: estimate from its size and the default cap; the
     /// model stays unknown, so every per-model budget applies.
     pub fn unreadable_request(&mut self, llm: &LlmSettings, size: usize) {
-        self.estimated_input = estimate_tokens(u64::try_from(size).unwrap_or(u64::MAX));
+        let size = u64::try_from(size).unwrap_or(u64::MAX);
+        self.estimated_input = estimate_tokens(self.content_length.map_or(size, |n| n.max(size)));
         self.estimate = self.estimated_input.saturating_add(llm.default_max_tokens);
         self.model = None;
     }
@@ -184,32 +234,109 @@ impl LlmStream {
             // Only the size is known: the copy kept the last bytes of a larger body.
             self.unreadable_request(llm, copy.seen);
         } else {
-            self.read_request(llm, copy.bytes(), false);
+            self.read_request(llm, copy.bytes());
         }
+    }
+
+    /// Admits the call on the first chunk of a body too large to hold, before any of it goes
+    /// upstream: the prompt estimated from `content-length` (or this first chunk) plus
+    /// `default_max_tokens` (the output cap is not read yet), against the budgets that count
+    /// every model — and those of the model, if `model` was in this chunk. The rest is decided
+    /// by [`admit`](Self::admit) when the body ends.
+    pub fn admit_early(
+        &mut self,
+        policy: &Policy,
+        tier: &Tier,
+        llm: &LlmSettings,
+        first_chunk: usize,
+        now: Nanos,
+    ) -> Admission {
+        let model = self
+            .rewriter
+            .as_ref()
+            .and_then(|r| r.model())
+            .map(String::from);
+        let size = u64::try_from(first_chunk).unwrap_or(u64::MAX);
+        let input = estimate_tokens(self.content_length.map_or(size, |n| n.max(size)));
+        let estimate = input.saturating_add(llm.default_max_tokens.max(self.least_output()));
+        let known = model.is_some();
+        let outcome = policy.admit_tokens_where(
+            tier,
+            &self.identity,
+            model.as_deref(),
+            Ask::Tokens(estimate),
+            now,
+            &mut SharedData,
+            |_, budget| known || budget.scope == ModelScope::All,
+        );
+        if !self.rewrites {
+            // Only read for the model, which matters no more.
+            self.rewriter = None;
+        }
+        self.take_outcome(outcome, false)
     }
 
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
     }
 
+    /// Admits the call once its body is read: against every budget that applies to its model
+    /// and was not already held by [`admit_early`](Self::admit_early). A call whose input is
+    /// stored upstream asks for all that is left (see [`Ask::AllLeft`]).
     pub fn admit(&mut self, policy: &Policy, tier: &Tier, now: Nanos) -> Admission {
         let model = self.model.clone();
-        let outcome = policy.admit_tokens(
+        let ask = if self.stored_input {
+            Ask::AllLeft {
+                at_least: self.estimate,
+            }
+        } else {
+            Ask::Tokens(self.estimate)
+        };
+        let held: Vec<usize> = self
+            .reservation
+            .as_ref()
+            .map(|r| r.holds.iter().map(|h| h.budget).collect())
+            .unwrap_or_default();
+        let outcome = policy.admit_tokens_where(
             tier,
             &self.identity,
             model.as_deref(),
-            self.estimate,
+            ask,
             now,
             &mut SharedData,
+            |i, _| !held.contains(&i),
         );
+        if !matches!(outcome, TokenOutcome::Admitted { .. }) {
+            // Refused (or failed) after an early admission: give that back too.
+            if let Some(early) = self.reservation.take() {
+                policy.release_reservation(tier, &early, now, &mut SharedData);
+            }
+        }
+        self.take_outcome(outcome, true)
+    }
+
+    /// Records an admission's outcome; `last`: the body is read, the response comes next.
+    fn take_outcome(&mut self, outcome: TokenOutcome, last: bool) -> Admission {
         match outcome {
             TokenOutcome::Admitted {
                 reservation,
                 decision,
             } => {
-                self.reservation = Some(reservation);
-                self.tokens = Some(decision);
-                self.phase = Phase::Admitted;
+                self.tokens = Some(match (self.tokens.take(), &self.reservation) {
+                    (Some(early), Some(_)) => merge(early, decision),
+                    _ => decision,
+                });
+                self.reservation = Some(match self.reservation.take() {
+                    Some(mut early) => {
+                        early.holds.extend(reservation.holds);
+                        early.estimate = early.estimate.max(reservation.estimate);
+                        early
+                    }
+                    None => reservation,
+                });
+                if last {
+                    self.phase = Phase::Admitted;
+                }
                 Admission::Admitted
             }
             TokenOutcome::Denied { decision } => {
@@ -226,6 +353,28 @@ impl LlmStream {
                 }
             }
         }
+    }
+
+    /// Refuses at the request headers a caller whose budgets cannot pay even the least this
+    /// call can cost; returns whether it is refused (the budgets' states are then in
+    /// `tokens`). A failing store is left to admission, which knows what to do about it.
+    pub fn refuse_early(&mut self, policy: &Policy, tier: &Tier, now: Nanos) -> bool {
+        let refused = policy
+            .peek_tokens(
+                tier,
+                &self.identity,
+                self.least_cost(),
+                now,
+                &mut SharedData,
+            )
+            .ok()
+            .flatten();
+        let Some(decision) = refused else {
+            return false;
+        };
+        self.tokens = Some(decision);
+        self.phase = Phase::Done;
+        true
     }
 
     /// What a response whose usage cannot be read costs.
@@ -287,6 +436,8 @@ impl LlmStream {
     /// short (client gone, upstream reset).
     pub fn final_cost(&mut self, llm: &LlmSettings, complete: bool) -> Option<u64> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
+            // Admitted early, but the body never ended: an incomplete request is not served.
+            Phase::ReadingRequest { .. } if self.reservation.is_some() => Some(0),
             Phase::ReadingRequest { .. } | Phase::Done => None,
             Phase::Unreadable { charge } => Some(charge),
             // Nothing of the response was seen, or only part of a JSON body: what the client
@@ -343,4 +494,13 @@ impl LlmStream {
     pub fn fields(&self, tier: &Tier) -> Fields {
         headers::llm_fields(tier, Some(&self.requests), self.tokens.as_ref())
     }
+}
+
+/// Two admissions' budget states as one (an early and a final admission of the same call).
+fn merge(early: Decision, late: Decision) -> Decision {
+    let mut limits = early.limits;
+    let mut applied = early.applied;
+    limits.extend(late.limits);
+    applied.extend(late.applied);
+    Decision::from_limits(limits).with_applied(applied)
 }

@@ -16,6 +16,7 @@ mod host;
 mod imports;
 mod key_table;
 mod limits;
+mod llm_request;
 mod readme;
 mod refill;
 mod store;

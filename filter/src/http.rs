@@ -303,7 +303,7 @@ impl HttpContext for Stream {
                     let announced = n.saturating_add(REWRITE_ROOM);
                     self.set_http_request_header("content-length", Some(&announced.to_string()));
                 }
-                stream.follow_body(settings, exact);
+                stream.follow_body(settings, exact, small);
                 self.llm = Some(stream);
                 if hold {
                     // Envoy resumes a stream held at its headers only with

@@ -2,10 +2,13 @@
 //!
 //! Envoy resumes a stream held at its *headers* only when the Wasm filter is configured with
 //! `allow_on_headers_stop_iteration: true`, which Envoy Gateway cannot set today. So by default
-//! tollgate never holds headers: it buffers a small request body (to read `model` and rewrite
-//! `stream_options`), otherwise reads bodies as they pass, and reads usage from a bounded copy
-//! of the response. With `llm.hold_headers` it also holds headers, so a rewritten request keeps
-//! an exact `content-length` and a JSON response's own headers show its charge.
+//! tollgate never holds headers: it buffers a small request body (to read it whole before it
+//! goes upstream), otherwise reads bodies as they pass; either way an OpenAI stream's body is
+//! rewritten to ask for usage ([`UsageRewriter`]), with `content-length` announced exactly at
+//! the headers. What can be refused is refused before the body goes upstream: at the headers
+//! (read-only, from `content-length`), or on the first chunk of a body that passes. Usage is
+//! read from a bounded copy of the response. With `llm.hold_headers` it also holds headers, so
+//! a JSON response's own headers show its charge.
 //!
 //! Whatever happens (a body too large to read, a response without usage, a client that
 //! disconnects mid-stream), the stream ends settled exactly once, in `on_log` at the latest.
@@ -135,13 +138,16 @@ impl LlmStream {
 
     /// Sets how the body will be followed. `exact`: `content-length` was announced as the
     /// original plus [`policy_core::llm::MAX_STREAM_USAGE_GROWTH`], so the rewrite pads to it.
-    pub fn follow_body(&mut self, llm: &LlmSettings, exact: bool) {
+    /// `held`: the body will be read whole before it goes upstream, so a body that is never
+    /// rewritten needs no reading as it passes (for its model, before admission).
+    pub fn follow_body(&mut self, llm: &LlmSettings, exact: bool, held: bool) {
         self.rewrites = self.may_rewrite(llm);
-        self.rewriter = Some(match (self.rewrites, exact) {
-            (true, true) => UsageRewriter::exact(),
-            (true, false) => UsageRewriter::new(),
-            (false, _) => UsageRewriter::read_only(),
-        });
+        self.rewriter = match (self.rewrites, exact) {
+            (true, true) => Some(UsageRewriter::exact()),
+            (true, false) => Some(UsageRewriter::new()),
+            (false, _) if held => None,
+            (false, _) => Some(UsageRewriter::read_only()),
+        };
     }
 
     /// The least this call can cost, for a refusal before any of it goes upstream: the prompt

@@ -2,9 +2,11 @@
 //!
 //! A request's cost is unknown until its response ends, so admission and charging are split:
 //! - *reserve* (the default) takes an estimate up front — the client's own output cap plus a
-//!   prompt estimate — and denies if it does not fit, so concurrent requests cannot overshoot
-//!   the budget by more than their estimates; [`Budget::settle`] later replaces the estimate
-//!   by the real usage (refund or debit);
+//!   prompt estimate — and denies if it does not fit, so concurrent requests overshoot the
+//!   budget by at most what their real usage exceeds their estimates (a call whose input is
+//!   stored upstream has no estimate worth the name and asks for all that is left,
+//!   [`Ask::AllLeft`]); [`Budget::settle`] later replaces the estimate by the real usage
+//!   (refund or debit);
 //! - *charge after* only checks that something is left and charges the real usage at the end,
 //!   letting the budget go into debt, as most gateways do.
 

@@ -600,6 +600,29 @@ mod tests {
     }
 
     #[test]
+    fn ensure_stream_usage_rewrites_only_openai_streams_that_need_it() {
+        let body = br#"{"model":"m","stream":true}"#;
+        assert_eq!(
+            ensure_stream_usage(ApiKind::OpenAiChat, body).unwrap(),
+            Some(
+                br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#.to_vec()
+            )
+        );
+        assert_eq!(
+            ensure_stream_usage(ApiKind::OpenAiCompletions, br#"{"stream":false}"#),
+            Ok(None)
+        );
+        assert_eq!(
+            ensure_stream_usage(ApiKind::AnthropicMessages, body),
+            Ok(None)
+        );
+        assert_eq!(
+            ensure_stream_usage(ApiKind::OpenAiResponses, body),
+            Ok(None)
+        );
+    }
+
+    #[test]
     fn input_stored_upstream_is_noticed() {
         for body in [
             r#"{"model":"gpt-4.1","previous_response_id":"resp_1","input":"and then?"}"#,

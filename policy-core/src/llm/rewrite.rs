@@ -234,14 +234,43 @@ impl UsageRewriter {
             return Err(e);
         }
         out.reserve(chunk.len());
-        for &b in chunk {
+        let mut rest = chunk;
+        while let Some((&b, tail)) = rest.split_first() {
+            // Inside a value nobody reads (a prompt, mostly), copy up to the next byte that
+            // matters in one go: most of a large body goes this way.
+            let skip = self.plain_run(rest);
+            if skip > 0 {
+                let (run, after) = rest.split_at(skip);
+                self.bytes_in = self.bytes_in.saturating_add(run.len());
+                self.emit(run, out);
+                rest = after;
+                continue;
+            }
             self.bytes_in = self.bytes_in.saturating_add(1);
             if let Err(e) = self.byte(b, out) {
                 self.failed = Some(e);
                 return Err(e);
             }
+            rest = tail;
         }
         Ok(())
+    }
+
+    /// How many bytes at the start of `bytes` pass through unchanged and change no state: those
+    /// inside a string, or between a container's tokens, of a top-level value that is neither
+    /// read nor held, up to the next quote, backslash or bracket.
+    fn plain_run(&self, bytes: &[u8]) -> usize {
+        if self.pos != Pos::InValue || self.kind != Kind::Other {
+            return 0;
+        }
+        let stop = match self.lex {
+            Lex::Str { escape: false } => bytes.iter().position(|&b| b == b'"' || b == b'\\'),
+            Lex::None if self.depth > 0 => bytes
+                .iter()
+                .position(|&b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']')),
+            _ => return 0,
+        };
+        stop.unwrap_or(bytes.len())
     }
 
     /// Ends the body: releases whatever is still held (a body cut inside `stream_options`) and,

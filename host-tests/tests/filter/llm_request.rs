@@ -149,3 +149,25 @@ fn a_spent_budget_is_refused_at_the_headers_and_nothing_is_forwarded() {
     let (forwarded, _) = send(&h, "fresh", CHAT, None, &[BODY.as_bytes()]);
     assert!(!forwarded.is_empty());
 }
+
+#[test]
+fn a_body_whose_rewrite_cannot_fit_its_announced_length_is_refused_not_sent_wrong() {
+    let h = tollgate_with(1, POLICY);
+    // Two top-level stream_options each needing the key added: 2 × 21 bytes > the 40 announced.
+    let body = r#"{"stream":true,"stream_options":{"a":1},"stream_options":{"b":2}}"#;
+    let n = body.len().to_string();
+    let mut s = h.stream(0).unwrap();
+    s.request_headers(headers("dup", CHAT, Some(&n)).as_slice(), false)
+        .unwrap();
+    let announced = s.record().unwrap().request_headers.unwrap();
+    assert_eq!(
+        announced.get("content-length"),
+        Some((body.len() + OPTION.len()).to_string().as_str())
+    );
+    let action = s.request_body(body.as_bytes(), true).unwrap();
+    assert_eq!(action, Action::Pause);
+    let reply = s.local_reply().unwrap().expect("a 400");
+    assert_eq!(reply.status, 400);
+    assert!(String::from_utf8_lossy(&reply.body).contains("invalid_request_body"));
+    assert!(s.record().unwrap().request_body.forwarded.is_empty());
+}

@@ -1216,6 +1216,26 @@ def test_a_large_body_over_budget_is_refused_before_it_is_forwarded(reserve, moc
     assert fresh.header("x-mock-saw-body-bytes") == str(len(data) + len(STREAM_USAGE_OPTION))
 
 
+def test_a_chunked_body_over_budget_is_refused_as_it_grows_not_forwarded_in_full(reserve, mock):
+    """Without content-length nothing tells the size up front: admitted on its first chunk, the
+    call's hold is raised as the body grows, before each chunk is forwarded, and refused once it
+    no longer fits: the upstream never receives the whole body."""
+    who = {"x-bulk-user": unique("chunked-over")}
+    left = 10_000
+    spend = post(reserve, CHAT, body(max_tokens=1), {
+        **who, "x-mock-prompt-tokens": str(100_000 - left), "x-mock-completion-tokens": "0"})
+    assert spend.status == 200, spend.head()
+    data = body(max_tokens=10, messages=[{"role": "user", "content": "x" * 200_000}])
+    before = traffic(mock)
+    reply = post_chunked(reserve, CHAT, data, who, chunk=8192)
+    after = traffic(mock)
+    assert reply.status == 429, reply.head()
+    received = after["bytes_received"] - before["bytes_received"]
+    # Refused once bytes / 4 + the default cap passed the 10,000 left: at ~36 KB of 200 KB.
+    assert received < len(data) // 2, f"{received} of {len(data)} bytes went upstream"
+    assert spent(reserve, who, budget=100_000) == 100_000 - left, "the refused call cost nothing"
+
+
 def test_calls_whose_input_is_stored_upstream_cannot_overshoot_together(reserve):
     """Issue 15.5: ten concurrent Responses calls continuing a stored conversation
     (`previous_response_id`), each reported at 5,000 input tokens, on a 1,000-token budget.

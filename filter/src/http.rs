@@ -24,6 +24,15 @@ use policy_core::llm::{ApiKind, RewriteError, MAX_STREAM_USAGE_GROWTH};
 /// Bytes a request body may grow by when asked to report stream usage.
 const REWRITE_ROOM: u64 = MAX_STREAM_USAGE_GROWTH as u64;
 
+/// An admission decided while a body passes, before the chunk in hand goes upstream.
+#[derive(Clone, Copy, Debug)]
+enum Early {
+    /// On its first chunk, of this size.
+    First(usize),
+    /// On a later chunk of a body without `content-length`, this many bytes seen in all.
+    More(usize),
+}
+
 /// A stream's state between request and response.
 #[derive(Debug)]
 pub struct Stream {
@@ -64,9 +73,9 @@ impl Stream {
     }
 
     /// Admits the LLM request against its token budgets; replies itself when refused.
-    /// Returns whether the stream may go on. `early`: decide on the first chunk of a body that
-    /// passes (size of that chunk), before it goes upstream; the rest is decided at its end.
-    fn admit_tokens(&mut self, early: Option<usize>) -> bool {
+    /// Returns whether the stream may go on. `early`: decide on a chunk of a body that passes,
+    /// before it goes upstream (see [`Early`]); `None`: the body is read, decide the rest.
+    fn admit_tokens(&mut self, early: Option<Early>) -> bool {
         let plugin = Rc::clone(&self.plugin);
         let now = self.now();
         let Some(llm) = self.llm.as_mut() else {
@@ -76,8 +85,11 @@ impl Stream {
             return true;
         };
         let admission = match (early, plugin.policy.llm()) {
-            (Some(first_chunk), Some(settings)) => {
-                llm.admit_early(&plugin.policy, tier, settings, first_chunk, now)
+            (Some(Early::First(size)), Some(settings)) => {
+                llm.admit_early(&plugin.policy, tier, settings, size, now)
+            }
+            (Some(Early::More(seen)), Some(settings)) => {
+                llm.top_up(&plugin.policy, tier, settings, seen, now)
             }
             _ => llm.admit(&plugin.policy, tier, now),
         };
@@ -424,8 +436,18 @@ impl HttpContext for Stream {
             copy.push(&chunk, settings.max_request_body);
         }
         // A body that passes is admitted on its first chunk, before any of it goes upstream
-        // (a body that is all in its first chunk is simply read first).
-        if first && !end_of_stream && !self.admit_tokens(Some(body_size)) {
+        // (a body that is all in its first chunk is simply read first), and one without
+        // content-length again as it grows.
+        let seen = match self.llm.as_ref().map(|l| &l.phase) {
+            Some(Phase::ReadingRequest { copy, .. }) => copy.seen,
+            _ => body_size,
+        };
+        let early = match (first, end_of_stream) {
+            (_, true) => None,
+            (true, false) => Some(Early::First(body_size)),
+            (false, false) => Some(Early::More(seen)),
+        };
+        if early.is_some() && !self.admit_tokens(early) {
             return Action::Pause;
         }
         if let Some(new_chunk) = rewritten {

@@ -102,6 +102,9 @@ pub struct LlmStream {
     pub content_length: Option<u64>,
     /// The input is stored upstream (see [`LlmRequest::stored_input`]).
     stored_input: bool,
+    /// What the early admission of a passing body held, and for which model: raised as a body
+    /// without `content-length` turns out larger ([`top_up`](Self::top_up)).
+    early: Option<(u64, Option<String>)>,
 }
 
 /// What admission decided.
@@ -133,6 +136,7 @@ impl LlmStream {
             rewrites: false,
             content_length: None,
             stored_input: false,
+            early: None,
         }
     }
 
@@ -266,6 +270,7 @@ impl LlmStream {
         let input = estimate_tokens(self.content_length.map_or(size, |n| n.max(size)));
         let estimate = input.saturating_add(llm.default_max_tokens.max(self.least_output()));
         let known = model.is_some();
+        self.early = Some((estimate, model.clone()));
         let outcome = policy.admit_tokens_where(
             tier,
             &self.identity,
@@ -284,6 +289,81 @@ impl LlmStream {
 
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
+    }
+
+    /// Raises the early admission of a body sent without `content-length` as more of it
+    /// arrives, before each chunk is forwarded: `seen` bytes so far, estimated as at the first
+    /// chunk. The holds already taken grow by the difference (the same budgets, the same
+    /// slots); refused, everything held is given back and the call is refused before the rest
+    /// of its body goes upstream.
+    pub fn top_up(
+        &mut self,
+        policy: &Policy,
+        tier: &Tier,
+        llm: &LlmSettings,
+        seen: usize,
+        now: Nanos,
+    ) -> Admission {
+        let Some((held, model)) = self.early.clone() else {
+            return Admission::Admitted;
+        };
+        if self.content_length.is_some() || self.reservation.is_none() {
+            return Admission::Admitted;
+        }
+        let input = estimate_tokens(u64::try_from(seen).unwrap_or(u64::MAX));
+        let need = input.saturating_add(llm.default_max_tokens.max(self.least_output()));
+        if need <= held {
+            return Admission::Admitted;
+        }
+        // Per budget: an estimate larger than a budget holds the whole budget, as at admission.
+        let wanted: Vec<(usize, u64)> = self
+            .reservation
+            .as_ref()
+            .map(|r| {
+                r.holds
+                    .iter()
+                    .filter_map(|h| {
+                        let burst = tier.budgets.get(h.budget)?.rate.burst();
+                        let more = need.min(burst).saturating_sub(h.reserved);
+                        (more > 0).then_some((h.budget, more))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (budget, more) in wanted {
+            let outcome = policy.admit_tokens_where(
+                tier,
+                &self.identity,
+                model.as_deref(),
+                Ask::Tokens(more),
+                now,
+                &mut SharedData,
+                |i, _| i == budget,
+            );
+            match outcome {
+                TokenOutcome::Admitted { reservation, .. } => {
+                    let grown = reservation.holds.iter().map(|h| h.reserved).sum::<u64>();
+                    if let Some(hold) = self
+                        .reservation
+                        .as_mut()
+                        .and_then(|r| r.holds.iter_mut().find(|h| h.budget == budget))
+                    {
+                        hold.reserved = hold.reserved.saturating_add(grown);
+                    }
+                }
+                other => {
+                    if let Some(early) = self.reservation.take() {
+                        policy.release_reservation(tier, &early, now, &mut SharedData);
+                    }
+                    return self.take_outcome(other, true);
+                }
+            }
+        }
+        if let Some(mine) = self.reservation.as_mut() {
+            mine.estimate = mine.estimate.max(need);
+        }
+        self.early = Some((need, model));
+        Admission::Admitted
     }
 
     /// Admits the call once its body is read: against every budget that applies to its model

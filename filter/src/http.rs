@@ -443,6 +443,8 @@ impl HttpContext for Stream {
             _ => body_size,
         };
         let early = match (first, end_of_stream) {
+            // An empty chunk decides nothing: the next one is still the first.
+            _ if body_size == 0 => None,
             (_, true) => None,
             (true, false) => Some(Early::First(body_size)),
             (false, false) => Some(Early::More(seen)),

@@ -261,6 +261,9 @@ impl LlmStream {
         first_chunk: usize,
         now: Nanos,
     ) -> Admission {
+        if self.early.is_some() {
+            return Admission::Admitted; // once only: holds are never taken twice
+        }
         let model = self
             .rewriter
             .as_ref()

@@ -1208,6 +1208,7 @@ def test_a_large_body_over_budget_is_refused_before_it_is_forwarded(reserve, moc
     assert reply.status == 429, reply.head()
     received = after["bytes_received"] - before["bytes_received"]
     assert received < 4096 < len(data), f"{received} bytes of the {len(data)}-byte call went upstream"
+    assert after["completed"] == before["completed"]
     # A call that fits is still served, and nothing of the refused one was charged.
     assert spent(reserve, who, budget=100_000) == 100_000 - left
     # The same body from a caller with room goes through whole.
@@ -1233,6 +1234,31 @@ def test_a_chunked_body_over_budget_is_refused_as_it_grows_not_forwarded_in_full
     received = after["bytes_received"] - before["bytes_received"]
     # Refused once bytes / 4 + the default cap passed the 10,000 left: at ~36 KB of 200 KB.
     assert received < len(data) // 2, f"{received} of {len(data)} bytes went upstream"
+    assert after["completed"] == before["completed"]
+    assert spent(reserve, who, budget=100_000) == 100_000 - left, "the refused call cost nothing"
+
+
+def test_a_large_body_s_own_cap_is_reserved_once_it_is_read(reserve, mock):
+    """Admitted on its first chunk at the default cap (1,000), a 40 KB body whose max_tokens is
+    5,000 has its hold raised to that at its end; where the budget cannot hold it, it is
+    refused there, and the upstream, kept one byte short of the whole body, never completes
+    the request."""
+    data = body(max_tokens=5000, messages=[{"role": "user", "content": "x" * 40_000}])
+    reply = post(reserve, CHAT, data, {"x-bulk-user": unique("own-cap"), **ZERO})
+    assert reply.status == 200, reply.head()
+    assert int(reply.header("x-ratelimit-remaining-tokens")) == 100_000 - estimate(data, 5000)
+    who = {"x-bulk-user": unique("own-cap-over")}
+    left = estimate(data, 2000)  # room for the first chunk's estimate, not for the cap
+    spend = post(reserve, CHAT, body(max_tokens=1), {
+        **who, "x-mock-prompt-tokens": str(100_000 - left), "x-mock-completion-tokens": "0"})
+    assert spend.status == 200, spend.head()
+    before = traffic(mock)
+    refused = post(reserve, CHAT, data, who)
+    after = traffic(mock)
+    assert refused.status == 429, refused.head()
+    # Its head and all but the body's last byte went up; the request never completed there.
+    assert after["requests"] - before["requests"] == 1
+    assert after["completed"] == before["completed"], "the upstream never had the whole request"
     assert spent(reserve, who, budget=100_000) == 100_000 - left, "the refused call cost nothing"
 
 

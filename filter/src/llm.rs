@@ -105,6 +105,8 @@ pub struct LlmStream {
     /// What the early admission of a passing body held, and for which model: raised as a body
     /// without `content-length` turns out larger ([`top_up`](Self::top_up)).
     early: Option<(u64, Option<String>)>,
+    /// The last byte of a passing body's output so far, kept back until the body ends.
+    lagging: Vec<u8>,
 }
 
 /// What admission decided.
@@ -137,6 +139,7 @@ impl LlmStream {
             content_length: None,
             stored_input: false,
             early: None,
+            lagging: Vec::new(),
         }
     }
 
@@ -169,6 +172,12 @@ impl LlmStream {
     /// Passes one chunk of the request body through the rewriter. `Ok(Some(bytes))`: send these
     /// instead; `Ok(None)`: the chunk goes as it is.
     ///
+    /// The last byte of the output is kept back until the body ends (and goes with its end):
+    /// Envoy's HTTP/1 codec forwards a body's bytes before it calls the filter with the end of
+    /// the stream, so without this an upstream could receive a complete request — every byte
+    /// its `content-length` announced — and serve it before the admission at the body's end
+    /// refuses it. One byte short, it waits, and the refusal resets it.
+    ///
     /// # Errors
     /// The rewrite does not fit the announced `content-length` (see [`RewriteError`]).
     pub fn rewrite_chunk(
@@ -176,15 +185,23 @@ impl LlmStream {
         chunk: &[u8],
         end: bool,
     ) -> Result<Option<Vec<u8>>, RewriteError> {
-        let Some(rewriter) = self.rewriter.as_mut() else {
-            return Ok(None);
-        };
-        let mut out = Vec::with_capacity(chunk.len());
-        rewriter.feed(chunk, &mut out)?;
-        if end {
-            rewriter.finish(&mut out)?;
+        let mut out = core::mem::take(&mut self.lagging);
+        out.reserve(chunk.len());
+        match self.rewriter.as_mut() {
+            Some(rewriter) => {
+                rewriter.feed(chunk, &mut out)?;
+                if end {
+                    rewriter.finish(&mut out)?;
+                }
+                self.usage_added = self.rewrites && rewriter.usage_added();
+            }
+            None => out.extend_from_slice(chunk),
         }
-        self.usage_added = self.rewrites && rewriter.usage_added();
+        if !end {
+            if let Some(last) = out.pop() {
+                self.lagging.push(last);
+            }
+        }
         Ok((out != chunk).then_some(out))
     }
 
@@ -318,8 +335,25 @@ impl LlmStream {
         if need <= held {
             return Admission::Admitted;
         }
-        // Per budget: an estimate larger than a budget holds the whole budget, as at admission.
-        let wanted: Vec<(usize, u64)> = self
+        let outcome = self.raise_holds(policy, tier, model.as_deref(), Ask::Tokens(need), now);
+        if matches!(outcome, Admission::Admitted) {
+            self.early = Some((need, model));
+        }
+        outcome
+    }
+
+    /// Raises every hold of the early reservation to `ask` (an estimate, capped at each
+    /// budget's burst as at admission; or all that is left). Refused, everything held is given
+    /// back.
+    fn raise_holds(
+        &mut self,
+        policy: &Policy,
+        tier: &Tier,
+        model: Option<&str>,
+        ask: Ask,
+        now: Nanos,
+    ) -> Admission {
+        let wanted: Vec<(usize, Ask)> = self
             .reservation
             .as_ref()
             .map(|r| {
@@ -327,8 +361,13 @@ impl LlmStream {
                     .iter()
                     .filter_map(|h| {
                         let burst = tier.budgets.get(h.budget)?.rate.burst();
-                        let more = need.min(burst).saturating_sub(h.reserved);
-                        (more > 0).then_some((h.budget, more))
+                        let more = match ask {
+                            Ask::Tokens(need) => {
+                                Ask::Tokens(need.min(burst).saturating_sub(h.reserved))
+                            }
+                            Ask::AllLeft { .. } => Ask::AllLeft { at_least: 0 },
+                        };
+                        (more != Ask::Tokens(0)).then_some((h.budget, more))
                     })
                     .collect()
             })
@@ -337,14 +376,17 @@ impl LlmStream {
             let outcome = policy.admit_tokens_where(
                 tier,
                 &self.identity,
-                model.as_deref(),
-                Ask::Tokens(more),
+                model,
+                more,
                 now,
                 &mut SharedData,
                 |i, _| i == budget,
             );
             match outcome {
-                TokenOutcome::Admitted { reservation, .. } => {
+                TokenOutcome::Admitted {
+                    reservation,
+                    decision,
+                } => {
                     let grown = reservation.holds.iter().map(|h| h.reserved).sum::<u64>();
                     if let Some(hold) = self
                         .reservation
@@ -353,6 +395,11 @@ impl LlmStream {
                     {
                         hold.reserved = hold.reserved.saturating_add(grown);
                     }
+                    // The headers show the budget as it is after this raise.
+                    self.tokens = Some(match self.tokens.take() {
+                        Some(shown) => replace_status(shown, decision),
+                        None => decision,
+                    });
                 }
                 other => {
                     if let Some(early) = self.reservation.take() {
@@ -362,10 +409,9 @@ impl LlmStream {
                 }
             }
         }
-        if let Some(mine) = self.reservation.as_mut() {
+        if let (Some(mine), Ask::Tokens(need)) = (self.reservation.as_mut(), ask) {
             mine.estimate = mine.estimate.max(need);
         }
-        self.early = Some((need, model));
         Admission::Admitted
     }
 
@@ -381,6 +427,14 @@ impl LlmStream {
         } else {
             Ask::Tokens(self.estimate)
         };
+        if let Some((_, early_model)) = self.early.clone() {
+            // Admitted early on what the first chunk showed: raise those holds to what the
+            // whole body asks (its own cap; all that is left for input stored upstream).
+            let raised = self.raise_holds(policy, tier, early_model.as_deref(), ask, now);
+            if !matches!(raised, Admission::Admitted) {
+                return raised;
+            }
+        }
         let held: Vec<usize> = self
             .reservation
             .as_ref()
@@ -591,5 +645,25 @@ fn merge(early: Decision, late: Decision) -> Decision {
     let mut applied = early.applied;
     limits.extend(late.limits);
     applied.extend(late.applied);
+    Decision::from_limits(limits).with_applied(applied)
+}
+
+/// `shown` with the budgets `newer` reports replaced by their newer states.
+fn replace_status(shown: Decision, newer: Decision) -> Decision {
+    let mut limits = shown.limits;
+    let mut applied = shown.applied;
+    for (budget, status) in newer.applied.iter().zip(newer.limits) {
+        match applied.iter().position(|b| b == budget) {
+            Some(i) => {
+                if let Some(slot) = limits.get_mut(i) {
+                    *slot = status;
+                }
+            }
+            None => {
+                applied.push(*budget);
+                limits.push(status);
+            }
+        }
+    }
     Decision::from_limits(limits).with_applied(applied)
 }

@@ -13,14 +13,17 @@ use std::time::Duration;
 use crate::http::{read_request, write_response, Limits, ReadError, Request, Response};
 
 /// `GET` here answers what the server has received so far, as JSON:
-/// `{"requests": N, "bytes_received": N}` — every request whose head arrived (complete or not)
-/// and every byte read from any connection, requests to this path excluded. A test reads it
+/// `{"requests": N, "completed": N, "bytes_received": N}` — every request whose head arrived
+/// (complete or not), those that arrived whole (and were answered), and every byte read from
+/// any connection; requests to this path excluded. A test reads it
 /// before and after a call to see what a proxy let through to the upstream (nothing at all, or
 /// only part of a body), not only what the client got.
 pub const TRAFFIC_PATH: &str = "/__mock/traffic";
 
 /// Requests whose head was read (admin requests excluded).
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// Requests read whole (admin requests excluded).
+static COMPLETED: AtomicU64 = AtomicU64::new(0);
 /// Bytes read from all connections (admin requests excluded).
 static RECEIVED: AtomicU64 = AtomicU64::new(0);
 
@@ -50,8 +53,9 @@ fn traffic() -> Response {
     Response::json(
         200,
         format!(
-            r#"{{"requests":{},"bytes_received":{}}}"#,
+            r#"{{"requests":{},"completed":{},"bytes_received":{}}}"#,
             REQUESTS.load(Ordering::SeqCst),
+            COMPLETED.load(Ordering::SeqCst),
             RECEIVED.load(Ordering::SeqCst)
         ),
     )
@@ -182,6 +186,7 @@ fn serve_connection(stream: TcpStream, handler: &dyn Handler, config: &ServerCon
                     REQUESTS.fetch_sub(1, Ordering::SeqCst);
                     traffic()
                 } else {
+                    COMPLETED.fetch_add(1, Ordering::SeqCst);
                     let framing = framing(&request);
                     handler
                         .handle(&request)

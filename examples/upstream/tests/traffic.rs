@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tollgate_upstream::server::{serve, ServerConfig, TRAFFIC_PATH};
 use tollgate_upstream::task_api::{ApiVersion, TaskApi};
 
-fn traffic(addr: std::net::SocketAddr) -> (u64, u64, String) {
+fn traffic(addr: std::net::SocketAddr) -> (u64, u64, u64, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
@@ -34,7 +34,12 @@ fn traffic(addr: std::net::SocketAddr) -> (u64, u64, String) {
             .collect();
         digits.parse().unwrap()
     };
-    (number("requests"), number("bytes_received"), head)
+    (
+        number("requests"),
+        number("completed"),
+        number("bytes_received"),
+        head,
+    )
 }
 
 #[test]
@@ -48,11 +53,11 @@ fn counts_heads_and_bytes_of_complete_and_cut_requests_but_not_its_own() {
             ServerConfig::default(),
         )
     });
-    let (requests, bytes, head) = traffic(addr);
+    let (requests, completed, bytes, head) = traffic(addr);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(
-        (requests, bytes),
-        (0, 0),
+        (requests, completed, bytes),
+        (0, 0, 0),
         "its own requests are not counted"
     );
 
@@ -74,12 +79,13 @@ fn counts_heads_and_bytes_of_complete_and_cut_requests_but_not_its_own() {
     s.write_all(cut).unwrap();
     s.shutdown(Shutdown::Both).unwrap();
 
-    let want = (2, (complete.len() + cut.len()) as u64);
+    // Two heads, one completed, every byte.
+    let want = (2, 1, (complete.len() + cut.len()) as u64);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (requests, bytes, _) = traffic(addr);
-        if (requests, bytes) == want || Instant::now() > deadline {
-            assert_eq!((requests, bytes), want);
+        let (requests, completed, bytes, _) = traffic(addr);
+        if (requests, completed, bytes) == want || Instant::now() > deadline {
+            assert_eq!((requests, completed, bytes), want);
             break;
         }
         thread::sleep(Duration::from_millis(20));

@@ -66,8 +66,9 @@ TEXT_TOKENS_PER_DELTA = 20  # 200 completion tokens in 10 deltas
 # llm.buffer_limit_bytes' default, and the bootstrap's per_connection_buffer_limit_bytes (Envoy
 # Gateway's default): the most tollgate may ask Envoy to buffer.
 BUFFER_LIMIT = 32768
-# What tollgate adds to an OpenAI streaming request that did not ask for its usage.
-STREAM_USAGE_OPTION = b'"stream_options":{"include_usage":true},'
+# What tollgate adds to an OpenAI streaming request that did not ask for its usage (before the
+# final `}`), and so what a body that may be rewritten announces on top of its content-length.
+STREAM_USAGE_OPTION = b',"stream_options":{"include_usage":true}'
 MAX_REQUEST_BODY = 65536  # the reserve Envoys' llm.max_request_body_bytes
 
 RESERVE_POLICY = {
@@ -915,8 +916,10 @@ def test_a_held_json_response_sent_in_parts_reaches_the_client(held, first, tota
 
 
 def test_a_40kb_prompt_is_served_and_charged(gateway):
-    """Larger than Envoy's buffer limit: copied as it passes and read at its end (with
-    hold_headers too: its headers are not held)."""
+    """Larger than Envoy's buffer limit: admitted on its first chunk (its max_tokens not read
+    yet: the default cap is reserved), copied as it passes and read at its end (with hold_headers
+    too: its headers are not held). Its content-length announced room for the usage option, so
+    the body arrives padded with 40 spaces."""
     envoy = gateway
     who = {"x-bulk-user": unique("long-prompt")}
     data = body(max_tokens=10, messages=[{"role": "user", "content": "x" * 40_000}])
@@ -924,34 +927,34 @@ def test_a_40kb_prompt_is_served_and_charged(gateway):
     reply = post(envoy, CHAT, data, {**who, "x-mock-prompt-tokens": "9000",
                                      "x-mock-completion-tokens": "10"})
     assert reply.status == 200, reply.head()
-    assert reply.header("x-mock-saw-body-bytes") == str(len(data))
+    assert reply.header("x-mock-saw-body-bytes") == str(len(data) + len(STREAM_USAGE_OPTION))
+    assert reply.header("x-mock-saw-framing") == f"content-length: {len(data) + 40}"
     assert reply.header("x-mock-saw-model") == "m"
-    # The body was read: the reservation is its estimate with its own max_tokens.
+    # Admitted on its first chunk: the reservation is the default cap plus its size / 4.
     assert int(reply.header("x-ratelimit-remaining-tokens")) == shown(
-        envoy, 0, estimate(data, 10), 9010, budget=100_000)
+        envoy, 0, estimate(data), 9010, budget=100_000)
     assert spent(envoy, who, budget=100_000) == 9010
 
 
-def test_a_streamed_prompt_too_large_to_rewrite_is_charged_as_configured_for_missing_usage(reserve):
-    """Over buffer_limit_bytes the body passes as it is: the stream is not asked for its usage,
-    reports none, and is charged at least what it visibly consumed (prompt + text / 4), else per
-    on_missing_usage (the reservation here)."""
+def test_a_streamed_prompt_too_large_to_hold_is_asked_for_its_usage_as_it_passes(reserve):
+    """Over buffer_limit_bytes the body is rewritten as it passes: the stream reports its usage
+    and is charged it (100 + 200), not the reservation (issue 15: a 40 KB request used to stream
+    uncharged beyond its estimate)."""
     who = {"x-bulk-user": unique("long-stream")}
     data = body(max_tokens=10, stream=True, messages=[{"role": "user", "content": "x" * 40_000}])
     s = stream(reserve, CHAT, data, who)
     assert s.status == 200 and s.complete
-    assert s.headers["x-mock-saw-include-usage"] == "false"
-    assert s.headers["x-mock-saw-body-bytes"] == str(len(data))
-    assert spent(reserve, who, budget=100_000) == max(estimate(data, 10),
-                                                      math.ceil(len(data) / 4) + 200)
+    assert s.headers["x-mock-saw-include-usage"] == "true"
+    assert s.headers["x-mock-saw-body-bytes"] == str(len(data) + len(STREAM_USAGE_OPTION))
+    assert spent(reserve, who, budget=100_000) == 300
 
 
 @pytest.mark.parametrize("size,rewritten", [
     pytest.param(BUFFER_LIMIT - len(STREAM_USAGE_OPTION), True, id="grows-to-the-limit"),
-    # One byte more and the rewrite would not fit Envoy's buffer: forwarded as it is, and the
-    # stream, which then reports no usage, is charged per on_missing_usage (the reservation).
-    pytest.param(BUFFER_LIMIT - len(STREAM_USAGE_OPTION) + 1, False, id="no-room-to-rewrite"),
-    pytest.param(BUFFER_LIMIT, False, id="at-the-limit"),
+    # One byte more and the rewrite would not fit Envoy's buffer: not held, but rewritten as it
+    # passes all the same.
+    pytest.param(BUFFER_LIMIT - len(STREAM_USAGE_OPTION) + 1, True, id="no-room-to-hold"),
+    pytest.param(BUFFER_LIMIT, True, id="at-the-limit"),
 ])
 def test_a_streamed_prompt_up_to_the_buffer_limit_is_served(gateway, size, rewritten):
     who = {"x-user-id": unique("edge")}
@@ -1261,3 +1264,204 @@ def test_the_openai_sdks_usual_stream_loop_works_through_tollgate(request, envoy
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 300
     assert all(c.usage is None for c in chunks[:-1])
     assert spent(envoy, who) == 600
+# ================================================================================================
+# Request side (issues 9.3 and 15.1/15.5): every OpenAI stream asked for its usage whatever the
+# request's framing, refusals before anything goes upstream, input stored upstream, and exact
+# content-lengths. What the upstream received is read from the mock's own counters
+# (GET /__mock/traffic), not inferred from what the client got.
+# ================================================================================================
+
+
+def traffic(mock: str) -> dict[str, int]:
+    """What the mock has received so far: request heads and bytes (examples/upstream server.rs)."""
+    status, text = _get(f"http://{mock}/__mock/traffic")
+    assert status == 200, text
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("size,options", [
+    pytest.param(1_000, None, id="small"),
+    pytest.param(1_000, {"include_usage": False}, id="small-said-false"),
+    pytest.param(40_000, None, id="40kb"),
+    pytest.param(40_000, {"include_usage": False}, id="40kb-said-false"),
+])
+def test_a_chunked_stream_is_asked_for_its_usage_and_charged_it(reserve, size, options):
+    """Sent without content-length, the body is rewritten as it passes (issue 15: a chunked
+    stream used to be charged its reservation, whatever it streamed)."""
+    who = {"x-bulk-user": unique("chunked-stream")}
+    extra = {} if options is None else {"stream_options": options}
+    data = prompt_of(size, max_tokens=10, stream=True, **extra)
+    reply = post_chunked(reserve, CHAT, data, {**who, "x-mock-completion-tokens": "2000"},
+                         chunk=1000)
+    assert reply.status == 200, reply.head()
+    assert reply.header("x-mock-saw-framing") == "chunked"
+    assert reply.header("x-mock-saw-include-usage") == "true"
+    sent = int(reply.header("x-mock-saw-body-bytes"))
+    # Unframed, the body is only as long as its rewrite: 40 bytes added, or `false` made `true`.
+    assert sent == (size + len(STREAM_USAGE_OPTION) if options is None else size - 1)
+    # Charged the usage the stream reported (100 + 2000), far beyond max_tokens' 10.
+    assert spent(reserve, who, budget=100_000) == 2100
+
+
+@pytest.mark.parametrize("path,stream_it,announced", [
+    # Cannot need a rewrite: the client's own content-length goes upstream unchanged.
+    pytest.param(MESSAGES, True, 0, id="anthropic"),
+    pytest.param(RESPONSES, True, 0, id="responses"),
+    # May need one, and the headers leave before the body is read: the original length plus the
+    # rewrite's fixed 40 bytes, which the body then always has (padded with spaces if need be).
+    pytest.param(CHAT, True, 40, id="chat-stream"),
+    pytest.param(CHAT, False, 40, id="chat-json"),
+])
+def test_a_small_request_keeps_an_exact_content_length(reserve, path, stream_it, announced):
+    """Issue 15: small chat requests used to reach the upstream chunked (some upstreams answer
+    411 to that)."""
+    who = {"x-user-id": unique("length")}
+    data = body(stream=stream_it, max_tokens=10)
+    reply = post(reserve, path, data, who)
+    assert reply.status == 200, reply.head()
+    assert reply.header("x-mock-saw-framing") == f"content-length: {len(data) + announced}"
+    assert reply.header("x-mock-saw-body-bytes") == str(len(data) + announced)
+
+
+@pytest.mark.parametrize("stream_it,grown", [(True, 40), (False, 0)])
+def test_with_held_headers_the_content_length_is_the_rewritten_body_s(held, stream_it, grown):
+    who = {"x-user-id": unique("held-length")}
+    data = body(stream=stream_it, max_tokens=10)
+    reply = post(held, CHAT, data, who)
+    assert reply.status == 200, reply.head()
+    assert reply.header("x-mock-saw-framing") == f"content-length: {len(data) + grown}"
+    assert reply.header("x-mock-saw-include-usage") == ("true" if stream_it else "false")
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_exhausted_budget_s_call_never_reaches_the_upstream(gateway, mock, framing):
+    """Issue 9.3: refused at the request headers, before anything goes upstream, whether the
+    headers are held or not."""
+    who = {"x-api-key": unique("pro-exhausted")}
+    # 3,000 a week: one call reported at 100 + 5,000 puts the caller in debt.
+    spend = post(gateway, CHAT, body(max_tokens=10), {**who, "x-mock-completion-tokens": "5000"})
+    assert spend.status == 200, spend.head()
+    data = prompt_of(20_000, max_tokens=10, stream=True)
+    before = traffic(mock)
+    if framing == "chunked":
+        reply = post_chunked(gateway, CHAT, data, who, chunk=1000)
+    else:
+        reply = post(gateway, CHAT, data, who)
+    after = traffic(mock)
+    assert reply.status == 429, reply.head()
+    assert json.loads(reply.body)["error"]["type"] == "rate_limit_exceeded"
+    assert reply.header("x-ratelimit-remaining-tokens") == "0"
+    assert int(reply.header("retry-after")) > 0
+    assert after == before, "not a byte of the refused call reached the upstream"
+
+
+def test_a_large_body_over_budget_is_refused_before_it_is_forwarded(reserve, mock):
+    """Issue 9.3: a body too large to hold, whose budget has room for its prompt (so the headers
+    pass) but not for its prompt plus the default output cap, is refused on its first chunk: the
+    upstream sees at most the request's head, never the body."""
+    who = {"x-bulk-user": unique("large-over")}
+    data = body(max_tokens=10, messages=[{"role": "user", "content": "x" * 100_000}])
+    prompt = math.ceil(len(data) / 4)
+    left = prompt + DEFAULT_MAX_TOKENS // 2  # room for the prompt + 1, not + default cap
+    # Spend the bulk budget down to `left` (a small call reported at exactly that much).
+    spend = post(reserve, CHAT, body(max_tokens=1), {
+        **who, "x-mock-prompt-tokens": str(100_000 - left), "x-mock-completion-tokens": "0"})
+    assert spend.status == 200, spend.head()
+    before = traffic(mock)
+    reply = post(reserve, CHAT, data, who)
+    after = traffic(mock)
+    assert reply.status == 429, reply.head()
+    received = after["bytes_received"] - before["bytes_received"]
+    assert received < 4096 < len(data), f"{received} bytes of the {len(data)}-byte call went upstream"
+    assert after["completed"] == before["completed"]
+    # A call that fits is still served, and nothing of the refused one was charged.
+    assert spent(reserve, who, budget=100_000) == 100_000 - left
+    # The same body from a caller with room goes through whole.
+    fresh = post(reserve, CHAT, data, {"x-bulk-user": unique("large-ok")})
+    assert fresh.status == 200, fresh.head()
+    assert fresh.header("x-mock-saw-body-bytes") == str(len(data) + len(STREAM_USAGE_OPTION))
+
+
+def test_a_chunked_body_over_budget_is_refused_as_it_grows_not_forwarded_in_full(reserve, mock):
+    """Without content-length nothing tells the size up front: admitted on its first chunk, the
+    call's hold is raised as the body grows, before each chunk is forwarded, and refused once it
+    no longer fits: the upstream never receives the whole body."""
+    who = {"x-bulk-user": unique("chunked-over")}
+    left = 10_000
+    spend = post(reserve, CHAT, body(max_tokens=1), {
+        **who, "x-mock-prompt-tokens": str(100_000 - left), "x-mock-completion-tokens": "0"})
+    assert spend.status == 200, spend.head()
+    data = body(max_tokens=10, messages=[{"role": "user", "content": "x" * 200_000}])
+    before = traffic(mock)
+    reply = post_chunked(reserve, CHAT, data, who, chunk=8192)
+    after = traffic(mock)
+    assert reply.status == 429, reply.head()
+    received = after["bytes_received"] - before["bytes_received"]
+    # Refused once bytes / 4 + the default cap passed the 10,000 left: at ~36 KB of 200 KB.
+    assert received < len(data) // 2, f"{received} of {len(data)} bytes went upstream"
+    assert after["completed"] == before["completed"]
+    assert spent(reserve, who, budget=100_000) == 100_000 - left, "the refused call cost nothing"
+
+
+def test_a_large_body_s_own_cap_is_reserved_once_it_is_read(reserve, mock):
+    """Admitted on its first chunk at the default cap (1,000), a 40 KB body whose max_tokens is
+    5,000 has its hold raised to that at its end; where the budget cannot hold it, it is
+    refused there, and the upstream, kept one byte short of the whole body, never completes
+    the request."""
+    data = body(max_tokens=5000, messages=[{"role": "user", "content": "x" * 40_000}])
+    reply = post(reserve, CHAT, data, {"x-bulk-user": unique("own-cap"), **ZERO})
+    assert reply.status == 200, reply.head()
+    assert int(reply.header("x-ratelimit-remaining-tokens")) == 100_000 - estimate(data, 5000)
+    who = {"x-bulk-user": unique("own-cap-over")}
+    left = estimate(data, 2000)  # room for the first chunk's estimate, not for the cap
+    spend = post(reserve, CHAT, body(max_tokens=1), {
+        **who, "x-mock-prompt-tokens": str(100_000 - left), "x-mock-completion-tokens": "0"})
+    assert spend.status == 200, spend.head()
+    before = traffic(mock)
+    refused = post(reserve, CHAT, data, who)
+    after = traffic(mock)
+    assert refused.status == 429, refused.head()
+    # Its head and all but the body's last byte went up; the request never completed there.
+    assert after["requests"] - before["requests"] == 1
+    assert after["completed"] == before["completed"], "the upstream never had the whole request"
+    assert spent(reserve, who, budget=100_000) == 100_000 - left, "the refused call cost nothing"
+
+
+def test_calls_whose_input_is_stored_upstream_cannot_overshoot_together(reserve):
+    """Issue 15.5: ten concurrent Responses calls continuing a stored conversation
+    (`previous_response_id`), each reported at 5,000 input tokens, on a 1,000-token budget.
+    Their bodies show a few dozen tokens; reserved at that, all ten passed and left ~50k of debt.
+    Each now asks for all that is left: one runs, nine are refused."""
+    data = json.dumps({"model": "gpt-4.1", "input": "and then?", "max_output_tokens": 10,
+                       "previous_response_id": "resp_123"}).encode()
+    assert 10 * estimate(data, 10) < 1000, "without the rule all ten would fit"
+    who = {"x-minute-user": unique("stored"), "x-mock-delay-ms": "1500",
+           "x-mock-prompt-tokens": "5000", "x-mock-completion-tokens": "10"}
+    barrier = threading.Barrier(10)
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            barrier.wait()
+            statuses.append(post(reserve, RESPONSES, data, who).status)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(statuses) == [200] + [429] * 9
+    # The same calls without stored input are reserved at their estimates: all ten fit.
+    plain = json.dumps({"model": "gpt-4.1", "input": "and then?", "max_output_tokens": 10}).encode()
+    fresh = {"x-minute-user": unique("not-stored")}
+    replies = [post(reserve, RESPONSES, plain, {**fresh, **ZERO}) for _ in range(3)]
+    assert [r.status for r in replies] == [200] * 3
+
+
+def test_no_wasm_panic_or_trap_after_the_request_side_tests(reserve, charge_after, held):
+    for envoy in (reserve, charge_after, held):
+        assert_no_wasm_failure(envoy)

@@ -19,10 +19,19 @@ use crate::metrics::Event;
 use crate::plugin::Plugin;
 use crate::reply;
 use crate::shared::SharedData;
-use policy_core::llm::{ApiKind, MAX_STREAM_USAGE_GROWTH};
+use policy_core::llm::{ApiKind, RewriteError, MAX_STREAM_USAGE_GROWTH};
 
 /// Bytes a request body may grow by when asked to report stream usage.
 const REWRITE_ROOM: u64 = MAX_STREAM_USAGE_GROWTH as u64;
+
+/// An admission decided while a body passes, before the chunk in hand goes upstream.
+#[derive(Clone, Copy, Debug)]
+enum Early {
+    /// On its first chunk, of this size.
+    First(usize),
+    /// On a later chunk of a body without `content-length`, this many bytes seen in all.
+    More(usize),
+}
 
 /// A stream's state between request and response.
 #[derive(Debug)]
@@ -64,8 +73,9 @@ impl Stream {
     }
 
     /// Admits the LLM request against its token budgets; replies itself when refused.
-    /// Returns whether the stream may go on.
-    fn admit_tokens(&mut self) -> bool {
+    /// Returns whether the stream may go on. `early`: decide on a chunk of a body that passes,
+    /// before it goes upstream (see [`Early`]); `None`: the body is read, decide the rest.
+    fn admit_tokens(&mut self, early: Option<Early>) -> bool {
         let plugin = Rc::clone(&self.plugin);
         let now = self.now();
         let Some(llm) = self.llm.as_mut() else {
@@ -74,9 +84,20 @@ impl Stream {
         let Some(tier) = plugin.policy.tiers().get(llm.tier) else {
             return true;
         };
-        match llm.admit(&plugin.policy, tier, now) {
+        let admission = match (early, plugin.policy.llm()) {
+            (Some(Early::First(size)), Some(settings)) => {
+                llm.admit_early(&plugin.policy, tier, settings, size, now)
+            }
+            (Some(Early::More(seen)), Some(settings)) => {
+                llm.top_up(&plugin.policy, tier, settings, seen, now)
+            }
+            _ => llm.admit(&plugin.policy, tier, now),
+        };
+        match admission {
             Admission::Admitted => {
-                plugin.metrics.count(llm.tier, Event::Allowed);
+                if early.is_none() {
+                    plugin.metrics.count(llm.tier, Event::Allowed);
+                }
                 true
             }
             Admission::Denied => {
@@ -165,6 +186,16 @@ impl Stream {
         bytes.unwrap_or_default()
     }
 
+    /// Refuses a request whose body cannot be rewritten as announced (400). Headers may already
+    /// be upstream: the local reply resets that request.
+    fn refuse_body(&mut self, error: &RewriteError) -> Action {
+        if let Some(llm) = self.llm.as_mut() {
+            llm.phase = Phase::Done;
+        }
+        reply::bad_request(self.grpc, &error.to_string());
+        Action::Pause
+    }
+
     fn add_llm_fields(&self) {
         let fields = self
             .llm
@@ -243,27 +274,48 @@ impl HttpContext for Stream {
                 if end_of_stream {
                     stream.unreadable_request(settings, 0);
                     self.llm = Some(stream);
-                    return if self.admit_tokens() {
+                    return if self.admit_tokens(None) {
                         Action::Continue
                     } else {
                         Action::Pause
                     };
                 }
+                let length = request.content_length();
+                stream.content_length = length;
+                if stream.refuse_early(&plugin.policy, tier, now) {
+                    // No room for even the least this call can cost: refused before anything
+                    // goes upstream, body unread.
+                    plugin.metrics.count(i, Event::Denied);
+                    let body = headers::llm_denial_body(
+                        stream.style(),
+                        tier,
+                        Some(&stream.requests),
+                        stream.tokens.as_ref(),
+                    );
+                    reply::llm_rate_limited(self.grpc, stream.fields(tier), &body);
+                    return Action::Pause;
+                }
                 // Ask Envoy to buffer only a body known to fit, with room for the rewrite: Envoy
                 // adds each read to a held body before calling us, so a body that outgrows its
                 // buffer limit while held is answered 413 before the filter can let go.
-                let small = request.content_length().is_some_and(|n| {
+                let small = length.is_some_and(|n| {
                     n.saturating_add(REWRITE_ROOM) <= settings.buffer_limit as u64
                 });
                 if let Phase::ReadingRequest { holding, .. } = &mut stream.phase {
                     *holding = small;
                 }
                 let hold = settings.hold_headers && small;
-                if small && !hold && stream.may_rewrite(settings) {
-                    // The body may grow when asked to report usage, and the headers leave
-                    // before it is read: let Envoy frame it instead of a stale content-length.
-                    self.set_http_request_header("content-length", None);
+                // Headers held: the exact new length is set once the body is rewritten.
+                // Otherwise they leave now, so a body that may be rewritten announces the
+                // original length plus the rewrite's fixed size, which the rewrite then always
+                // produces exactly (padding with spaces). Without a content-length, Envoy frames
+                // the body whatever its size.
+                let exact = !hold && length.is_some() && stream.may_rewrite(settings);
+                if let (true, Some(n)) = (exact, length) {
+                    let announced = n.saturating_add(REWRITE_ROOM);
+                    self.set_http_request_header("content-length", Some(&announced.to_string()));
                 }
+                stream.follow_body(settings, exact, small);
                 self.llm = Some(stream);
                 if hold {
                     // Envoy resumes a stream held at its headers only with
@@ -321,30 +373,38 @@ impl HttpContext for Stream {
         let Some(settings) = plugin.policy.llm() else {
             return Action::Continue;
         };
-        let Some(Phase::ReadingRequest { holding, .. }) = self.llm.as_ref().map(|l| &l.phase)
+        let Some(Phase::ReadingRequest { holding, copy }) = self.llm.as_ref().map(|l| &l.phase)
         else {
             return Action::Continue;
         };
+        let first = copy.seen == 0;
         if *holding {
             if body_size <= settings.buffer_limit {
                 if !end_of_stream {
                     return Action::Pause; // Envoy buffers it for us.
                 }
                 let body = self.body_bytes(body_size, true);
-                let rewritten = self
-                    .llm
-                    .as_mut()
-                    .and_then(|l| l.read_request(settings, &body, true));
-                if let Some(new_body) = rewritten {
-                    self.set_http_request_body(0, body_size, &new_body);
-                    if settings.hold_headers {
-                        self.set_http_request_header(
-                            "content-length",
-                            Some(&new_body.len().to_string()),
-                        );
+                let rewritten = match self.llm.as_mut() {
+                    Some(llm) => {
+                        llm.read_request(settings, &body);
+                        llm.rewrite_chunk(&body, true)
                     }
+                    None => Ok(None),
+                };
+                match rewritten {
+                    Ok(Some(new_body)) => {
+                        self.set_http_request_body(0, body_size, &new_body);
+                        if settings.hold_headers {
+                            self.set_http_request_header(
+                                "content-length",
+                                Some(&new_body.len().to_string()),
+                            );
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => return self.refuse_body(&e),
                 }
-                return if self.admit_tokens() {
+                return if self.admit_tokens(None) {
                     Action::Continue
                 } else {
                     Action::Pause
@@ -360,6 +420,14 @@ impl HttpContext for Stream {
             }
         }
         let chunk = self.body_bytes(body_size, true);
+        let rewritten = match self.llm.as_mut() {
+            Some(llm) => llm.rewrite_chunk(&chunk, end_of_stream),
+            None => Ok(None),
+        };
+        let rewritten = match rewritten {
+            Ok(r) => r,
+            Err(e) => return self.refuse_body(&e),
+        };
         if let Some(LlmStream {
             phase: Phase::ReadingRequest { copy, .. },
             ..
@@ -367,14 +435,35 @@ impl HttpContext for Stream {
         {
             copy.push(&chunk, settings.max_request_body);
         }
+        // A body that passes is admitted on its first chunk, before any of it goes upstream
+        // (a body that is all in its first chunk is simply read first), and one without
+        // content-length again as it grows.
+        let seen = match self.llm.as_ref().map(|l| &l.phase) {
+            Some(Phase::ReadingRequest { copy, .. }) => copy.seen,
+            _ => body_size,
+        };
+        let early = match (first, end_of_stream) {
+            // An empty chunk decides nothing: the next one is still the first.
+            _ if body_size == 0 => None,
+            (_, true) => None,
+            (true, false) => Some(Early::First(body_size)),
+            (false, false) => Some(Early::More(seen)),
+        };
+        if early.is_some() && !self.admit_tokens(early) {
+            return Action::Pause;
+        }
+        if let Some(new_chunk) = rewritten {
+            self.set_http_request_body(0, body_size, &new_chunk);
+        }
         if !end_of_stream {
             return Action::Continue;
         }
         if let Some(llm) = self.llm.as_mut() {
             llm.read_copied_request(settings);
         }
-        // The body already went upstream; a refusal now resets that request.
-        if self.admit_tokens() {
+        // What the first chunk did not decide (the model's own budgets, once the model is
+        // known) is decided now; the body already went upstream, so a refusal resets it.
+        if self.admit_tokens(None) {
             Action::Continue
         } else {
             Action::Pause

@@ -2,10 +2,13 @@
 //!
 //! Envoy resumes a stream held at its *headers* only when the Wasm filter is configured with
 //! `allow_on_headers_stop_iteration: true`, which Envoy Gateway cannot set today. So by default
-//! tollgate never holds headers: it buffers a small request body (to read `model` and rewrite
-//! `stream_options`), otherwise reads bodies as they pass, and reads usage from a bounded copy
-//! of the response. With `llm.hold_headers` it also holds headers, so a rewritten request keeps
-//! an exact `content-length` and a JSON response's own headers show its charge.
+//! tollgate never holds headers: it buffers a small request body (to read it whole before it
+//! goes upstream), otherwise reads bodies as they pass; either way an OpenAI stream's body is
+//! rewritten to ask for usage ([`UsageRewriter`]), with `content-length` announced exactly at
+//! the headers. What can be refused is refused before the body goes upstream: at the headers
+//! (read-only, from `content-length`), or on the first chunk of a body that passes. Usage is
+//! read from a bounded copy of the response. With `llm.hold_headers` it also holds headers, so
+//! a JSON response's own headers show its charge.
 //!
 //! Where tollgate asked an OpenAI stream for usage the client did not ask for (`usage_added`),
 //! each response chunk is replaced by the same bytes without what the option added
@@ -15,12 +18,12 @@
 //! disconnects mid-stream), the stream ends settled exactly once, in `on_log` at the latest. What
 //! an ended stream costs is policy-core's [`stream_charge`].
 
-use policy_core::budget::{LlmSettings, OnMissingUsage, Reservation};
+use policy_core::budget::{Ask, LlmSettings, ModelScope, OnMissingUsage, Reservation};
 use policy_core::decision::Decision;
 use policy_core::headers::{self, ErrorStyle, Fields};
 use policy_core::llm::{
-    ensure_stream_usage, estimate_tokens, stream_charge, usage_from_json, usage_from_tail,
-    AddedUsageRemover, ApiKind, LlmRequest, SseLimits, SseScanner, StreamSeen,
+    estimate_tokens, stream_charge, usage_from_json, usage_from_tail, AddedUsageRemover, ApiKind,
+    LlmRequest, RewriteError, SseLimits, SseScanner, StreamSeen, UsageRewriter,
 };
 use policy_core::policy::TokenOutcome;
 use policy_core::table::TableError;
@@ -95,6 +98,21 @@ pub struct LlmStream {
     /// Set for an SSE response to a request with `usage_added`: takes out of the stream what
     /// the option added before the client sees it.
     pub remover: Option<AddedUsageRemover>,
+    /// Follows the request body as it passes: rewrites it so an OpenAI stream reports usage
+    /// (whether the body is held or not), and notes `model` for an admission decided before the
+    /// whole body is read. `None` once it has nothing left to do.
+    rewriter: Option<UsageRewriter>,
+    /// The rewriter may change the body (not only read it).
+    rewrites: bool,
+    /// The request's `content-length`, when it has one.
+    pub content_length: Option<u64>,
+    /// The input is stored upstream (see [`LlmRequest::stored_input`]).
+    stored_input: bool,
+    /// What the early admission of a passing body held, and for which model: raised as a body
+    /// without `content-length` turns out larger ([`top_up`](Self::top_up)).
+    early: Option<(u64, Option<String>)>,
+    /// The last byte of a passing body's output so far, kept back until the body ends.
+    lagging: Vec<u8>,
 }
 
 /// What admission decided.
@@ -123,7 +141,75 @@ impl LlmStream {
             tokens: None,
             usage_added: false,
             remover: None,
+            rewriter: None,
+            rewrites: false,
+            content_length: None,
+            stored_input: false,
+            early: None,
+            lagging: Vec::new(),
         }
+    }
+
+    /// Sets how the body will be followed. `exact`: `content-length` was announced as the
+    /// original plus [`policy_core::llm::MAX_STREAM_USAGE_GROWTH`], so the rewrite pads to it.
+    /// `held`: the body will be read whole before it goes upstream, so a body that is never
+    /// rewritten needs no reading as it passes (for its model, before admission).
+    pub fn follow_body(&mut self, llm: &LlmSettings, exact: bool, held: bool) {
+        self.rewrites = self.may_rewrite(llm);
+        self.rewriter = match (self.rewrites, exact) {
+            (true, true) => Some(UsageRewriter::exact()),
+            (true, false) => Some(UsageRewriter::new()),
+            (false, _) if held => None,
+            (false, _) => Some(UsageRewriter::read_only()),
+        };
+    }
+
+    /// The least this call can cost, for a refusal before any of it goes upstream: the prompt
+    /// estimated from `content-length` (none without it) plus one output token (none for
+    /// embeddings). Admission never asks for less (see [`read_request`](Self::read_request)).
+    pub fn least_cost(&self) -> u64 {
+        let input = self.content_length.map_or(0, estimate_tokens);
+        input.saturating_add(self.least_output())
+    }
+
+    fn least_output(&self) -> u64 {
+        u64::from(self.api != ApiKind::OpenAiEmbeddings)
+    }
+
+    /// Passes one chunk of the request body through the rewriter. `Ok(Some(bytes))`: send these
+    /// instead; `Ok(None)`: the chunk goes as it is.
+    ///
+    /// The last byte of the output is kept back until the body ends (and goes with its end):
+    /// Envoy's HTTP/1 codec forwards a body's bytes before it calls the filter with the end of
+    /// the stream, so without this an upstream could receive a complete request — every byte
+    /// its `content-length` announced — and serve it before the admission at the body's end
+    /// refuses it. One byte short, it waits, and the refusal resets it.
+    ///
+    /// # Errors
+    /// The rewrite does not fit the announced `content-length` (see [`RewriteError`]).
+    pub fn rewrite_chunk(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+    ) -> Result<Option<Vec<u8>>, RewriteError> {
+        let mut out = core::mem::take(&mut self.lagging);
+        out.reserve(chunk.len());
+        match self.rewriter.as_mut() {
+            Some(rewriter) => {
+                rewriter.feed(chunk, &mut out)?;
+                if end {
+                    rewriter.finish(&mut out)?;
+                }
+                self.usage_added = self.rewrites && rewriter.usage_added();
+            }
+            None => out.extend_from_slice(chunk),
+        }
+        if !end {
+            if let Some(last) = out.pop() {
+                self.lagging.push(last);
+            }
+        }
+        Ok((out != chunk).then_some(out))
     }
 
     pub fn style(&self) -> ErrorStyle {
@@ -138,44 +224,33 @@ impl LlmStream {
         llm.inject_stream_usage && self.api.needs_stream_usage_option()
     }
 
-    /// Reads what a complete request body asks for; returns a rewritten body when the stream
-    /// must be told to report usage and `rewrite` allows it.
-    pub fn read_request(
-        &mut self,
-        llm: &LlmSettings,
-        body: &[u8],
-        rewrite: bool,
-    ) -> Option<Vec<u8>> {
+    /// Reads what a complete request body asks for (the body is rewritten separately, by
+    /// [`rewrite_chunk`](Self::rewrite_chunk)).
+    pub fn read_request(&mut self, llm: &LlmSettings, body: &[u8]) {
         match LlmRequest::parse(body) {
             Ok(req) => {
                 self.estimated_input = req.estimated_input_tokens();
+                // At least one output token (none for embeddings): what `least_cost` assumed.
                 let output = match self.api {
-                    // Embeddings produce no output tokens.
                     ApiKind::OpenAiEmbeddings => 0,
                     _ => req
                         .max_output_all_choices()
                         .unwrap_or(llm.default_max_tokens),
-                };
+                }
+                .max(self.least_output());
                 self.estimate = self.estimated_input.saturating_add(output);
                 self.model = req.model;
-                if rewrite && self.may_rewrite(llm) {
-                    let rewritten = ensure_stream_usage(self.api, body).ok().flatten();
-                    self.usage_added = rewritten.is_some();
-                    return rewritten;
-                }
-                None
+                self.stored_input = req.stored_input;
             }
-            Err(_) => {
-                self.unreadable_request(llm, body.len());
-                None
-            }
+            Err(_) => self.unreadable_request(llm, body.len()),
         }
     }
 
     /// A body too large (or not JSON) to read: estimate from its size and the default cap; the
     /// model stays unknown, so every per-model budget applies.
     pub fn unreadable_request(&mut self, llm: &LlmSettings, size: usize) {
-        self.estimated_input = estimate_tokens(u64::try_from(size).unwrap_or(u64::MAX));
+        let size = u64::try_from(size).unwrap_or(u64::MAX);
+        self.estimated_input = estimate_tokens(self.content_length.map_or(size, |n| n.max(size)));
         self.estimate = self.estimated_input.saturating_add(llm.default_max_tokens);
         self.model = None;
     }
@@ -193,32 +268,225 @@ impl LlmStream {
             // Only the size is known: the copy kept the last bytes of a larger body.
             self.unreadable_request(llm, copy.seen);
         } else {
-            self.read_request(llm, copy.bytes(), false);
+            self.read_request(llm, copy.bytes());
         }
+    }
+
+    /// Admits the call on the first chunk of a body too large to hold, before any of it goes
+    /// upstream: the prompt estimated from `content-length` (or this first chunk) plus
+    /// `default_max_tokens` (the output cap is not read yet), against the budgets that count
+    /// every model — and those of the model, if `model` was in this chunk. The rest is decided
+    /// by [`admit`](Self::admit) when the body ends.
+    pub fn admit_early(
+        &mut self,
+        policy: &Policy,
+        tier: &Tier,
+        llm: &LlmSettings,
+        first_chunk: usize,
+        now: Nanos,
+    ) -> Admission {
+        if self.early.is_some() {
+            return Admission::Admitted; // once only: holds are never taken twice
+        }
+        let model = self
+            .rewriter
+            .as_ref()
+            .and_then(|r| r.model())
+            .map(String::from);
+        let size = u64::try_from(first_chunk).unwrap_or(u64::MAX);
+        let input = estimate_tokens(self.content_length.map_or(size, |n| n.max(size)));
+        let estimate = input.saturating_add(llm.default_max_tokens.max(self.least_output()));
+        let known = model.is_some();
+        self.early = Some((estimate, model.clone()));
+        let outcome = policy.admit_tokens_where(
+            tier,
+            &self.identity,
+            model.as_deref(),
+            Ask::Tokens(estimate),
+            now,
+            &mut SharedData,
+            |_, budget| known || budget.scope == ModelScope::All,
+        );
+        if !self.rewrites {
+            // Only read for the model, which matters no more.
+            self.rewriter = None;
+        }
+        self.take_outcome(outcome, false)
     }
 
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
     }
 
+    /// Raises the early admission of a body sent without `content-length` as more of it
+    /// arrives, before each chunk is forwarded: `seen` bytes so far, estimated as at the first
+    /// chunk. The holds already taken grow by the difference (the same budgets, the same
+    /// slots); refused, everything held is given back and the call is refused before the rest
+    /// of its body goes upstream.
+    pub fn top_up(
+        &mut self,
+        policy: &Policy,
+        tier: &Tier,
+        llm: &LlmSettings,
+        seen: usize,
+        now: Nanos,
+    ) -> Admission {
+        let Some((held, model)) = self.early.clone() else {
+            return Admission::Admitted;
+        };
+        if self.content_length.is_some() || self.reservation.is_none() {
+            return Admission::Admitted;
+        }
+        let input = estimate_tokens(u64::try_from(seen).unwrap_or(u64::MAX));
+        let need = input.saturating_add(llm.default_max_tokens.max(self.least_output()));
+        if need <= held {
+            return Admission::Admitted;
+        }
+        let outcome = self.raise_holds(policy, tier, model.as_deref(), Ask::Tokens(need), now);
+        if matches!(outcome, Admission::Admitted) {
+            self.early = Some((need, model));
+        }
+        outcome
+    }
+
+    /// Raises every hold of the early reservation to `ask` (an estimate, capped at each
+    /// budget's burst as at admission; or all that is left). Refused, everything held is given
+    /// back.
+    fn raise_holds(
+        &mut self,
+        policy: &Policy,
+        tier: &Tier,
+        model: Option<&str>,
+        ask: Ask,
+        now: Nanos,
+    ) -> Admission {
+        let wanted: Vec<(usize, Ask)> = self
+            .reservation
+            .as_ref()
+            .map(|r| {
+                r.holds
+                    .iter()
+                    .filter_map(|h| {
+                        let burst = tier.budgets.get(h.budget)?.rate.burst();
+                        let more = match ask {
+                            Ask::Tokens(need) => {
+                                Ask::Tokens(need.min(burst).saturating_sub(h.reserved))
+                            }
+                            Ask::AllLeft { .. } => Ask::AllLeft { at_least: 0 },
+                        };
+                        (more != Ask::Tokens(0)).then_some((h.budget, more))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (budget, more) in wanted {
+            let outcome = policy.admit_tokens_where(
+                tier,
+                &self.identity,
+                model,
+                more,
+                now,
+                &mut SharedData,
+                |i, _| i == budget,
+            );
+            match outcome {
+                TokenOutcome::Admitted {
+                    reservation,
+                    decision,
+                } => {
+                    let grown = reservation.holds.iter().map(|h| h.reserved).sum::<u64>();
+                    if let Some(hold) = self
+                        .reservation
+                        .as_mut()
+                        .and_then(|r| r.holds.iter_mut().find(|h| h.budget == budget))
+                    {
+                        hold.reserved = hold.reserved.saturating_add(grown);
+                    }
+                    // The headers show the budget as it is after this raise.
+                    self.tokens = Some(match self.tokens.take() {
+                        Some(shown) => replace_status(shown, decision),
+                        None => decision,
+                    });
+                }
+                other => {
+                    if let Some(early) = self.reservation.take() {
+                        policy.release_reservation(tier, &early, now, &mut SharedData);
+                    }
+                    return self.take_outcome(other, true);
+                }
+            }
+        }
+        if let (Some(mine), Ask::Tokens(need)) = (self.reservation.as_mut(), ask) {
+            mine.estimate = mine.estimate.max(need);
+        }
+        Admission::Admitted
+    }
+
+    /// Admits the call once its body is read: against every budget that applies to its model
+    /// and was not already held by [`admit_early`](Self::admit_early). A call whose input is
+    /// stored upstream asks for all that is left (see [`Ask::AllLeft`]).
     pub fn admit(&mut self, policy: &Policy, tier: &Tier, now: Nanos) -> Admission {
         let model = self.model.clone();
-        let outcome = policy.admit_tokens(
+        let ask = if self.stored_input {
+            Ask::AllLeft {
+                at_least: self.estimate,
+            }
+        } else {
+            Ask::Tokens(self.estimate)
+        };
+        if let Some((_, early_model)) = self.early.clone() {
+            // Admitted early on what the first chunk showed: raise those holds to what the
+            // whole body asks (its own cap; all that is left for input stored upstream).
+            let raised = self.raise_holds(policy, tier, early_model.as_deref(), ask, now);
+            if !matches!(raised, Admission::Admitted) {
+                return raised;
+            }
+        }
+        let held: Vec<usize> = self
+            .reservation
+            .as_ref()
+            .map(|r| r.holds.iter().map(|h| h.budget).collect())
+            .unwrap_or_default();
+        let outcome = policy.admit_tokens_where(
             tier,
             &self.identity,
             model.as_deref(),
-            self.estimate,
+            ask,
             now,
             &mut SharedData,
+            |i, _| !held.contains(&i),
         );
+        if !matches!(outcome, TokenOutcome::Admitted { .. }) {
+            // Refused (or failed) after an early admission: give that back too.
+            if let Some(early) = self.reservation.take() {
+                policy.release_reservation(tier, &early, now, &mut SharedData);
+            }
+        }
+        self.take_outcome(outcome, true)
+    }
+
+    /// Records an admission's outcome; `last`: the body is read, the response comes next.
+    fn take_outcome(&mut self, outcome: TokenOutcome, last: bool) -> Admission {
         match outcome {
             TokenOutcome::Admitted {
                 reservation,
                 decision,
             } => {
-                self.reservation = Some(reservation);
-                self.tokens = Some(decision);
-                self.phase = Phase::Admitted;
+                self.tokens = Some(match (self.tokens.take(), &self.reservation) {
+                    (Some(early), Some(_)) => merge(early, decision),
+                    _ => decision,
+                });
+                self.reservation = Some(match self.reservation.take() {
+                    Some(mut early) => {
+                        early.holds.extend(reservation.holds);
+                        early.estimate = early.estimate.max(reservation.estimate);
+                        early
+                    }
+                    None => reservation,
+                });
+                if last {
+                    self.phase = Phase::Admitted;
+                }
                 Admission::Admitted
             }
             TokenOutcome::Denied { decision } => {
@@ -235,6 +503,28 @@ impl LlmStream {
                 }
             }
         }
+    }
+
+    /// Refuses at the request headers a caller whose budgets cannot pay even the least this
+    /// call can cost; returns whether it is refused (the budgets' states are then in
+    /// `tokens`). A failing store is left to admission, which knows what to do about it.
+    pub fn refuse_early(&mut self, policy: &Policy, tier: &Tier, now: Nanos) -> bool {
+        let refused = policy
+            .peek_tokens(
+                tier,
+                &self.identity,
+                self.least_cost(),
+                now,
+                &mut SharedData,
+            )
+            .ok()
+            .flatten();
+        let Some(decision) = refused else {
+            return false;
+        };
+        self.tokens = Some(decision);
+        self.phase = Phase::Done;
+        true
     }
 
     /// What a response whose usage cannot be read costs.
@@ -299,6 +589,8 @@ impl LlmStream {
     /// short (client gone, upstream reset).
     pub fn final_cost(&mut self, llm: &LlmSettings, complete: bool) -> Option<u64> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
+            // Admitted early, but the body never ended: an incomplete request is not served.
+            Phase::ReadingRequest { .. } if self.reservation.is_some() => Some(0),
             Phase::ReadingRequest { .. } | Phase::Done => None,
             Phase::Unreadable { charge } => Some(charge),
             // Nothing of the response was seen, or only part of a JSON body: what the client
@@ -354,4 +646,33 @@ impl LlmStream {
     pub fn fields(&self, tier: &Tier) -> Fields {
         headers::llm_fields(tier, Some(&self.requests), self.tokens.as_ref())
     }
+}
+
+/// Two admissions' budget states as one (an early and a final admission of the same call).
+fn merge(early: Decision, late: Decision) -> Decision {
+    let mut limits = early.limits;
+    let mut applied = early.applied;
+    limits.extend(late.limits);
+    applied.extend(late.applied);
+    Decision::from_limits(limits).with_applied(applied)
+}
+
+/// `shown` with the budgets `newer` reports replaced by their newer states.
+fn replace_status(shown: Decision, newer: Decision) -> Decision {
+    let mut limits = shown.limits;
+    let mut applied = shown.applied;
+    for (budget, status) in newer.applied.iter().zip(newer.limits) {
+        match applied.iter().position(|b| b == budget) {
+            Some(i) => {
+                if let Some(slot) = limits.get_mut(i) {
+                    *slot = status;
+                }
+            }
+            None => {
+                applied.push(*budget);
+                limits.push(status);
+            }
+        }
+    }
+    Decision::from_limits(limits).with_applied(applied)
 }

@@ -73,6 +73,22 @@ pub fn ambiguous(grpc: bool, error: &IdentityError) {
     );
 }
 
+/// 400 for a request body tollgate cannot pass on as its headers announced. `message` is one
+/// of tollgate's own error texts (no quotes or backslashes to escape).
+pub fn bad_request(grpc: bool, message: &str) {
+    let body = format!(
+        "{{\"error\":{{\"type\":\"invalid_request_error\",\"code\":\"invalid_request_body\",\"message\":\"{message}\"}}}}"
+    );
+    send(
+        grpc,
+        400,
+        GrpcStatusCode::InvalidArgument,
+        &Vec::new(),
+        &body,
+        message,
+    );
+}
+
 /// 503 when the state store failed and the policy says to refuse.
 pub fn unavailable(grpc: bool) {
     let body =

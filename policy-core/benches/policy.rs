@@ -545,6 +545,32 @@ mod native {
                 |b| b.iter(scan),
             );
         }
+
+        // The request rewriter over a 32 KiB and a 1 MiB chat body, passing in 16 KiB chunks
+        // (what it costs to ask a large or chunked stream for its usage).
+        use policy_core::llm::UsageRewriter;
+        for size in [32 * 1024usize, 1024 * 1024] {
+            let content = "x".repeat(size);
+            let body = format!(
+                r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{content}"}}],"stream":true}}"#
+            )
+            .into_bytes();
+            g.throughput(Throughput::Bytes(body.len() as u64));
+            let rewrite = || {
+                let mut r = UsageRewriter::exact();
+                let mut out = Vec::with_capacity(body.len() + 64);
+                for piece in black_box(&body).chunks(16 * 1024) {
+                    let _ = r.feed(piece, &mut out);
+                }
+                let _ = r.finish(&mut out);
+                out.len()
+            };
+            assert_eq!(rewrite(), body.len() + 40);
+            g.bench_function(
+                BenchmarkId::new("rewrite_request", format!("{}KiB", size / 1024)),
+                |b| b.iter(rewrite),
+            );
+        }
         g.finish();
     }
 

@@ -2,9 +2,11 @@
 //!
 //! A request's cost is unknown until its response ends, so admission and charging are split:
 //! - *reserve* (the default) takes an estimate up front — the client's own output cap plus a
-//!   prompt estimate — and denies if it does not fit, so concurrent requests cannot overshoot
-//!   the budget by more than their estimates; [`Budget::settle`] later replaces the estimate
-//!   by the real usage (refund or debit);
+//!   prompt estimate — and denies if it does not fit, so concurrent requests overshoot the
+//!   budget by at most what their real usage exceeds their estimates (a call whose input is
+//!   stored upstream has no estimate worth the name and asks for all that is left,
+//!   [`Ask::AllLeft`]); [`Budget::settle`] later replaces the estimate by the real usage
+//!   (refund or debit);
 //! - *charge after* only checks that something is left and charges the real usage at the end,
 //!   letting the budget go into debt, as most gateways do.
 
@@ -160,6 +162,21 @@ pub struct LlmSettings {
     pub hold_headers: bool,
 }
 
+/// How much a reservation asks of a budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// This estimate (capped at the burst, see [`Budget::admit`]).
+    Tokens(u64),
+    /// Everything the budget has left, and at least `at_least`: for a call whose input is stored
+    /// upstream (`previous_response_id`, `conversation`), which nothing in the request bounds.
+    /// Such calls of one caller then run one at a time, so together they overshoot the budget
+    /// by at most one call's usage beyond what was left, instead of each by its own.
+    AllLeft {
+        /// The estimate from what the request itself shows.
+        at_least: u64,
+    },
+}
+
 /// Tokens held for one budget by one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
@@ -239,12 +256,16 @@ impl Budget {
         store: &mut S,
         slot: Slot,
         mode: Mode,
-        estimate: u64,
+        ask: Ask,
         now: Nanos,
     ) -> Result<(LimitStatus, u64), TableError> {
-        let take = estimate.min(self.rate.burst());
         let decide = |s: &[Tat], _: Placement| {
             let tat = s.first().copied().unwrap_or_default();
+            let take = match ask {
+                Ask::Tokens(estimate) => estimate,
+                Ask::AllLeft { at_least } => self.rate.peek(tat, now).remaining.max(at_least),
+            }
+            .min(self.rate.burst());
             match mode {
                 Mode::Reserve => {
                     let c = self.rate.check(tat, now, take);
@@ -265,6 +286,48 @@ impl Budget {
                     Update::Keep((self.status(tat, now, room, wait), 0))
                 }
             }
+        };
+        self.table
+            .update(store, slot, self.is_idle(now), decide)
+            .map(|(out, _)| out)
+    }
+
+    /// Whether the budget has room for `cost` now (reserve mode; capped at the burst as
+    /// [`admit`](Self::admit) caps it) or for anything at all (charge-after), without taking or
+    /// writing anything: for refusing a call before any of it goes upstream.
+    pub fn peek<S: Store>(
+        &self,
+        store: &mut S,
+        slot: Slot,
+        mode: Mode,
+        cost: u64,
+        now: Nanos,
+    ) -> Result<LimitStatus, TableError> {
+        let take = cost.min(self.rate.burst());
+        let decide = |s: &[Tat], _: Placement| {
+            let tat = s.first().copied().unwrap_or_default();
+            let status = match mode {
+                Mode::Reserve => {
+                    let c = self.rate.check(tat, now, take);
+                    if c.allowed {
+                        self.status(tat, now, true, Nanos::ZERO)
+                    } else {
+                        LimitStatus {
+                            allowed: false,
+                            remaining: c.remaining,
+                            reset_after: c.reset_after,
+                            retry_after: c.retry_after,
+                        }
+                    }
+                }
+                Mode::ChargeAfter => {
+                    let p = self.rate.peek(tat, now);
+                    let room = self.rate.has_room(tat, now);
+                    let wait = if room { Nanos::ZERO } else { p.retry_after };
+                    self.status(tat, now, room, wait)
+                }
+            };
+            Update::<LimitStatus>::Keep(status)
         };
         self.table
             .update(store, slot, self.is_idle(now), decide)
@@ -331,6 +394,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::decision::Decision;
     use crate::policy::{Outcome, TokenOutcome};
     use crate::request::HeaderList;
     use crate::store::MemoryStore;
@@ -538,5 +602,64 @@ mod tests {
             !call(&p, &mut s, "z", 1_000_000, 10),
             "needs the whole budget again"
         );
+    }
+
+    fn peek(p: &Policy, s: &mut MemoryStore, cost: u64) -> Option<Decision> {
+        let id = identity(p, s, "alice");
+        p.peek_tokens(&p.tiers()[0], &id, cost, T0, s).unwrap()
+    }
+
+    #[test]
+    fn peeking_refuses_what_cannot_fit_and_takes_nothing() {
+        for mode in ["reserve", "charge_after"] {
+            let (p, mut s) = policy(mode);
+            assert_eq!(peek(&p, &mut s, 1), None, "{mode}: a fresh budget has room");
+            assert!(call(&p, &mut s, "m", 0, 1000), "{mode}");
+            let d = peek(&p, &mut s, 1).expect("spent: refused before the body");
+            assert!(!d.allowed);
+            assert_eq!(d.applied, [0], "only the budget that counts every model");
+            assert_eq!(d.status().remaining, 0);
+            assert!(d.status().retry_after > Nanos::ZERO);
+        }
+        let (p, mut s) = policy("reserve");
+        assert!(call(&p, &mut s, "m", 0, 400));
+        assert_eq!(peek(&p, &mut s, 600), None, "600 of 600 left fits");
+        assert!(peek(&p, &mut s, 601).is_some(), "601 does not");
+        assert_eq!(
+            peek(&p, &mut s, 1_000_000),
+            Some(peek(&p, &mut s, 1000).unwrap()),
+            "capped at the burst, as admission caps it"
+        );
+        // Peeking wrote nothing: the 600 left can still be reserved whole.
+        assert!(call(&p, &mut s, "n", 600, 600));
+    }
+
+    #[test]
+    fn peeking_ignores_budgets_of_one_model() {
+        let (p, mut s) = policy("reserve");
+        assert!(call(&p, &mut s, "gpt-4o", 0, 500), "gpt-4o's 500 spent");
+        assert_eq!(peek(&p, &mut s, 1), None, "another model may still run");
+    }
+
+    #[test]
+    fn calls_asking_all_that_is_left_run_one_at_a_time() {
+        let (p, mut s) = policy("reserve");
+        let id = identity(&p, &mut s, "alice");
+        let tier = &p.tiers()[0];
+        let ask = Ask::AllLeft { at_least: 100 };
+        let admit = |s: &mut MemoryStore| {
+            p.admit_tokens_where(tier, &id, Some("m"), ask, T0, s, |i, _| i == 0)
+        };
+        let TokenOutcome::Admitted { reservation, .. } = admit(&mut s) else {
+            panic!("the first is admitted");
+        };
+        assert_eq!(reservation.holds[0].reserved, 1000, "all that was left");
+        assert!(matches!(admit(&mut s), TokenOutcome::Denied { .. }));
+        p.settle_tokens(tier, &reservation, 300, T0, &mut s)
+            .unwrap();
+        let TokenOutcome::Admitted { reservation, .. } = admit(&mut s) else {
+            panic!("admitted again once settled");
+        };
+        assert_eq!(reservation.holds[0].reserved, 700);
     }
 }

@@ -3,7 +3,7 @@
 use alloc::vec::Vec;
 
 use crate::bucket::Tat;
-use crate::budget::{Hold, LlmSettings, Mode, Reservation};
+use crate::budget::{Ask, Budget, Hold, LlmSettings, Mode, ModelScope, Reservation};
 use crate::decision::{Decision, LimitStatus};
 use crate::hash::Seed;
 use crate::identity::IdentityError;
@@ -122,16 +122,38 @@ impl Policy {
         now: Nanos,
         store: &mut S,
     ) -> TokenOutcome {
+        let ask = Ask::Tokens(estimate);
+        self.admit_tokens_where(tier, identity, model, ask, now, store, |_, _| true)
+    }
+
+    /// As [`admit_tokens`](Self::admit_tokens), asking `ask` of each budget that applies to
+    /// `model` and that `pick` (given its index and the budget) selects. Admission can so be
+    /// split in two: the budgets that count every model before the model is known, the others
+    /// once it is.
+    #[allow(clippy::too_many_arguments)] // each is one fact about the call; a struct would only rename them
+    pub fn admit_tokens_where<S: Store>(
+        &self,
+        tier: &Tier,
+        identity: &[u8],
+        model: Option<&str>,
+        ask: Ask,
+        now: Nanos,
+        store: &mut S,
+        pick: impl Fn(usize, &Budget) -> bool,
+    ) -> TokenOutcome {
         let mode = self.llm.as_ref().map_or(Mode::Reserve, |l| l.mode);
+        let estimate = match ask {
+            Ask::Tokens(n) | Ask::AllLeft { at_least: n } => n,
+        };
         let mut holds: Vec<Hold> = Vec::new();
         let mut statuses = Vec::new();
         let mut denied = false;
         for (i, budget) in tier.budgets.iter().enumerate() {
-            if !budget.applies(model) {
+            if !budget.applies(model) || !pick(i, budget) {
                 continue;
             }
             let slot = budget.slot(&self.seed, &tier.name, identity, model);
-            match budget.admit(store, slot, mode, estimate, now) {
+            match budget.admit(store, slot, mode, ask, now) {
                 Ok((status, took)) => {
                     statuses.push((i, status, took));
                     if status.allowed {
@@ -169,6 +191,49 @@ impl Policy {
             reservation: Reservation { holds, estimate },
             decision: decision.with_applied(applied),
         }
+    }
+
+    /// Whether the caller's budgets that count every model leave room for `cost`, the least this
+    /// call can cost (see [`Budget::peek`]); nothing is taken or written. Budgets for one model
+    /// (or one each) are not looked at: the model is not known yet. `Ok(Some(decision))` when
+    /// one has no room: refuse now, before anything goes upstream.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn peek_tokens<S: Store>(
+        &self,
+        tier: &Tier,
+        identity: &[u8],
+        cost: u64,
+        now: Nanos,
+        store: &mut S,
+    ) -> Result<Option<Decision>, TableError> {
+        let mode = self.llm.as_ref().map_or(Mode::Reserve, |l| l.mode);
+        let mut statuses = Vec::new();
+        let mut applied = Vec::new();
+        for (i, budget) in tier.budgets.iter().enumerate() {
+            if budget.scope != ModelScope::All {
+                continue;
+            }
+            let slot = budget.slot(&self.seed, &tier.name, identity, None);
+            statuses.push(budget.peek(store, slot, mode, cost, now)?);
+            applied.push(i);
+        }
+        if statuses.iter().all(|s| s.allowed) {
+            return Ok(None);
+        }
+        Ok(Some(Decision::from_limits(statuses).with_applied(applied)))
+    }
+
+    /// Gives back every hold of a reservation (the call was refused after it was admitted).
+    pub fn release_reservation<S: Store>(
+        &self,
+        tier: &Tier,
+        reservation: &Reservation,
+        now: Nanos,
+        store: &mut S,
+    ) {
+        self.release_tokens(tier, &reservation.holds, now, store);
     }
 
     /// Replaces the holds by the real cost `actual`; returns the budgets' states after it.

@@ -43,7 +43,10 @@
 //!
 //! What the mock received is echoed in response headers, so a test can see what a proxy
 //! changed: `x-mock-saw-include-usage: true|false`, `x-mock-saw-accept-encoding: <value>|none`,
-//! `x-mock-saw-stream`, `x-mock-saw-model`, `x-mock-saw-body-bytes`.
+//! `x-mock-saw-stream`, `x-mock-saw-model`, `x-mock-saw-body-bytes`; and, on every response of
+//! the server, `x-mock-saw-framing: content-length: N|chunked|none`. `GET /__mock/traffic`
+//! ([`crate::server::TRAFFIC_PATH`]) counts the request heads and bytes that reached the server,
+//! complete or not, so a test can show that a refused call never reached it.
 
 use std::fmt::Write as _;
 use std::thread;

@@ -3,14 +3,78 @@
 //! Connections are persistent (Envoy keeps a pool of upstream connections and reuses them), bounded
 //! in number, and closed after an idle timeout. Every read is bounded by [`Limits`].
 
-use std::io::{self, BufReader, BufWriter};
+use std::io::{self, BufReader, BufWriter, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crate::http::{read_request, write_response, Limits, ReadError, Request, Response};
+
+/// `GET` here answers what the server has received so far, as JSON:
+/// `{"requests": N, "completed": N, "bytes_received": N}` — every request whose head arrived
+/// (complete or not), those that arrived whole (and were answered), and every byte read from
+/// any connection; requests to this path excluded. A test reads it
+/// before and after a call to see what a proxy let through to the upstream (nothing at all, or
+/// only part of a body), not only what the client got.
+pub const TRAFFIC_PATH: &str = "/__mock/traffic";
+
+/// Requests whose head was read (admin requests excluded).
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// Requests read whole (admin requests excluded).
+static COMPLETED: AtomicU64 = AtomicU64::new(0);
+/// Bytes read from all connections (admin requests excluded).
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts every byte read from a connection, into [`RECEIVED`] and for the connection.
+struct Counting<R> {
+    inner: R,
+    read: u64,
+    /// A request head (at least its first byte) arrived since the last complete request.
+    started: bool,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let n64 = n as u64;
+        self.read += n64;
+        RECEIVED.fetch_add(n64, Ordering::SeqCst);
+        if n > 0 && !self.started {
+            self.started = true;
+            REQUESTS.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(n)
+    }
+}
+
+fn traffic() -> Response {
+    Response::json(
+        200,
+        format!(
+            r#"{{"requests":{},"completed":{},"bytes_received":{}}}"#,
+            REQUESTS.load(Ordering::SeqCst),
+            COMPLETED.load(Ordering::SeqCst),
+            RECEIVED.load(Ordering::SeqCst)
+        ),
+    )
+}
+
+/// How the request body was framed, echoed as `x-mock-saw-framing` so a test sees what a
+/// proxy sent: `content-length: N`, `chunked`, or `none`.
+fn framing(request: &Request) -> String {
+    if request
+        .header("transfer-encoding")
+        .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"))
+    {
+        "chunked".into()
+    } else if let Some(n) = request.header("content-length") {
+        format!("content-length: {n}")
+    } else {
+        "none".into()
+    }
+}
 
 /// Something that answers requests: the Task API today, the LLM mock later.
 pub trait Handler: Send + Sync + 'static {
@@ -102,12 +166,32 @@ fn serve_connection(stream: TcpStream, handler: &dyn Handler, config: &ServerCon
     if stream.set_read_timeout(Some(config.idle_timeout)).is_err() {
         return;
     }
-    let mut reader = BufReader::new(&stream);
+    let mut reader = BufReader::new(Counting {
+        inner: &stream,
+        read: 0,
+        started: false,
+    });
     let mut writer = BufWriter::new(&stream);
     loop {
-        match read_request(&mut reader, &config.limits) {
+        let before = reader.get_ref().read - reader.buffer().len() as u64;
+        let result = read_request(&mut reader, &config.limits);
+        // What the next request already has in the buffer counts as started by it.
+        let counting = reader.get_mut();
+        counting.started = false;
+        match result {
             Ok(request) => {
-                let response = handler.handle(&request);
+                let response = if request.path() == TRAFFIC_PATH {
+                    let after = reader.get_ref().read - reader.buffer().len() as u64;
+                    RECEIVED.fetch_sub(after - before, Ordering::SeqCst);
+                    REQUESTS.fetch_sub(1, Ordering::SeqCst);
+                    traffic()
+                } else {
+                    COMPLETED.fetch_add(1, Ordering::SeqCst);
+                    let framing = framing(&request);
+                    handler
+                        .handle(&request)
+                        .with_header("x-mock-saw-framing", framing)
+                };
                 let keep_alive = request.keep_alive();
                 let head_only = request.method == "HEAD";
                 if write_response(&mut writer, &response, keep_alive, head_only).is_err()

@@ -17,6 +17,7 @@ mod identity_case;
 mod imports;
 mod key_table;
 mod limits;
+mod llm_request;
 mod llm_stream;
 mod readme;
 mod reconfigure;

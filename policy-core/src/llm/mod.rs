@@ -2,8 +2,9 @@
 //!
 //! The flow in the filter, for one request to an LLM route:
 //! 1. [`ApiKind::from_path`] tells the API; [`LlmRequest::parse`] reads the buffered request
-//!    body (model, `stream`, output limits, a prompt-size estimate) and, for OpenAI streams,
-//!    [`ensure_stream_usage`] rewrites the body so the stream reports its usage.
+//!    body (model, `stream`, output limits, a prompt-size estimate) and, for OpenAI streams, a
+//!    [`UsageRewriter`] rewrites the body as it passes (held or not) so the stream reports its
+//!    usage.
 //! 2. A JSON response is read whole with [`usage_from_json`]; a streamed one (SSE) is observed
 //!    chunk by chunk with an [`SseScanner`], which never holds a chunk back. Where tollgate
 //!    added `include_usage`, an [`AddedUsageRemover`] takes what that added out of the stream
@@ -21,6 +22,7 @@ pub mod charge;
 pub mod cost;
 mod json;
 pub mod request;
+pub mod rewrite;
 pub mod sse;
 pub mod sse_frame;
 pub mod usage;
@@ -29,9 +31,7 @@ pub use added_usage::AddedUsageRemover;
 pub use charge::{stream_charge, StreamSeen};
 pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
-pub use request::{
-    ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, RequestError,
-    MAX_STREAM_USAGE_GROWTH,
-};
+pub use request::{ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, RequestError};
+pub use rewrite::{RewriteError, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
 pub use sse::{SseLimits, SseScanner};
 pub use usage::{usage_from_json, usage_from_tail, Usage, UsageError};

@@ -17,6 +17,7 @@ mod identity_case;
 mod imports;
 mod key_table;
 mod limits;
+mod model_snapshots;
 mod readme;
 mod reconfigure;
 mod refill;

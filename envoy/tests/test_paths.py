@@ -9,8 +9,9 @@ Two Envoys in front of the LLM mock:
 - `plain`: the repo's bootstrap with `normalize_path`, `merge_slashes` and
   `path_with_escaped_slashes_action` taken out (Envoy's defaults), so tollgate itself sees the
   raw spellings: this is what the test is about;
-- `repo`: the bootstrap as shipped (which normalises, as Envoy Gateway does), for the spellings
-  Envoy normalises before tollgate sees them.
+- `repo`: the bootstrap as shipped, which normalises as Envoy Gateway does (Envoy then decodes
+  `%73`, merges `//` and resolves dot segments itself, and redirects `%2F`); the case of the path
+  is left to tollgate there.
 
 Each test spends a caller's weekly budget through the plain path (the mock reports a call far
 larger than the budget), then sends every other spelling: each must be refused by tollgate with

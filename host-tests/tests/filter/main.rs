@@ -19,6 +19,7 @@ mod key_table;
 mod limits;
 mod llm_request;
 mod llm_stream;
+mod model_snapshots;
 mod readme;
 mod reconfigure;
 mod refill;

@@ -629,3 +629,150 @@ async fn a_stock_grpcio_client_can_call_it() {
     );
     assert!(stdout.contains("admitted 5 of 7"), "{stdout}");
 }
+
+/// `rediss://`: the binary talks TLS to a redis-server with a certificate from a private CA,
+/// trusted through `SSL_CERT_FILE` (which rustls-native-certs reads), together with AUTH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_talks_tls_to_redis() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: openssl is not installed (scripts/setup installs it)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tollgate-sync-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=tollgate test CA",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.pem"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &path("redis.key"),
+        "-out",
+        &path("redis.csr"),
+    ]);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("redis.csr"),
+        "-CA",
+        &path("ca.pem"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &path("ext"),
+        "-out",
+        &path("redis.pem"),
+    ]);
+    let tls_port = free_port().to_string();
+    let redis = redis_or_skip!(
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("redis.pem"),
+        "--tls-key-file",
+        &path("redis.key"),
+        "--tls-ca-cert-file",
+        &path("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "tls-secret"
+    );
+    let url = format!("rediss://localhost:{tls_port}");
+    let mut bin = Binary::start(
+        &["--redis", &url],
+        &[
+            ("SSL_CERT_FILE", &path("ca.pem")),
+            ("TOLLGATE_REDIS_PASSWORD", "tls-secret"),
+        ],
+    );
+    let mut c = client(bin.addr).await;
+    let r = call(
+        &mut c,
+        &domain("tls"),
+        vec![d(&[("user", "a")], 10, Minute, None)],
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.overall_code, r.statuses[0].limit_remaining), (OK, 9));
+    // Trusting another CA only, the same server is refused: the call fails, never goes in clear.
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=another CA",
+        "-keyout",
+        &path("other.key"),
+        "-out",
+        &path("other.pem"),
+    ]);
+    let other = path("other.pem");
+    let mut untrusted = Binary::start(
+        &["--redis", &url],
+        &[
+            ("SSL_CERT_FILE", other.as_str()),
+            ("TOLLGATE_REDIS_PASSWORD", "tls-secret"),
+        ],
+    );
+    let mut c2 = client(untrusted.addr).await;
+    let err = call(
+        &mut c2,
+        &domain("tls"),
+        vec![d(&[("user", "a")], 10, Minute, None)],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), GrpcCode::Unavailable, "{err:?}");
+    for b in [&mut bin, &mut untrusted] {
+        assert!(b.terminate().expect("exits on SIGTERM").success());
+    }
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}

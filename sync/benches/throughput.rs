@@ -5,7 +5,8 @@
 //! Starts its own redis-server (no persistence) and the service in-process, then for batches of
 //! 1, 100 and 1,000 descriptors (`op=sync` over 10,000 distinct users, the shape of a sync
 //! round; and `op=check`, the shape of strict mode) runs 1 and 4 concurrent gRPC clients for
-//! SECONDS (default 3) each and prints batches/s, keys/s and the mean batch latency.
+//! SECONDS (default 3) each and prints batches/s, keys/s, the mean batch latency and how much of
+//! it Redis spent executing the script (`INFO commandstats`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -39,6 +40,15 @@ fn batch(
     request(domain, descriptors)
 }
 
+/// Redis's own mean time per EVALSHA (the script's execution) from `INFO commandstats`.
+fn evalsha_usec(info: &str) -> f64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec_per_call=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn main() {
     let seconds: u64 = std::env::args()
         .skip(1)
@@ -53,11 +63,13 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let svc = Service::start(&redis.url(), None, Duration::from_secs(5)).await;
-        println!("| op | batch | clients | batches/s | keys/s | mean batch latency |");
-        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        println!("| op | batch | clients | batches/s | keys/s | mean batch latency | of which in Redis |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let mut redis_conn = svc.store.connection();
         for op in ["sync", "check"] {
             for size in [1usize, 100, 1_000] {
                 for clients in [1usize, 4] {
+                    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut redis_conn).await.unwrap();
                     let deadline = Instant::now() + Duration::from_secs(seconds);
                     let started = Instant::now();
                     let mut tasks = Vec::new();
@@ -86,11 +98,13 @@ fn main() {
                     }
                     let wall = started.elapsed().as_secs_f64();
                     let keys = batches as f64 * size as f64;
+                    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis_conn).await.unwrap();
                     println!(
-                        "| {op} | {size} | {clients} | {:.0} | {:.0} | {:.2} ms |",
+                        "| {op} | {size} | {clients} | {:.0} | {:.0} | {:.2} ms | {:.2} ms |",
                         batches as f64 / wall,
                         keys / wall,
-                        busy.as_secs_f64() * 1e3 / batches.max(1) as f64
+                        busy.as_secs_f64() * 1e3 / batches.max(1) as f64,
+                        evalsha_usec(&info) / 1e3
                     );
                 }
             }

@@ -89,6 +89,10 @@ pub async fn serve(
     let service = SyncService::new(store, limits, stats);
     tonic::transport::Server::builder()
         .add_service(RateLimitServiceServer::new(service))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        // TCP_NODELAY: a multi-segment answer must not wait for the client's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }

@@ -1,6 +1,6 @@
 //! What one batch does to its buckets, as a pure function over policy-core's GCRA.
 //!
-//! The Lua script in [`crate::script`] executes exactly this inside Redis (Redis's Lua has only
+//! The Lua script in [`crate::store::SCRIPT`] executes exactly this inside Redis (Redis's Lua has only
 //! doubles, so it carries the same scaled integers as decimal limbs); the service replays every
 //! batch through this model from the values the script read and compares, and the integration
 //! tests run random batches through both. So the arithmetic has one definition —

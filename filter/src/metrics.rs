@@ -8,8 +8,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+
+use crate::host;
 
 /// What is counted per tier.
 #[derive(Clone, Copy, Debug)]
@@ -79,11 +80,9 @@ impl Metrics {
         for tier in tiers {
             let mut row = [None; 8];
             for (slot, name) in row.iter_mut().zip(NAMES) {
-                *slot = hostcalls::define_metric(
-                    MetricType::Counter,
-                    &format!("tollgate.{tier}.{name}"),
-                )
-                .ok();
+                *slot =
+                    host::define_metric(MetricType::Counter, &format!("tollgate.{tier}.{name}"))
+                        .ok();
             }
             m.tiers.push(tier.to_owned());
             m.ids.push(row);
@@ -125,7 +124,7 @@ impl Metrics {
             for (id, cell) in ids.iter().zip(row) {
                 let n = cell.take();
                 if let (Some(id), true) = (id, n > 0) {
-                    let _ = hostcalls::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
+                    let _ = host::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }
         }
@@ -136,10 +135,10 @@ impl Metrics {
             if id.is_none() {
                 let tier_name = self.tiers.get(*tier).map_or("unknown", String::as_str);
                 let name = format!("tollgate.{tier_name}.model.{model}.tokens_charged");
-                *id = hostcalls::define_metric(MetricType::Counter, &name).ok();
+                *id = host::define_metric(MetricType::Counter, &name).ok();
             }
             if let Some(id) = id {
-                let _ = hostcalls::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
+                let _ = host::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
                 *n = 0;
             }
         }

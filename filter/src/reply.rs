@@ -4,10 +4,11 @@ use policy_core::decision::Decision;
 use policy_core::headers::{self, Fields};
 use policy_core::identity::IdentityError;
 use policy_core::tier::Tier;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::GrpcStatusCode;
+use proxy_wasm::types::{GrpcStatusCode, LogLevel};
 
-const JSON: (&str, &str) = ("content-type", "application/json");
+use crate::host;
+
+const JSON: (&str, &[u8]) = ("content-type", b"application/json");
 
 fn send(
     grpc: bool,
@@ -17,13 +18,20 @@ fn send(
     body: &str,
     grpc_message: &str,
 ) {
-    if grpc {
-        let metadata: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-        let _ = hostcalls::send_grpc_response(grpc_status, Some(grpc_message), metadata);
+    let mut list: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let sent = if grpc {
+        host::send_grpc_response(grpc_status, grpc_message, &list)
     } else {
-        let mut list: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
         list.push(JSON);
-        let _ = hostcalls::send_http_response(status, list, Some(body.as_bytes()));
+        host::send_http_response(status, &list, body.as_bytes())
+    };
+    if let Err(e) = sent {
+        // The stream is already paused: Envoy's own stream timeout or the client ends it. Nothing
+        // was admitted, so nothing is owed.
+        let _ = host::log(
+            LogLevel::Warn,
+            &format!("tollgate: local reply {status} not sent: {e}"),
+        );
     }
 }
 

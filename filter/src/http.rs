@@ -68,7 +68,7 @@ impl Stream {
     fn admit_tokens(&mut self) -> bool {
         let plugin = Rc::clone(&self.plugin);
         let now = self.now();
-        let Some(llm) = self.llm.as_mut() else {
+        let (Some(llm), Some(settings)) = (self.llm.as_mut(), plugin.policy.llm()) else {
             return true;
         };
         let Some(tier) = plugin.policy.tiers().get(llm.tier) else {
@@ -81,14 +81,15 @@ impl Stream {
             }
             Admission::Denied => {
                 plugin.metrics.count(llm.tier, Event::Denied);
-                let fields = llm.fields(tier);
+                let fields = llm.fields(tier, settings, now);
                 let body = headers::llm_denial_body(
                     llm.style(),
                     tier,
                     Some(&llm.requests),
                     llm.tokens.as_ref(),
                 );
-                reply::llm_rate_limited(self.grpc, fields, &body);
+                let (wait, max_wait) = (llm.retry_after(), settings.max_client_wait);
+                reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);
                 false
             }
             Admission::Contended => {
@@ -166,10 +167,11 @@ impl Stream {
     }
 
     fn add_llm_fields(&self) {
-        let fields = self
-            .llm
-            .as_ref()
-            .and_then(|l| self.tier(l.tier).map(|t| l.fields(t)));
+        let (llm, now) = (self.plugin.policy.llm(), self.now());
+        let fields = self.llm.as_ref().and_then(|l| {
+            let (tier, settings) = (self.tier(l.tier)?, llm?);
+            Some(l.fields(tier, settings, now))
+        });
         if let Some(fields) = fields {
             self.add_response_fields(fields);
         }
@@ -209,7 +211,7 @@ impl HttpContext for Stream {
                 let llm_tier = !tier.budgets.is_empty() && plugin.policy.llm().is_some();
                 if !decision.allowed {
                     plugin.metrics.count(i, Event::Denied);
-                    if llm_tier {
+                    if let (true, Some(settings)) = (llm_tier, plugin.policy.llm()) {
                         let api = ApiKind::from_path(&request.path());
                         let stream = LlmStream::new(i, identity, api, decision);
                         let body = headers::llm_denial_body(
@@ -218,7 +220,9 @@ impl HttpContext for Stream {
                             Some(&stream.requests),
                             None,
                         );
-                        reply::llm_rate_limited(self.grpc, stream.fields(tier), &body);
+                        let fields = stream.fields(tier, settings, now);
+                        let (wait, max_wait) = (stream.retry_after(), settings.max_client_wait);
+                        reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);
                     } else {
                         reply::rate_limited(self.grpc, tier, &decision);
                     }

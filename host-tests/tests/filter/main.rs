@@ -18,5 +18,6 @@ mod key_table;
 mod limits;
 mod readme;
 mod refill;
+mod replies;
 mod store;
 mod streams;

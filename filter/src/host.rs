@@ -175,6 +175,40 @@ pub fn now() -> Result<Nanos> {
     check("proxy_get_current_time_nanoseconds", status).map(|()| Nanos(t))
 }
 
+thread_local! {
+    /// The last good clock reading of this VM (one VM is one worker thread), and how many reads
+    /// have failed since the last warning.
+    static CLOCK: core::cell::Cell<(Nanos, u32)> = const { core::cell::Cell::new((Nanos::ZERO, 0)) };
+}
+
+/// Failed clock reads between two warnings.
+const CLOCK_WARN_EVERY: u32 = 1024;
+
+/// The time to decide with: [`now`], or when the host cannot tell, this worker's last good
+/// reading. Time then stands still, which is the fail-safe direction: buckets refill no further,
+/// so nobody gets more than their limit while the clock is gone; they refill when it is back. A
+/// worker whose clock never worked decides at the epoch, where buckets are as new callers see
+/// them. Logged on the first failure and every 1024th after.
+pub fn clock() -> Nanos {
+    match now() {
+        Ok(t) => {
+            CLOCK.with(|c| c.set((t, 0)));
+            t
+        }
+        Err(e) => {
+            let (last, failed) = CLOCK.with(core::cell::Cell::get);
+            if failed % CLOCK_WARN_EVERY == 0 {
+                let _ = log(
+                    LogLevel::Warn,
+                    &format!("tollgate: clock unavailable, deciding at the last good reading: {e}"),
+                );
+            }
+            CLOCK.with(|c| c.set((last, failed.wrapping_add(1))));
+            last
+        }
+    }
+}
+
 /// Asks for `proxy_on_tick` every `period` (whole milliseconds, saturating).
 pub fn set_tick_period(period: Duration) -> Result<()> {
     let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);

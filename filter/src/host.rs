@@ -8,8 +8,8 @@
 //! [`HostError`] naming the call: the caller decides how to degrade (each call site says how).
 //! [`crate::shared`] does the same for shared data.
 //!
-//! Not covered: the SDK's dispatcher itself (`proxy_on_*` entry points) still unwraps
-//! `proxy_set_effective_context` before handing a callback to us; tollgate cannot reach it.
+//! Not covered, and not reached: the SDK's dispatcher unwraps `proxy_set_effective_context`
+//! when it delivers an HTTP or gRPC callout's answer; tollgate makes no callouts.
 #![allow(unsafe_code)]
 // FFI to the host; each call's safety is argued where it is made.
 // Until http.rs and llm.rs call these instead of the SDK's wrappers (a commit of its own).

@@ -81,7 +81,7 @@ impl Stream {
             }
             Admission::Denied => {
                 plugin.metrics.count(llm.tier, Event::Denied);
-                let fields = llm.fields(tier, settings, now);
+                let fields = llm.fields(tier, settings, || now);
                 let body = headers::llm_denial_body(
                     llm.style(),
                     tier,
@@ -167,10 +167,10 @@ impl Stream {
     }
 
     fn add_llm_fields(&self) {
-        let (llm, now) = (self.plugin.policy.llm(), self.now());
+        let llm = self.plugin.policy.llm();
         let fields = self.llm.as_ref().and_then(|l| {
             let (tier, settings) = (self.tier(l.tier)?, llm?);
-            Some(l.fields(tier, settings, now))
+            Some(l.fields(tier, settings, || self.now()))
         });
         if let Some(fields) = fields {
             self.add_response_fields(fields);
@@ -220,7 +220,7 @@ impl HttpContext for Stream {
                             Some(&stream.requests),
                             None,
                         );
-                        let fields = stream.fields(tier, settings, now);
+                        let fields = stream.fields(tier, settings, || now);
                         let (wait, max_wait) = (stream.retry_after(), settings.max_client_wait);
                         reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);
                     } else {

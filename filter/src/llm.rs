@@ -341,14 +341,18 @@ impl LlmStream {
     }
 
     /// The rate-limit fields of this call's response (or refusal), plus Anthropic's own on
-    /// `/v1/messages` (their resets are instants, hence `now`).
-    pub fn fields(&self, tier: &Tier, llm: &LlmSettings, now: Nanos) -> Fields {
+    /// `/v1/messages`, whose resets are instants: `now` is only read for those (a host call).
+    pub fn fields(&self, tier: &Tier, llm: &LlmSettings, now: impl FnOnce() -> Nanos) -> Fields {
         let mut fields = headers::llm_fields(tier, Some(&self.requests), self.tokens.as_ref());
         if self.api == ApiKind::AnthropicMessages {
             let counted = headers::Counted::of(&llm.cost);
             let (requests, tokens) = (Some(&self.requests), self.tokens.as_ref());
             fields.extend(headers::anthropic_fields(
-                tier, requests, tokens, counted, now,
+                tier,
+                requests,
+                tokens,
+                counted,
+                now(),
             ));
         }
         fields

@@ -12,8 +12,6 @@
 //! when it delivers an HTTP or gRPC callout's answer; tollgate makes no callouts.
 #![allow(unsafe_code)]
 // FFI to the host; each call's safety is argued where it is made.
-// Until http.rs and llm.rs call these instead of the SDK's wrappers (a commit of its own).
-#![allow(dead_code)]
 
 use core::fmt;
 use core::ptr::{null, null_mut};

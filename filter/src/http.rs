@@ -2,18 +2,17 @@
 //! the bodies (see [`crate::llm`]).
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
 use policy_core::tier::Tier;
 use policy_core::{Nanos, Outcome};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
 use crate::attributes::Request;
+use crate::host;
 use crate::llm::{Admission, LlmStream, Phase};
 use crate::metrics::Event;
 use crate::reply;
@@ -48,15 +47,11 @@ impl Stream {
     }
 
     fn now(&self) -> Nanos {
-        let ns = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        Nanos(ns)
+        host::clock()
     }
 
     fn log(&self, level: LogLevel, msg: &str) {
-        let _ = hostcalls::log(level, &format!("tollgate[{}]: {msg}", self.id));
+        let _ = host::log(level, &format!("tollgate[{}]: {msg}", self.id));
     }
 
     fn tier(&self, index: usize) -> Option<&Tier> {
@@ -159,9 +154,13 @@ impl Stream {
             return Vec::new();
         }
         let bytes = if request {
-            self.get_http_request_body(0, size)
+            host::buffer(BufferType::HttpRequestBody, 0, size)
+                .ok()
+                .flatten()
         } else {
-            self.get_http_response_body(0, size)
+            host::buffer(BufferType::HttpResponseBody, 0, size)
+                .ok()
+                .flatten()
         };
         bytes.unwrap_or_default()
     }
@@ -183,7 +182,7 @@ impl Stream {
     /// back (BENCHMARKS.md).
     fn add_response_fields(&self, fields: headers::Fields) {
         for (name, value) in fields {
-            self.set_http_response_header(name, Some(&value));
+            let _ = host::set_header(MapType::HttpResponseHeaders, name, Some(&value));
         }
     }
 }
@@ -242,7 +241,7 @@ impl HttpContext for Stream {
                 };
                 let mut stream = LlmStream::new(i, identity, api, decision);
                 if settings.strip_accept_encoding {
-                    self.set_http_request_header("accept-encoding", None);
+                    let _ = host::set_header(MapType::HttpRequestHeaders, "accept-encoding", None);
                 }
                 if end_of_stream {
                     stream.unreadable_request(settings, 0);
@@ -266,7 +265,7 @@ impl HttpContext for Stream {
                 if small && !hold && stream.may_rewrite(settings) {
                     // The body may grow when asked to report usage, and the headers leave
                     // before it is read: let Envoy frame it instead of a stale content-length.
-                    self.set_http_request_header("content-length", None);
+                    let _ = host::set_header(MapType::HttpRequestHeaders, "content-length", None);
                 }
                 self.llm = Some(stream);
                 if hold {
@@ -340,9 +339,10 @@ impl HttpContext for Stream {
                     .as_mut()
                     .and_then(|l| l.read_request(settings, &body, true));
                 if let Some(new_body) = rewritten {
-                    self.set_http_request_body(0, body_size, &new_body);
+                    let _ = host::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body);
                     if settings.hold_headers {
-                        self.set_http_request_header(
+                        let _ = host::set_header(
+                            MapType::HttpRequestHeaders,
                             "content-length",
                             Some(&new_body.len().to_string()),
                         );
@@ -389,13 +389,19 @@ impl HttpContext for Stream {
         let plugin = Rc::clone(&self.plugin);
         let admitted = matches!(self.llm.as_ref().map(|l| &l.phase), Some(Phase::Admitted));
         if let (Some(settings), true) = (plugin.policy.llm(), admitted) {
-            let status = self.get_http_response_header_bytes(":status");
-            let content_type = self.get_http_response_header_bytes("content-type");
-            let encoded = self
-                .get_http_response_header_bytes("content-encoding")
+            let status = host::header(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten();
+            let content_type = host::header(MapType::HttpResponseHeaders, "content-type")
+                .ok()
+                .flatten();
+            let encoded = host::header(MapType::HttpResponseHeaders, "content-encoding")
+                .ok()
+                .flatten()
                 .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
-            let length = self
-                .get_http_response_header_bytes("content-length")
+            let length = host::header(MapType::HttpResponseHeaders, "content-length")
+                .ok()
+                .flatten()
                 .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok());
             let hold = self.llm.as_mut().is_some_and(|l| {
                 l.on_response_headers(

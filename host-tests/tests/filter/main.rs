@@ -13,6 +13,7 @@ mod support;
 mod config;
 mod header_edges;
 mod host;
+mod host_faults;
 mod imports;
 mod key_table;
 mod limits;

@@ -1,7 +1,9 @@
 //! [`policy_core::Attributes`] over the request being filtered.
 
 use policy_core::{Attributes, HeaderList};
-use proxy_wasm::hostcalls;
+use proxy_wasm::types::MapType;
+
+use crate::host;
 
 /// The request's headers, read once, plus lazy host lookups for what only some tiers need.
 #[derive(Debug)]
@@ -10,10 +12,10 @@ pub struct Request {
 }
 
 impl Request {
-    /// Reads the request headers (one host call).
+    /// Reads the request headers (one host call). If the host cannot give them, the request
+    /// has no headers: it matches only tiers that need none, and carries no identity.
     pub fn read() -> Request {
-        let pairs = hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders)
-            .unwrap_or_default();
+        let pairs = host::header_map(MapType::HttpRequestHeaders).unwrap_or_default();
         Request {
             headers: HeaderList::new(pairs),
         }
@@ -56,12 +58,10 @@ impl Attributes for Request {
         let mut full: Vec<&str> = Vec::with_capacity(path.len() + 3);
         full.extend(["metadata", "filter_metadata", filter]);
         full.extend(path.iter().map(String::as_str));
-        hostcalls::get_property(full).ok().flatten()
+        host::property(&full).ok().flatten()
     }
 
     fn client_address(&self) -> Option<Vec<u8>> {
-        hostcalls::get_property(vec!["source", "address"])
-            .ok()
-            .flatten()
+        host::property(&["source", "address"]).ok().flatten()
     }
 }

@@ -2,18 +2,17 @@
 //! the bodies (see [`crate::llm`]).
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
 use policy_core::tier::Tier;
 use policy_core::{Nanos, Outcome};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
 use crate::attributes::Request;
+use crate::host;
 use crate::llm::{Admission, LlmStream, Phase};
 use crate::metrics::Event;
 use crate::plugin::Plugin;
@@ -57,15 +56,11 @@ impl Stream {
     }
 
     fn now(&self) -> Nanos {
-        let ns = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        Nanos(ns)
+        host::clock()
     }
 
     fn log(&self, level: LogLevel, msg: &str) {
-        let _ = hostcalls::log(level, &format!("tollgate[{}]: {msg}", self.id));
+        let _ = host::log(level, &format!("tollgate[{}]: {msg}", self.id));
     }
 
     fn tier(&self, index: usize) -> Option<&Tier> {
@@ -78,7 +73,7 @@ impl Stream {
     fn admit_tokens(&mut self, early: Option<Early>) -> bool {
         let plugin = Rc::clone(&self.plugin);
         let now = self.now();
-        let Some(llm) = self.llm.as_mut() else {
+        let (Some(llm), Some(settings)) = (self.llm.as_mut(), plugin.policy.llm()) else {
             return true;
         };
         let Some(tier) = plugin.policy.tiers().get(llm.tier) else {
@@ -102,18 +97,19 @@ impl Stream {
             }
             Admission::Denied => {
                 plugin.metrics.count(llm.tier, Event::Denied);
-                let fields = llm.fields(tier);
+                let fields = llm.fields(tier, settings, || now);
                 let body = headers::llm_denial_body(
                     llm.style(),
                     tier,
                     Some(&llm.requests),
                     llm.tokens.as_ref(),
                 );
-                reply::llm_rate_limited(self.grpc, fields, &body);
+                let (wait, max_wait) = (llm.retry_after(), settings.max_client_wait);
+                reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);
                 false
             }
             Admission::Contended => {
-                plugin.metrics.count(llm.tier, Event::Denied);
+                plugin.metrics.count(llm.tier, Event::Contended);
                 self.llm = None;
                 reply::contended(self.grpc);
                 false
@@ -179,9 +175,13 @@ impl Stream {
             return Vec::new();
         }
         let bytes = if request {
-            self.get_http_request_body(0, size)
+            host::buffer(BufferType::HttpRequestBody, 0, size)
+                .ok()
+                .flatten()
         } else {
-            self.get_http_response_body(0, size)
+            host::buffer(BufferType::HttpResponseBody, 0, size)
+                .ok()
+                .flatten()
         };
         bytes.unwrap_or_default()
     }
@@ -197,10 +197,11 @@ impl Stream {
     }
 
     fn add_llm_fields(&self) {
-        let fields = self
-            .llm
-            .as_ref()
-            .and_then(|l| self.tier(l.tier).map(|t| l.fields(t)));
+        let llm = self.plugin.policy.llm();
+        let fields = self.llm.as_ref().and_then(|l| {
+            let (tier, settings) = (self.tier(l.tier)?, llm?);
+            Some(l.fields(tier, settings, || self.now()))
+        });
         if let Some(fields) = fields {
             self.add_response_fields(fields);
         }
@@ -212,7 +213,7 @@ impl Stream {
     /// back (BENCHMARKS.md).
     fn add_response_fields(&self, fields: headers::Fields) {
         for (name, value) in fields {
-            self.set_http_response_header(name, Some(&value));
+            let _ = host::set_header(MapType::HttpResponseHeaders, name, Some(&value));
         }
     }
 }
@@ -240,7 +241,7 @@ impl HttpContext for Stream {
                 let llm_tier = !tier.budgets.is_empty() && plugin.policy.llm().is_some();
                 if !decision.allowed {
                     plugin.metrics.count(i, Event::Denied);
-                    if llm_tier {
+                    if let (true, Some(settings)) = (llm_tier, plugin.policy.llm()) {
                         let api = ApiKind::from_path(&request.path());
                         let stream = LlmStream::new(i, identity, api, decision);
                         let body = headers::llm_denial_body(
@@ -249,7 +250,9 @@ impl HttpContext for Stream {
                             Some(&stream.requests),
                             None,
                         );
-                        reply::llm_rate_limited(self.grpc, stream.fields(tier), &body);
+                        let fields = stream.fields(tier, settings, || now);
+                        let (wait, max_wait) = (stream.retry_after(), settings.max_client_wait);
+                        reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);
                     } else {
                         reply::rate_limited(self.grpc, tier, &decision);
                     }
@@ -269,7 +272,7 @@ impl HttpContext for Stream {
                 };
                 let mut stream = LlmStream::new(i, identity, api, decision);
                 if settings.strip_accept_encoding {
-                    self.set_http_request_header("accept-encoding", None);
+                    let _ = host::set_header(MapType::HttpRequestHeaders, "accept-encoding", None);
                 }
                 if end_of_stream {
                     stream.unreadable_request(settings, 0);
@@ -292,7 +295,9 @@ impl HttpContext for Stream {
                         Some(&stream.requests),
                         stream.tokens.as_ref(),
                     );
-                    reply::llm_rate_limited(self.grpc, stream.fields(tier), &body);
+                    let fields = stream.fields(tier, settings, || now);
+                    let (wait, max_wait) = (stream.retry_after(), settings.max_client_wait);
+                    reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);
                     return Action::Pause;
                 }
                 // Ask Envoy to buffer only a body known to fit, with room for the rewrite: Envoy
@@ -313,7 +318,11 @@ impl HttpContext for Stream {
                 let exact = !hold && length.is_some() && stream.may_rewrite(settings);
                 if let (true, Some(n)) = (exact, length) {
                     let announced = n.saturating_add(REWRITE_ROOM);
-                    self.set_http_request_header("content-length", Some(&announced.to_string()));
+                    let _ = host::set_header(
+                        MapType::HttpRequestHeaders,
+                        "content-length",
+                        Some(&announced.to_string()),
+                    );
                 }
                 stream.follow_body(settings, exact, small);
                 self.llm = Some(stream);
@@ -340,7 +349,7 @@ impl HttpContext for Stream {
                 // is heavy traffic on one key, which must not turn into unmetered traffic.
                 plugin
                     .metrics
-                    .count(plugin.policy.tier_index(tier), Event::Denied);
+                    .count(plugin.policy.tier_index(tier), Event::Contended);
                 reply::contended(self.grpc);
                 Action::Pause
             }
@@ -393,9 +402,11 @@ impl HttpContext for Stream {
                 };
                 match rewritten {
                     Ok(Some(new_body)) => {
-                        self.set_http_request_body(0, body_size, &new_body);
+                        let _ =
+                            host::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body);
                         if settings.hold_headers {
-                            self.set_http_request_header(
+                            let _ = host::set_header(
+                                MapType::HttpRequestHeaders,
                                 "content-length",
                                 Some(&new_body.len().to_string()),
                             );
@@ -453,7 +464,7 @@ impl HttpContext for Stream {
             return Action::Pause;
         }
         if let Some(new_chunk) = rewritten {
-            self.set_http_request_body(0, body_size, &new_chunk);
+            let _ = host::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_chunk);
         }
         if !end_of_stream {
             return Action::Continue;
@@ -474,13 +485,19 @@ impl HttpContext for Stream {
         let plugin = Rc::clone(&self.plugin);
         let admitted = matches!(self.llm.as_ref().map(|l| &l.phase), Some(Phase::Admitted));
         if let (Some(settings), true) = (plugin.policy.llm(), admitted) {
-            let status = self.get_http_response_header_bytes(":status");
-            let content_type = self.get_http_response_header_bytes("content-type");
-            let encoded = self
-                .get_http_response_header_bytes("content-encoding")
+            let status = host::header(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten();
+            let content_type = host::header(MapType::HttpResponseHeaders, "content-type")
+                .ok()
+                .flatten();
+            let encoded = host::header(MapType::HttpResponseHeaders, "content-encoding")
+                .ok()
+                .flatten()
                 .is_some_and(|e| !e.eq_ignore_ascii_case(b"identity"));
-            let length = self
-                .get_http_response_header_bytes("content-length")
+            let length = host::header(MapType::HttpResponseHeaders, "content-length")
+                .ok()
+                .flatten()
                 .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok());
             let hold = self.llm.as_mut().is_some_and(|l| {
                 l.on_response_headers(
@@ -497,7 +514,7 @@ impl HttpContext for Stream {
             }
             if self.llm.as_ref().is_some_and(|l| l.remover.is_some()) {
                 // The client gets fewer bytes than the upstream sent.
-                self.set_http_response_header("content-length", None);
+                let _ = host::set_header(MapType::HttpResponseHeaders, "content-length", None);
             }
             if end_of_stream {
                 self.settle(true);
@@ -543,7 +560,7 @@ impl HttpContext for Stream {
                     // Replaces this chunk only (Envoy drains `body_size` bytes from the front of
                     // the chunk's buffer and puts `out` in their place); bytes of an unfinished
                     // event stay with the remover until a later chunk completes them.
-                    self.set_http_response_body(0, body_size, &out);
+                    let _ = host::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
                 }
                 if end_of_stream {
                     self.settle(true);

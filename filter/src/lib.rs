@@ -5,6 +5,7 @@
 //! policy's decisions into responses.
 
 mod attributes;
+mod host;
 mod http;
 mod llm;
 mod metrics;

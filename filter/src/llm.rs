@@ -643,8 +643,27 @@ impl LlmStream {
         Some((reserved, cost))
     }
 
-    pub fn fields(&self, tier: &Tier) -> Fields {
-        headers::llm_fields(tier, Some(&self.requests), self.tokens.as_ref())
+    /// The rate-limit fields of this call's response (or refusal), plus Anthropic's own on
+    /// `/v1/messages`, whose resets are instants: `now` is only read for those (a host call).
+    pub fn fields(&self, tier: &Tier, llm: &LlmSettings, now: impl FnOnce() -> Nanos) -> Fields {
+        let mut fields = headers::llm_fields(tier, Some(&self.requests), self.tokens.as_ref());
+        if self.api == ApiKind::AnthropicMessages {
+            let counted = headers::Counted::of(&llm.cost);
+            let (requests, tokens) = (Some(&self.requests), self.tokens.as_ref());
+            fields.extend(headers::anthropic_fields(
+                tier,
+                requests,
+                tokens,
+                counted,
+                now(),
+            ));
+        }
+        fields
+    }
+
+    /// When refused, how long until this call would pass.
+    pub fn retry_after(&self) -> Option<Nanos> {
+        headers::llm_retry_after(Some(&self.requests), self.tokens.as_ref())
     }
 }
 

@@ -8,8 +8,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+
+use crate::host;
 
 /// Declares the per-tier counters once: the enum, its stat names and the array size all come
 /// from this list, so they cannot drift apart (Envoy's `ALL_LOCAL_RATE_LIMIT_STATS` pattern).
@@ -95,7 +96,7 @@ impl Metrics {
         for tier in tiers {
             let mut row = [None; Event::COUNT];
             for (slot, event) in row.iter_mut().zip(Event::ALL) {
-                *slot = hostcalls::define_metric(
+                *slot = host::define_metric(
                     MetricType::Counter,
                     &format!("tollgate.{tier}.{}", event.stat()),
                 )
@@ -141,7 +142,7 @@ impl Metrics {
             for (id, cell) in ids.iter().zip(row) {
                 let n = cell.take();
                 if let (Some(id), true) = (id, n > 0) {
-                    let _ = hostcalls::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
+                    let _ = host::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }
         }
@@ -152,10 +153,10 @@ impl Metrics {
             if id.is_none() {
                 let tier_name = self.tiers.get(*tier).map_or("unknown", String::as_str);
                 let name = format!("tollgate.{tier_name}.model.{model}.tokens_charged");
-                *id = hostcalls::define_metric(MetricType::Counter, &name).ok();
+                *id = host::define_metric(MetricType::Counter, &name).ok();
             }
             if let Some(id) = id {
-                let _ = hostcalls::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
+                let _ = host::increment_metric(*id, i64::try_from(*n).unwrap_or(i64::MAX));
                 *n = 0;
             }
         }

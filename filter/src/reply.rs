@@ -1,55 +1,112 @@
 //! Local replies: what a refused client receives.
+//!
+//! Besides the rate-limit fields, every reply carries what the clients' retry logic and error
+//! reports read: the request's id (`x-request-id`, which Envoy's connection manager sets before
+//! any filter runs, and Anthropic's `request-id` on `/v1/messages`), so an SDK's error names the
+//! request an operator can find in Envoy's access log; and [`headers::retry_hints`].
 
 use policy_core::decision::Decision;
 use policy_core::headers::{self, Fields};
 use policy_core::identity::IdentityError;
+use policy_core::llm::ApiKind;
 use policy_core::tier::Tier;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::GrpcStatusCode;
+use policy_core::Nanos;
+use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType};
 
-const JSON: (&str, &str) = ("content-type", "application/json");
+use crate::host;
+
+const JSON: (&str, &[u8]) = ("content-type", b"application/json");
+
+/// Request ids longer than this, or not visible ASCII, are not echoed (Envoy's own are 36 bytes).
+const MAX_REQUEST_ID: usize = 128;
+
+/// Adds the request's id under the names the SDKs read. Two host calls, on refusals only.
+fn add_request_id(fields: &mut Fields) {
+    let id = host::header(MapType::HttpRequestHeaders, "x-request-id")
+        .ok()
+        .flatten()
+        .filter(|v| {
+            !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(u8::is_ascii_graphic)
+        })
+        .and_then(|v| String::from_utf8(v).ok());
+    let Some(id) = id else {
+        return;
+    };
+    let anthropic = host::header(MapType::HttpRequestHeaders, ":path")
+        .ok()
+        .flatten()
+        .and_then(|p| String::from_utf8(p).ok())
+        .is_some_and(|p| ApiKind::from_path(&p) == ApiKind::AnthropicMessages);
+    if anthropic {
+        fields.push(("request-id", id.clone()));
+    }
+    fields.push(("x-request-id", id));
+}
 
 fn send(
     grpc: bool,
     status: u32,
     grpc_status: GrpcStatusCode,
-    fields: &Fields,
+    mut fields: Fields,
     body: &str,
     grpc_message: &str,
 ) {
-    if grpc {
-        let metadata: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-        let _ = hostcalls::send_grpc_response(grpc_status, Some(grpc_message), metadata);
+    add_request_id(&mut fields);
+    let mut list: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let sent = if grpc {
+        host::send_grpc_response(grpc_status, grpc_message, &list)
     } else {
-        let mut list: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
         list.push(JSON);
-        let _ = hostcalls::send_http_response(status, list, Some(body.as_bytes()));
+        host::send_http_response(status, &list, body.as_bytes())
+    };
+    if let Err(e) = sent {
+        // The stream is already paused: Envoy's own stream timeout or the client ends it. Nothing
+        // was admitted, so nothing is owed.
+        let _ = host::log(
+            LogLevel::Warn,
+            &format!("tollgate: local reply {status} not sent: {e}"),
+        );
     }
 }
 
 /// 429 with the rate-limit headers, or gRPC RESOURCE_EXHAUSTED for a gRPC client (Envoy would
-/// otherwise map 429 to UNAVAILABLE, which gRPC clients retry at once).
+/// otherwise map 429 to UNAVAILABLE, which gRPC clients retry at once) with
+/// `grpc-retry-pushback-ms`.
 pub fn rate_limited(grpc: bool, tier: &Tier, decision: &Decision) {
-    let fields = headers::fields(tier, decision);
+    let mut fields = headers::fields(tier, decision);
+    if let Some(wait) = decision.retry_after() {
+        fields.extend(headers::retry_hints(wait, None, grpc));
+    }
     let body = headers::denial_body(tier, decision);
     let message = headers::denial_grpc_message(tier, decision);
     send(
         grpc,
         429,
         GrpcStatusCode::ResourceExhausted,
-        &fields,
+        fields,
         &body,
         &message,
     );
 }
 
-/// 429 for an LLM request, with a body in the client's API's error format.
-pub fn llm_rate_limited(grpc: bool, fields: Fields, body: &str) {
+/// 429 for an LLM request, with a body in the client's API's error format; `wait` is how long
+/// until the request would pass, `max_wait` the longest the client should be told to wait
+/// (`llm.max_client_wait_seconds`).
+pub fn llm_rate_limited(
+    grpc: bool,
+    mut fields: Fields,
+    body: &str,
+    wait: Option<Nanos>,
+    max_wait: Nanos,
+) {
+    if let Some(wait) = wait {
+        fields.extend(headers::retry_hints(wait, Some(max_wait), grpc));
+    }
     send(
         grpc,
         429,
         GrpcStatusCode::ResourceExhausted,
-        &fields,
+        fields,
         body,
         "rate limit exceeded",
     );
@@ -67,7 +124,7 @@ pub fn ambiguous(grpc: bool, error: &IdentityError) {
         grpc,
         400,
         GrpcStatusCode::InvalidArgument,
-        &Vec::new(),
+        Vec::new(),
         &body,
         &message,
     );
@@ -83,7 +140,7 @@ pub fn bad_request(grpc: bool, message: &str) {
         grpc,
         400,
         GrpcStatusCode::InvalidArgument,
-        &Vec::new(),
+        Vec::new(),
         &body,
         message,
     );
@@ -97,7 +154,7 @@ pub fn unavailable(grpc: bool) {
         grpc,
         503,
         GrpcStatusCode::Unavailable,
-        &Vec::new(),
+        Vec::new(),
         body,
         "rate limiter state unavailable",
     );
@@ -105,13 +162,14 @@ pub fn unavailable(grpc: bool) {
 
 /// 429 with `Retry-After: 1` when every compare-and-swap attempt lost to other workers.
 pub fn contended(grpc: bool) {
-    let fields = vec![("retry-after", String::from("1"))];
+    let mut fields = vec![("retry-after", String::from("1"))];
+    fields.extend(headers::retry_hints(Nanos::SECOND, None, grpc));
     let body = "{\"error\":\"rate_limited\",\"message\":\"rate limiter state is contended; retry shortly\",\"retry_after_seconds\":1}";
     send(
         grpc,
         429,
         GrpcStatusCode::ResourceExhausted,
-        &fields,
+        fields,
         body,
         "rate limiter state is contended; retry shortly",
     );

@@ -4,10 +4,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use policy_core::Policy;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
+use crate::host;
 use crate::http::Stream;
 use crate::metrics::Metrics;
 use crate::plugin::Plugin;
@@ -22,7 +22,7 @@ pub struct Root {
 /// Logs at error level, once, with the reason: what an operator reads when Envoy refuses the
 /// filter.
 fn refuse(reason: &str) -> bool {
-    let _ = hostcalls::log(
+    let _ = host::log(
         LogLevel::Error,
         &format!("tollgate: invalid configuration: {reason}"),
     );
@@ -33,7 +33,11 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let Some(text) = self.get_plugin_configuration().filter(|t| !t.is_empty()) else {
+        let text = match host::plugin_configuration() {
+            Ok(text) => text,
+            Err(e) => return refuse(&format!("$: cannot read the plugin configuration: {e}")),
+        };
+        let Some(text) = text.filter(|t| !t.is_empty()) else {
             return refuse("$: no configuration: set the policy JSON as the plugin configuration (EnvoyExtensionPolicy wasm[].config)");
         };
         let policy = match Policy::from_json(&text) {
@@ -46,7 +50,7 @@ impl RootContext for Root {
             ));
         }
         let (keys, bytes) = policy.footprint();
-        let _ = hostcalls::log(
+        let _ = host::log(
             LogLevel::Info,
             &format!(
                 "tollgate: policy loaded: {} tiers, state table of {keys} shared-data keys ({bytes} bytes of values)",
@@ -55,7 +59,13 @@ impl RootContext for Root {
         );
         let metrics = Metrics::define(policy.tiers().iter().map(|t| t.name.as_str()));
         self.plugin = Some(Rc::new(Plugin::new(policy, metrics)));
-        self.set_tick_period(Duration::from_secs(1));
+        if let Err(e) = host::set_tick_period(Duration::from_secs(1)) {
+            // Limits still hold; only the counters stay in the VM, unflushed.
+            let _ = host::log(
+                LogLevel::Warn,
+                &format!("tollgate: no tick, metrics will not be flushed: {e}"),
+            );
+        }
         true
     }
 

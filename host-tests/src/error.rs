@@ -63,6 +63,8 @@ pub enum HostError {
     },
     /// A worker index beyond the harness's workers.
     NoSuchWorker(usize),
+    /// A fault was asked for on an import the host does not implement.
+    UnknownImport(String),
     /// A stream step that makes no sense in the stream's state (e.g. a body after a reset).
     StreamState {
         /// The step attempted.
@@ -109,6 +111,9 @@ impl fmt::Display for HostError {
                 reason.iter().try_for_each(|r| write!(f, ": {r}"))
             }
             Self::NoSuchWorker(worker) => write!(f, "no worker {worker}"),
+            Self::UnknownImport(name) => {
+                write!(f, "no import {name} to fail (see IMPLEMENTED_IMPORTS)")
+            }
             Self::StreamState { step, reason } => write!(f, "cannot {step}: {reason}"),
             Self::UnknownToken(token) => write!(f, "no pending callout with token {token}"),
         }

@@ -302,8 +302,11 @@ impl Harness {
         let mut stream = self.stream(worker)?;
         stream.extend_properties(&request.properties)?;
         let result = Self::drive(&mut stream, request);
-        let record = stream.finish()?;
+        let record = stream.finish();
+        // The first failure is the one to report: after a trap, finishing traps again on the
+        // SDK's state the first one left half-updated ("RefCell already borrowed").
         result?;
+        let record = record?;
         let Some(reply) = record.local_reply.clone() else {
             return Ok(Outcome::Continue {
                 request_headers: record.request_headers.clone().unwrap_or_default(),

@@ -5,7 +5,8 @@
 //! unchecked and stubs shared data with an error. Here every instance has its own state, every
 //! guest pointer is bounds-checked (a bad one gets `InvalidMemoryAccess`), shared data follows
 //! Envoy's CAS semantics exactly, and several instances share one store and one virtual clock the
-//! way Envoy's workers do. Tests can inject CAS conflict storms and store failures, and a trap or
+//! way Envoy's workers do. Tests can inject CAS conflict storms, store failures and any status from
+//! any import ([`Faults`]), and a trap or
 //! an endless loop comes back as an error carrying the filter's last error log line.
 //!
 //! ```no_run
@@ -39,6 +40,7 @@
 pub mod abi;
 pub mod clock;
 pub mod error;
+pub mod faults;
 pub mod harness;
 pub mod headers;
 mod imports;
@@ -55,6 +57,7 @@ pub mod vm;
 pub use abi::{Action, BufferType, LogLevel, MapType, MetricType, Status, StreamType};
 pub use clock::Clock;
 pub use error::HostError;
+pub use faults::Faults;
 pub use harness::{Harness, HarnessBuilder, Request, Response};
 pub use headers::Headers;
 pub use imports::IMPLEMENTED_IMPORTS;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::abi::Status;
 use crate::clock::Clock;
+use crate::faults::Faults;
 use crate::metrics::Metrics;
 use crate::shared_data::SharedData;
 
@@ -17,6 +18,7 @@ pub struct Shared {
     clock: Clock,
     metrics: Metrics,
     queues: Queues,
+    faults: Faults,
     next_instance: Arc<AtomicU64>,
 }
 
@@ -52,6 +54,11 @@ impl Shared {
     /// The shared queues.
     pub fn queues(&self) -> &Queues {
         &self.queues
+    }
+
+    /// Injected host-call failures.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     pub(crate) fn next_instance_id(&self) -> u64 {

@@ -28,7 +28,7 @@ pub enum FailFor {
 
 impl FailFor {
     /// Consumes one failure if one is pending.
-    fn take(slot: &mut Option<FailFor>) -> bool {
+    pub(crate) fn take(slot: &mut Option<FailFor>) -> bool {
         match *slot {
             None => false,
             Some(FailFor::Always) => true,

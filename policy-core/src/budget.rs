@@ -160,6 +160,10 @@ pub struct LlmSettings {
     /// read. Needs `allow_on_headers_stop_iteration: true` on the Wasm filter: without it,
     /// Envoy never resumes a stream held at its headers.
     pub hold_headers: bool,
+    /// The longest wait a refused client is told to sit out: past it, a refusal carries
+    /// `x-should-retry: false` (gRPC: `grpc-retry-pushback-ms: -1`), so the official SDKs raise
+    /// at once instead of blocking their caller until the budget refills.
+    pub max_client_wait: Nanos,
 }
 
 /// How much a reservation asks of a budget.

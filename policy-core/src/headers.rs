@@ -1,10 +1,14 @@
 //! Rate-limit response headers and the 429 body.
 //!
-//! Three vocabularies, because clients speak all three: the IETF draft's structured fields
+//! Several vocabularies, because clients speak all of them: the IETF draft's structured fields
 //! (`RateLimit-Policy: "name";q=100;w=60`, `RateLimit: "name";r=42;t=18`, draft -09/-10), the
 //! widespread `X-RateLimit-Limit/Remaining/Reset` (reset as delta seconds, as Envoy's own
-//! local_ratelimit sends it), and `Retry-After` on a denial. All values come from one
-//! [`Decision`], so they always agree.
+//! local_ratelimit sends it), and `Retry-After` on a denial. LLM routes add OpenAI's
+//! `x-ratelimit-*-{requests,tokens}` and, on `/v1/messages`, Anthropic's
+//! `anthropic-ratelimit-*`; for dashboards and people: neither official SDK reads them. What the
+//! SDKs act on is [`retry_hints`]: `retry-after-ms` / `retry-after` (how long) and
+//! `x-should-retry` (whether at all); gRPC's retry policy reads `grpc-retry-pushback-ms` only.
+//! All values come from one [`Decision`], so they always agree.
 
 use alloc::format;
 use alloc::string::String;
@@ -12,6 +16,7 @@ use alloc::vec::Vec;
 
 use crate::decimal::push_u64;
 use crate::decision::Decision;
+use crate::llm::cost::Cost;
 use crate::tier::Tier;
 use crate::time::Nanos;
 
@@ -169,16 +174,189 @@ pub fn llm_fields(tier: &Tier, requests: Option<&Decision>, tokens: Option<&Deci
         out.push(("x-ratelimit-remaining-tokens", format!("{}", s.remaining)));
         out.push(("x-ratelimit-reset-tokens", go_duration(s.reset_after)));
     }
-    let wait = [requests, tokens]
-        .into_iter()
-        .flatten()
-        .filter_map(Decision::retry_after)
-        .max();
-    if let Some(wait) = wait {
+    if let Some(wait) = llm_retry_after(requests, tokens) {
         out.push(("retry-after", format!("{}", wait.as_secs_ceil())));
         out.push(("retry-after-ms", format!("{}", wait.0.div_ceil(1_000_000))));
     }
     out
+}
+
+/// When an LLM request is refused, how long until the same request would pass: the longest wait
+/// among the refusing request limits and token budgets.
+pub fn llm_retry_after(requests: Option<&Decision>, tokens: Option<&Decision>) -> Option<Nanos> {
+    [requests, tokens]
+        .into_iter()
+        .flatten()
+        .filter_map(Decision::retry_after)
+        .max()
+}
+
+/// Whether, and how long, a refused client should wait before retrying, in the vocabulary its
+/// retry logic reads. The wait itself (`retry-after`, `retry-after-ms`) comes with the other
+/// fields; these say whether to act on it.
+///
+/// - HTTP, when `max_wait` is set (LLM routes: the official SDKs): `x-should-retry: false` when
+///   the wait is longer than `max_wait`, so the SDK raises at once instead of blocking its caller
+///   (the `anthropic` SDK sleeps for any `retry-after`, however long; `openai` gives up only past
+///   120 s), else `x-should-retry: true`. Both SDKs obey that header before anything else.
+/// - gRPC: `grpc-retry-pushback-ms`, which gRPC's retry policy obeys (it ignores `retry-after`):
+///   the wait in milliseconds, rounded up, or `-1` (do not retry) past `max_wait`.
+pub fn retry_hints(wait: Nanos, max_wait: Option<Nanos>, grpc: bool) -> Fields {
+    let too_long = max_wait.is_some_and(|max| wait > max);
+    let mut out = Vec::with_capacity(1);
+    if grpc {
+        let value = if too_long {
+            String::from("-1")
+        } else {
+            number(wait.0.div_ceil(1_000_000))
+        };
+        out.push(("grpc-retry-pushback-ms", value));
+    } else if max_wait.is_some() {
+        let value = if too_long { "false" } else { "true" };
+        out.push(("x-should-retry", String::from(value)));
+    }
+    out
+}
+
+/// Which of Anthropic's token dimensions tollgate's budgets measure, from the policy's `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// `count: "input"`: budgets are input-token budgets.
+    Input,
+    /// `count: "output"`: budgets are output-token budgets.
+    Output,
+    /// `"total"` or weights: budgets count a mix, which is neither input nor output tokens.
+    Mixed,
+}
+
+impl Counted {
+    /// What budgets charged with `cost` measure.
+    pub fn of(cost: &Cost) -> Counted {
+        if *cost == Cost::INPUT {
+            Counted::Input
+        } else if *cost == Cost::OUTPUT {
+            Counted::Output
+        } else {
+            Counted::Mixed
+        }
+    }
+}
+
+/// Anthropic's own headers for `/v1/messages`:
+/// `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`,
+/// reset as an RFC 3339 instant (`now` plus the time until the bucket is full again, rounded up
+/// to the second).
+///
+/// `requests-*` is the decisive request limit; `tokens-*` the decisive token budget (the one with
+/// least left), whatever it counts, as Anthropic's `tokens-*` is its most restrictive token limit.
+/// `input-tokens-*` and `output-tokens-*` are sent only when the budgets count exactly that
+/// ([`Counted`]): a budget of total tokens bounds neither one alone, and claiming it did would
+/// tell a client it may send more input than it can.
+pub fn anthropic_fields(
+    tier: &Tier,
+    requests: Option<&Decision>,
+    tokens: Option<&Decision>,
+    counted: Counted,
+    now: Nanos,
+) -> Fields {
+    let mut out = Vec::with_capacity(9);
+    let reset_at = |after: Nanos| {
+        let mut s = String::with_capacity(20);
+        push_rfc3339(&mut s, Nanos(now.0.saturating_add(after.0)));
+        s
+    };
+    if let Some(d) = requests.filter(|d| !d.limits.is_empty()) {
+        let s = d.status();
+        let limit = tier.limits.get(d.decisive).map_or(0, |l| l.rate.amount());
+        out.push(("anthropic-ratelimit-requests-limit", number(limit)));
+        out.push((
+            "anthropic-ratelimit-requests-remaining",
+            number(s.remaining),
+        ));
+        out.push((
+            "anthropic-ratelimit-requests-reset",
+            reset_at(s.reset_after),
+        ));
+    }
+    if let Some(d) = tokens.filter(|d| !d.limits.is_empty()) {
+        let s = d.status();
+        let limit = d
+            .applied
+            .get(d.decisive)
+            .and_then(|i| tier.budgets.get(*i))
+            .map_or(0, |b| b.rate.amount());
+        let names: &[[&'static str; 3]] = match counted {
+            Counted::Input => &[TOKENS, INPUT_TOKENS],
+            Counted::Output => &[TOKENS, OUTPUT_TOKENS],
+            Counted::Mixed => &[TOKENS],
+        };
+        for [l, r, t] in names {
+            out.push((*l, number(limit)));
+            out.push((*r, number(s.remaining)));
+            out.push((*t, reset_at(s.reset_after)));
+        }
+    }
+    out
+}
+
+const TOKENS: [&str; 3] = [
+    "anthropic-ratelimit-tokens-limit",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-tokens-reset",
+];
+const INPUT_TOKENS: [&str; 3] = [
+    "anthropic-ratelimit-input-tokens-limit",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-reset",
+];
+const OUTPUT_TOKENS: [&str; 3] = [
+    "anthropic-ratelimit-output-tokens-limit",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-reset",
+];
+
+/// Appends `n` in decimal, zero-padded to `width` digits.
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = 1;
+    let mut rest = n / 10;
+    while rest > 0 {
+        digits += 1;
+        rest /= 10;
+    }
+    for _ in digits..width {
+        out.push('0');
+    }
+    push_u64(out, n);
+}
+
+/// Appends an instant (nanoseconds since the Unix epoch) as RFC 3339 UTC with whole seconds,
+/// rounded up (`2026-12-01T14:05:09Z`): a reset is never announced earlier than it happens.
+/// Written without `core::fmt`: it is on every response of an Anthropic route.
+pub fn push_rfc3339(out: &mut String, at: Nanos) {
+    let secs = at.as_secs_ceil();
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date in the proleptic Gregorian calendar (H. Hinnant's algorithm), with
+    // eras of 400 years (146,097 days) counted from 0000-03-01 so that leap days come last.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097; // day of era, 0..=146_096
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the year from March 1
+    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = era * 400 + yoe + u64::from(month <= 2);
+    for (n, width, sep) in [
+        (year, 4, '-'),
+        (month, 2, '-'),
+        (day, 2, 'T'),
+        (of_day / 3_600, 2, ':'),
+        (of_day / 60 % 60, 2, ':'),
+        (of_day % 60, 2, 'Z'),
+    ] {
+        push_padded(out, n, width);
+        out.push(sep);
+    }
 }
 
 /// Which error vocabulary an LLM client expects.
@@ -315,6 +493,163 @@ mod tests {
         assert_eq!(
             body,
             "{\"error\":\"rate_limited\",\"message\":\"rate limit exceeded\",\"tier\":\"users\",\"policy\":\"users\",\"limit\":100,\"window_seconds\":60,\"retry_after_seconds\":1}"
+        );
+    }
+
+    fn rfc3339(secs: u64, nanos: u64) -> String {
+        let mut s = String::new();
+        push_rfc3339(&mut s, Nanos(secs * 1_000_000_000 + nanos));
+        s
+    }
+
+    #[test]
+    fn instants_read_as_rfc3339_at_the_calendar_boundaries() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(946_684_799, 0), "1999-12-31T23:59:59Z");
+        // 2000 is a leap year (divisible by 400), 2100 is not (by 100), 2024 is (by 4).
+        assert_eq!(rfc3339(951_782_400, 0), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(951_868_799, 0), "2000-02-29T23:59:59Z");
+        assert_eq!(rfc3339(951_868_800, 0), "2000-03-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_164_800, 0), "2024-02-29T00:00:00Z");
+        assert_eq!(rfc3339(4_107_542_399, 0), "2100-02-28T23:59:59Z");
+        assert_eq!(rfc3339(4_107_542_400, 0), "2100-03-01T00:00:00Z");
+        assert_eq!(rfc3339(2_147_483_648, 0), "2038-01-19T03:14:08Z");
+        // Rounded up: a reset 1 ns past a second is announced at the next one.
+        assert_eq!(rfc3339(951_868_799, 1), "2000-03-01T00:00:00Z");
+        // The last instant a u64 of nanoseconds holds.
+        let mut s = String::new();
+        push_rfc3339(&mut s, Nanos(u64::MAX));
+        assert_eq!(s, "2554-07-21T23:34:34Z");
+    }
+
+    #[test]
+    fn every_day_from_1970_to_2550_matches_a_calendar_walk() {
+        let leap = |y: u64| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let (mut year, mut month, mut day) = (1970u64, 1u64, 1u64);
+        for days in 0..212_000u64 {
+            let mut expected = String::new();
+            push_padded(&mut expected, year, 4);
+            expected.push('-');
+            push_padded(&mut expected, month, 2);
+            expected.push('-');
+            push_padded(&mut expected, day, 2);
+            expected.push_str("T23:59:59Z");
+            assert_eq!(rfc3339(days * 86_400 + 86_399, 0), expected);
+            let len = match month {
+                2 if leap(year) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            day += 1;
+            if day > len {
+                day = 1;
+                month += 1;
+                if month > 12 {
+                    month = 1;
+                    year += 1;
+                }
+            }
+        }
+        assert_eq!(year, 2550);
+    }
+
+    #[test]
+    fn retry_hints_say_whether_to_wait_in_each_vocabulary() {
+        let minute = Some(Nanos::from_secs(60));
+        let get = |f: &Fields, n: &str| f.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+        let short = retry_hints(Nanos::from_secs(60), minute, false);
+        assert_eq!(get(&short, "x-should-retry").as_deref(), Some("true"));
+        let long = retry_hints(Nanos(60_000_000_001), minute, false);
+        assert_eq!(get(&long, "x-should-retry").as_deref(), Some("false"));
+        // No cap (not an LLM route): nothing to say beyond retry-after.
+        assert!(retry_hints(Nanos::from_secs(600), None, false).is_empty());
+        let grpc = retry_hints(Nanos(1_500_000_001), None, true);
+        assert_eq!(grpc, [("grpc-retry-pushback-ms", String::from("1501"))]);
+        let grpc_long = retry_hints(Nanos::from_secs(61), minute, true);
+        assert_eq!(grpc_long, [("grpc-retry-pushback-ms", String::from("-1"))]);
+    }
+
+    fn llm_denial() -> (Policy, Decision, Decision) {
+        let p = Policy::from_json(
+            br#"{"tiers":[{"name":"free","identity":{"header":"x-user-id"},
+                "limits":[{"requests":10,"per":"minute"}],
+                "tokens":[{"tokens":1000,"per":"hour"}]}]}"#,
+        )
+        .unwrap();
+        let requests = Decision {
+            allowed: true,
+            decisive: 0,
+            applied: alloc::vec![],
+            limits: alloc::vec![crate::decision::LimitStatus {
+                allowed: true,
+                remaining: 9,
+                reset_after: Nanos::from_secs(6),
+                retry_after: Nanos::ZERO,
+            }],
+        };
+        let tokens = Decision {
+            allowed: false,
+            decisive: 0,
+            applied: alloc::vec![0],
+            limits: alloc::vec![crate::decision::LimitStatus {
+                allowed: false,
+                remaining: 0,
+                reset_after: Nanos::from_secs(3_600),
+                retry_after: Nanos(1_500_000_000),
+            }],
+        };
+        (p, requests, tokens)
+    }
+
+    #[test]
+    fn anthropic_headers_report_the_decisive_limits_with_rfc3339_resets() {
+        let (p, requests, tokens) = llm_denial();
+        let tier = &p.tiers()[0];
+        let now = Nanos::from_secs(951_868_790); // 2000-02-29T23:59:50Z
+        let f = anthropic_fields(tier, Some(&requests), Some(&tokens), Counted::Mixed, now);
+        let get = |n: &str| f.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("anthropic-ratelimit-requests-limit"), Some("10"));
+        assert_eq!(get("anthropic-ratelimit-requests-remaining"), Some("9"));
+        assert_eq!(
+            get("anthropic-ratelimit-requests-reset"),
+            Some("2000-02-29T23:59:56Z")
+        );
+        assert_eq!(get("anthropic-ratelimit-tokens-limit"), Some("1000"));
+        assert_eq!(get("anthropic-ratelimit-tokens-remaining"), Some("0"));
+        assert_eq!(
+            get("anthropic-ratelimit-tokens-reset"),
+            Some("2000-03-01T00:59:50Z")
+        );
+        // Total tokens bound neither input nor output alone.
+        assert_eq!(get("anthropic-ratelimit-input-tokens-limit"), None);
+        assert_eq!(get("anthropic-ratelimit-output-tokens-limit"), None);
+        let input = anthropic_fields(tier, Some(&requests), Some(&tokens), Counted::Input, now);
+        assert!(input
+            .iter()
+            .any(|(k, v)| *k == "anthropic-ratelimit-input-tokens-remaining" && v == "0"));
+        assert!(!input.iter().any(|(k, _)| k.contains("output-tokens")));
+        let output = anthropic_fields(tier, Some(&requests), Some(&tokens), Counted::Output, now);
+        assert!(output
+            .iter()
+            .any(|(k, v)| *k == "anthropic-ratelimit-output-tokens-limit" && v == "1000"));
+        assert!(!output.iter().any(|(k, _)| k.contains("input-tokens")));
+    }
+
+    #[test]
+    fn count_settings_map_to_anthropic_dimensions() {
+        assert_eq!(Counted::of(&Cost::INPUT), Counted::Input);
+        assert_eq!(Counted::of(&Cost::OUTPUT), Counted::Output);
+        assert_eq!(Counted::of(&Cost::TOTAL), Counted::Mixed);
+    }
+
+    #[test]
+    fn an_llm_refusal_waits_for_the_longest_refusing_limit() {
+        let (_, requests, tokens) = llm_denial();
+        assert_eq!(llm_retry_after(Some(&requests), None), None);
+        assert_eq!(
+            llm_retry_after(Some(&requests), Some(&tokens)),
+            Some(Nanos(1_500_000_000))
         );
     }
 }

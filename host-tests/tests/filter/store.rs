@@ -48,6 +48,12 @@ fn a_conflict_storm_beyond_the_retry_bound_is_refused_not_let_through() {
     let out = send_as(&h, 1, "alice").unwrap();
     assert_eq!(assert_consistent_admission(&out, "authenticated", 100), 0);
     assert_eq!(send_as(&h, 0, "alice").unwrap().status(), 429);
+    // Counted as contention, apart from the one denial of a spent limit.
+    h.advance(std::time::Duration::from_secs(1)).unwrap();
+    let counter = |name: &str| h.metrics().value(&format!("tollgate.authenticated.{name}"));
+    assert_eq!(counter("contended"), Some(1));
+    assert_eq!(counter("denied"), Some(1));
+    assert_eq!(counter("allowed"), Some(100));
 }
 
 #[test]

@@ -17,6 +17,7 @@ use crate::budget::{
 use crate::identity::IdentitySource;
 use crate::llm::cost::{Cost, CostSpec};
 use crate::table::Table;
+use crate::time::Nanos;
 
 const BUDGET_FIELDS: &[&str] = &["tokens", "per", "burst", "name", "model"];
 const LLM_FIELDS: &[&str] = &[
@@ -31,7 +32,13 @@ const LLM_FIELDS: &[&str] = &[
     "strip_accept_encoding",
     "buffer_limit_bytes",
     "hold_headers",
+    "max_client_wait_seconds",
 ];
+
+/// The default of `llm.max_client_wait_seconds`: a minute. The SDKs retry a 429 twice by
+/// default, so a caller may block for twice this; both SDKs' own backoff is at most 8 s, and
+/// `openai` already refuses a `retry-after` past 120 s.
+const DEFAULT_MAX_CLIENT_WAIT_SECONDS: u64 = 60;
 
 /// A name usable in headers and keys, made from a model name (which may hold `/`, `:`, `@`…).
 fn sanitize(s: &str) -> String {
@@ -139,6 +146,7 @@ pub(super) fn default_llm() -> LlmSettings {
         strip_accept_encoding: true,
         buffer_limit: 32 << 10,
         hold_headers: false,
+        max_client_wait: Nanos::from_secs(DEFAULT_MAX_CLIENT_WAIT_SECONDS),
     }
 }
 
@@ -223,5 +231,52 @@ pub(super) fn parse_llm(v: &Value, path: &str) -> Result<LlmSettings, ConfigErro
     if let Some(b) = o.opt("hold_headers") {
         l.hold_headers = boolean(b, &o.at("hold_headers"))?;
     }
+    if let Some(n) = o.opt("max_client_wait_seconds") {
+        // Up to a day: a longer "wait and retry" is a refusal in all but name.
+        let secs = positive(n, &o.at("max_client_wait_seconds"), 86_400)?;
+        l.max_client_wait = Nanos::from_secs(secs);
+    }
     Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use alloc::string::ToString;
+
+    use crate::time::Nanos;
+    use crate::Policy;
+
+    fn with_llm(llm: &str) -> Result<Policy, crate::ConfigError> {
+        let text = alloc::format!(
+            r#"{{"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
+                "tokens":[{{"tokens":1000,"per":"hour"}}]}}],"llm":{llm}}}"#
+        );
+        Policy::from_json(text.as_bytes())
+    }
+
+    #[test]
+    fn max_client_wait_defaults_to_a_minute_and_is_configurable() {
+        let p = with_llm("{}").unwrap();
+        assert_eq!(p.llm().unwrap().max_client_wait, Nanos::from_secs(60));
+        let p = with_llm(r#"{"max_client_wait_seconds":5}"#).unwrap();
+        assert_eq!(p.llm().unwrap().max_client_wait, Nanos::from_secs(5));
+    }
+
+    #[test]
+    fn a_bad_max_client_wait_names_its_path() {
+        for (value, reason) in [
+            ("0", "must be greater than 0"),
+            ("86401", "86400"),
+            ("\"60s\"", "positive whole number"),
+        ] {
+            let e = with_llm(&alloc::format!(r#"{{"max_client_wait_seconds":{value}}}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("llm.max_client_wait_seconds: "), "{e}");
+            assert!(e.contains(reason), "{e}");
+        }
+    }
 }

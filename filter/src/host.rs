@@ -1,0 +1,450 @@
+//! The host calls tollgate makes, bound directly so that no status can trap the VM.
+//!
+//! proxy-wasm 0.2.5's wrappers `panic!` on any status they do not expect (and its context traits
+//! `.unwrap()` every result), its map decoder unwraps UTF-8, and its extern declarations return
+//! a Rust enum, so a status outside that enum is undefined behaviour before any check. A panic
+//! traps the VM, and a trapped VM fails every request on its worker until Envoy recycles it.
+//! Here every import returns a plain `u32`, every status maps to a result, and a failure is a
+//! [`HostError`] naming the call: the caller decides how to degrade (each call site says how).
+//! [`crate::shared`] does the same for shared data.
+//!
+//! Not covered, and not reached: the SDK's dispatcher unwraps `proxy_set_effective_context`
+//! when it delivers an HTTP or gRPC callout's answer; tollgate makes no callouts.
+#![allow(unsafe_code)]
+// FFI to the host; each call's safety is argued where it is made.
+
+use core::fmt;
+use core::ptr::{null, null_mut};
+use std::time::Duration;
+
+use policy_core::Nanos;
+use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType, MetricType};
+
+/// `proxy_status_t` values that have a meaning to tollgate; anything else is an error.
+mod status {
+    pub const OK: u32 = 0;
+    pub const NOT_FOUND: u32 = 1;
+}
+
+/// A host call that answered with a status tollgate cannot act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostError {
+    /// The import that failed.
+    pub call: &'static str,
+    /// The status it returned.
+    pub status: u32,
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.status {
+            1 => "NotFound",
+            2 => "BadArgument",
+            3 => "SerializationFailure",
+            4 => "ParseFailure",
+            6 => "InvalidMemoryAccess",
+            7 => "Empty",
+            8 => "CasMismatch",
+            10 => "InternalFailure",
+            12 => "Unimplemented",
+            _ => "unknown",
+        };
+        write!(f, "{} returned status {} ({name})", self.call, self.status)
+    }
+}
+
+type Result<T> = core::result::Result<T, HostError>;
+
+/// `Ok(())` for `OK`, else the error naming `call`.
+fn check(call: &'static str, status: u32) -> Result<()> {
+    match status {
+        status::OK => Ok(()),
+        status => Err(HostError { call, status }),
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+}
+
+/// Takes ownership of a buffer the host returned: on `OK` the host allocated `size` bytes with
+/// this module's exported allocator (as for every proxy-wasm return buffer).
+///
+/// # Safety
+/// `data` is null or points to `size` initialised bytes allocated by the global allocator and
+/// owned by no one else.
+unsafe fn take(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: as the caller promised.
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// Calls an import that returns a buffer: `Ok(Some)` on `OK`, `Ok(None)` on `NOT_FOUND` (or
+/// `OK` with no data, which Envoy sends for an empty value).
+fn returned(
+    call: &'static str,
+    f: impl FnOnce(*mut *mut u8, *mut usize) -> u32,
+) -> Result<Option<Vec<u8>>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    match f(&mut data, &mut size) {
+        // SAFETY: on OK the host handed us `size` bytes at `data` (see `take`).
+        status::OK if !data.is_null() => Ok(Some(unsafe { take(data, size) })),
+        status::OK | status::NOT_FOUND => Ok(None),
+        status => Err(HostError { call, status }),
+    }
+}
+
+/// Logs a line. A failed log cannot be reported anywhere, so its status is returned for the
+/// caller to drop.
+pub fn log(level: LogLevel, message: &str) -> Result<()> {
+    // SAFETY: pointer and length of a live &str; the host copies it.
+    let status = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+    check("proxy_log", status)
+}
+
+/// The host's wall clock, in nanoseconds since the Unix epoch.
+pub fn now() -> Result<Nanos> {
+    let mut t: u64 = 0;
+    // SAFETY: `t` is a valid local for the host to write.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
+    check("proxy_get_current_time_nanoseconds", status).map(|()| Nanos(t))
+}
+
+thread_local! {
+    /// The last good clock reading of this VM (one VM is one worker thread), and how many reads
+    /// have failed since the last warning.
+    static CLOCK: core::cell::Cell<(Nanos, u32)> = const { core::cell::Cell::new((Nanos::ZERO, 0)) };
+}
+
+/// Failed clock reads between two warnings.
+const CLOCK_WARN_EVERY: u32 = 1024;
+
+/// The time to decide with: [`now`], or when the host cannot tell, this worker's last good
+/// reading. Time then stands still, which is the fail-safe direction: buckets refill no further,
+/// so nobody gets more than their limit while the clock is gone; they refill when it is back. A
+/// worker whose clock never worked decides at the epoch, where buckets are as new callers see
+/// them. Logged on the first failure and every 1024th after.
+pub fn clock() -> Nanos {
+    match now() {
+        Ok(t) => {
+            CLOCK.with(|c| c.set((t, 0)));
+            t
+        }
+        Err(e) => {
+            let (last, failed) = CLOCK.with(core::cell::Cell::get);
+            if failed % CLOCK_WARN_EVERY == 0 {
+                let _ = log(
+                    LogLevel::Warn,
+                    &format!("tollgate: clock unavailable, deciding at the last good reading: {e}"),
+                );
+            }
+            CLOCK.with(|c| c.set((last, failed.wrapping_add(1))));
+            last
+        }
+    }
+}
+
+/// Asks for `proxy_on_tick` every `period` (whole milliseconds, saturating).
+pub fn set_tick_period(period: Duration) -> Result<()> {
+    let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    // SAFETY: no pointers.
+    let status = unsafe { proxy_set_tick_period_milliseconds(ms) };
+    check("proxy_set_tick_period_milliseconds", status)
+}
+
+/// `max` bytes of a buffer from `start`; `None` when the buffer is absent or empty.
+pub fn buffer(kind: BufferType, start: usize, max: usize) -> Result<Option<Vec<u8>>> {
+    returned("proxy_get_buffer_bytes", |data, size| {
+        // SAFETY: the out-pointers are valid locals of `returned`.
+        unsafe { proxy_get_buffer_bytes(kind as u32, start, max, data, size) }
+    })
+}
+
+/// Replaces `size` bytes of a buffer from `start` with `value`.
+pub fn set_buffer(kind: BufferType, start: usize, size: usize, value: &[u8]) -> Result<()> {
+    // SAFETY: pointer and length of a live slice; the host copies it.
+    let status =
+        unsafe { proxy_set_buffer_bytes(kind as u32, start, size, value.as_ptr(), value.len()) };
+    check("proxy_set_buffer_bytes", status)
+}
+
+/// The plugin configuration (the policy JSON), whole.
+pub fn plugin_configuration() -> Result<Option<Vec<u8>>> {
+    buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+}
+
+/// Every pair of a header map, in order. Names that are not UTF-8 (Envoy never sends them) are
+/// decoded lossily rather than trusted; a malformed serialisation ends the list where it breaks.
+pub fn header_map(map: MapType) -> Result<Vec<(String, Vec<u8>)>> {
+    let bytes = returned("proxy_get_header_map_pairs", |data, size| {
+        // SAFETY: the out-pointers are valid locals of `returned`.
+        unsafe { proxy_get_header_map_pairs(map as u32, data, size) }
+    })?;
+    Ok(bytes.map_or_else(Vec::new, |b| decode_map(&b)))
+}
+
+/// One header's value (the first, if repeated, as Envoy answers), or `None`.
+pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>> {
+    returned("proxy_get_header_map_value", |data, size| {
+        // SAFETY: the name is a live &str; the out-pointers are valid locals of `returned`.
+        unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), data, size) }
+    })
+}
+
+/// Sets a header, replacing every existing value, or removes it (`None`).
+pub fn set_header(map: MapType, name: &str, value: Option<&str>) -> Result<()> {
+    match value {
+        Some(v) => {
+            // SAFETY: pointers and lengths of live &strs; the host copies them.
+            let status = unsafe {
+                proxy_replace_header_map_value(
+                    map as u32,
+                    name.as_ptr(),
+                    name.len(),
+                    v.as_ptr(),
+                    v.len(),
+                )
+            };
+            check("proxy_replace_header_map_value", status)
+        }
+        None => {
+            // SAFETY: pointer and length of a live &str.
+            let status =
+                unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) };
+            check("proxy_remove_header_map_value", status)
+        }
+    }
+}
+
+/// A property of the stream or the host (`["source", "address"]`), or `None`.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>> {
+    let mut serialized = Vec::new();
+    for (i, part) in path.iter().enumerate() {
+        if i > 0 {
+            serialized.push(0);
+        }
+        serialized.extend_from_slice(part.as_bytes());
+    }
+    returned("proxy_get_property", |data, size| {
+        // SAFETY: the path is a live Vec; the out-pointers are valid locals of `returned`.
+        unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), data, size) }
+    })
+}
+
+/// Sends a local HTTP reply instead of the upstream's.
+pub fn send_http_response(status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Result<()> {
+    let map = encode_map(headers);
+    // SAFETY: pointers and lengths of live buffers; the host copies them. -1: not gRPC.
+    let result = unsafe {
+        proxy_send_local_response(
+            status,
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            -1,
+        )
+    };
+    check("proxy_send_local_response", result)
+}
+
+/// Sends a local gRPC reply: HTTP 200 with `grpc-status` and `grpc-message` (Envoy takes the
+/// message from the body argument) and `metadata` as headers.
+pub fn send_grpc_response(
+    status: GrpcStatusCode,
+    message: &str,
+    metadata: &[(&str, &[u8])],
+) -> Result<()> {
+    let map = encode_map(metadata);
+    // SAFETY: pointers and lengths of live buffers; the host copies them.
+    let result = unsafe {
+        proxy_send_local_response(
+            200,
+            null(),
+            0,
+            message.as_ptr(),
+            message.len(),
+            map.as_ptr(),
+            map.len(),
+            status as i32,
+        )
+    };
+    check("proxy_send_local_response", result)
+}
+
+/// Defines a metric, returning its id.
+pub fn define_metric(kind: MetricType, name: &str) -> Result<u32> {
+    let mut id: u32 = 0;
+    // SAFETY: the name is a live &str; `id` is a valid local.
+    let status = unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) };
+    check("proxy_define_metric", status).map(|()| id)
+}
+
+/// Adds `delta` to a counter.
+pub fn increment_metric(id: u32, delta: i64) -> Result<()> {
+    // SAFETY: no pointers.
+    let status = unsafe { proxy_increment_metric(id, delta) };
+    check("proxy_increment_metric", status)
+}
+
+// --- the header-map wire format ----------------------------------------------------------------
+//
+// proxy-wasm serialises a map as: the pair count (u32 LE), then each pair's name and value
+// lengths (u32 LE each), then each name and value, each followed by a NUL.
+
+fn encode_map(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let size = 4 + pairs
+        .iter()
+        .map(|(n, v)| 10 + n.len() + v.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend_from_slice(&len(pairs.len()));
+    for (n, v) in pairs {
+        out.extend_from_slice(&len(n.len()));
+        out.extend_from_slice(&len(v.len()));
+    }
+    for (n, v) in pairs {
+        out.extend_from_slice(n.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+fn decode_map(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let word = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        let arr: [u8; 4] = b.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(arr)).ok()
+    };
+    let Some(count) = word(0) else {
+        return Vec::new();
+    };
+    let mut pairs = Vec::with_capacity(count.min(256));
+    let mut data = count.saturating_mul(8).saturating_add(4);
+    for i in 0..count {
+        let at = 4 + i * 8;
+        let (Some(name_len), Some(value_len)) = (word(at), word(at + 4)) else {
+            break;
+        };
+        let name_end = data.saturating_add(name_len);
+        let value_start = name_end.saturating_add(1);
+        let value_end = value_start.saturating_add(value_len);
+        let (Some(name), Some(value)) =
+            (bytes.get(data..name_end), bytes.get(value_start..value_end))
+        else {
+            break;
+        };
+        pairs.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+        data = value_end.saturating_add(1);
+    }
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_round_trip_through_the_wire_format() {
+        let pairs: [(&str, &[u8]); 3] = [(":path", b"/v1"), ("x-user-id", b"alice"), ("e", b"")];
+        let decoded = decode_map(&encode_map(&pairs));
+        let expected: Vec<(String, Vec<u8>)> = pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+            .collect();
+        assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn a_malformed_map_is_cut_where_it_breaks_never_a_panic() {
+        let good = encode_map(&[("a", b"1"), ("b", b"2")]);
+        for cut in 0..good.len() {
+            let pairs = decode_map(&good[..cut]);
+            assert!(pairs.len() <= 2);
+        }
+        let mut huge = good.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_map(&huge).len() <= 2);
+        assert_eq!(decode_map(&[]), Vec::new());
+    }
+
+    #[test]
+    fn errors_name_the_call_and_the_status() {
+        let e = HostError {
+            call: "proxy_get_current_time_nanoseconds",
+            status: 10,
+        };
+        assert_eq!(
+            e.to_string(),
+            "proxy_get_current_time_nanoseconds returned status 10 (InternalFailure)"
+        );
+    }
+}

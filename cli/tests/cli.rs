@@ -295,3 +295,89 @@ fn check_prints_what_tollgate_check_prints() {
         "{stderr}"
     );
 }
+
+/// The fields of `simulate --json` that do not depend on timing.
+fn stable(report: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for key in [
+        "statuses",
+        "tiers",
+        "callers",
+        "callers_refused",
+        "most_affected",
+    ] {
+        out.insert(key.to_owned(), report[key].clone());
+    }
+    Value::Object(out)
+}
+
+fn simulate_json(policy: &str, trace: &str) -> Value {
+    let out = tollgate(&["simulate", "--json", policy, trace]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn simulate_reports_the_small_trace_as_expected() {
+    let report = simulate_json(
+        "examples/task-api-policy.json",
+        "examples/traces/task-api-small.jsonl",
+    );
+    let expected: Value = serde_json::from_slice(
+        &std::fs::read(root().join("examples/traces/task-api-small.expected.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stable(&report), expected);
+    assert_eq!(report["requests"], json!(233));
+    assert!(report["requests_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn simulate_with_a_limit_off_by_one_reports_other_numbers() {
+    let policy = wrong_copy("simulate-off-by-one", "task-api-policy.json", |p| {
+        p["tiers"][1]["limits"][0]["requests"] = json!(101);
+    });
+    let report = simulate_json(&policy, "examples/traces/task-api-small.jsonl");
+    assert_eq!(report["tiers"]["authenticated"]["admitted"], json!(102));
+    assert_eq!(report["tiers"]["authenticated"]["refused"], json!(9));
+}
+
+#[test]
+fn simulate_reads_csv_and_draws_a_chart() {
+    let dir = scratch("csv");
+    let jsonl =
+        std::fs::read_to_string(root().join("examples/traces/task-api-small.jsonl")).unwrap();
+    let mut csv = String::from("time,client,header:x-user-id,header:x-api-key\n");
+    for line in jsonl.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        csv.push_str(&format!(
+            "{},{},{},{}\n",
+            s(&r["t"]),
+            s(&r["client"]),
+            s(&r["headers"]["x-user-id"]),
+            s(&r["headers"]["x-api-key"])
+        ));
+    }
+    let trace = dir.join("trace.csv");
+    std::fs::write(&trace, csv).unwrap();
+    let chart = dir.join("chart.svg");
+    let out = tollgate(&[
+        "simulate",
+        "--chart",
+        chart.to_str().unwrap(),
+        "examples/task-api-policy.json",
+        trace.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("statuses: 200 × 221, 429 × 12"), "{stdout}");
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    assert!(
+        svg.contains("authenticated — admitted 101, refused 10"),
+        "{svg}"
+    );
+    assert!(svg.contains("anonymous — admitted 10, refused 2"), "{svg}");
+}

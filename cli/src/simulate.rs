@@ -689,3 +689,29 @@ pub fn generate(n: u64, callers: u64, seconds: f64, out: &mut impl Write) -> std
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(rfc3339("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(rfc3339("2026-12-01T10:00:00Z"), Some(1_796_119_200.0));
+        assert_eq!(
+            rfc3339("2026-12-01T11:00:00.5+01:00"),
+            Some(1_796_119_200.5)
+        );
+        assert_eq!(rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn the_generator_is_deterministic() {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        generate(100, 10, 60.0, &mut a).unwrap();
+        generate(100, 10, 60.0, &mut b).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.iter().filter(|c| **c == b'\n').count(), 100);
+    }
+}

@@ -621,3 +621,47 @@ fn vocabulary(policy: &Value, at: &str) -> Result<Vocabulary, SpecError> {
         .map_err(|e| err(at, format!("the policy here is invalid: {e}")))?;
     Ok(Vocabulary::of(&parsed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn durations() {
+        let d = |s: &str| duration(&Scalar::Text(s.to_owned()));
+        assert_eq!(d("600ms"), Some(Duration::from_millis(600)));
+        assert_eq!(d("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(d("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(d("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(d("1d"), Some(Duration::from_secs(86400)));
+        assert_eq!(duration(&Scalar::Int(3)), Some(Duration::from_secs(3)));
+        assert_eq!(d("soon"), None);
+        assert_eq!(d("5 fortnights"), None);
+        assert_eq!(duration(&Scalar::Int(-1)), None);
+    }
+
+    #[test]
+    fn set_path_edits_only_what_exists() {
+        let mut p = json!({ "tiers": [{ "limits": [{ "requests": 1 }] }] });
+        set_path(&mut p, "tiers.0.limits.0.requests", json!(5)).unwrap();
+        assert_eq!(p["tiers"][0]["limits"][0]["requests"], json!(5));
+        set_path(&mut p, "tiers.0.max_keys", json!(64)).unwrap();
+        assert_eq!(p["tiers"][0]["max_keys"], json!(64));
+        assert_eq!(
+            set_path(&mut p, "tiers.3.limits", json!([])).unwrap_err(),
+            "the policy has no `tiers.3`"
+        );
+        assert!(set_path(&mut p, "tiers.0.limits.2", json!(1)).is_err());
+    }
+
+    #[test]
+    fn a_step_has_exactly_one_action() {
+        let file =
+            parse("cases:\n  - name: x\n    steps:\n      - { advance: 1s, send: {} }\n").unwrap();
+        let policy = json!({ "tiers": [{ "name": "t", "identity": "shared",
+                                         "limits": [{ "requests": 1, "per": "second" }] }] });
+        let e = plan(&file, &policy, Path::new(".")).unwrap_err();
+        assert_eq!(e.at, "cases[0].steps[0]");
+    }
+}

@@ -3,8 +3,6 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use policy_core::Policy;
-
 /// Checks `file` (`-` for standard input): 0 and a summary when valid, 1 and `file: path: reason`
 /// on stderr when not, 2 when it cannot be read.
 pub fn run(file: &str) -> ExitCode {
@@ -18,17 +16,13 @@ pub fn run(file: &str) -> ExitCode {
         eprintln!("{file}: cannot read: {e}");
         return ExitCode::from(2);
     }
-    match Policy::from_json(&text) {
-        Ok(policy) => {
-            let (keys, bytes) = policy.footprint();
-            println!(
-                "{file}: valid: {} tiers; at most {keys} shared-data keys, {bytes} bytes of values",
-                policy.tiers().len()
-            );
+    match policy_core::config::check_report(file, &text) {
+        Ok(summary) => {
+            println!("{summary}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{file}: {e}");
+        Err(error) => {
+            eprintln!("{error}");
             ExitCode::FAILURE
         }
     }

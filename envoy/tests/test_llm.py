@@ -1176,7 +1176,10 @@ def test_a_stream_that_asked_for_usage_gets_the_usage_chunk(reserve, mock, shape
         # Left untouched, the stream reaches the client in as many pieces as the mock wrote,
         # near enough: the mock's one-byte writes do reach tollgate one by one.
         assert reads > len(got) // 2, (reads, len(got))
-    assert reply.header("x-mock-saw-body-bytes") == str(len(data)), "not rewritten"
+    # Not rewritten: only padded with blanks to the length announced at the headers (the
+    # original plus the largest rewrite, 40 bytes), and the client's own option stands.
+    assert reply.header("x-mock-saw-body-bytes") == str(len(data) + len(STREAM_USAGE_OPTION))
+    assert reply.header("x-mock-saw-include-usage") == "true"
     assert reply.body == direct(mock, CHAT, data, asked)
     # The role chunk, 6 deltas and the finish chunk carry "usage":null; then the usage chunk.
     assert b'"choices":[],' in reply.body and reply.body.count(b'"usage":null') == 8

@@ -6,8 +6,6 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use policy_core::Policy;
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [file] = args.as_slice() else {
@@ -24,17 +22,13 @@ fn main() -> ExitCode {
         eprintln!("{file}: cannot read: {e}");
         return ExitCode::from(2);
     }
-    match Policy::from_json(&text) {
-        Ok(policy) => {
-            let (keys, bytes) = policy.footprint();
-            println!(
-                "{file}: valid: {} tiers; at most {keys} shared-data keys, {bytes} bytes of values",
-                policy.tiers().len()
-            );
+    match policy_core::config::check_report(file, &text) {
+        Ok(summary) => {
+            println!("{summary}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{file}: {e}");
+        Err(error) => {
+            eprintln!("{error}");
             ExitCode::FAILURE
         }
     }

@@ -104,6 +104,27 @@ const METADATA_FIELDS: &[&str] = &["filter", "path"];
 const IDENTITY_WORDS: &[&str] = &["shared", "client_address"];
 const FAILURE_WORDS: &[&str] = &["allow", "deny"];
 
+/// What `tollgate-check` and `tollgate check` report for the policy `text` read from `name`:
+/// `Ok` with the summary line of a valid policy, `Err` with `name: path: reason`.
+///
+/// # Errors
+/// The policy is invalid; the message names the file, the path and the reason.
+pub fn check_report(
+    name: &str,
+    text: &[u8],
+) -> Result<alloc::string::String, alloc::string::String> {
+    match Policy::from_json(text) {
+        Ok(policy) => {
+            let (keys, bytes) = policy.footprint();
+            Ok(alloc::format!(
+                "{name}: valid: {} tiers; at most {keys} shared-data keys, {bytes} bytes of values",
+                policy.tiers().len()
+            ))
+        }
+        Err(e) => Err(alloc::format!("{name}: {e}")),
+    }
+}
+
 // Parsing lives here, beside the rest of the config code, so that `policy` (the decisions) does
 // not depend on `config` (the parser): config builds a Policy, never the other way round.
 impl Policy {

@@ -282,6 +282,69 @@ def start_envoy(
         time.sleep(0.1)
 
 
+def _envoy_binary() -> str:
+    """The Envoy that scripts/envoy-run runs (`tg_envoy_path` in scripts/lib.sh)."""
+    out = subprocess.run(
+        ["bash", "-c", f'source "{ROOT}/scripts/lib.sh" && tg_envoy_path'],
+        capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip()
+
+
+def start_envoy_from_template(template: str, policy: dict, upstreams: dict[str, str],
+                              tmp: Path) -> Envoy:
+    """Envoy (2 workers, HTTP only, scripts/envoy-run's flags) from `template`: an edited copy of
+    envoy/bootstrap.yaml.tmpl, rendered by envoy/render.py exactly as the real one is. For tests
+    that need the bootstrap with one thing changed; everything else uses start_envoy."""
+    import render  # envoy/render.py (on sys.path above)
+
+    port, admin_port = free_port(), free_port()
+    run_dir = tmp / f"envoy-{port}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    patched = run_dir / "bootstrap.yaml.tmpl"
+    patched.write_text(template)
+    original, render.TEMPLATE = render.TEMPLATE, patched
+    try:
+        config = render.render(
+            policy_text=json.dumps(policy), wasm_path=WASM, listen_port=port,
+            admin_port=admin_port, upstream_v1=upstreams["v1"], upstream_v2=upstreams["v2"],
+        )
+    finally:
+        render.TEMPLATE = original
+    (run_dir / "envoy.yaml").write_text(config)
+    args = [_envoy_binary(), "-c", str(run_dir / "envoy.yaml"), "--concurrency", "2",
+            "--disable-hot-restart", "--log-level", "info", "--component-log-level", "wasm:info"]
+    process = Process(args, run_dir / "envoy.log")
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            process.stop()
+            raise AssertionError(f"envoy exited:\n{process.tail()}")
+        try:
+            if (_get(f"http://127.0.0.1:{admin_port}/ready")[0] == 200
+                    and _get(f"http://127.0.0.1:{port}/healthz")[0] == 200):
+                return Envoy(process, port, admin_port)
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            process.stop()
+            raise AssertionError(f"envoy not ready:\n{process.tail()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def mock(artifacts, tmp_path_factory) -> str:
+    """The LLM mock (`tollgate-upstream --app llm`) for the whole test module; its HOST:PORT."""
+    addr = f"127.0.0.1:{free_port()}"
+    log = tmp_path_factory.mktemp("llm-mock") / "mock.log"
+    proc = Process([str(artifacts["upstream"]), "--app", "llm", "--listen", addr], log)
+    try:
+        wait_healthy(addr, "LLM mock", proc)
+        yield addr
+    finally:
+        proc.stop()
+
+
 @pytest.fixture
 def envoy_factory(upstreams, artifacts, tmp_path, request) -> Callable[..., Envoy]:
     """start(policy, **kw) -> Envoy, stopped when the test ends (log tail shown on failure)."""

@@ -35,7 +35,6 @@ import math
 import re
 import socket
 import socketserver
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -44,9 +43,7 @@ import pytest
 
 import render  # envoy/render.py (conftest puts envoy/ on sys.path)
 from client import Reply, parse_structured_list
-from conftest import (
-    ROOT, WASM, Envoy, Process, _get, free_port, start_envoy, unique, wait_healthy,
-)
+from conftest import Envoy, _get, start_envoy, start_envoy_from_template, unique
 
 # Envoy (proxy-wasm-cpp-host) turns a plugin's Pause from on_http_{request,response}_headers into
 # StopAllIterationAndWatermark, and never resumes the stream, unless the plugin config sets this
@@ -158,17 +155,7 @@ WASM_FAILURE = re.compile(
 # --- processes ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mock(artifacts, tmp_path_factory) -> str:
-    """The LLM mock for the whole module; returns its HOST:PORT."""
-    addr = f"127.0.0.1:{free_port()}"
-    log = tmp_path_factory.mktemp("llm-mock") / "mock.log"
-    proc = Process([str(artifacts["upstream"]), "--app", "llm", "--listen", addr], log)
-    try:
-        wait_healthy(addr, "LLM mock", proc)
-        yield addr
-    finally:
-        proc.stop()
+
 
 
 def split_completion(total: int) -> bytes:
@@ -231,14 +218,6 @@ def split_upstream() -> str:
         server.server_close()
 
 
-def _envoy_binary() -> str:
-    out = subprocess.run(
-        ["bash", "-c", f'source "{ROOT}/scripts/lib.sh" && tg_envoy_path'],
-        capture_output=True, text=True, check=True,
-    )
-    return out.stdout.strip()
-
-
 def start_llm_envoy(policy: dict, mock: str, tmp: Path, knob: bool = False,
                     v2: str | None = None) -> Envoy:
     """Envoy (2 workers) with `policy`; cluster v1 (`/api/v1…`) is the mock, v2 `v2` or the mock.
@@ -253,39 +232,8 @@ def start_llm_envoy(policy: dict, mock: str, tmp: Path, knob: bool = False,
         return start_envoy(policy, upstreams, tmp, concurrency=2)
     name_line = "                name: tollgate\n"
     assert template.count(name_line) == 1, "bootstrap template changed: update start_llm_envoy"
-    port, admin_port = free_port(), free_port()
-    run_dir = tmp / f"envoy-{port}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    patched = run_dir / "bootstrap.yaml.tmpl"
-    patched.write_text(template.replace(name_line, f"{name_line}                {KNOB}: true\n"))
-    original, render.TEMPLATE = render.TEMPLATE, patched
-    try:
-        config = render.render(
-            policy_text=json.dumps(policy), wasm_path=WASM, listen_port=port,
-            admin_port=admin_port, upstream_v1=upstreams["v1"], upstream_v2=upstreams["v2"],
-        )
-    finally:
-        render.TEMPLATE = original
-    (run_dir / "envoy.yaml").write_text(config)
-    # The same flags as scripts/envoy-run.
-    args = [_envoy_binary(), "-c", str(run_dir / "envoy.yaml"), "--concurrency", "2",
-            "--disable-hot-restart", "--log-level", "info", "--component-log-level", "wasm:info"]
-    process = Process(args, run_dir / "envoy.log")
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            process.stop()
-            raise AssertionError(f"envoy exited:\n{process.tail()}")
-        try:
-            if (_get(f"http://127.0.0.1:{admin_port}/ready")[0] == 200
-                    and _get(f"http://127.0.0.1:{port}/healthz")[0] == 200):
-                return Envoy(process, port, admin_port)
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            process.stop()
-            raise AssertionError(f"envoy not ready:\n{process.tail()}")
-        time.sleep(0.1)
+    knobbed = template.replace(name_line, f"{name_line}                {KNOB}: true\n")
+    return start_envoy_from_template(knobbed, policy, upstreams, tmp)
 
 
 def _described(envoy: Envoy, mode: str, held: bool) -> Envoy:

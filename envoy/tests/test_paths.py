@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 import render  # envoy/render.py (conftest puts envoy/ on sys.path)
 from client import Reply
-from conftest import ROOT, WASM, Envoy, Process, _get, free_port, unique, wait_healthy
+from conftest import Envoy, start_envoy_from_template, unique
 
 POLICY = {
     "tiers": [{
@@ -64,67 +62,19 @@ NORMALISING = ("merge_slashes: true", "normalize_path: true",
                "path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT")
 
 
-def _envoy_binary() -> str:
-    out = subprocess.run(
-        ["bash", "-c", f'source "{ROOT}/scripts/lib.sh" && tg_envoy_path'],
-        capture_output=True, text=True, check=True,
-    )
-    return out.stdout.strip()
-
-
 def start(mock: str, tmp: Path, normalise: bool) -> Envoy:
     """Envoy (2 workers, HTTP only) with POLICY in front of `mock`; with normalise=False, the
     bootstrap's path normalisation is taken out."""
     template = render.TEMPLATE.read_text()
-    port, admin_port = free_port(), free_port()
-    run_dir = tmp / f"envoy-{port}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     if not normalise:
         for line in NORMALISING:
             assert template.count(line) == 2, f"bootstrap changed ({line!r}): update test_paths"
             template = template.replace(f"          {line}\n", "")
         assert "normalize_path" not in template and "merge_slashes" not in template
-    patched = run_dir / "bootstrap.yaml.tmpl"
-    patched.write_text(template)
-    original, render.TEMPLATE = render.TEMPLATE, patched
-    try:
-        config = render.render(
-            policy_text=json.dumps(POLICY), wasm_path=WASM, listen_port=port,
-            admin_port=admin_port, upstream_v1=mock, upstream_v2=mock,
-        )
-    finally:
-        render.TEMPLATE = original
-    (run_dir / "envoy.yaml").write_text(config)
-    args = [_envoy_binary(), "-c", str(run_dir / "envoy.yaml"), "--concurrency", "2",
-            "--disable-hot-restart", "--log-level", "info", "--component-log-level", "wasm:info"]
-    process = Process(args, run_dir / "envoy.log")
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            process.stop()
-            raise AssertionError(f"envoy exited:\n{process.tail()}")
-        try:
-            if (_get(f"http://127.0.0.1:{admin_port}/ready")[0] == 200
-                    and _get(f"http://127.0.0.1:{port}/healthz")[0] == 200):
-                return Envoy(process, port, admin_port)
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            process.stop()
-            raise AssertionError(f"envoy not ready:\n{process.tail()}")
-        time.sleep(0.1)
+    return start_envoy_from_template(template, POLICY, {"v1": mock, "v2": mock}, tmp)
 
 
-@pytest.fixture(scope="module")
-def mock(artifacts, tmp_path_factory) -> str:
-    addr = f"127.0.0.1:{free_port()}"
-    log = tmp_path_factory.mktemp("paths-mock") / "mock.log"
-    proc = Process([str(artifacts["upstream"]), "--app", "llm", "--listen", addr], log)
-    try:
-        wait_healthy(addr, "LLM mock", proc)
-        yield addr
-    finally:
-        proc.stop()
+
 
 
 @pytest.fixture(scope="module", params=["plain", "repo"])

@@ -22,7 +22,7 @@ import grpc
 import openai
 import pytest
 
-from conftest import Envoy, Process, free_port, start_envoy, unique, wait_healthy
+from conftest import Envoy, start_envoy, unique
 
 CAP = 60  # llm.max_client_wait_seconds (its default, stated so the test reads on its own)
 LLM_CLUSTER = "httproute/default/task-api/rule/0"  # /api/v1… in envoy/bootstrap.yaml.tmpl
@@ -54,16 +54,7 @@ POLICY = {
 }
 
 
-@pytest.fixture(scope="module")
-def mock(artifacts, tmp_path_factory) -> str:
-    addr = f"127.0.0.1:{free_port()}"
-    log = tmp_path_factory.mktemp("sdk-mock") / "mock.log"
-    proc = Process([str(artifacts["upstream"]), "--app", "llm", "--listen", addr], log)
-    try:
-        wait_healthy(addr, "LLM mock", proc)
-        yield addr
-    finally:
-        proc.stop()
+
 
 
 @pytest.fixture(scope="module")

@@ -493,29 +493,36 @@ def test_charge_after_refuses_the_call_after_a_budget_is_spent_to_zero(charge_af
     assert after.status == 429, after.head()
 
 
-def test_reservations_admit_exactly_three_of_ten_concurrent_300_token_calls(reserve):
-    data = body(max_tokens=300)
-    est = estimate(data, 300)
-    assert 3 * est <= 1000 < 4 * est, f"estimate {est}: the arithmetic of this test is off"
-    who = {"x-minute-user": unique("concurrent"), "x-mock-delay-ms": "1500"}
-    barrier = threading.Barrier(10)
+def concurrent_statuses(envoy: Envoy, path: str, data: bytes, headers: dict[str, str],
+                        n: int) -> list[int]:
+    """Sends `n` identical calls released together (a barrier), and returns their statuses."""
+    barrier = threading.Barrier(n)
     statuses: list[int] = []
     errors: list[BaseException] = []
 
     def one() -> None:
         try:
             barrier.wait()
-            statuses.append(post(reserve, CHAT, data, who).status)
+            statuses.append(post(envoy, path, data, headers).status)
         except BaseException as e:  # reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=one) for _ in range(10)]
-    started = time.monotonic()
+    threads = [threading.Thread(target=one) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
+    return statuses
+
+
+def test_reservations_admit_exactly_three_of_ten_concurrent_300_token_calls(reserve):
+    data = body(max_tokens=300)
+    est = estimate(data, 300)
+    assert 3 * est <= 1000 < 4 * est, f"estimate {est}: the arithmetic of this test is off"
+    who = {"x-minute-user": unique("concurrent"), "x-mock-delay-ms": "1500"}
+    started = time.monotonic()
+    statuses = concurrent_statuses(reserve, CHAT, data, who, 10)
     # The 429s come at once; the 200s after the mock's 1.5 s: all ten were in flight together.
     assert sorted(statuses) == [200] * 3 + [429] * 7
     assert time.monotonic() - started < 10
@@ -1388,23 +1395,7 @@ def test_calls_whose_input_is_stored_upstream_cannot_overshoot_together(reserve)
     assert 10 * estimate(data, 10) < 1000, "without the rule all ten would fit"
     who = {"x-minute-user": unique("stored"), "x-mock-delay-ms": "1500",
            "x-mock-prompt-tokens": "5000", "x-mock-completion-tokens": "10"}
-    barrier = threading.Barrier(10)
-    statuses: list[int] = []
-    errors: list[BaseException] = []
-
-    def one() -> None:
-        try:
-            barrier.wait()
-            statuses.append(post(reserve, RESPONSES, data, who).status)
-        except BaseException as e:  # reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=one) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    statuses = concurrent_statuses(reserve, RESPONSES, data, who, 10)
     assert sorted(statuses) == [200] + [429] * 9
     # The same calls without stored input are reserved at their estimates: all ten fit.
     plain = json.dumps({"model": "gpt-4.1", "input": "and then?", "max_output_tokens": 10}).encode()

@@ -3,14 +3,14 @@
 //! Bodies come from the network, so every value here is read with a visitor that *never* fails
 //! on a wrong type: the problem is kept as a value ([`FieldError`]) and the caller, which knows
 //! the field's name, turns it into a typed error. Serde's own errors are strings; ours name the
-//! field and the reason without allocating. Unknown content is skipped with [`IgnoredAny`], which
+//! field and the reason without allocating. Unknown content is skipped with [`IgnoredAny`](serde::de::IgnoredAny), which
 //! allocates nothing. Our visitors nest a fixed few levels deep and serde_json skips ignored
 //! values iteratively (and refuses nesting past 128 where it does recurse), so hostile nesting
 //! costs time linear in its size and no stack.
 
 use core::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 /// Why one JSON value could not be used as the number, flag or string the field needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,14 +47,80 @@ impl fmt::Display for FieldError {
 /// `2^64` as an `f64`: the first float that no `u64` can hold.
 const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
 
-/// Consumes whatever compound value the visitor was handed, so the parser stays in step.
-fn skip_map<'de, A: MapAccess<'de>>(map: A) -> Result<(), A::Error> {
-    IgnoredAny.visit_map(map).map(|_| ())
+/// Writes the [`Visitor`] methods of a lenient value: each JSON type named maps to one value
+/// instead of an error, a compound one after it has been skipped (so the parser stays in step).
+/// Every visitor in the LLM parsers is written with it; a visitor spells out by hand only the
+/// types it actually reads.
+///
+/// - `lenient!(expecting "a token count");` writes `expecting`;
+/// - `lenient!(VALUE => KIND...);` writes the methods of each `KIND` to return `VALUE`:
+///   `null` (`visit_unit` and `visit_none`; `visit_some` reads the inner value with the same
+///   visitor), `bool`, `numbers` (`visit_u64`, `visit_i64`, `visit_f64`), `str`, `map`, `seq`,
+///   and `scalars` (`bool numbers str`).
+///
+/// `VALUE` is evaluated in each method, so it may be any expression of the visitor's `Value`
+/// type (`Self::wrong()`, say). The visitor's impl must name its lifetime `'de`.
+macro_rules! lenient {
+    (expecting $what:literal) => {
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str($what)
+        }
+    };
+    ($value:expr => $($kind:ident)+) => {
+        $(lenient!(@$kind $value);)+
+    };
+    (@null $value:expr) => {
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_some<D: serde::de::Deserializer<'de>>(
+            self,
+            d: D,
+        ) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    };
+    (@scalars $value:expr) => {
+        lenient!(@bool $value);
+        lenient!(@numbers $value);
+        lenient!(@str $value);
+    };
+    (@bool $value:expr) => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+    (@numbers $value:expr) => {
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+    (@str $value:expr) => {
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+    (@map $value:expr) => {
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            serde::de::Visitor::visit_map(serde::de::IgnoredAny, map).map(|_| $value)
+        }
+    };
+    (@seq $value:expr) => {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            serde::de::Visitor::visit_seq(serde::de::IgnoredAny, seq).map(|_| $value)
+        }
+    };
 }
-
-fn skip_seq<'de, A: SeqAccess<'de>>(seq: A) -> Result<(), A::Error> {
-    IgnoredAny.visit_seq(seq).map(|_| ())
-}
+pub(crate) use lenient;
 
 /// A JSON value read as a token count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,9 +152,7 @@ impl<'de> Deserialize<'de> for Count {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Count;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a token count")
-            }
+            lenient!(expecting "a token count");
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
                 Ok(Count::Int(v))
             }
@@ -115,27 +179,8 @@ impl<'de> Deserialize<'de> for Count {
                     FieldError::NotAnInteger
                 }))
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Count, E> {
-                Ok(Count::Bad(FieldError::WrongType))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Count, E> {
-                Ok(Count::Bad(FieldError::WrongType))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Count, E> {
-                Ok(Count::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Count, E> {
-                Ok(Count::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Count, D::Error> {
-                Count::deserialize(d)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Count, A::Error> {
-                skip_map(map).map(|()| Count::Bad(FieldError::WrongType))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Count, A::Error> {
-                skip_seq(seq).map(|()| Count::Bad(FieldError::WrongType))
-            }
+            lenient!(Count::Null => null);
+            lenient!(Count::Bad(FieldError::WrongType) => bool str map seq);
         }
         d.deserialize_any(V)
     }
@@ -154,39 +199,12 @@ impl<'de> Deserialize<'de> for Flag {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Flag;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a boolean")
-            }
+            lenient!(expecting "a boolean");
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Flag, E> {
                 Ok(Flag::Bool(v))
             }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Flag, E> {
-                Ok(Flag::Bad(FieldError::WrongType))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Flag, E> {
-                Ok(Flag::Bad(FieldError::WrongType))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Flag, E> {
-                Ok(Flag::Bad(FieldError::WrongType))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Flag, E> {
-                Ok(Flag::Bad(FieldError::WrongType))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Flag, E> {
-                Ok(Flag::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Flag, E> {
-                Ok(Flag::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Flag, D::Error> {
-                Flag::deserialize(d)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Flag, A::Error> {
-                skip_map(map).map(|()| Flag::Bad(FieldError::WrongType))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Flag, A::Error> {
-                skip_seq(seq).map(|()| Flag::Bad(FieldError::WrongType))
-            }
+            lenient!(Flag::Null => null);
+            lenient!(Flag::Bad(FieldError::WrongType) => numbers str map seq);
         }
         d.deserialize_any(V)
     }
@@ -204,39 +222,11 @@ pub(crate) struct TextLenVisitor;
 
 impl<'de> Visitor<'de> for TextLenVisitor {
     type Value = TextLen;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("text")
-    }
+    lenient!(expecting "text");
     fn visit_str<E: de::Error>(self, v: &str) -> Result<TextLen, E> {
         Ok(TextLen(u64::try_from(v.len()).unwrap_or(u64::MAX)))
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<TextLen, E> {
-        Ok(TextLen(0))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<TextLen, E> {
-        Ok(TextLen(0))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<TextLen, E> {
-        Ok(TextLen(0))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<TextLen, E> {
-        Ok(TextLen(0))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<TextLen, E> {
-        Ok(TextLen(0))
-    }
-    fn visit_none<E: de::Error>(self) -> Result<TextLen, E> {
-        Ok(TextLen(0))
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<TextLen, D::Error> {
-        TextLen::deserialize(d)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TextLen, A::Error> {
-        skip_map(map).map(|()| TextLen(0))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TextLen, A::Error> {
-        skip_seq(seq).map(|()| TextLen(0))
-    }
+    lenient!(TextLen(0) => null bool numbers map seq);
 }
 
 impl<'de> Deserialize<'de> for TextLen {

@@ -8,9 +8,9 @@ use core::fmt;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use super::json::{keys, Count, FieldError, Flag, Seen};
+use super::json::{keys, lenient, Count, FieldError, Flag, Seen};
 
 /// Which LLM API a request speaks, told by its path.
 ///
@@ -270,9 +270,7 @@ impl<'de> Deserialize<'de> for Model {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Model;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a model name")
-            }
+            lenient!(expecting "a model name");
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Model, E> {
                 Ok(if v.len() > MAX_MODEL_LEN {
                     Model::Bad(FieldError::TooLong)
@@ -280,37 +278,8 @@ impl<'de> Deserialize<'de> for Model {
                     Model::Name(v.into())
                 })
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Model, E> {
-                Ok(Model::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Model, E> {
-                Ok(Model::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Model, D::Error> {
-                Model::deserialize(d)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Model, E> {
-                Ok(Model::Bad(FieldError::WrongType))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Model, E> {
-                Ok(Model::Bad(FieldError::WrongType))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Model, E> {
-                Ok(Model::Bad(FieldError::WrongType))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Model, E> {
-                Ok(Model::Bad(FieldError::WrongType))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Model, A::Error> {
-                IgnoredAny
-                    .visit_map(map)
-                    .map(|_| Model::Bad(FieldError::WrongType))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Model, A::Error> {
-                IgnoredAny
-                    .visit_seq(seq)
-                    .map(|_| Model::Bad(FieldError::WrongType))
-            }
+            lenient!(Model::Null => null);
+            lenient!(Model::Bad(FieldError::WrongType) => bool numbers map seq);
         }
         d.deserialize_any(V)
     }
@@ -341,36 +310,9 @@ impl<'de> Deserialize<'de> for StreamOptions {
         }
         impl<'de> Visitor<'de> for V {
             type Value = StreamOptions;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("stream options")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<StreamOptions, E> {
-                Ok(StreamOptions::Null)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<StreamOptions, D::Error> {
-                StreamOptions::deserialize(d)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<StreamOptions, E> {
-                Ok(Self::wrong())
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<StreamOptions, E> {
-                Ok(Self::wrong())
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<StreamOptions, E> {
-                Ok(Self::wrong())
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<StreamOptions, E> {
-                Ok(Self::wrong())
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<StreamOptions, E> {
-                Ok(Self::wrong())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<StreamOptions, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| Self::wrong())
-            }
+            lenient!(expecting "stream options");
+            lenient!(StreamOptions::Null => null);
+            lenient!(Self::wrong() => scalars seq);
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StreamOptions, A::Error> {
                 let mut include_usage = false;
                 let mut seen = Seen::default();
@@ -411,30 +353,8 @@ impl<'de> Deserialize<'de> for Parsed {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Parsed;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a request body")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Parsed, E> {
-                Ok(Parsed::NotAnObject)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Parsed, E> {
-                Ok(Parsed::NotAnObject)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Parsed, E> {
-                Ok(Parsed::NotAnObject)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Parsed, E> {
-                Ok(Parsed::NotAnObject)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Parsed, E> {
-                Ok(Parsed::NotAnObject)
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Parsed, E> {
-                Ok(Parsed::NotAnObject)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Parsed, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| Parsed::NotAnObject)
-            }
+            lenient!(expecting "a request body");
+            lenient!(Parsed::NotAnObject => null scalars seq);
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
                 let mut request = LlmRequest::default();
                 let mut seen = Seen::default();

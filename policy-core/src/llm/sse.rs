@@ -27,15 +27,13 @@
 //! a Responses `response.completed` that repeats a long output, or of any oversized final
 //! event, still counts. Its text is not estimated.
 
-use core::fmt;
-
 use alloc::vec::Vec;
 
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize as DeriveDeserialize;
 
-use super::json::{TextLen, TextLenVisitor};
+use super::json::{lenient, TextLen, TextLenVisitor};
 use super::request::estimate_tokens;
 use super::usage::{raw_usage_from_tail, RawUsage, Usage, UsageValue};
 
@@ -647,9 +645,7 @@ impl<'de> Deserialize<'de> for EventType {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = EventType;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an event type")
-            }
+            lenient!(expecting "an event type");
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EventType, E> {
                 Ok(match v {
                     "message_stop" => EventType::MessageStop,
@@ -660,27 +656,7 @@ impl<'de> Deserialize<'de> for EventType {
                     _ => EventType::Other,
                 })
             }
-            fn visit_unit<E: de::Error>(self) -> Result<EventType, E> {
-                Ok(EventType::Other)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<EventType, E> {
-                Ok(EventType::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<EventType, E> {
-                Ok(EventType::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<EventType, E> {
-                Ok(EventType::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<EventType, E> {
-                Ok(EventType::Other)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EventType, A::Error> {
-                IgnoredAny.visit_map(map).map(|_| EventType::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<EventType, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| EventType::Other)
-            }
+            lenient!(EventType::Other => null bool numbers map seq);
         }
         d.deserialize_any(V)
     }
@@ -771,9 +747,7 @@ impl Measured for ToolCall {
 
 impl<'de, T: Deserialize<'de> + Measured> Visitor<'de> for SumSeq<T> {
     type Value = u64;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array")
-    }
+    lenient!(expecting "an array");
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         let mut sum = 0u64;
         while let Some(item) = seq.next_element::<T>()? {
@@ -781,30 +755,7 @@ impl<'de, T: Deserialize<'de> + Measured> Visitor<'de> for SumSeq<T> {
         }
         Ok(sum)
     }
-    fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
-        Ok(0)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<u64, E> {
-        Ok(0)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<u64, E> {
-        Ok(0)
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<u64, E> {
-        Ok(0)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<u64, E> {
-        Ok(0)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<u64, E> {
-        Ok(0)
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<u64, E> {
-        Ok(0)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<u64, A::Error> {
-        IgnoredAny.visit_map(map).map(|_| 0)
-    }
+    lenient!(0 => null scalars map);
 }
 
 impl<'de> Deserialize<'de> for ChoicesText {
@@ -826,9 +777,7 @@ impl<'de> Deserialize<'de> for DeltaText {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = DeltaText;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a delta")
-            }
+            lenient!(expecting "a delta");
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DeltaText, A::Error> {
                 let delta = AnthropicDelta::deserialize(MapAccessDeserializer::new(map))?;
                 Ok(DeltaText(
@@ -842,27 +791,7 @@ impl<'de> Deserialize<'de> for DeltaText {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<DeltaText, E> {
                 TextLenVisitor.visit_str(v).map(|t| DeltaText(t.0))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<DeltaText, E> {
-                Ok(DeltaText(0))
-            }
-            fn visit_none<E: de::Error>(self) -> Result<DeltaText, E> {
-                Ok(DeltaText(0))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<DeltaText, E> {
-                Ok(DeltaText(0))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<DeltaText, E> {
-                Ok(DeltaText(0))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<DeltaText, E> {
-                Ok(DeltaText(0))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<DeltaText, E> {
-                Ok(DeltaText(0))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<DeltaText, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| DeltaText(0))
-            }
+            lenient!(DeltaText(0) => null bool numbers seq);
         }
         d.deserialize_any(V)
     }

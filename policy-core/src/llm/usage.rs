@@ -15,11 +15,9 @@
 
 use core::fmt;
 
-use serde::de::{
-    self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use super::json::{keys, Count, FieldError, Seen};
+use super::json::{keys, lenient, Count, FieldError, Seen};
 
 /// Tokens one request consumed, normalised across APIs.
 ///
@@ -335,37 +333,9 @@ impl UsageVisitor {
 impl<'de> Visitor<'de> for UsageVisitor {
     type Value = UsageValue;
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a usage object")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<UsageValue, E> {
-        Ok(UsageValue::Absent)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<UsageValue, E> {
-        Ok(UsageValue::Absent)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<UsageValue, D::Error> {
-        UsageValue::deserialize(d)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<UsageValue, E> {
-        Ok(Self::wrong_type())
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<UsageValue, E> {
-        Ok(Self::wrong_type())
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<UsageValue, E> {
-        Ok(Self::wrong_type())
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<UsageValue, E> {
-        Ok(Self::wrong_type())
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<UsageValue, E> {
-        Ok(Self::wrong_type())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<UsageValue, A::Error> {
-        IgnoredAny.visit_seq(seq).map(|_| Self::wrong_type())
-    }
+    lenient!(expecting "a usage object");
+    lenient!(UsageValue::Absent => null);
+    lenient!(Self::wrong_type() => scalars seq);
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UsageValue, A::Error> {
         let mut raw = RawUsage::default();
@@ -502,38 +472,9 @@ impl DetailSeed {
 impl<'de> Visitor<'de> for DetailSeed {
     type Value = Detail;
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a token details object")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Detail, E> {
-        Ok(Self::container(None))
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Detail, E> {
-        Ok(Self::container(None))
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Detail, D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Detail, E> {
-        Ok(Self::container(Some(FieldError::WrongType)))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Detail, E> {
-        Ok(Self::container(Some(FieldError::WrongType)))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Detail, E> {
-        Ok(Self::container(Some(FieldError::WrongType)))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Detail, E> {
-        Ok(Self::container(Some(FieldError::WrongType)))
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Detail, E> {
-        Ok(Self::container(Some(FieldError::WrongType)))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Detail, A::Error> {
-        IgnoredAny
-            .visit_seq(seq)
-            .map(|_| Self::container(Some(FieldError::WrongType)))
-    }
+    lenient!(expecting "a token details object");
+    lenient!(Self::container(None) => null);
+    lenient!(Self::container(Some(FieldError::WrongType)) => scalars seq);
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Detail, A::Error> {
         let mut count: Result<Option<u64>, FieldError> = Ok(None);
         let mut seen = Seen::default();
@@ -576,33 +517,9 @@ impl<'de> Deserialize<'de> for Envelope {
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Envelope;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON document")
-            }
+            lenient!(expecting "a JSON document");
             // A document that is not an object has no usage; that is not a syntax error.
-            fn visit_unit<E: de::Error>(self) -> Result<Envelope, E> {
-                Ok(Envelope(UsageValue::Absent))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Envelope, E> {
-                Ok(Envelope(UsageValue::Absent))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Envelope, E> {
-                Ok(Envelope(UsageValue::Absent))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Envelope, E> {
-                Ok(Envelope(UsageValue::Absent))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Envelope, E> {
-                Ok(Envelope(UsageValue::Absent))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Envelope, E> {
-                Ok(Envelope(UsageValue::Absent))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Envelope, A::Error> {
-                IgnoredAny
-                    .visit_seq(seq)
-                    .map(|_| Envelope(UsageValue::Absent))
-            }
+            lenient!(Envelope(UsageValue::Absent) => null scalars seq);
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
                 let mut usage = UsageValue::Absent;
                 let mut seen = Seen::default();

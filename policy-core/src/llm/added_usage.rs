@@ -25,6 +25,7 @@ use alloc::vec::Vec;
 
 use serde::de::IgnoredAny;
 
+use super::json_text::{self, Member};
 use super::sse_frame::{Piece, SseFramer};
 
 /// What to do with one event.
@@ -88,12 +89,12 @@ pub fn edit_event(event: &[u8]) -> Edit {
     let mut usage = members
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.key_is(&data, b"usage"));
+        .filter(|(_, m)| m.key_is_raw(&data, b"usage"));
     let (Some((index, member)), None) = (usage.next(), usage.next()) else {
         return Edit::Keep;
     };
     let null = data.get(member.value.clone()) == Some(b"null");
-    let no_choices = match members.iter().find(|m| m.key_is(&data, b"choices")) {
+    let no_choices = match members.iter().find(|m| m.key_is_raw(&data, b"choices")) {
         None => true,
         Some(choices) => {
             let v = data.get(choices.value.clone()).unwrap_or(&[]);
@@ -114,8 +115,8 @@ pub fn edit_event(event: &[u8]) -> Edit {
         members.get(index + 1),
     ) {
         (Some(previous), _) => previous.value.end..member.value.end,
-        (None, Some(next)) => member.key.start..next.key.start,
-        (None, None) => member.key.start..member.value.end,
+        (None, Some(next)) => member.quoted_key().start..next.quoted_key().start,
+        (None, None) => member.quoted_key().start..member.value.end,
     };
     Edit::Cut(line.start + cut.start..line.start + cut.end)
 }
@@ -184,124 +185,10 @@ fn emit(piece: Piece<'_>, out: &mut Vec<u8>, dropped: &mut u32, edited: &mut u32
     }
 }
 
-/// One member of a JSON object: its key (quotes included) and its value.
-#[derive(Debug)]
-struct Member {
-    key: Range<usize>,
-    value: Range<usize>,
-}
-
-impl Member {
-    /// The key is exactly `name` (a key spelled with escapes is not matched).
-    fn key_is(&self, json: &[u8], name: &[u8]) -> bool {
-        json.get(self.key.start + 1..self.key.end.saturating_sub(1)) == Some(name)
-    }
-}
-
 /// The top-level members of `json` if it is one well-formed JSON object (else `None`).
 fn object_members(json: &[u8]) -> Option<Vec<Member>> {
     serde_json::from_slice::<IgnoredAny>(json).ok()?;
-    let mut c = Cursor { s: json, i: 0 };
-    c.ws();
-    c.eat(b'{')?;
-    let mut members = Vec::new();
-    c.ws();
-    if c.eat(b'}').is_some() {
-        return Some(members);
-    }
-    loop {
-        c.ws();
-        let key_start = c.i;
-        c.string()?;
-        let key = key_start..c.i;
-        c.ws();
-        c.eat(b':')?;
-        c.ws();
-        let value_start = c.i;
-        c.value()?;
-        members.push(Member {
-            key,
-            value: value_start..c.i,
-        });
-        c.ws();
-        match c.peek()? {
-            b',' => c.i += 1,
-            b'}' => return Some(members),
-            _ => return None,
-        }
-    }
-}
-
-/// A cursor over JSON already known to be well-formed: it only needs to find where things end.
-struct Cursor<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Cursor<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, byte: u8) -> Option<()> {
-        (self.peek()? == byte).then(|| self.i += 1)
-    }
-
-    fn string(&mut self) -> Option<()> {
-        self.eat(b'"')?;
-        loop {
-            match self.peek()? {
-                b'"' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                b'\\' => self.i += 2,
-                _ => self.i += 1,
-            }
-        }
-    }
-
-    fn value(&mut self) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string(),
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    match self.peek()? {
-                        b'"' => {
-                            self.string()?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth = depth.checked_sub(1)?;
-                            if depth == 0 {
-                                self.i += 1;
-                                return Some(());
-                            }
-                        }
-                        _ => {}
-                    }
-                    self.i += 1;
-                }
-            }
-            _ => {
-                while !matches!(
-                    self.peek(),
-                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-                ) {
-                    self.i += 1;
-                }
-                Some(())
-            }
-        }
-    }
+    json_text::object_members(json)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod added_usage;
 pub mod charge;
 pub mod cost;
 mod json;
+mod json_text;
 pub mod request;
 pub mod rewrite;
 pub mod sse;

@@ -36,6 +36,8 @@ use core::fmt;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use super::json_text::{Cursor, Member};
+
 /// The largest `stream_options` value held back to be rewritten. Real ones are a few dozen
 /// bytes; a larger one is replaced whole by `{"include_usage":true}` (its other options lost),
 /// so a hostile body cannot make the filter hold more than this.
@@ -572,13 +574,12 @@ fn rewrite_options(value: &[u8]) -> (Vec<u8>, bool) {
         // `null`, or a type the API would refuse anyway.
         return (REPLACEMENT.to_vec(), true);
     }
-    let mut cursor = Cursor { s: value, i: 0 };
-    let Some(members) = cursor.object_members() else {
+    let Some(members) = Cursor::new(value).object_members() else {
         return (REPLACEMENT.to_vec(), true);
     };
     let flags: Vec<&Member> = members
         .iter()
-        .filter(|m| key_is(value, &m.key, "include_usage"))
+        .filter(|m| m.key_is(value, "include_usage"))
         .collect();
     let mut out = Vec::with_capacity(value.len().saturating_add(INCLUDE_USAGE.len() + 1));
     if flags.is_empty() {
@@ -604,145 +605,6 @@ fn rewrite_options(value: &[u8]) -> (Vec<u8>, bool) {
     }
     out.extend_from_slice(value.get(from..).unwrap_or_default());
     (out, added)
-}
-
-/// Whether the raw key bytes at `range` (between the quotes) spell `name`, escapes decoded.
-fn key_is(text: &[u8], range: &core::ops::Range<usize>, name: &str) -> bool {
-    let Some(raw) = text.get(range.clone()) else {
-        return false;
-    };
-    if !raw.contains(&b'\\') {
-        return raw == name.as_bytes();
-    }
-    let quoted = range
-        .start
-        .checked_sub(1)
-        .zip(range.end.checked_add(1))
-        .and_then(|(a, b)| text.get(a..b));
-    quoted
-        .and_then(|q| serde_json::from_slice::<String>(q).ok())
-        .is_some_and(|key| key == name)
-}
-
-/// One member of a JSON object: where its key's characters and its value sit in the text.
-struct Member {
-    key: core::ops::Range<usize>,
-    value: core::ops::Range<usize>,
-}
-
-/// A structural walk over one small JSON object: just enough to find where members start and
-/// end. Iterative, so nesting cannot exhaust the stack; `None` for text that is not JSON.
-struct Cursor<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Cursor<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    fn bump(&mut self) {
-        self.i = self.i.saturating_add(1);
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.bump();
-        }
-    }
-
-    fn eat(&mut self, byte: u8) -> Option<()> {
-        (self.peek()? == byte).then(|| self.bump())
-    }
-
-    /// At a `"`: skips the string, returning the range of its contents.
-    fn string(&mut self) -> Option<core::ops::Range<usize>> {
-        self.eat(b'"')?;
-        let start = self.i;
-        loop {
-            match self.peek()? {
-                b'"' => {
-                    let end = self.i;
-                    self.bump();
-                    return Some(start..end);
-                }
-                b'\\' => {
-                    self.bump();
-                    self.bump();
-                }
-                _ => self.bump(),
-            }
-        }
-    }
-
-    /// Skips one value of any type, returning its range.
-    fn value(&mut self) -> Option<core::ops::Range<usize>> {
-        let start = self.i;
-        match self.peek()? {
-            b'"' => {
-                self.string()?;
-            }
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    match self.peek()? {
-                        b'"' => {
-                            self.string()?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth = depth.saturating_add(1),
-                        b'}' | b']' => {
-                            depth = depth.checked_sub(1)?;
-                            if depth == 0 {
-                                self.bump();
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                    self.bump();
-                }
-            }
-            _ => {
-                while !matches!(
-                    self.peek(),
-                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-                ) {
-                    self.bump();
-                }
-            }
-        }
-        (self.i > start).then_some(start..self.i)
-    }
-
-    /// At a `{`: the object's members, leaving the cursor after its `}`.
-    fn object_members(&mut self) -> Option<Vec<Member>> {
-        self.eat(b'{')?;
-        let mut members = Vec::new();
-        self.ws();
-        if self.eat(b'}').is_some() {
-            return Some(members);
-        }
-        loop {
-            self.ws();
-            let key = self.string()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            let value = self.value()?;
-            members.push(Member { key, value });
-            self.ws();
-            match self.peek()? {
-                b',' => self.bump(),
-                b'}' => {
-                    self.bump();
-                    return Some(members);
-                }
-                _ => return None,
-            }
-        }
-    }
 }
 
 /// Rewrites a whole body at once (see [`UsageRewriter`]); `exact` pads to

@@ -1,0 +1,224 @@
+//! One event's data, read: the envelope every supported API's stream events share.
+//!
+//! The three APIs are told apart by the fields an event has, not by the request's path, so that
+//! an OpenAI-compatible server behind any path still counts; one [`StreamEvent`] reads the union
+//! of the fields that matter, in one pass:
+//!
+//! | field | OpenAI chat / completions | OpenAI Responses | Anthropic messages |
+//! | --- | --- | --- | --- |
+//! | `type` | — | `response.completed`, `.incomplete`, `.failed` end the stream; `*audio*` deltas are not text | `message_stop` ends the stream |
+//! | `usage` | the last chunk's | — | `message_delta`'s (cumulative output) |
+//! | `message.usage` | — | — | `message_start`'s (input and cache counts) |
+//! | `response.usage` | — | the terminal events' | — |
+//! | `choices` | generated text ([`super::chat`]) | — | — |
+//! | `delta` | — | a text delta (a string) | a content block delta (an object), see [`super::delta`] |
+//!
+//! A chat stream's `data: [DONE]` is not JSON and is recognised before parsing.
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use serde::Deserialize as DeriveDeserialize;
+
+use super::chat::ChoicesText;
+use super::delta::DeltaText;
+use crate::llm::json::lenient;
+use crate::llm::usage::{raw_usage_from_tail, RawUsage, UsageValue};
+
+/// What one event's data amounted to.
+#[derive(Debug)]
+pub(super) enum EventOutcome {
+    /// Nothing in it can carry usage, text or an end marker.
+    Skipped,
+    /// `[DONE]`.
+    Done,
+    /// Not JSON.
+    Malformed,
+    /// A JSON event, reduced to what matters.
+    Read(EventSummary),
+}
+
+/// What a JSON event says that the scanner keeps.
+#[derive(Debug, Default)]
+pub(super) struct EventSummary {
+    /// Its usage counts, merged where it has several `usage` objects.
+    pub(super) usage: Option<RawUsage>,
+    /// A `usage` object in it is malformed.
+    pub(super) bad_usage: bool,
+    /// UTF-8 bytes of generated text in it.
+    pub(super) text_bytes: u64,
+    /// It ends the stream.
+    pub(super) terminal: bool,
+}
+
+/// Reads one complete event's data (its `data` lines joined with `\n`).
+pub(super) fn read_event(data: &[u8]) -> EventOutcome {
+    if data.trim_ascii() == b"[DONE]" {
+        return EventOutcome::Done;
+    }
+    if !worth_parsing(data) {
+        return EventOutcome::Skipped;
+    }
+    let Ok(event) = serde_json::from_slice::<StreamEvent>(data) else {
+        return EventOutcome::Malformed;
+    };
+    let mut summary = EventSummary {
+        text_bytes: if event.kind == EventType::Audio {
+            // Base64 audio is not text: counting it would charge thousands of tokens a second.
+            event.choices.0
+        } else {
+            event.choices.0.saturating_add(event.delta.0)
+        },
+        terminal: event.kind.is_terminal(),
+        ..EventSummary::default()
+    };
+    let holders = [
+        event.usage,
+        event.message.map(|m| m.usage).unwrap_or_default(),
+        event.response.map(|r| r.usage).unwrap_or_default(),
+    ];
+    for value in holders {
+        match value {
+            UsageValue::Absent => {}
+            UsageValue::Present(raw) => match &mut summary.usage {
+                Some(merged) => merged.merge(&raw),
+                None => summary.usage = Some(raw),
+            },
+            UsageValue::Bad { .. } => summary.bad_usage = true,
+        }
+    }
+    EventOutcome::Read(summary)
+}
+
+/// An event too large to keep, from its first and last bytes: its usage (the last `"usage"`
+/// key in its tail) and whether it ends the stream (its type, near its start). Its text is not
+/// counted: the bytes in between are gone.
+pub(super) fn read_oversize_event(head: &[u8], tail: &[u8]) -> EventOutcome {
+    const TERMINAL: [&[u8]; 4] = [
+        b"\"response.completed\"",
+        b"\"response.incomplete\"",
+        b"\"response.failed\"",
+        b"\"message_stop\"",
+    ];
+    let terminal = TERMINAL
+        .iter()
+        .any(|t| head.windows(t.len()).any(|w| w == *t));
+    let mut summary = EventSummary {
+        terminal,
+        ..EventSummary::default()
+    };
+    match raw_usage_from_tail(tail) {
+        None | Some(Ok(UsageValue::Absent)) => {}
+        Some(Ok(UsageValue::Present(raw))) => summary.usage = Some(raw),
+        Some(Ok(UsageValue::Bad { .. })) => summary.bad_usage = true,
+        // Cut inside its usage (a stream that ended there): not JSON, so nothing it says counts.
+        Some(Err(())) => return EventOutcome::Malformed,
+    }
+    EventOutcome::Read(summary)
+}
+
+/// A cheap look for the quoted words that an event we care about must contain: `"usage"`,
+/// `"delta"` (Anthropic and Responses deltas), `"choices"` (chat and legacy completion chunks)
+/// or `"message_stop"`. Skips the
+/// JSON parse of pings, block starts and stops, and the Responses API's many bookkeeping
+/// events. A key spelled with escapes would be missed; only a hostile upstream does that, and
+/// it loses nothing but the estimate.
+pub(super) fn worth_parsing(data: &[u8]) -> bool {
+    let mut rest = data;
+    while let Some(quote) = rest.iter().position(|&b| b == b'"') {
+        rest = rest.get(quote.saturating_add(1)..).unwrap_or(&[]);
+        if rest.starts_with(b"usage\"")
+            || rest.starts_with(b"delta\"")
+            || rest.starts_with(b"choices\"")
+            || rest.starts_with(b"message_stop\"")
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// One JSON stream event of any of the supported APIs, reduced to what we need. Unknown keys
+/// are skipped; a duplicated known key makes the event malformed.
+#[derive(DeriveDeserialize, Default)]
+#[serde(default)]
+struct StreamEvent {
+    /// Anthropic and Responses events name their type here.
+    #[serde(rename = "type")]
+    kind: EventType,
+    /// Chat's final chunk and Anthropic's `message_delta`.
+    usage: UsageValue,
+    /// Chat and legacy completion chunks.
+    choices: ChoicesText,
+    /// Anthropic's `message_start`.
+    message: Option<UsageHolder>,
+    /// Responses' terminal events.
+    response: Option<UsageHolder>,
+    /// Anthropic's `content_block_delta` (an object) and Responses' `*.delta` (a string).
+    delta: DeltaText,
+}
+
+#[derive(DeriveDeserialize, Default)]
+#[serde(default)]
+struct UsageHolder {
+    usage: UsageValue,
+}
+
+/// The event types that change what we track.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum EventType {
+    #[default]
+    Other,
+    /// Anthropic's end of stream.
+    MessageStop,
+    /// The Responses API's terminal events.
+    ResponseDone,
+    /// A Responses audio event, whose `delta` is base64 audio rather than text.
+    Audio,
+}
+
+impl EventType {
+    fn is_terminal(self) -> bool {
+        matches!(self, EventType::MessageStop | EventType::ResponseDone)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = EventType;
+            lenient!(expecting "an event type");
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EventType, E> {
+                Ok(match v {
+                    "message_stop" => EventType::MessageStop,
+                    "response.completed" | "response.incomplete" | "response.failed" => {
+                        EventType::ResponseDone
+                    }
+                    audio if audio.contains("audio") => EventType::Audio,
+                    _ => EventType::Other,
+                })
+            }
+            lenient!(EventType::Other => null bool numbers map seq);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn worth_parsing_looks_for_quoted_keywords_only() {
+        assert!(worth_parsing(br#"{"usage":null}"#));
+        assert!(worth_parsing(br#"{"type":"message_stop"}"#));
+        assert!(worth_parsing(br#"{"delta":{}}"#));
+        assert!(worth_parsing(br#"{"choices":[{"text":"a"}]}"#));
+        assert!(!worth_parsing(br#"{"type":"ping"}"#));
+        assert!(!worth_parsing(br#"{"text":"the usage and delta words"}"#));
+        assert!(!worth_parsing(br#"{"text":"\"usage\\""}"#));
+        assert!(!worth_parsing(b"\""));
+    }
+}

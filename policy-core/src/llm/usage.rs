@@ -580,39 +580,7 @@ mod tests {
         usage_from_json(body.as_bytes())
     }
 
-    const OPENAI_CHAT: &str = r#"{
-      "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
-      "object": "chat.completion",
-      "created": 1741570283,
-      "model": "gpt-4o-2024-08-06",
-      "choices": [
-        {
-          "index": 0,
-          "message": {
-            "role": "assistant",
-            "content": "The image shows a wooden boardwalk path running through a lush green field. \"usage\": not this one",
-            "refusal": null,
-            "annotations": []
-          },
-          "logprobs": null,
-          "finish_reason": "stop"
-        }
-      ],
-      "usage": {
-        "prompt_tokens": 1117,
-        "completion_tokens": 46,
-        "total_tokens": 1163,
-        "prompt_tokens_details": { "cached_tokens": 1024, "audio_tokens": 0 },
-        "completion_tokens_details": {
-          "reasoning_tokens": 0,
-          "audio_tokens": 0,
-          "accepted_prediction_tokens": 0,
-          "rejected_prediction_tokens": 0
-        }
-      },
-      "service_tier": "default",
-      "system_fingerprint": "fp_fc9f1d7035"
-    }"#;
+    const OPENAI_CHAT: &str = include_str!("../../../fixtures/llm/openai-chat.json");
 
     #[test]
     fn openai_chat_completion() {
@@ -641,10 +609,7 @@ mod tests {
 
     #[test]
     fn openai_legacy_completion() {
-        let body = r#"{"id":"cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7","object":"text_completion","created":1589478378,
-            "model":"gpt-3.5-turbo-instruct","choices":[{"text":"\n\nThis is indeed a test","index":0,
-            "logprobs":null,"finish_reason":"length"}],
-            "usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        let body = include_str!("../../../fixtures/llm/openai-completions.json");
         assert_eq!(
             usage(body),
             Ok(Usage {
@@ -657,9 +622,7 @@ mod tests {
 
     #[test]
     fn openai_embeddings() {
-        let body = r#"{"object":"list","data":[{"object":"embedding","index":0,
-            "embedding":[0.0023064255,-0.009327292,-0.0028842222]}],
-            "model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        let body = include_str!("../../../fixtures/llm/openai-embeddings.json");
         assert_eq!(
             usage(body),
             Ok(Usage {
@@ -671,22 +634,7 @@ mod tests {
 
     #[test]
     fn openai_responses() {
-        let body = r#"{
-          "id": "resp_67ccd3a9da748190baa7f1570fe91ac604becb25c45c1d41",
-          "object": "response",
-          "created_at": 1741476777,
-          "status": "completed",
-          "model": "gpt-4o-2024-08-06",
-          "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
-            "content": [{"type": "output_text", "text": "In a peaceful grove", "annotations": []}]}],
-          "usage": {
-            "input_tokens": 328,
-            "input_tokens_details": {"cached_tokens": 128},
-            "output_tokens": 52,
-            "output_tokens_details": {"reasoning_tokens": 10},
-            "total_tokens": 380
-          }
-        }"#;
+        let body = include_str!("../../../fixtures/llm/openai-responses.json");
         assert_eq!(
             usage(body),
             Ok(Usage {
@@ -701,12 +649,7 @@ mod tests {
 
     #[test]
     fn anthropic_messages_adds_cache_reads_and_writes_to_input() {
-        let body = r#"{"id":"msg_013Zva2CMHLNnXjNJJKqJ2EF","type":"message","role":"assistant",
-            "model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"Hi! My name is Claude."}],
-            "stop_reason":"end_turn","stop_sequence":null,
-            "usage":{"input_tokens":21,"cache_creation_input_tokens":188086,"cache_read_input_tokens":0,
-              "output_tokens":393,"service_tier":"standard",
-              "cache_creation":{"ephemeral_5m_input_tokens":188086,"ephemeral_1h_input_tokens":0}}}"#;
+        let body = include_str!("../../../fixtures/llm/anthropic-messages.json");
         assert_eq!(
             usage(body),
             Ok(Usage {
@@ -803,10 +746,9 @@ mod tests {
             Err(UsageError::NoUsage)
         );
         assert_eq!(usage("42"), Err(UsageError::NoUsage));
-        let err = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        let err = include_str!("../../../fixtures/llm/openai-error.json");
         assert_eq!(usage(err), Err(UsageError::NoUsage));
-        let anthropic_err =
-            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let anthropic_err = include_str!("../../../fixtures/llm/anthropic-error.json");
         assert_eq!(usage(anthropic_err), Err(UsageError::NoUsage));
     }
 

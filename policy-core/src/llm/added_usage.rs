@@ -251,6 +251,27 @@ mod tests {
         (out, r)
     }
 
+    /// The recorded OpenAI stream (fixtures/llm/openai-chat.sse) loses exactly what the option
+    /// added: the `,"usage":null` of each chunk and the usage chunk, nothing else, at every split.
+    #[test]
+    fn a_recorded_chat_stream_loses_exactly_what_the_option_added() {
+        let upstream = include_str!("../../../fixtures/llm/openai-chat.sse");
+        let usage_chunk = upstream
+            .split_inclusive("\n\n")
+            .find(|event| event.contains(r#""choices":[],"usage":{"#))
+            .unwrap();
+        let want = upstream
+            .replace(usage_chunk, "")
+            .replace(r#","usage":null"#, "");
+        assert_eq!(want.matches("data: ").count(), 5);
+        let bytes = upstream.as_bytes();
+        for cut in 0..=bytes.len() {
+            let (out, r) = remove(4096, &[&bytes[..cut], &bytes[cut..]]);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "cut at {cut}");
+            assert_eq!((r.dropped_events(), r.edited_events()), (1, 4));
+        }
+    }
+
     /// The client gets exactly the stream without the option, wherever the upstream's stream
     /// is split, and the scanner still reads the usage from the upstream's bytes.
     #[test]

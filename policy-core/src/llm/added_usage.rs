@@ -26,7 +26,7 @@ use alloc::vec::Vec;
 use serde::de::IgnoredAny;
 
 use super::json_text::{self, Member};
-use super::sse_frame::{Piece, SseFramer};
+use super::sse::frame::{Piece, SseFramer};
 
 /// What to do with one event.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -25,7 +25,6 @@ mod json_text;
 pub mod request;
 pub mod rewrite;
 pub mod sse;
-pub mod sse_frame;
 pub mod usage;
 
 pub use added_usage::AddedUsageRemover;
@@ -34,5 +33,7 @@ pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
 pub use request::{ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, RequestError};
 pub use rewrite::{RewriteError, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
+// Its path before it moved into `sse/`.
+pub use sse::frame as sse_frame;
 pub use sse::{SseLimits, SseScanner};
 pub use usage::{usage_from_json, usage_from_tail, Usage, UsageError};

@@ -27,7 +27,8 @@
 //! a Responses `response.completed` that repeats a long output, or of any oversized final
 //! event, still counts. Its text is not estimated.
 //!
-//! This module is the framing (bytes → lines → events, within the bounds); what an event's data
+//! This module is the framing (bytes → lines → events, within the bounds; [`frame`] cuts whole
+//! events for code that rewrites them); what an event's data
 //! says is read in `event` (the envelope all three APIs share), `chat` (OpenAI choices) and
 //! `delta` (Anthropic and Responses deltas). The transcripts its tests replay are the files
 //! in `fixtures/llm/` at the repository's root.
@@ -41,6 +42,7 @@ use event::{read_event, read_oversize_event, EventOutcome};
 mod chat;
 mod delta;
 mod event;
+pub mod frame;
 #[cfg(test)]
 mod tests;
 

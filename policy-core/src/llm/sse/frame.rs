@@ -12,9 +12,11 @@
 //! rewriting. [`SseFramer::finish`] hands out whatever is still held (a stream that ended inside
 //! an event) as raw bytes, unchanged.
 //!
-//! This module knows nothing of what the events mean; see [`super::added_usage`].
+//! This module knows nothing of what the events mean; see [`crate::llm::added_usage`].
 
 use alloc::vec::Vec;
+
+use super::find_eol;
 
 /// A piece of the body, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -223,11 +225,6 @@ impl SseFramer {
             }
         }
     }
-}
-
-/// The first `\n` or `\r` in `bytes`.
-fn find_eol(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n' || b == b'\r')
 }
 
 #[cfg(test)]

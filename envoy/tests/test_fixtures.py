@@ -217,7 +217,7 @@ def request_for(name: str, stream: bool) -> dict:
 
 
 def test_the_expected_charges_are_read_from_the_files():
-    """The numbers the unit tests assert for these files (policy-core/src/llm/usage.rs and
+    """The numbers the unit tests assert for these files (policy-core/src/llm/usage/mod.rs and
     sse/tests.rs), so that a file edited without its tests shows here too."""
     assert {name: usage_of(name) for name in CALLS} == {
         "openai-chat.json": 1117 + 46,

@@ -462,15 +462,7 @@ mod tests {
             ) {
                 let stream = lines.join(sep);
                 let bytes = stream.as_bytes();
-                let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-                points.sort_unstable();
-                let mut pieces = Vec::new();
-                let mut last = 0;
-                for p in points {
-                    pieces.push(&bytes[last..p]);
-                    last = p;
-                }
-                pieces.push(&bytes[last..]);
+                let pieces = crate::llm::testing::cut(bytes, &cuts);
                 let (whole, _) = remove(max, &[bytes]);
                 let (split, _) = remove(max, &pieces);
                 prop_assert_eq!(&split, &whole);

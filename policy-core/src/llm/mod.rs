@@ -37,3 +37,26 @@ pub use rewrite::{RewriteError, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
 pub use sse::frame as sse_frame;
 pub use sse::{SseLimits, SseScanner};
 pub use usage::{usage_from_json, usage_from_tail, Usage, UsageError};
+
+/// Helpers shared by the property tests of the modules above.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+pub(crate) mod testing {
+    use alloc::vec::Vec;
+
+    use proptest::sample::Index;
+
+    /// `bytes` cut at the points `cuts` pick (in any order, repeats allowed), in order: every
+    /// byte once, some pieces empty.
+    pub(crate) fn cut<'a>(bytes: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
+        let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut pieces = Vec::with_capacity(points.len() + 1);
+        let mut last = 0;
+        for p in points {
+            pieces.extend(bytes.get(last..p));
+            last = p;
+        }
+        pieces.extend(bytes.get(last..));
+        pieces
+    }
+}

@@ -787,15 +787,7 @@ mod properties {
             let stream = [OPENAI_CHAT, ANTHROPIC, RESPONSES][which];
             let stream = match ending { 0 => String::from(stream), 1 => crlf(stream), _ => cr(stream) };
             let bytes = stream.as_bytes();
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-            points.sort_unstable();
-            let mut pieces = Vec::new();
-            let mut last = 0;
-            for p in points {
-                pieces.push(&bytes[last..p]);
-                last = p;
-            }
-            pieces.push(&bytes[last..]);
+            let pieces = crate::llm::testing::cut(bytes, &cuts);
             let whole = summary(&scan_with(SseLimits::default(), &[bytes]));
             prop_assert_eq!(summary(&scan_with(SseLimits::default(), &pieces)), whole);
         }

@@ -187,12 +187,13 @@ fn a_followed_body_is_refused_on_its_first_chunk_before_any_of_it_goes_upstream(
         1,
         &policy(r#","buffer_limit_bytes":256,"default_max_tokens":5000"#),
     );
-    // Take all but 1,000 tokens: room for the least this call costs (251), not for 5,250.
-    let spent = r#"{"model":"m","max_tokens":998999}"#; // holds 9 + 998,999
-    let (mut spend, _) = open(&h, "first", "/v1/chat/completions", spent.len());
-    spend.request_body(spent.as_bytes(), true).unwrap();
-    assert!(spend.local_reply().unwrap().is_none());
-    drop(spend); // never ends: its hold stays
+    // Take all but 992 tokens: room for the least this call costs (251), not for 5,250.
+    {
+        let spent = r#"{"model":"m","max_tokens":998999}"#; // holds 9 + 998,999
+        let (mut spend, _) = open(&h, "first", "/v1/chat/completions", spent.len());
+        spend.request_body(spent.as_bytes(), true).unwrap();
+        assert!(spend.local_reply().unwrap().is_none());
+    } // never ended: its hold stays
     let body = format!(
         r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
         "y".repeat(960)

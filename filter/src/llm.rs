@@ -188,10 +188,6 @@ impl Stream {
                 Some(&length.to_string()),
             );
         }
-        if matches!(step.count, Some(Count::Contended | Count::StoreFailure)) {
-            // The store could not decide: nothing is held, nothing is shown.
-            self.llm = None;
-        }
         match step.verdict {
             Verdict::Continue => Action::Continue,
             Verdict::Hold => Action::Pause,

@@ -345,3 +345,30 @@ fn store_conflicts_and_failures_while_settling_leave_the_hold_but_never_settle_t
         );
     }
 }
+
+/// A store that fails while a passing body is admitted on its first chunk lets the call through
+/// (`on_store_failure: "allow"`, the default), and the body still reaches the upstream whole:
+/// every byte, rewritten to ask for usage, exactly as long as the `content-length` announced.
+#[test]
+fn a_store_failing_on_the_first_chunk_of_a_passing_body_lets_it_through_whole() {
+    let h = tollgate_with(1, &policy(r#","buffer_limit_bytes":256"#));
+    let body = format!(
+        r#"{{"model":"m","stream":true,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "z".repeat(700)
+    );
+    let (mut s, action) = open(&h, "down", "/v1/chat/completions", body.len());
+    assert_eq!(action, Action::Continue);
+    h.store().fail_gets(FailFor::Always);
+    let chunks: Vec<&[u8]> = body.as_bytes().chunks(300).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let action = s.request_body(chunk, i + 1 == chunks.len()).unwrap();
+        assert_eq!(action, Action::Continue, "chunk {i}");
+        assert!(s.local_reply().unwrap().is_none());
+    }
+    h.store().clear_faults();
+    let record = s.finish().unwrap();
+    let forwarded = String::from_utf8(record.request_body.forwarded).unwrap();
+    assert_eq!(forwarded.len(), body.len() + REWRITE_ROOM, "{forwarded}");
+    assert!(forwarded.contains(r#""include_usage":true"#), "{forwarded}");
+    assert_eq!(counter(&h, "store_failures"), 1);
+}

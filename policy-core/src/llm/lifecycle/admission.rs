@@ -63,6 +63,9 @@ impl LlmCall {
             Admission::Contended => (Verdict::Refuse(Refusal::Contended), Some(Count::Contended)),
             Admission::StoreFailed => (LlmCall::store_failed(policy), Some(Count::StoreFailure)),
         };
+        if admission == Admission::StoreFailed && verdict == Verdict::Continue {
+            self.phase = Phase::Unmetered;
+        }
         let mut step = RequestStep::verdict(verdict);
         step.count = count;
         step

@@ -20,22 +20,26 @@
 //!   headers, so a JSON response's own headers show its charge.
 //! - What can be refused is refused before the body goes upstream: at the headers (read-only,
 //!   from `content-length`), on the first chunk of a body that passes, or when a held body is
-//!   read ([`admission`]).
+//!   read (`admission.rs`).
 //! - Where the call asked an OpenAI stream for usage the client did not ask for, each response
 //!   chunk is replaced by the same bytes without what the option added
 //!   ([`AddedUsageRemover`]); the usage is read from the upstream's bytes first.
 //! - Whatever happens (a body too large to read, a response without usage, a client that
 //!   disconnects mid-stream), a call that was admitted is settled exactly once, at
-//!   [`LlmCall::on_log`] at the latest; what an ended stream costs is [`stream_charge`].
+//!   [`LlmCall::on_log`] at the latest; what an ended stream costs is
+//!   [`stream_charge`](super::stream_charge).
 
 mod admission;
 mod body;
+mod request;
+mod response;
+mod step;
 
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::budget::{LlmSettings, OnMissingUsage, Reservation};
+use crate::budget::{LlmSettings, Reservation};
 use crate::decision::Decision;
 use crate::headers::{self, ErrorStyle, Fields};
 use crate::policy::OnStoreFailure;
@@ -43,14 +47,11 @@ use crate::store::Store;
 use crate::tier::Tier;
 use crate::{Nanos, Policy};
 
-use super::{
-    estimate_tokens, stream_charge, usage_from_json, usage_from_tail, AddedUsageRemover, ApiKind,
-    LlmRequest, RewriteError, SseLimits, SseScanner, StreamSeen, UsageRewriter,
-    MAX_STREAM_USAGE_GROWTH,
-};
+use super::{AddedUsageRemover, ApiKind, SseScanner, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
 
 pub use admission::Admission;
 pub use body::BodyCopy;
+pub use step::{Count, Refusal, RequestStep, ResponseHead, ResponseStep, Settlement, Verdict};
 
 /// Bytes a request body may grow by when asked to report stream usage.
 const REWRITE_ROOM: u64 = MAX_STREAM_USAGE_GROWTH as u64;
@@ -99,114 +100,12 @@ pub enum Phase {
         /// What the call costs when the response ends.
         charge: u64,
     },
+    /// The store failed during admission and `on_store_failure` let the call through: what is
+    /// left of its body still passes through the rewriter (so the upstream gets every byte, as
+    /// long as the `content-length` announced), and nothing is held or charged.
+    Unmetered,
     /// Settled, refused or never admitted: nothing more to do.
     Done,
-}
-
-/// What happens to the stream after an event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Let it go on.
-    Continue,
-    /// Stop iteration: Envoy holds (and buffers) it until a later event lets it go.
-    Hold,
-    /// Refuse it with a local reply (which resets a request already partly upstream).
-    Refuse(Refusal),
-}
-
-/// Why a call is refused, which says how the filter answers.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// A budget has no room: 429 with the budgets' states ([`LlmCall::tokens`]).
-    Denied,
-    /// Every compare-and-swap race was lost: refused rather than let through unmetered.
-    Contended,
-    /// The store failed and `on_store_failure` is `deny`: 503.
-    Unavailable,
-    /// The body cannot be rewritten within the `content-length` announced: 400.
-    BadBody(RewriteError),
-}
-
-/// The event to count in the tier's metrics, at most one per step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Count {
-    /// The call was admitted (its last admission).
-    Allowed,
-    /// A budget refused it.
-    Denied,
-    /// Every CAS race was lost.
-    Contended,
-    /// The store failed (whatever `on_store_failure` then decided).
-    StoreFailure,
-}
-
-/// What the filter does with a request event.
-#[derive(Debug, PartialEq, Eq)]
-#[must_use]
-pub struct RequestStep {
-    /// Go on, hold or refuse (applied last).
-    pub verdict: Verdict,
-    /// Bytes to put in place of the body Envoy offered (applied first).
-    pub replace: Option<Vec<u8>>,
-    /// The request's `content-length` to set (applied second).
-    pub content_length: Option<u64>,
-    /// What to count.
-    pub count: Option<Count>,
-}
-
-impl RequestStep {
-    fn go() -> RequestStep {
-        RequestStep::verdict(Verdict::Continue)
-    }
-
-    fn verdict(verdict: Verdict) -> RequestStep {
-        RequestStep {
-            verdict,
-            replace: None,
-            content_length: None,
-            count: None,
-        }
-    }
-}
-
-/// What the filter does with a response event.
-#[derive(Debug, Default, PartialEq, Eq)]
-#[must_use]
-pub struct ResponseStep {
-    /// Hold the response (its headers, or its body until its end).
-    pub hold: bool,
-    /// Bytes to put in place of the body chunk Envoy offered.
-    pub replace: Option<Vec<u8>>,
-    /// Remove the response's `content-length`: the client gets fewer bytes than were sent.
-    pub drop_content_length: bool,
-    /// The call was settled at this event: count it.
-    pub settled: Option<Settlement>,
-    /// Add the call's rate-limit fields ([`LlmCall::fields`]) to the response headers now.
-    pub decorate: bool,
-}
-
-/// A call's settlement: its hold replaced by what it cost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Settlement {
-    /// What was held for it (the largest hold over its budgets).
-    pub reserved: u64,
-    /// What it was charged.
-    pub charged: u64,
-}
-
-/// What the response headers say, as the call needs it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ResponseHead<'a> {
-    /// `:status`.
-    pub status: Option<&'a [u8]>,
-    /// `content-type`.
-    pub content_type: Option<&'a [u8]>,
-    /// `content-length`, when it parses.
-    pub content_length: Option<u64>,
-    /// A `content-encoding` other than `identity`: the body cannot be read.
-    pub encoded: bool,
-    /// The response has no body.
-    pub end_of_stream: bool,
 }
 
 /// One LLM call: what it asked for, what it holds, where it is.
@@ -393,6 +292,15 @@ impl LlmCall {
         let Some(llm) = env.policy.llm() else {
             return RequestStep::go();
         };
+        if matches!(self.phase, Phase::Unmetered) {
+            return match self.rewrite_chunk(&read(), end) {
+                Ok(replace) => RequestStep {
+                    replace,
+                    ..RequestStep::go()
+                },
+                Err(e) => self.refuse_body(e),
+            };
+        }
         let Phase::ReadingRequest { holding, copy } = &mut self.phase else {
             return RequestStep::go();
         };
@@ -558,237 +466,6 @@ impl LlmCall {
     /// away or the upstream reset. It is settled now, as a stream cut short.
     pub fn on_log<S: Store>(&mut self, env: &mut Env<'_, S>) -> Option<Settlement> {
         self.settle(env, false)
-    }
-
-    // ---- decisions -------------------------------------------------------------------------
-
-    /// Refuses a request whose body cannot be rewritten as announced. Headers may already be
-    /// upstream: the local reply resets that request.
-    fn refuse_body(&mut self, error: RewriteError) -> RequestStep {
-        self.phase = Phase::Done;
-        RequestStep::verdict(Verdict::Refuse(Refusal::BadBody(error)))
-    }
-
-    /// Sets how the body will be followed. `exact`: `content-length` was announced as the
-    /// original plus [`MAX_STREAM_USAGE_GROWTH`], so the rewrite pads to it. `held`: the body
-    /// will be read whole before it goes upstream, so a body that is never rewritten needs no
-    /// reading as it passes (for its model, before admission).
-    fn follow_body(&mut self, llm: &LlmSettings, exact: bool, held: bool) {
-        self.rewrites = self.may_rewrite(llm);
-        self.rewriter = match (self.rewrites, exact) {
-            (true, true) => Some(UsageRewriter::exact()),
-            (true, false) => Some(UsageRewriter::new()),
-            (false, _) if held => None,
-            (false, _) => Some(UsageRewriter::read_only()),
-        };
-    }
-
-    /// Whether this request's body may be rewritten (to ask an OpenAI stream for its usage).
-    fn may_rewrite(&self, llm: &LlmSettings) -> bool {
-        llm.inject_stream_usage && self.api.needs_stream_usage_option()
-    }
-
-    /// The least this call can cost, for a refusal before any of it goes upstream: the prompt
-    /// estimated from `content-length` (none without it) plus one output token (none for
-    /// embeddings). Admission never asks for less (see [`read_request`](Self::read_request)).
-    fn least_cost(&self) -> u64 {
-        let input = self.content_length.map_or(0, estimate_tokens);
-        input.saturating_add(self.least_output())
-    }
-
-    fn least_output(&self) -> u64 {
-        u64::from(self.api != ApiKind::OpenAiEmbeddings)
-    }
-
-    /// Passes one chunk of the request body through the rewriter. `Ok(Some(bytes))`: send these
-    /// instead; `Ok(None)`: the chunk goes as it is.
-    ///
-    /// The last byte of the output is kept back until the body ends (and goes with its end):
-    /// Envoy's HTTP/1 codec forwards a body's bytes before it calls the filter with the end of
-    /// the stream, so without this an upstream could receive a complete request — every byte
-    /// its `content-length` announced — and serve it before the admission at the body's end
-    /// refuses it. One byte short, it waits, and the refusal resets it.
-    fn rewrite_chunk(&mut self, chunk: &[u8], end: bool) -> Result<Option<Vec<u8>>, RewriteError> {
-        let mut out = core::mem::take(&mut self.lagging);
-        out.reserve(chunk.len());
-        match self.rewriter.as_mut() {
-            Some(rewriter) => {
-                rewriter.feed(chunk, &mut out)?;
-                if end {
-                    rewriter.finish(&mut out)?;
-                }
-                self.usage_added = self.rewrites && rewriter.usage_added();
-            }
-            None => out.extend_from_slice(chunk),
-        }
-        if !end {
-            if let Some(last) = out.pop() {
-                self.lagging.push(last);
-            }
-        }
-        Ok((out != chunk).then_some(out))
-    }
-
-    /// Reads what a complete request body asks for (the body is rewritten separately, by
-    /// [`rewrite_chunk`](Self::rewrite_chunk)).
-    fn read_request(&mut self, llm: &LlmSettings, body: &[u8]) {
-        match LlmRequest::parse(body) {
-            Ok(req) => {
-                self.estimated_input = req.estimated_input_tokens();
-                // At least one output token (none for embeddings): what `least_cost` assumed.
-                let output = match self.api {
-                    ApiKind::OpenAiEmbeddings => 0,
-                    _ => req
-                        .max_output_all_choices()
-                        .unwrap_or(llm.default_max_tokens),
-                }
-                .max(self.least_output());
-                self.estimate = self.estimated_input.saturating_add(output);
-                self.model = req.model;
-                self.stored_input = req.stored_input;
-            }
-            Err(_) => self.unreadable_request(llm, body.len()),
-        }
-    }
-
-    /// A body too large (or not JSON) to read: estimate from its size and the default cap; the
-    /// model stays unknown, so every per-model budget applies.
-    fn unreadable_request(&mut self, llm: &LlmSettings, size: usize) {
-        let size = u64::try_from(size).unwrap_or(u64::MAX);
-        self.estimated_input = estimate_tokens(self.content_length.map_or(size, |n| n.max(size)));
-        self.estimate = self.estimated_input.saturating_add(llm.default_max_tokens);
-        self.model = None;
-    }
-
-    /// Reads a request body copied as it passed (never rewritten).
-    fn read_copied_request(&mut self, llm: &LlmSettings) {
-        let copy = match core::mem::replace(&mut self.phase, Phase::Admitted) {
-            Phase::ReadingRequest { copy, .. } => copy,
-            other => {
-                self.phase = other;
-                return;
-            }
-        };
-        if copy.truncated {
-            // Only the size is known: the copy kept the last bytes of a larger body.
-            self.unreadable_request(llm, copy.seen);
-        } else {
-            self.read_request(llm, copy.bytes());
-        }
-    }
-
-    /// What a response whose usage cannot be read costs.
-    fn missing_usage_charge(&self, llm: &LlmSettings) -> u64 {
-        match llm.on_missing_usage {
-            OnMissingUsage::Reservation => self.estimate,
-            OnMissingUsage::Nothing => 0,
-        }
-    }
-
-    /// Decides how to follow the response from its headers. Returns whether to hold them.
-    fn follow_response(&mut self, llm: &LlmSettings, head: &ResponseHead<'_>) -> bool {
-        // Hold only what is known to fit in Envoy's buffer: a body that outgrows it while held
-        // is answered 500 by Envoy.
-        let fits = head
-            .content_length
-            .is_some_and(|n| n <= llm.buffer_limit as u64);
-        let ok = head.status.is_some_and(|s| s.first() == Some(&b'2'));
-        self.phase = if !ok {
-            // The API refused the request: providers do not bill for errors.
-            Phase::Unreadable { charge: 0 }
-        } else if head.encoded || head.end_of_stream {
-            Phase::Unreadable {
-                charge: self.missing_usage_charge(llm),
-            }
-        } else if head
-            .content_type
-            .is_some_and(|c| c.starts_with(b"text/event-stream"))
-        {
-            if self.usage_added {
-                self.remover = Some(AddedUsageRemover::new(llm.max_response_body));
-            }
-            Phase::Streaming(Box::new(SseScanner::new(SseLimits::new(
-                llm.max_response_body,
-            ))))
-        } else {
-            Phase::Json {
-                holding: llm.hold_headers && fits,
-                copy: BodyCopy::default(),
-            }
-        };
-        matches!(self.phase, Phase::Json { holding: true, .. })
-    }
-
-    /// What a JSON response costs, from the copy of its body.
-    fn json_cost(&self, llm: &LlmSettings, copy: &BodyCopy) -> u64 {
-        let usage = if copy.truncated {
-            usage_from_tail(copy.bytes())
-        } else {
-            usage_from_json(copy.bytes())
-        };
-        match usage {
-            Ok(usage) => llm.cost.tokens(&usage),
-            Err(_) => self.missing_usage_charge(llm),
-        }
-    }
-
-    /// What the response has cost, now that it ends (`None`: nothing to settle). `complete` is
-    /// false for a stream cut short (client gone, upstream reset).
-    fn final_cost(&mut self, llm: &LlmSettings, complete: bool) -> Option<u64> {
-        match core::mem::replace(&mut self.phase, Phase::Done) {
-            // Admitted early, but the body never ended: an incomplete request is not served.
-            Phase::ReadingRequest { .. } if self.reservation.is_some() => Some(0),
-            Phase::ReadingRequest { .. } | Phase::Done => None,
-            Phase::Unreadable { charge } => Some(charge),
-            // Nothing of the response was seen, or only part of a JSON body: what the client
-            // received cannot be counted, so the reservation stands.
-            Phase::Admitted => Some(self.estimate),
-            Phase::Json { copy, .. } => Some(if complete {
-                self.json_cost(llm, &copy)
-            } else {
-                self.estimate
-            }),
-            Phase::Streaming(mut scanner) => {
-                scanner.finish();
-                let seen = StreamSeen {
-                    ended: complete,
-                    completed: scanner.completed(),
-                    reported: scanner.usage(),
-                    received: scanner.usage_or_estimate(self.estimated_input),
-                    estimate: self.estimate,
-                };
-                Some(stream_charge(
-                    &seen,
-                    &llm.cost,
-                    llm.on_incomplete,
-                    llm.on_missing_usage,
-                ))
-            }
-        }
-    }
-
-    /// Settles the call at its end (complete or not), once: the phase is `Done` afterwards and
-    /// the reservation gone, so a second end settles nothing. Replaces the hold by the cost and
-    /// keeps the budgets' new states for the headers; a store that fails here leaves the holds
-    /// to refill (the states shown stay those of admission).
-    fn settle<S: Store>(&mut self, env: &mut Env<'_, S>, complete: bool) -> Option<Settlement> {
-        let policy = env.policy;
-        let (llm, tier) = (policy.llm()?, policy.tiers().get(self.tier)?);
-        let cost = self.final_cost(llm, complete)?;
-        let reservation = self.reservation.take()?;
-        let reserved = reservation
-            .holds
-            .iter()
-            .map(|h| h.reserved)
-            .max()
-            .unwrap_or(0);
-        if let Ok(d) = policy.settle_tokens(tier, &reservation, cost, (env.now)(), env.store) {
-            self.tokens = Some(d);
-        }
-        Some(Settlement {
-            reserved,
-            charged: cost,
-        })
     }
 
     // ---- what the client sees --------------------------------------------------------------

@@ -662,3 +662,33 @@ fn a_settlement_that_loses_its_races_or_its_store_still_ends_the_call_once() {
         }
     }
 }
+
+#[test]
+fn a_store_failing_on_a_passing_body_lets_the_rest_through_rewritten_and_charges_nothing() {
+    let (p, s) = policy(100_000, r#","buffer_limit_bytes":64"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let step = d.headers(&mut c, len(CHAT), false);
+    let announced = step.content_length.expect("announced");
+    d.store.down = true;
+    let (head, tail) = CHAT.split_at(30);
+    let first = d.body(&mut c, head, false);
+    assert_eq!(
+        (&first.verdict, first.count),
+        (&Verdict::Continue, Some(Count::StoreFailure))
+    );
+    assert!(matches!(c.phase(), Phase::Unmetered));
+    let last = d.body(&mut c, tail, true);
+    assert_eq!((&last.verdict, last.count), (&Verdict::Continue, None));
+    // Every byte reaches the upstream, rewritten, as long as announced.
+    let mut sent = first.replace.expect("the first chunk, less its last byte");
+    sent.extend_from_slice(&last.replace.expect("the rest, rewritten"));
+    assert_eq!(sent.len() as u64, announced);
+    assert!(String::from_utf8(sent)
+        .unwrap()
+        .contains(r#""include_usage":true"#));
+    assert!(!c.awaits_response());
+    assert_eq!(d.log(&mut c), None);
+    d.store.down = false;
+    assert_eq!(d.left(), 100_000);
+}

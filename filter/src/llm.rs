@@ -51,53 +51,62 @@ fn event(count: Count) -> Event {
 }
 
 impl Stream {
+    /// Feeds the call (if there is one) one event, with the policy, shared data and `clock`.
+    fn feed<R>(
+        &mut self,
+        clock: &dyn Fn() -> Nanos,
+        event: impl FnOnce(&mut LlmCall, &mut Env<'_, SharedData>) -> R,
+    ) -> Option<R> {
+        let plugin = Rc::clone(&self.plugin);
+        let call = self.llm.as_mut()?;
+        let mut env = Env {
+            policy: &plugin.policy,
+            store: &mut SharedData,
+            now: clock,
+        };
+        Some(event(call, &mut env))
+    }
+
     /// Starts following an LLM call whose request limits admitted it, at its request headers
     /// (read at `now`).
     pub(crate) fn start_llm(
         &mut self,
-        mut call: LlmCall,
+        call: LlmCall,
         content_length: Option<u64>,
         end_of_stream: bool,
         now: Nanos,
     ) -> Action {
-        let plugin = Rc::clone(&self.plugin);
         let clock = move || now;
-        let mut env = Env {
-            policy: &plugin.policy,
-            store: &mut SharedData,
-            now: &clock,
-        };
-        let step = call.on_request_headers(&mut env, content_length, end_of_stream);
         self.llm = Some(call);
-        self.apply_request(step, 0, &clock)
+        match self.feed(&clock, |call, env| {
+            call.on_request_headers(env, content_length, end_of_stream)
+        }) {
+            Some(step) => self.apply_request(step, 0, &clock),
+            None => Action::Continue,
+        }
     }
 
     /// A request body event of an LLM call.
     pub(crate) fn llm_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let plugin = Rc::clone(&self.plugin);
-        let Some(call) = self.llm.as_mut() else {
-            return Action::Continue;
-        };
         let cell = OnceCell::new();
         let clock = once_clock(&cell);
-        let mut env = Env {
-            policy: &plugin.policy,
-            store: &mut SharedData,
-            now: &clock,
-        };
-        let step = call.on_request_body(&mut env, body_size, end_of_stream, || {
-            body_bytes(body_size, BufferType::HttpRequestBody)
-        });
-        self.apply_request(step, body_size, &clock)
+        let read = || body_bytes(body_size, BufferType::HttpRequestBody);
+        match self.feed(&clock, |call, env| {
+            call.on_request_body(env, body_size, end_of_stream, read)
+        }) {
+            Some(step) => self.apply_request(step, body_size, &clock),
+            None => Action::Continue,
+        }
     }
 
     /// The response headers of an LLM call; `None` when the call is not waiting for its
     /// response (refused, failed open, or its request still going): the stream is then
     /// decorated as any other.
     pub(crate) fn llm_response_headers(&mut self, end_of_stream: bool) -> Option<Action> {
-        let plugin = Rc::clone(&self.plugin);
-        plugin.policy.llm()?;
-        let call = self.llm.as_mut().filter(|c| c.awaits_response())?;
+        self.plugin.policy.llm()?;
+        if !self.llm.as_ref().is_some_and(LlmCall::awaits_response) {
+            return None;
+        }
         let read = |name| {
             host::header(MapType::HttpResponseHeaders, name)
                 .ok()
@@ -118,48 +127,28 @@ impl Stream {
         };
         let cell = OnceCell::new();
         let clock = once_clock(&cell);
-        let mut env = Env {
-            policy: &plugin.policy,
-            store: &mut SharedData,
-            now: &clock,
-        };
-        let step = call.on_response_headers(&mut env, &head);
+        let step = self.feed(&clock, |call, env| call.on_response_headers(env, &head))?;
         Some(self.apply_response(step, 0, &clock))
     }
 
     /// A response body event of an LLM call.
     pub(crate) fn llm_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let plugin = Rc::clone(&self.plugin);
-        let Some(call) = self.llm.as_mut() else {
-            return Action::Continue;
-        };
         let cell = OnceCell::new();
         let clock = once_clock(&cell);
-        let mut env = Env {
-            policy: &plugin.policy,
-            store: &mut SharedData,
-            now: &clock,
-        };
-        let step = call.on_response_body(&mut env, body_size, end_of_stream, || {
-            body_bytes(body_size, BufferType::HttpResponseBody)
-        });
-        self.apply_response(step, body_size, &clock)
+        let read = || body_bytes(body_size, BufferType::HttpResponseBody);
+        match self.feed(&clock, |call, env| {
+            call.on_response_body(env, body_size, end_of_stream, read)
+        }) {
+            Some(step) => self.apply_response(step, body_size, &clock),
+            None => Action::Continue,
+        }
     }
 
     /// The stream is over: settles an LLM call that ended early (client gone, upstream reset).
     pub(crate) fn llm_log(&mut self) {
-        let plugin = Rc::clone(&self.plugin);
-        let Some(call) = self.llm.as_mut() else {
-            return;
-        };
         let cell = OnceCell::new();
         let clock = once_clock(&cell);
-        let mut env = Env {
-            policy: &plugin.policy,
-            store: &mut SharedData,
-            now: &clock,
-        };
-        if let Some(settlement) = call.on_log(&mut env) {
+        if let Some(settlement) = self.feed(&clock, |call, env| call.on_log(env)).flatten() {
             self.count_settlement(settlement);
         }
     }

@@ -309,10 +309,11 @@ fn a_call_reset_before_its_response_is_settled_in_on_log() {
 /// call is never settled twice, and never left unsettled only to settle again in `on_log`.
 #[test]
 fn store_conflicts_and_failures_while_settling_leave_the_hold_but_never_settle_twice() {
-    for (case, conflicts, down, lands) in [
-        ("a few lost races", MAX_ATTEMPTS - 1, false, true),
-        ("every race lost", MAX_ATTEMPTS, false, false),
-        ("store down", 0, true, false),
+    for (case, conflicts, failing, lands) in [
+        ("a few lost races", MAX_ATTEMPTS - 1, None, true),
+        ("every race lost", MAX_ATTEMPTS, None, false),
+        ("the store refuses writes", 0, Some("store"), false),
+        ("the host call fails", 0, Some("host"), false),
     ] {
         let h = tollgate_with(1, &policy(""));
         let body = r#"{"model":"m","max_tokens":500,"messages":[]}"#;
@@ -320,8 +321,14 @@ fn store_conflicts_and_failures_while_settling_leave_the_hold_but_never_settle_t
         s.request_body(body.as_bytes(), true).unwrap();
         s.response_headers(&JSON, false).unwrap();
         h.store().inject_cas_conflicts(conflicts);
-        if down {
-            h.store().fail_sets(FailFor::Always);
+        let faults = h.shared().faults();
+        match failing {
+            Some("store") => h.store().fail_sets(FailFor::Always),
+            // InternalFailure from proxy_set_shared_data, as a sick host might answer.
+            Some(_) => faults
+                .fail("proxy_set_shared_data", 10, FailFor::Always)
+                .unwrap(),
+            None => {}
         }
         s.response_body(
             br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
@@ -333,6 +340,10 @@ fn store_conflicts_and_failures_while_settling_leave_the_hold_but_never_settle_t
             0,
             "{case}: every race was tried"
         );
+        if failing == Some("host") {
+            assert!(faults.injected("proxy_set_shared_data") > 0, "{case}");
+        }
+        faults.clear();
         h.store().clear_faults();
         s.finish().unwrap(); // on_log: nothing left to settle
         let estimate = prompt(body.len()) + 500;

@@ -47,10 +47,11 @@ impl Store for Flaky {
     }
 }
 
-/// One tier with one budget of `tokens` per minute; `llm` is spliced into the `llm` object.
+/// One tier with one budget of `tokens` per minute (a small table: quick to create); `llm` is
+/// spliced into the `llm` object.
 fn policy(tokens: u64, llm: &str) -> (Policy, Flaky) {
     let json = format!(
-        r#"{{"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
+        r#"{{"max_keys":64,"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
             "tokens":[{{"tokens":{tokens},"per":"minute"}}]}}],
             "llm":{{"mode":"reserve"{llm}}}}}"#
     );
@@ -72,11 +73,14 @@ fn len(body: &[u8]) -> Option<u64> {
     Some(body.len() as u64)
 }
 
-/// What the caller's budget has left now (an admission of nothing, which holds nothing).
+/// What the caller's budget has left now (an admission of nothing, which holds nothing; a
+/// budget in debt has nothing left and refuses even that).
 fn left(policy: &Policy, store: &mut Flaky) -> u64 {
     let tier = &policy.tiers()[0];
     match policy.admit_tokens(tier, USER, None, 0, T0, &mut store.inner) {
-        TokenOutcome::Admitted { decision, .. } => decision.limits[0].remaining,
+        TokenOutcome::Admitted { decision, .. } | TokenOutcome::Denied { decision } => {
+            decision.limits[0].remaining
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -691,4 +695,137 @@ fn a_store_failing_on_a_passing_body_lets_the_rest_through_rewritten_and_charges
     assert_eq!(d.log(&mut c), None);
     d.store.down = false;
     assert_eq!(d.left(), 100_000);
+}
+
+#[test]
+fn a_passing_body_refused_for_its_rewrite_after_an_early_admission_gets_its_hold_back() {
+    let (p, s) = policy(100_000, r#","buffer_limit_bytes":64"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let mut body = br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a long enough prompt"}]"#.to_vec();
+    body.extend_from_slice(br#","stream_options":{},"stream_options":{},"stream_options":{}}"#);
+    assert_eq!(
+        d.headers(&mut c, len(&body), false).verdict,
+        Verdict::Continue
+    );
+    let (head, tail) = body.split_at(70);
+    let first = d.body(&mut c, head, false);
+    assert_eq!(first.verdict, Verdict::Continue);
+    assert!(d.left() < 100_000, "held on the first chunk");
+    let step = d.body(&mut c, tail, true);
+    assert!(
+        matches!(step.verdict, Verdict::Refuse(Refusal::BadBody(_))),
+        "{step:?}"
+    );
+    assert_eq!(d.log(&mut c), None);
+    assert_eq!(d.left(), 100_000, "a refused call holds nothing");
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Splits `bytes` at `cuts` (any order, any values), as the network might.
+    fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for cut in at.into_iter().chain([bytes.len()]) {
+            out.push(bytes[from..cut].to_vec());
+            from = cut;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Whatever the framing, the budget, the answer and wherever the stream is cut, a call
+        /// settles at most once; afterwards a call that was refused or never admitted holds
+        /// nothing, and a settled one holds exactly what it was charged. Events that come after
+        /// the end (a stray chunk, a second `on_log`) change nothing.
+        #[test]
+        fn every_call_settles_at_most_once_and_holds_what_it_was_charged(
+            budget in prop_oneof![Just(60u64), Just(1_000_000u64)],
+            small_buffer in any::<bool>(),
+            hold_headers in any::<bool>(),
+            known_length in any::<bool>(),
+            prompt in 0usize..400,
+            request_cuts in proptest::collection::vec(0usize..600, 0..4),
+            answer in 0u8..4,
+            response_cuts in proptest::collection::vec(0usize..800, 0..4),
+            cut_at in proptest::option::of(0usize..10),
+        ) {
+            let buffer = if small_buffer { 64 } else { 32_768 };
+            let (p, s) = policy(
+                budget,
+                &format!(r#","buffer_limit_bytes":{buffer},"hold_headers":{hold_headers},"default_max_tokens":50"#),
+            );
+            let mut d = Drive::new(&p, s);
+            let mut c = chat();
+            let stream = answer == 0;
+            let body = format!(
+                r#"{{"model":"m","stream":{stream},"messages":[{{"role":"user","content":"{}"}}]}}"#,
+                "p".repeat(prompt)
+            );
+            let sse_body = chat_stream(true);
+            let (head, answer_bytes) = match answer {
+                0 => (sse(false), sse_body.as_bytes()),
+                1 => (json_head(len(JSON_ANSWER)), JSON_ANSWER),
+                2 => (ResponseHead { status: Some(b"429"), ..json_head(None) }, JSON_ANSWER),
+                _ => (ResponseHead { encoded: true, ..json_head(None) }, &b"\x1f\x8b\x08"[..]),
+            };
+            let mut settled = Vec::new();
+            let mut events = 0;
+            'call: {
+                let length = known_length.then_some(body.len() as u64);
+                let _ = d.headers(&mut c, length, false);
+                // Envoy offers a held body whole again with each new chunk.
+                let mut buffered = Vec::new();
+                let chunks = split(body.as_bytes(), &request_cuts);
+                for (i, chunk) in chunks.iter().enumerate() {
+                    if cut_at == Some(events) {
+                        break 'call;
+                    }
+                    events += 1;
+                    buffered.extend_from_slice(chunk);
+                    let step = d.body(&mut c, &buffered, i + 1 == chunks.len());
+                    if step.verdict != Verdict::Hold {
+                        buffered.clear();
+                    }
+                }
+                if cut_at == Some(events) {
+                    break 'call;
+                }
+                events += 1;
+                settled.extend(d.response(&mut c, head).settled);
+                let mut buffered = Vec::new();
+                let chunks = split(answer_bytes, &response_cuts);
+                for (i, chunk) in chunks.iter().enumerate() {
+                    if cut_at == Some(events) {
+                        break 'call;
+                    }
+                    events += 1;
+                    buffered.extend_from_slice(chunk);
+                    let step = d.chunk(&mut c, &buffered, i + 1 == chunks.len());
+                    if !step.hold {
+                        buffered.clear();
+                    }
+                    settled.extend(step.settled);
+                }
+            }
+            settled.extend(d.log(&mut c));
+            settled.extend(d.chunk(&mut c, b"data: [DONE]\n\n", true).settled);
+            settled.extend(d.log(&mut c));
+            prop_assert!(settled.len() <= 1, "settled {settled:?}");
+            let left = d.left();
+            match settled.first() {
+                Some(s) => prop_assert_eq!(left, budget.saturating_sub(s.charged)),
+                None => prop_assert_eq!(left, budget),
+            }
+        }
+    }
 }

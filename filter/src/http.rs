@@ -3,10 +3,10 @@
 
 use std::rc::Rc;
 
-use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
 use policy_core::tier::Tier;
+use policy_core::{decimal, headers};
 use policy_core::{Nanos, Outcome};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
@@ -321,7 +321,7 @@ impl HttpContext for Stream {
                     let _ = host::set_header(
                         MapType::HttpRequestHeaders,
                         "content-length",
-                        Some(&announced.to_string()),
+                        Some(&decimal::number(announced)),
                     );
                 }
                 stream.follow_body(settings, exact, small);
@@ -356,7 +356,7 @@ impl HttpContext for Stream {
                     self.log(
                         LogLevel::Warn,
                         &format!(
-                            "state store failed for tier {}: {error:?} (logged at most once a second per worker)",
+                            "state store failed for tier {}: {error} (logged at most once a second per worker)",
                             tier.name
                         ),
                     );
@@ -403,7 +403,7 @@ impl HttpContext for Stream {
                             let _ = host::set_header(
                                 MapType::HttpRequestHeaders,
                                 "content-length",
-                                Some(&new_body.len().to_string()),
+                                Some(&decimal::number(new_body.len() as u64)),
                             );
                         }
                     }

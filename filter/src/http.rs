@@ -3,10 +3,10 @@
 
 use std::rc::Rc;
 
-use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
 use policy_core::tier::Tier;
+use policy_core::headers;
 use policy_core::{Nanos, Outcome};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
@@ -77,11 +77,11 @@ impl HttpContext for Stream {
             Outcome::Unmatched => Action::Continue,
             Outcome::Decided {
                 tier,
+                index: i,
                 decision,
                 placement,
                 identity,
             } => {
-                let i = plugin.policy.tier_index(tier);
                 if placement == Placement::Shared {
                     plugin.metrics.count(i, Event::Saturated);
                 }
@@ -118,34 +118,29 @@ impl HttpContext for Stream {
                 }
                 self.start_llm(call, request.content_length(), end_of_stream, now)
             }
-            Outcome::Ambiguous { tier, error } => {
-                plugin
-                    .metrics
-                    .count(plugin.policy.tier_index(tier), Event::Ambiguous);
+            Outcome::Ambiguous { index, error, .. } => {
+                plugin.metrics.count(index, Event::Ambiguous);
                 reply::ambiguous(self.grpc, &error);
                 Action::Pause
             }
             Outcome::StoreFailed {
-                tier,
+                index,
                 error: TableError::Contended,
+                ..
             } => {
                 // Lost every CAS race: the key is being written as fast as we can read it. That
                 // is heavy traffic on one key, which must not turn into unmetered traffic.
-                plugin
-                    .metrics
-                    .count(plugin.policy.tier_index(tier), Event::Contended);
+                plugin.metrics.count(index, Event::Contended);
                 reply::contended(self.grpc);
                 Action::Pause
             }
-            Outcome::StoreFailed { tier, error } => {
-                plugin
-                    .metrics
-                    .count(plugin.policy.tier_index(tier), Event::StoreFailure);
+            Outcome::StoreFailed { tier, index, error } => {
+                plugin.metrics.count(index, Event::StoreFailure);
                 if plugin.warn_due(now) {
                     self.log(
                         LogLevel::Warn,
                         &format!(
-                            "state store failed for tier {}: {error:?} (logged at most once a second per worker)",
+                            "state store failed for tier {}: {error} (logged at most once a second per worker)",
                             tier.name
                         ),
                     );

@@ -174,7 +174,7 @@ impl Stream {
             let _ = host::set_header(
                 MapType::HttpRequestHeaders,
                 "content-length",
-                Some(&length.to_string()),
+                Some(&policy_core::decimal::number(length)),
             );
         }
         match step.verdict {

@@ -114,12 +114,10 @@ pub fn llm_rate_limited(
 
 /// 400 for a request whose identity is ambiguous.
 pub fn ambiguous(grpc: bool, error: &IdentityError) {
-    let header = match error {
-        IdentityError::Repeated { header } => header.as_str(),
-        _ => "",
-    };
-    let body = format!("{{\"error\":\"ambiguous_identity\",\"message\":\"identity header {header} must appear exactly once\"}}");
-    let message = format!("identity header {header} must appear exactly once");
+    // The message names a header from the policy, whose names are HTTP tokens: no quotes or
+    // backslashes to escape.
+    let message = error.to_string();
+    let body = format!("{{\"error\":\"ambiguous_identity\",\"message\":\"{message}\"}}");
     send(
         grpc,
         400,

@@ -46,7 +46,7 @@ impl RootContext for Root {
         };
         if let Err(e) = policy.init_store(&mut SharedData) {
             return refuse(&format!(
-                "$: cannot create the state table in shared data: {e:?}"
+                "$: cannot create the state table in shared data: {e}"
             ));
         }
         let (keys, bytes) = policy.footprint();

@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::error::HostError;
-use crate::imports::IMPLEMENTED_IMPORTS;
 use crate::shared_data::FailFor;
+use crate::signatures::IMPLEMENTED_IMPORTS;
 
 #[derive(Debug, Default)]
 struct Table {

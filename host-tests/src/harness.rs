@@ -375,8 +375,15 @@ impl Harness {
 
     /// Opens a stream on worker `worker` to drive step by step.
     pub fn stream(&self, worker: usize) -> Result<Stream<'_>, HostError> {
-        let id = self.worker(worker)?.create_stream()?;
-        Ok(Stream::new(self, worker, id))
+        let vm = self
+            .workers
+            .get(worker)
+            .ok_or(HostError::NoSuchWorker(worker))?;
+        let id = vm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .create_stream()?;
+        Ok(Stream::new(vm, worker, id))
     }
 
     /// Moves the clock forward by `by`, firing each worker's `proxy_on_tick` at the instants it is

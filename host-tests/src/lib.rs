@@ -51,6 +51,8 @@ pub mod plugin;
 pub mod record;
 pub mod shared;
 pub mod shared_data;
+mod signatures;
+pub mod state;
 pub mod stream;
 pub mod vm;
 
@@ -60,7 +62,6 @@ pub use error::HostError;
 pub use faults::Faults;
 pub use harness::{Harness, HarnessBuilder, Request, Response};
 pub use headers::Headers;
-pub use imports::IMPLEMENTED_IMPORTS;
 pub use metrics::Metrics;
 pub use outcome::Outcome;
 pub use plugin::Plugin;
@@ -69,5 +70,6 @@ pub use record::{
 };
 pub use shared::{Queues, Shared};
 pub use shared_data::{FailFor, SharedData, StoreStats};
+pub use signatures::IMPLEMENTED_IMPORTS;
 pub use stream::Stream;
 pub use vm::{Vm, VmOptions};

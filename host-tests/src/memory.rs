@@ -8,7 +8,7 @@
 use wasmtime::{Caller, Extern, Memory};
 
 use crate::abi::Status;
-use crate::vm::HostState;
+use crate::state::HostState;
 
 /// The caller type every import receives.
 pub(crate) type Ctx<'a> = Caller<'a, HostState>;

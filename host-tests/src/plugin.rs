@@ -9,7 +9,7 @@ use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
 use crate::error::HostError;
 use crate::imports;
-use crate::vm::HostState;
+use crate::state::HostState;
 
 /// Environment variable that overrides where [`Plugin::tollgate`] looks for the module.
 pub const TOLLGATE_WASM_ENV: &str = "TOLLGATE_WASM";

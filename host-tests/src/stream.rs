@@ -1,11 +1,13 @@
 //! Driving one HTTP stream step by step, for what a whole-request call cannot express: streamed
 //! bodies, a downstream reset halfway, several streams interleaved on one worker.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use crate::abi::Action;
 use crate::error::HostError;
-use crate::harness::Harness;
 use crate::headers::Headers;
 use crate::record::{LocalReply, Properties, StreamRecord};
+use crate::vm::Vm;
 
 impl<K: AsRef<[u8]>, V: AsRef<[u8]>> From<&[(K, V)]> for Headers {
     fn from(pairs: &[(K, V)]) -> Self {
@@ -26,18 +28,20 @@ impl<K: AsRef<[u8]>, V: AsRef<[u8]>, const N: usize> From<&[(K, V); N]> for Head
 /// like a leaked context.
 #[derive(Debug)]
 pub struct Stream<'h> {
-    harness: &'h Harness,
+    vm: &'h Mutex<Vm>,
     worker: usize,
     id: u32,
 }
 
 impl<'h> Stream<'h> {
-    pub(crate) fn new(harness: &'h Harness, worker: usize, id: u32) -> Self {
-        Self {
-            harness,
-            worker,
-            id,
-        }
+    /// Stream `id` on `vm`, which is the harness's worker number `worker`.
+    pub(crate) fn new(vm: &'h Mutex<Vm>, worker: usize, id: u32) -> Self {
+        Self { vm, worker, id }
+    }
+
+    /// Locks the stream's worker for one step.
+    fn vm(&self) -> MutexGuard<'h, Vm> {
+        self.vm.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The stream's context id.
@@ -56,23 +60,18 @@ impl<'h> Stream<'h> {
         headers: impl Into<Headers>,
         end_of_stream: bool,
     ) -> Result<Action, HostError> {
-        self.harness
-            .worker(self.worker)?
+        self.vm()
             .request_headers(self.id, headers.into(), end_of_stream)
     }
 
     /// Delivers a request body chunk.
     pub fn request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Action, HostError> {
-        self.harness
-            .worker(self.worker)?
-            .request_body(self.id, chunk, end_of_stream)
+        self.vm().request_body(self.id, chunk, end_of_stream)
     }
 
     /// Delivers request trailers.
     pub fn request_trailers(&mut self, trailers: impl Into<Headers>) -> Result<Action, HostError> {
-        self.harness
-            .worker(self.worker)?
-            .request_trailers(self.id, trailers.into())
+        self.vm().request_trailers(self.id, trailers.into())
     }
 
     /// Delivers upstream response headers.
@@ -81,8 +80,7 @@ impl<'h> Stream<'h> {
         headers: impl Into<Headers>,
         end_of_stream: bool,
     ) -> Result<Action, HostError> {
-        self.harness
-            .worker(self.worker)?
+        self.vm()
             .response_headers(self.id, headers.into(), end_of_stream)
     }
 
@@ -92,16 +90,12 @@ impl<'h> Stream<'h> {
         chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Action, HostError> {
-        self.harness
-            .worker(self.worker)?
-            .response_body(self.id, chunk, end_of_stream)
+        self.vm().response_body(self.id, chunk, end_of_stream)
     }
 
     /// Delivers response trailers.
     pub fn response_trailers(&mut self, trailers: impl Into<Headers>) -> Result<Action, HostError> {
-        self.harness
-            .worker(self.worker)?
-            .response_trailers(self.id, trailers.into())
+        self.vm().response_trailers(self.id, trailers.into())
     }
 
     /// Sets a property this stream sees.
@@ -110,24 +104,19 @@ impl<'h> Stream<'h> {
         path: &[&str],
         value: impl AsRef<[u8]>,
     ) -> Result<(), HostError> {
-        self.harness
-            .worker(self.worker)?
-            .set_stream_property(self.id, path, value);
+        self.vm().set_stream_property(self.id, path, value);
         Ok(())
     }
 
     /// Copies `properties` into this stream's.
     pub fn extend_properties(&mut self, properties: &Properties) -> Result<(), HostError> {
-        self.harness
-            .worker(self.worker)?
-            .extend_stream_properties(self.id, properties);
+        self.vm().extend_stream_properties(self.id, properties);
         Ok(())
     }
 
     /// A snapshot of what the host has seen of this stream so far.
     pub fn record(&self) -> Result<StreamRecord, HostError> {
-        self.harness
-            .worker(self.worker)?
+        self.vm()
             .stream(self.id)
             .cloned()
             .ok_or(HostError::StreamState {
@@ -148,11 +137,11 @@ impl<'h> Stream<'h> {
 
     /// Ends the stream normally: `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
     pub fn finish(self) -> Result<StreamRecord, HostError> {
-        self.harness.worker(self.worker)?.finish_stream(self.id)
+        self.vm().finish_stream(self.id)
     }
 
     /// Ends the stream as a downstream reset: straight to done/log/delete, whatever phase it is in.
     pub fn reset(self) -> Result<StreamRecord, HostError> {
-        self.harness.worker(self.worker)?.reset_stream(self.id)
+        self.vm().reset_stream(self.id)
     }
 }

@@ -10,11 +10,10 @@
 //! `x-should-retry` (whether at all); gRPC's retry policy reads `grpc-retry-pushback-ms` only.
 //! All values come from one [`Decision`], so they always agree.
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::decimal::push_u64;
+use crate::decimal::{number, push_padded, push_u64};
 use crate::decision::Decision;
 use crate::llm::cost::Cost;
 use crate::tier::Tier;
@@ -116,35 +115,39 @@ pub fn fields(tier: &Tier, d: &Decision) -> Fields {
     out
 }
 
-fn number(n: u64) -> String {
-    let mut s = String::with_capacity(20);
-    push_u64(&mut s, n);
-    s
-}
-
 /// A duration as OpenAI writes it in `x-ratelimit-reset-*` (Go's format): `6m0s`, `1.5s`,
 /// `250ms`. Rounded up to the millisecond so a client never comes back early.
 pub fn go_duration(n: Nanos) -> String {
     let ms = n.0.div_ceil(1_000_000);
+    let mut out = String::with_capacity(16);
     if ms < 1000 {
-        return format!("{ms}ms");
+        push_u64(&mut out, ms);
+        out.push_str("ms");
+        return out;
     }
     let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);
     let (sec, frac) = (rest / 1000, rest % 1000);
-    let mut out = String::new();
     if h > 0 {
-        out.push_str(&format!("{h}h"));
+        push_u64(&mut out, h);
+        out.push('h');
     }
     if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
+        push_u64(&mut out, m);
+        out.push('m');
     }
-    if frac == 0 {
-        out.push_str(&format!("{sec}s"));
-    } else {
-        let f = format!("{frac:03}");
-        out.push_str(&format!("{sec}.{}s", f.trim_end_matches('0')));
+    push_u64(&mut out, sec);
+    if frac > 0 {
+        // Milliseconds as a fraction without its trailing zeros: 500 → ".5", 50 → ".05".
+        let (mut digits, mut width) = (frac, 3);
+        while digits % 10 == 0 {
+            digits /= 10;
+            width -= 1;
+        }
+        out.push('.');
+        push_padded(&mut out, digits, width);
     }
+    out.push('s');
     out
 }
 
@@ -159,8 +162,8 @@ pub fn llm_fields(tier: &Tier, requests: Option<&Decision>, tokens: Option<&Deci
     if let Some(d) = requests.filter(|d| !d.limits.is_empty()) {
         let s = d.status();
         let limit = tier.limits.get(d.decisive).map_or(0, |l| l.rate.amount());
-        out.push(("x-ratelimit-limit-requests", format!("{limit}")));
-        out.push(("x-ratelimit-remaining-requests", format!("{}", s.remaining)));
+        out.push(("x-ratelimit-limit-requests", number(limit)));
+        out.push(("x-ratelimit-remaining-requests", number(s.remaining)));
         out.push(("x-ratelimit-reset-requests", go_duration(s.reset_after)));
     }
     if let Some(d) = tokens.filter(|d| !d.limits.is_empty()) {
@@ -170,13 +173,13 @@ pub fn llm_fields(tier: &Tier, requests: Option<&Decision>, tokens: Option<&Deci
             .get(d.decisive)
             .and_then(|i| tier.budgets.get(*i))
             .map_or(0, |b| b.rate.amount());
-        out.push(("x-ratelimit-limit-tokens", format!("{limit}")));
-        out.push(("x-ratelimit-remaining-tokens", format!("{}", s.remaining)));
+        out.push(("x-ratelimit-limit-tokens", number(limit)));
+        out.push(("x-ratelimit-remaining-tokens", number(s.remaining)));
         out.push(("x-ratelimit-reset-tokens", go_duration(s.reset_after)));
     }
     if let Some(wait) = llm_retry_after(requests, tokens) {
-        out.push(("retry-after", format!("{}", wait.as_secs_ceil())));
-        out.push(("retry-after-ms", format!("{}", wait.0.div_ceil(1_000_000))));
+        out.push(("retry-after", number(wait.as_secs_ceil())));
+        out.push(("retry-after-ms", number(wait.0.div_ceil(1_000_000))));
     }
     out
 }
@@ -315,20 +318,6 @@ const OUTPUT_TOKENS: [&str; 3] = [
     "anthropic-ratelimit-output-tokens-reset",
 ];
 
-/// Appends `n` in decimal, zero-padded to `width` digits.
-fn push_padded(out: &mut String, n: u64, width: usize) {
-    let mut digits = 1;
-    let mut rest = n / 10;
-    while rest > 0 {
-        digits += 1;
-        rest /= 10;
-    }
-    for _ in digits..width {
-        out.push('0');
-    }
-    push_u64(out, n);
-}
-
 /// Appends an instant (nanoseconds since the Unix epoch) as RFC 3339 UTC with whole seconds,
 /// rounded up (`2026-12-01T14:05:09Z`): a reset is never announced earlier than it happens.
 /// Written without `core::fmt`: it is on every response of an Anthropic route.
@@ -398,18 +387,29 @@ pub fn llm_denial_body(
             d.map_or(Nanos::ZERO, |(_, s)| s.retry_after),
         )
     };
-    let message = format!(
-        "Rate limit reached for {what} in tier {} (policy {policy}). Please try again in {}.",
-        tier.name,
-        go_duration(wait)
-    );
+    let wait = go_duration(wait);
+    let message = [
+        T("Rate limit reached for "),
+        T(what),
+        T(" in tier "),
+        T(&tier.name),
+        T(" (policy "),
+        T(policy),
+        T("). Please try again in "),
+        T(&wait),
+        T("."),
+    ];
     match style {
-        ErrorStyle::OpenAi => format!(
-            "{{\"error\":{{\"message\":\"{message}\",\"type\":\"rate_limit_exceeded\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}}}"
-        ),
-        ErrorStyle::Anthropic => format!(
-            "{{\"type\":\"error\",\"error\":{{\"type\":\"rate_limit_error\",\"message\":\"{message}\"}}}}"
-        ),
+        ErrorStyle::OpenAi => text(&[
+            &[T("{\"error\":{\"message\":\"")],
+            &message,
+            &[T("\",\"type\":\"rate_limit_exceeded\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}")],
+        ]),
+        ErrorStyle::Anthropic => text(&[
+            &[T("{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"")],
+            &message,
+            &[T("\"}}")],
+        ]),
     }
 }
 
@@ -421,23 +421,56 @@ pub fn denial_body(tier: &Tier, d: &Decision) -> String {
         .limits
         .get(d.decisive)
         .map_or(("", 0), |l| (l.name.as_str(), l.rate.amount()));
-    format!(
-        "{{\"error\":\"rate_limited\",\"message\":\"rate limit exceeded\",\"tier\":\"{}\",\"policy\":\"{}\",\"limit\":{},\"window_seconds\":{},\"retry_after_seconds\":{}}}",
-        tier.name,
-        name,
-        amount,
-        window_secs(tier, d.decisive),
-        s.retry_after.as_secs_ceil()
-    )
+    text(&[&[
+        T("{\"error\":\"rate_limited\",\"message\":\"rate limit exceeded\",\"tier\":\""),
+        T(&tier.name),
+        T("\",\"policy\":\""),
+        T(name),
+        T("\",\"limit\":"),
+        N(amount),
+        T(",\"window_seconds\":"),
+        N(window_secs(tier, d.decisive)),
+        T(",\"retry_after_seconds\":"),
+        N(s.retry_after.as_secs_ceil()),
+        T("}"),
+    ]])
 }
 
 /// The gRPC status message of a denial (sent as `grpc-message`).
 pub fn denial_grpc_message(tier: &Tier, d: &Decision) -> String {
-    format!(
-        "rate limit exceeded for tier {}; retry after {} s",
-        tier.name,
-        d.status().retry_after.as_secs_ceil()
-    )
+    text(&[&[
+        T("rate limit exceeded for tier "),
+        T(&tier.name),
+        T("; retry after "),
+        N(d.status().retry_after.as_secs_ceil()),
+        T(" s"),
+    ]])
+}
+
+/// A piece of a refusal's text: literal text, or a number written in decimal.
+enum Piece<'a> {
+    T(&'a str),
+    N(u64),
+}
+use Piece::{N, T};
+
+/// The pieces, in order, in one string allocated once: refusal bodies without `core::fmt`.
+fn text(parts: &[&[Piece<'_>]]) -> String {
+    let pieces = || parts.iter().flat_map(|p| p.iter());
+    let size = pieces()
+        .map(|p| match p {
+            T(s) => s.len(),
+            N(_) => 20,
+        })
+        .sum();
+    let mut out = String::with_capacity(size);
+    for piece in pieces() {
+        match piece {
+            T(s) => out.push_str(s),
+            N(n) => push_u64(&mut out, *n),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -651,5 +684,119 @@ mod tests {
             llm_retry_after(Some(&requests), Some(&tokens)),
             Some(Nanos(1_500_000_000))
         );
+    }
+
+    /// What `go_duration` wrote with `core::fmt` before it wrote digits itself: the oracle.
+    fn go_duration_by_fmt(n: Nanos) -> String {
+        use alloc::format;
+        let ms = n.0.div_ceil(1_000_000);
+        if ms < 1000 {
+            return format!("{ms}ms");
+        }
+        let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+        let (m, rest) = (rest / 60_000, rest % 60_000);
+        let (sec, frac) = (rest / 1000, rest % 1000);
+        let mut out = String::new();
+        if h > 0 {
+            out.push_str(&format!("{h}h"));
+        }
+        if h > 0 || m > 0 {
+            out.push_str(&format!("{m}m"));
+        }
+        if frac == 0 {
+            out.push_str(&format!("{sec}s"));
+        } else {
+            let f = format!("{frac:03}");
+            out.push_str(&format!("{sec}.{}s", f.trim_end_matches('0')));
+        }
+        out
+    }
+
+    #[test]
+    fn durations_are_written_as_core_fmt_wrote_them() {
+        assert_eq!(go_duration(Nanos(1_005_000_000)), "1.005s");
+        assert_eq!(go_duration(Nanos(1_050_000_000)), "1.05s");
+        assert_eq!(go_duration(Nanos(61_001_000_000)), "1m1.001s");
+        let mut ms = 0u64;
+        while ms < 200_000_000 {
+            for n in [ms * 1_000_000, ms * 1_000_000 + 1] {
+                assert_eq!(
+                    go_duration(Nanos(n)),
+                    go_duration_by_fmt(Nanos(n)),
+                    "{n} ns"
+                );
+            }
+            ms = ms * 3 / 2 + 7;
+        }
+        for ms in (0..3_700_000).step_by(997) {
+            let n = Nanos(ms * 1_000_000);
+            assert_eq!(go_duration(n), go_duration_by_fmt(n), "{ms} ms");
+        }
+        assert_eq!(
+            go_duration(Nanos(u64::MAX)),
+            go_duration_by_fmt(Nanos(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn refusal_texts_are_written_as_core_fmt_wrote_them() {
+        use alloc::format;
+        let (p, mut requests, mut tokens) = llm_denial();
+        let tier = &p.tiers()[0];
+        for wait in [
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            86_400_000_000_123,
+            u64::MAX,
+        ] {
+            requests.limits[0].retry_after = Nanos(wait);
+            tokens.limits[0].retry_after = Nanos(wait);
+            let secs = Nanos(wait).as_secs_ceil();
+            assert_eq!(
+                denial_grpc_message(tier, &requests),
+                format!("rate limit exceeded for tier free; retry after {secs} s")
+            );
+            assert_eq!(
+                denial_body(tier, &requests),
+                format!(
+                    "{{\"error\":\"rate_limited\",\"message\":\"rate limit exceeded\",\"tier\":\"free\",\"policy\":\"free\",\"limit\":10,\"window_seconds\":60,\"retry_after_seconds\":{secs}}}"
+                )
+            );
+            for (what, policy, requests, tokens, d) in [
+                (
+                    "tokens",
+                    &tier.budgets[0].name,
+                    Some(&requests),
+                    Some(&tokens),
+                    &tokens,
+                ),
+                (
+                    "requests",
+                    &tier.limits[0].name,
+                    Some(&requests),
+                    None,
+                    &requests,
+                ),
+            ] {
+                let message = format!(
+                    "Rate limit reached for {what} in tier free (policy {policy}). Please try again in {}.",
+                    go_duration(d.limits[0].retry_after)
+                );
+                assert_eq!(
+                    llm_denial_body(ErrorStyle::OpenAi, tier, requests, tokens),
+                    format!(
+                        "{{\"error\":{{\"message\":\"{message}\",\"type\":\"rate_limit_exceeded\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}}}"
+                    )
+                );
+                assert_eq!(
+                    llm_denial_body(ErrorStyle::Anthropic, tier, requests, tokens),
+                    format!(
+                        "{{\"type\":\"error\",\"error\":{{\"type\":\"rate_limit_error\",\"message\":\"{message}\"}}}}"
+                    )
+                );
+            }
+        }
     }
 }

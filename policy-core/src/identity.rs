@@ -42,6 +42,16 @@ pub enum IdentityError {
     },
 }
 
+impl core::fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            IdentityError::Repeated { header } => {
+                write!(f, "identity header {header} must appear exactly once")
+            }
+        }
+    }
+}
+
 impl IdentitySource {
     /// The identity bytes, `None` when the request carries none (the tier then does not apply).
     pub fn derive<A: Attributes>(&self, attrs: &A) -> Result<Option<Vec<u8>>, IdentityError> {
@@ -225,10 +235,13 @@ mod tests {
         let h: HeaderList = [("x-user-id", "a"), ("X-User-Id", "b")]
             .into_iter()
             .collect();
-        assert!(matches!(
-            header(false).derive(&h),
-            Err(IdentityError::Repeated { .. })
-        ));
+        let error = header(false).derive(&h).unwrap_err();
+        assert!(matches!(error, IdentityError::Repeated { .. }));
+        // What the refused client and the operator read.
+        assert_eq!(
+            alloc::string::ToString::to_string(&error),
+            "identity header x-user-id must appear exactly once"
+        );
     }
 
     #[test]

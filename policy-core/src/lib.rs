@@ -21,7 +21,7 @@ extern crate std;
 pub mod bucket;
 pub mod budget;
 pub mod config;
-mod decimal;
+pub mod decimal;
 pub mod decision;
 pub mod hash;
 pub mod headers;

@@ -60,6 +60,8 @@ pub enum Outcome<'p> {
     Decided {
         /// The tier.
         tier: &'p Tier,
+        /// Its position in [`Policy::tiers`], which per-tier state (metrics) is kept by.
+        index: usize,
         /// The decision.
         decision: Decision,
         /// How the caller's key found its slot (`Shared` means the table is saturated there).
@@ -71,6 +73,8 @@ pub enum Outcome<'p> {
     Ambiguous {
         /// The tier whose identity could not be read.
         tier: &'p Tier,
+        /// Its position in [`Policy::tiers`].
+        index: usize,
         /// Why.
         error: IdentityError,
     },
@@ -78,6 +82,8 @@ pub enum Outcome<'p> {
     StoreFailed {
         /// The tier.
         tier: &'p Tier,
+        /// Its position in [`Policy::tiers`].
+        index: usize,
         /// What failed.
         error: TableError,
     },
@@ -101,14 +107,6 @@ impl Policy {
     /// The LLM settings, when any tier has token budgets.
     pub fn llm(&self) -> Option<&LlmSettings> {
         self.llm.as_ref()
-    }
-
-    /// Index of a tier of this policy.
-    pub fn tier_index(&self, tier: &Tier) -> usize {
-        self.tiers
-            .iter()
-            .position(|t| core::ptr::eq(t, tier))
-            .unwrap_or(0)
     }
 
     /// Admits an LLM request against the tier's token budgets that apply to `model`.
@@ -311,14 +309,14 @@ impl Policy {
         now: Nanos,
         store: &mut S,
     ) -> Outcome<'_> {
-        for tier in &self.tiers {
+        for (index, tier) in self.tiers.iter().enumerate() {
             if !tier.matches(attrs) {
                 continue;
             }
             let id = match tier.identity.derive(attrs) {
                 Ok(Some(id)) => id,
                 Ok(None) => continue,
-                Err(error) => return Outcome::Ambiguous { tier, error },
+                Err(error) => return Outcome::Ambiguous { tier, index, error },
             };
             let slot = self
                 .seed
@@ -333,6 +331,7 @@ impl Policy {
                 // A token-only tier: nothing to count per request.
                 return Outcome::Decided {
                     tier,
+                    index,
                     decision: Decision::from_limits(Vec::new()),
                     placement: Placement::Owned,
                     identity: id,
@@ -342,11 +341,12 @@ impl Policy {
             return match tier.table.update(store, slot, is_idle, decide) {
                 Ok((decision, placement)) => Outcome::Decided {
                     tier,
+                    index,
                     decision,
                     placement,
                     identity: id,
                 },
-                Err(error) => Outcome::StoreFailed { tier, error },
+                Err(error) => Outcome::StoreFailed { tier, index, error },
             };
         }
         Outcome::Unmatched
@@ -528,6 +528,51 @@ mod tests {
             .into_iter()
             .collect();
         assert!(matches!(p.check(&h, T0, &mut s), Outcome::Ambiguous { .. }));
+    }
+
+    /// A store whose every operation fails.
+    struct DeadStore;
+
+    impl Store for DeadStore {
+        fn get(&mut self, _: &str) -> Result<Option<crate::store::Versioned>, StoreError> {
+            Err(StoreError::Unavailable)
+        }
+        fn set(
+            &mut self,
+            _: &str,
+            _: &[u8],
+            _: Option<crate::store::Cas>,
+        ) -> Result<(), StoreError> {
+            Err(StoreError::Unavailable)
+        }
+    }
+
+    /// The filter counts per-tier metrics by the index an outcome carries: it must be the
+    /// tier's own position whatever the outcome, not a default (tier 0 is `premium` here).
+    #[test]
+    fn every_outcome_carries_its_tiers_position() {
+        let (p, mut s) = setup();
+        let position = |tier: &Tier| p.tiers().iter().position(|t| t.name == tier.name);
+        let requests: [&[(&str, &str)]; 3] =
+            [&[("x-api-key", "premium-1")], &[("x-user-id", "u")], &[]];
+        for (want, headers) in requests.into_iter().enumerate() {
+            let h: HeaderList = headers.iter().copied().collect();
+            let Outcome::Decided { tier, index, .. } = p.check(&h, T0, &mut s) else {
+                panic!("{headers:?} not decided");
+            };
+            assert_eq!((index, position(tier)), (want, Some(want)), "{headers:?}");
+            let Outcome::StoreFailed { tier, index, .. } = p.check(&h, T0, &mut DeadStore) else {
+                panic!("{headers:?}: a dead store is a store failure");
+            };
+            assert_eq!((index, position(tier)), (want, Some(want)), "{headers:?}");
+        }
+        let h: HeaderList = [("x-user-id", "a"), ("x-user-id", "b")]
+            .into_iter()
+            .collect();
+        let Outcome::Ambiguous { tier, index, .. } = p.check(&h, T0, &mut s) else {
+            panic!("a repeated identity header is ambiguous");
+        };
+        assert_eq!((index, tier.name.as_str()), (1, "authenticated"));
     }
 
     #[test]

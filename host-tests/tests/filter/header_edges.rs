@@ -12,6 +12,28 @@ fn admitted(h: &Harness, n: usize, request: impl Fn(usize) -> Request) -> usize 
         .count()
 }
 
+/// Counted against the tier whose identity was ambiguous (the second of three), with the
+/// error's own text as the message.
+#[test]
+fn an_ambiguous_identity_is_counted_against_its_own_tier() {
+    let h = tollgate_with(1, TASK_API);
+    let out = h
+        .request(0, &[("x-user-id", "alice"), ("x-user-id", "bob")])
+        .unwrap();
+    assert_eq!(
+        json(&out)["message"],
+        "identity header x-user-id must appear exactly once"
+    );
+    h.advance(std::time::Duration::from_secs(1)).unwrap();
+    let counter = |tier: &str| {
+        h.metrics()
+            .value(&format!("tollgate.{tier}.ambiguous_identity"))
+    };
+    assert_eq!(counter("authenticated"), Some(1));
+    assert_eq!(counter("premium"), Some(0));
+    assert_eq!(counter("anonymous"), Some(0));
+}
+
 #[test]
 fn a_repeated_identity_header_is_refused_as_ambiguous() {
     let h = tollgate_with(2, TASK_API);

@@ -56,6 +56,35 @@ fn a_conflict_storm_beyond_the_retry_bound_is_refused_not_let_through() {
     assert_eq!(counter("allowed"), Some(100));
 }
 
+/// Counted against the tier whose store failed (the second of three), and logged with the
+/// error's text, not its Rust name.
+#[test]
+fn a_store_failure_is_counted_against_its_own_tier_and_logged_readably() {
+    let h = tollgate_with(1, TASK_API);
+    h.store().fail_gets(FailFor::Always);
+    for _ in 0..3 {
+        assert!(send_as(&h, 0, "alice").unwrap().is_continue());
+    }
+    let warning = h
+        .all_logs()
+        .unwrap()
+        .into_iter()
+        .find(|l| l.message.contains("state store failed"))
+        .map(|l| l.message);
+    assert_eq!(
+        warning.as_deref(),
+        Some("tollgate[2]: state store failed for tier authenticated: shared data refused the read or the write (logged at most once a second per worker)")
+    );
+    h.advance(std::time::Duration::from_secs(1)).unwrap();
+    let counter = |tier: &str| {
+        h.metrics()
+            .value(&format!("tollgate.{tier}.store_failures"))
+    };
+    assert_eq!(counter("authenticated"), Some(3));
+    assert_eq!(counter("premium"), Some(0));
+    assert_eq!(counter("anonymous"), Some(0));
+}
+
 #[test]
 fn a_failing_store_lets_requests_through_by_default() {
     let h = tollgate_with(2, TASK_API);

@@ -7,17 +7,22 @@
 //! those pieces (a one-byte piece per write is every boundary there is). After each piece
 //! [`PacedBody`] therefore answers `Pending` once (waking itself at once): hyper flushes that
 //! piece — and the chunk framing around it — before it gets the next.
+//!
+//! The pauses between pieces are timed by a thread of the body's own that sleeps and hands the
+//! pieces over, not by tokio's timer: the timer counts whole milliseconds and rounds up, so a
+//! 1 ms pause took about 2 ms and a one-byte-per-write stream twice as long as the thread-based
+//! server before it (measured: 4.2 s instead of 2.2 s for 1,974 one-byte pieces).
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use tokio::time::Sleep;
+use tokio::sync::mpsc;
 
 use crate::response::{Body, Pieces, Response};
 
@@ -37,20 +42,45 @@ impl std::error::Error for CutShort {}
 /// A response body sent piece by piece; see the module documentation.
 #[derive(Debug)]
 pub struct PacedBody {
-    /// What is left to send (non-empty pieces only, already limited to `cut_after`).
-    pieces: VecDeque<Bytes>,
+    /// Where the pieces come from (non-empty pieces only, already limited to `cut_after`).
+    source: Source,
     /// `Some(n)`: `content-length: n` (all the pieces, even when cut); `None`: chunked.
     length: Option<u64>,
-    /// Pause between pieces.
-    delay: Duration,
     /// After the last piece, fail instead of ending the body.
     cut: bool,
-    /// A piece has gone out; pause before the next.
-    started: bool,
+    /// Every piece has gone out.
+    exhausted: bool,
     /// A piece was just handed to hyper: answer `Pending` once so that hyper flushes it.
     just_sent: bool,
-    /// The running pause, if any.
-    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// Where a [`PacedBody`]'s pieces come from.
+#[derive(Debug)]
+enum Source {
+    /// All at hand, sent one after the other (still each in a write of its own).
+    Ready(VecDeque<Bytes>),
+    /// Handed over by a pacing thread, a pause apart; the channel closes after the last.
+    Paced(mpsc::Receiver<Bytes>),
+}
+
+/// Starts a thread that hands `pieces` over `delay` apart (the first at once); `None` if no
+/// thread can be started.
+fn pace(pieces: VecDeque<Bytes>, delay: Duration) -> Option<mpsc::Receiver<Bytes>> {
+    let (tx, rx) = mpsc::channel(1);
+    let spawned = thread::Builder::new()
+        .name("paced-body".into())
+        .spawn(move || {
+            for (i, piece) in pieces.into_iter().enumerate() {
+                if i > 0 {
+                    thread::sleep(delay);
+                }
+                // An error: the response was dropped (the client went away); stop.
+                if tx.blocking_send(piece).is_err() {
+                    return;
+                }
+            }
+        });
+    spawned.ok().map(|_| rx)
 }
 
 impl PacedBody {
@@ -74,19 +104,30 @@ impl PacedBody {
 
     fn new(spec: Pieces, length: Option<u64>) -> Self {
         let limit = spec.cut_after.unwrap_or(usize::MAX);
+        let pieces: VecDeque<Bytes> = spec
+            .pieces
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .take(limit)
+            .collect();
+        let source = if spec.delay.is_zero() || pieces.len() < 2 {
+            Source::Ready(pieces)
+        } else {
+            // `Bytes` clones share their buffer: keeping a copy costs a few pointers.
+            match pace(pieces.clone(), spec.delay) {
+                Some(rx) => Source::Paced(rx),
+                None => {
+                    eprintln!("tollgate-upstream: no thread to pace a body; sending it unpaced");
+                    Source::Ready(pieces)
+                }
+            }
+        };
         Self {
-            pieces: spec
-                .pieces
-                .into_iter()
-                .filter(|p| !p.is_empty())
-                .take(limit)
-                .collect(),
+            source,
             length,
-            delay: spec.delay,
             cut: spec.cut_after.is_some(),
-            started: false,
+            exhausted: false,
             just_sent: false,
-            sleep: None,
         }
     }
 }
@@ -106,31 +147,31 @@ impl http_body::Body for PacedBody {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if this.pieces.is_empty() {
-            return Poll::Ready(this.cut.then_some(Err(CutShort)));
-        }
-        if this.started && !this.delay.is_zero() {
-            let delay = this.delay;
-            let sleep = this
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+        if !this.exhausted {
+            let next = match &mut this.source {
+                Source::Ready(pieces) => pieces.pop_front(),
+                Source::Paced(rx) => match rx.poll_recv(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(next) => next,
+                },
+            };
+            match next {
+                Some(piece) => {
+                    this.just_sent = true;
+                    return Poll::Ready(Some(Ok(Frame::data(piece))));
+                }
+                None => this.exhausted = true,
             }
-            this.sleep = None;
         }
-        match this.pieces.pop_front() {
-            Some(piece) => {
-                this.started = true;
-                this.just_sent = true;
-                Poll::Ready(Some(Ok(Frame::data(piece))))
-            }
-            None => Poll::Ready(None),
-        }
+        Poll::Ready(this.cut.then_some(Err(CutShort)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pieces.is_empty() && !self.cut && !self.just_sent
+        let empty = match &self.source {
+            Source::Ready(pieces) => pieces.is_empty(),
+            Source::Paced(_) => self.exhausted,
+        };
+        empty && !self.cut && !self.just_sent
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -196,6 +237,21 @@ mod tests {
             "two"
         );
         assert_eq!(body.frame().await.unwrap().unwrap_err(), CutShort);
+    }
+
+    #[tokio::test]
+    async fn paced_pieces_come_a_pause_apart() {
+        let mut pieces = spec(&["a", "b", "c"], None, true);
+        pieces.delay = Duration::from_millis(30);
+        let mut body = PacedBody::paced(pieces);
+        let started = std::time::Instant::now();
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(frames, ["a", "b", "c"]);
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(60), "{elapsed:?}");
     }
 
     #[tokio::test]

@@ -4,9 +4,14 @@
 //! hyper's HTTP/1 dispatcher keeps polling a body for frames while they are ready and writes
 //! them out together (one `writev`) when the body is pending. An LLM mock must instead send
 //! each piece on its own, as a real streaming API does, so that a proxy sees the stream in
-//! those pieces (a one-byte piece per write is every boundary there is). After each piece
-//! [`PacedBody`] therefore answers `Pending` once (waking itself at once): hyper flushes that
-//! piece — and the chunk framing around it — before it gets the next.
+//! those pieces (a one-byte piece per write is every boundary there is). After each piece of a
+//! paced body [`PacedBody`] therefore answers `Pending` once (waking itself at once): hyper
+//! flushes that piece — and the chunk framing around it — before it gets the next. That is a
+//! write and a trip through tokio's scheduler per piece: a 13-event chat stream costs the server
+//! about 110 µs of CPU, where hyper left to batch the events would spend 35 µs and the
+//! thread-per-connection server before this one spent 85 µs (its own write per event too;
+//! measured with wrk on the shared 2-vCPU machine). A whole body is one piece and goes out with
+//! its head.
 //!
 //! The pauses between pieces are timed by a thread of the body's own that sleeps and hands the
 //! pieces over, not by tokio's timer: the timer counts whole milliseconds and rounds up, so a
@@ -52,6 +57,8 @@ pub struct PacedBody {
     exhausted: bool,
     /// A piece was just handed to hyper: answer `Pending` once so that hyper flushes it.
     just_sent: bool,
+    /// Pieces are to leave one write each (a paced body; a whole body is one piece anyway).
+    separate: bool,
 }
 
 /// Where a [`PacedBody`]'s pieces come from.
@@ -87,13 +94,14 @@ impl PacedBody {
     /// A body of `whole`, sent at once with its length.
     pub fn whole(whole: Bytes) -> Self {
         let length = whole.len() as u64;
-        Self::new(
-            Pieces {
-                pieces: vec![whole],
-                ..Pieces::default()
-            },
-            Some(length),
-        )
+        let pieces = Pieces {
+            pieces: vec![whole],
+            ..Pieces::default()
+        };
+        Self {
+            separate: false,
+            ..Self::new(pieces, Some(length))
+        }
     }
 
     /// A body of `pieces`, chunked or with the length of all of them as they ask.
@@ -128,6 +136,7 @@ impl PacedBody {
             cut: spec.cut_after.is_some(),
             exhausted: false,
             just_sent: false,
+            separate: true,
         }
     }
 }
@@ -157,7 +166,7 @@ impl http_body::Body for PacedBody {
             };
             match next {
                 Some(piece) => {
-                    this.just_sent = true;
+                    this.just_sent = this.separate;
                     return Poll::Ready(Some(Ok(Frame::data(piece))));
                 }
                 None => this.exhausted = true,
@@ -255,8 +264,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_pending_once_after_each_piece() {
+    async fn a_whole_body_ends_with_its_one_piece() {
         let mut body = PacedBody::whole(Bytes::from_static(b"{}"));
+        assert_eq!(body.size_hint().exact(), Some(2));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut body = Pin::new(&mut body);
+        assert!(matches!(
+            body.as_mut().poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(body.is_end_stream(), "hyper ends it in the same write");
+    }
+
+    #[tokio::test]
+    async fn answers_pending_once_after_each_piece() {
+        let mut body = PacedBody::paced(spec(&["{}"], None, false));
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut body = Pin::new(&mut body);

@@ -1231,7 +1231,7 @@ def test_the_openai_sdks_usual_stream_loop_works_through_tollgate(request, envoy
 
 
 def traffic(mock: str) -> dict[str, int]:
-    """What the mock has received so far: request heads and bytes (examples/upstream server.rs)."""
+    """What the mock has received so far: heads, bytes (examples/upstream/src/traffic.rs)."""
     status, text = _get(f"http://{mock}/__mock/traffic")
     assert status == 200, text
     return json.loads(text)

@@ -7,10 +7,10 @@
 //! Prints `listening on <addr>` on stderr once the socket is bound (so `--listen 127.0.0.1:0`
 //! can be used and the port read back).
 
-use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use tokio::net::TcpListener;
 use tollgate_upstream::llm::LlmMock;
 use tollgate_upstream::server::{serve, Handler, ServerConfig};
 use tollgate_upstream::task_api::{ApiVersion, TaskApi};
@@ -70,7 +70,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match TcpListener::bind(&args.listen) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tollgate-upstream: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let listener = match TcpListener::bind(&args.listen).await {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("tollgate-upstream: cannot listen on {}: {e}", args.listen);
@@ -90,7 +104,7 @@ fn main() -> ExitCode {
         );
         Arc::new(TaskApi::new(args.version))
     };
-    match serve(&listener, handler, ServerConfig::default()) {
+    match serve(listener, handler, ServerConfig::default()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tollgate-upstream: {e}");

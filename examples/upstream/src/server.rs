@@ -1,82 +1,33 @@
-//! Thread-per-connection HTTP/1.1 server: `std::net` and OS threads, no async runtime.
+//! The HTTP/1.1 server: tokio accepts, hyper speaks HTTP, one task per connection.
 //!
-//! Connections are persistent (Envoy keeps a pool of upstream connections and reuses them), bounded
-//! in number, and closed after an idle timeout. Every read is bounded by [`Limits`].
+//! Connections are persistent (Envoy keeps a pool of upstream connections and reuses them),
+//! bounded in number, and closed when no request head arrives for [`ServerConfig::idle_timeout`].
+//! hyper bounds the head ([`ServerConfig::max_header_bytes`], [`ServerConfig::max_headers`]:
+//! 431 beyond them) and answers a malformed one with 400 itself; the body is read whole, bounded
+//! by [`ServerConfig::max_body_bytes`] (413), before the handler sees the request.
 
-use std::io::{self, BufReader, BufWriter, Read};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::convert::Infallible;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
-use crate::http::{read_request, write_response, Limits, ReadError, Request, Response};
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
 
-/// `GET` here answers what the server has received so far, as JSON:
-/// `{"requests": N, "completed": N, "bytes_received": N}` — every request whose head arrived
-/// (complete or not), those that arrived whole (and were answered), and every byte read from
-/// any connection; requests to this path excluded. A test reads it
-/// before and after a call to see what a proxy let through to the upstream (nothing at all, or
-/// only part of a body), not only what the client got.
-pub const TRAFFIC_PATH: &str = "/__mock/traffic";
+use crate::request::Request;
+use crate::response::Response;
+use crate::traffic::{Connection, CountingIo, Traffic, TRAFFIC_PATH};
+use crate::writer::{to_hyper, PacedBody};
 
-/// Requests whose head was read (admin requests excluded).
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
-/// Requests read whole (admin requests excluded).
-static COMPLETED: AtomicU64 = AtomicU64::new(0);
-/// Bytes read from all connections (admin requests excluded).
-static RECEIVED: AtomicU64 = AtomicU64::new(0);
-
-/// Counts every byte read from a connection, into [`RECEIVED`] and for the connection.
-struct Counting<R> {
-    inner: R,
-    read: u64,
-    /// A request head (at least its first byte) arrived since the last complete request.
-    started: bool,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let n64 = n as u64;
-        self.read += n64;
-        RECEIVED.fetch_add(n64, Ordering::SeqCst);
-        if n > 0 && !self.started {
-            self.started = true;
-            REQUESTS.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(n)
-    }
-}
-
-fn traffic() -> Response {
-    Response::json(
-        200,
-        format!(
-            r#"{{"requests":{},"completed":{},"bytes_received":{}}}"#,
-            REQUESTS.load(Ordering::SeqCst),
-            COMPLETED.load(Ordering::SeqCst),
-            RECEIVED.load(Ordering::SeqCst)
-        ),
-    )
-}
-
-/// How the request body was framed, echoed as `x-mock-saw-framing` so a test sees what a
-/// proxy sent: `content-length: N`, `chunked`, or `none`.
-fn framing(request: &Request) -> String {
-    if request
-        .header("transfer-encoding")
-        .is_some_and(|t| t.to_ascii_lowercase().contains("chunked"))
-    {
-        "chunked".into()
-    } else if let Some(n) = request.header("content-length") {
-        format!("content-length: {n}")
-    } else {
-        "none".into()
-    }
-}
-
-/// Something that answers requests: the Task API today, the LLM mock later.
+/// Something that answers requests: the Task API or the LLM mock.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request. Must not panic; errors are responses (4xx/5xx).
     fn handle(&self, request: &Request) -> Response;
@@ -85,130 +36,173 @@ pub trait Handler: Send + Sync + 'static {
 /// Server settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerConfig {
-    /// Per-request parsing bounds.
-    pub limits: Limits,
-    /// Connections served at once; more are answered with 503 and closed.
+    /// Request line plus header fields, in bytes (hyper answers 431 beyond).
+    pub max_header_bytes: usize,
+    /// Number of header fields (hyper answers 431 beyond).
+    pub max_headers: usize,
+    /// Decoded body size, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
-    /// A connection with no complete request for this long is closed. Longer than anything
-    /// the tests do, so Envoy never races a close on a pooled connection.
+    /// A connection with no request head for this long is closed, and a body that stalls this
+    /// long is given up. Longer than anything the tests do, so Envoy never races a close on a
+    /// pooled connection.
     pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            limits: Limits::default(),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1024 * 1024,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(600),
         }
     }
 }
 
-/// Accepts connections on `listener` forever, one thread each.
-pub fn serve(
-    listener: &TcpListener,
+/// A server: its handler, settings and traffic counters.
+struct Server {
+    handler: Arc<dyn Handler>,
+    config: ServerConfig,
+    traffic: Arc<Traffic>,
+    active: AtomicUsize,
+}
+
+/// Accepts connections on `listener` until the process ends, one task each.
+pub async fn serve(
+    listener: TcpListener,
     handler: Arc<dyn Handler>,
     config: ServerConfig,
 ) -> io::Result<()> {
-    let active = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(stream) => stream,
+    let server = Arc::new(Server {
+        handler,
+        config,
+        traffic: Arc::new(Traffic::default()),
+        active: AtomicUsize::new(0),
+    });
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             // Per-connection accept errors (ECONNABORTED, EMFILE, ...) must not stop the server.
             Err(e) => {
                 eprintln!("tollgate-upstream: accept failed: {e}");
-                thread::sleep(Duration::from_millis(10));
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        let slot = ConnectionSlot::acquire(&active, config.max_connections);
-        let handler = Arc::clone(&handler);
-        let spawned = thread::Builder::new()
-            .name("conn".into())
-            .spawn(move || match slot {
-                Some(_slot) => serve_connection(stream, handler.as_ref(), &config),
-                None => refuse(stream),
-            });
-        if let Err(e) = spawned {
-            eprintln!("tollgate-upstream: cannot spawn a connection thread: {e}");
-        }
+        let server = Arc::clone(&server);
+        tokio::spawn(async move { server.connection(stream).await });
     }
-    Ok(())
 }
 
 /// Counts a live connection; released on drop.
-struct ConnectionSlot(Arc<AtomicUsize>);
+struct Slot<'a>(&'a AtomicUsize);
 
-impl ConnectionSlot {
-    fn acquire(active: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        let previous = active.fetch_add(1, Ordering::AcqRel);
-        let slot = Self(Arc::clone(active));
-        (previous < max).then_some(slot)
-    }
-}
-
-impl Drop for ConnectionSlot {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-fn refuse(stream: TcpStream) {
-    let response = Response::json(503, r#"{"error":"too_many_connections"}"#);
-    let mut out = BufWriter::new(&stream);
-    let _ = write_response(&mut out, &response, false, false);
-    drop(out);
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-fn serve_connection(stream: TcpStream, handler: &dyn Handler, config: &ServerConfig) {
-    let _ = stream.set_nodelay(true);
-    if stream.set_read_timeout(Some(config.idle_timeout)).is_err() {
-        return;
-    }
-    let mut reader = BufReader::new(Counting {
-        inner: &stream,
-        read: 0,
-        started: false,
-    });
-    let mut writer = BufWriter::new(&stream);
-    loop {
-        let before = reader.get_ref().read - reader.buffer().len() as u64;
-        let result = read_request(&mut reader, &config.limits);
-        // What the next request already has in the buffer counts as started by it.
-        let counting = reader.get_mut();
-        counting.started = false;
-        match result {
-            Ok(request) => {
-                let response = if request.path() == TRAFFIC_PATH {
-                    let after = reader.get_ref().read - reader.buffer().len() as u64;
-                    RECEIVED.fetch_sub(after - before, Ordering::SeqCst);
-                    REQUESTS.fetch_sub(1, Ordering::SeqCst);
-                    traffic()
-                } else {
-                    COMPLETED.fetch_add(1, Ordering::SeqCst);
-                    let framing = framing(&request);
-                    handler
-                        .handle(&request)
-                        .with_header("x-mock-saw-framing", framing)
-                };
-                let keep_alive = request.keep_alive();
-                let head_only = request.method == "HEAD";
-                if write_response(&mut writer, &response, keep_alive, head_only).is_err()
-                    || !keep_alive
-                {
-                    break;
+impl Server {
+    async fn connection(self: Arc<Self>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let previous = self.active.fetch_add(1, Ordering::AcqRel);
+        let _slot = Slot(&self.active);
+        let refuse = previous >= self.config.max_connections;
+        let counted = Connection::new(Arc::clone(&self.traffic));
+        let io = TokioIo::new(CountingIo::new(stream, Arc::clone(&counted)));
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.idle_timeout)
+            .max_header_size(self.config.max_header_bytes)
+            .max_headers(self.config.max_headers)
+            // The responses are reproducible byte for byte, as before: no `date`.
+            .auto_date_header(false)
+            .keep_alive(!refuse);
+        let server = Arc::clone(&self);
+        let service = service_fn(move |request| {
+            let server = Arc::clone(&server);
+            let counted = Arc::clone(&counted);
+            async move {
+                if refuse {
+                    let body = br#"{"error":"too_many_connections"}"#;
+                    return Ok::<_, Infallible>(to_hyper(Response::json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Bytes::from_static(body),
+                    )));
                 }
+                Ok(server.answer(request, &counted).await)
             }
-            Err(ReadError::Closed | ReadError::Io(_)) => break,
-            Err(ReadError::Rejected { status, reason }) => {
-                let body =
-                    format!(r#"{{"error":"bad_request","status":{status},"reason":"{reason}"}}"#);
-                let _ = write_response(&mut writer, &Response::json(status, body), false, false);
-                break;
+        });
+        // A connection ends in an error when the peer goes away mid-request or a response is
+        // cut on purpose; neither is the server's problem, so neither is logged.
+        let _ = builder.serve_connection(io, service).await;
+    }
+
+    async fn answer(
+        &self,
+        request: hyper::Request<Incoming>,
+        counted: &Connection,
+    ) -> http::Response<PacedBody> {
+        let admin = request.uri().path() == TRAFFIC_PATH;
+        counted.head(admin);
+        let (parts, body) = request.into_parts();
+        let body = match self.read_body(body).await {
+            Ok(body) => body,
+            Err(status) => return to_hyper(bad_request(status)),
+        };
+        counted.body_read(admin);
+        if admin {
+            return to_hyper(Response::json_of(StatusCode::OK, &self.traffic.snapshot()));
+        }
+        let request = Request {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+        };
+        let response = self
+            .handler
+            .handle(&request)
+            .with_header("x-mock-saw-framing", request.framing());
+        if !response.delay.is_zero() {
+            tokio::time::sleep(response.delay).await;
+        }
+        to_hyper(response)
+    }
+
+    /// The whole body, or the status to refuse it with.
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, StatusCode> {
+        let limited = Limited::new(body, self.config.max_body_bytes);
+        match tokio::time::timeout(self.config.idle_timeout, limited.collect()).await {
+            Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(StatusCode::PAYLOAD_TOO_LARGE)
             }
+            // The peer went away or broke the framing; this answer likely never arrives.
+            Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
         }
     }
-    drop(writer);
-    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Why a request was refused before its handler saw it.
+#[derive(Debug, Serialize)]
+struct Refusal {
+    error: &'static str,
+    status: u16,
+    reason: &'static str,
+}
+
+fn bad_request(status: StatusCode) -> Response {
+    let refusal = Refusal {
+        error: "bad_request",
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or("refused"),
+    };
+    Response::json_of(status, &refusal).with_header("connection", "close")
 }

@@ -7,7 +7,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::http::{Request, Response};
+use http::{Method, StatusCode};
+use serde::Serialize;
+
+use crate::request::Request;
+use crate::response::Response;
 use crate::server::Handler;
 
 /// Version of the Task API.
@@ -98,6 +102,58 @@ const TASKS: &[Task] = &[
     },
 ];
 
+/// A task as v1 shows it.
+#[derive(Serialize)]
+struct TaskV1 {
+    id: u32,
+    title: &'static str,
+    done: bool,
+}
+
+/// A task as v2 shows it.
+#[derive(Serialize)]
+struct TaskV2 {
+    id: u32,
+    title: &'static str,
+    status: &'static str,
+    priority: &'static str,
+    tags: &'static [&'static str],
+}
+
+/// `GET /api/v1/tasks` (fields in this order on the wire: tests read `{"version":…,"tasks":[`).
+#[derive(Serialize)]
+struct ListV1 {
+    version: ApiVersion,
+    tasks: Vec<TaskV1>,
+}
+
+/// `GET /api/v2/tasks`: a cursor too (always `null`: the list is short).
+#[derive(Serialize)]
+struct ListV2 {
+    version: ApiVersion,
+    tasks: Vec<TaskV2>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /healthz`.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: ApiVersion,
+}
+
+/// An error body: `{"error":"not_found"}`.
+#[derive(Serialize)]
+struct Error {
+    error: &'static str,
+}
+
+impl Serialize for ApiVersion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// The Task API handler.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskApi {
@@ -111,35 +167,40 @@ impl TaskApi {
     }
 
     fn tasks(&self, version: ApiVersion) -> Response {
-        let items: Vec<String> = TASKS
-            .iter()
-            .map(|t| match version {
-                ApiVersion::V1 => format!(
-                    r#"{{"id":{},"title":"{}","done":{}}}"#,
-                    t.id, t.title, t.done
-                ),
-                ApiVersion::V2 => {
-                    let tags: Vec<String> = t.tags.iter().map(|tag| format!("\"{tag}\"")).collect();
-                    format!(
-                        r#"{{"id":{},"title":"{}","status":"{}","priority":"{}","tags":[{}]}}"#,
-                        t.id,
-                        t.title,
-                        if t.done { "done" } else { "open" },
-                        t.priority,
-                        tags.join(",")
-                    )
-                }
-            })
-            .collect();
-        let extra = match version {
-            ApiVersion::V1 => "",
-            ApiVersion::V2 => r#","next_cursor":null"#,
+        let response = match version {
+            ApiVersion::V1 => Response::json_of(
+                StatusCode::OK,
+                &ListV1 {
+                    version,
+                    tasks: TASKS
+                        .iter()
+                        .map(|t| TaskV1 {
+                            id: t.id,
+                            title: t.title,
+                            done: t.done,
+                        })
+                        .collect(),
+                },
+            ),
+            ApiVersion::V2 => Response::json_of(
+                StatusCode::OK,
+                &ListV2 {
+                    version,
+                    tasks: TASKS
+                        .iter()
+                        .map(|t| TaskV2 {
+                            id: t.id,
+                            title: t.title,
+                            status: if t.done { "done" } else { "open" },
+                            priority: t.priority,
+                            tags: t.tags,
+                        })
+                        .collect(),
+                    next_cursor: None,
+                },
+            ),
         };
-        let body = format!(
-            r#"{{"version":"{version}","tasks":[{}]{extra}}}"#,
-            items.join(",")
-        );
-        self.respond(Response::json(200, body))
+        self.respond(response)
     }
 
     fn respond(&self, response: Response) -> Response {
@@ -155,20 +216,27 @@ impl Handler for TaskApi {
             "/api/v2/tasks" => Some(ApiVersion::V2),
             "/healthz" => None,
             _ => {
-                return self.respond(Response::json(404, r#"{"error":"not_found"}"#));
+                let body = Error { error: "not_found" };
+                return self.respond(Response::json_of(StatusCode::NOT_FOUND, &body));
             }
         };
-        if request.method != "GET" && request.method != "HEAD" {
+        if request.method != Method::GET && request.method != Method::HEAD {
+            let body = Error {
+                error: "method_not_allowed",
+            };
             return self.respond(
-                Response::json(405, r#"{"error":"method_not_allowed"}"#)
+                Response::json_of(StatusCode::METHOD_NOT_ALLOWED, &body)
                     .with_header("allow", "GET, HEAD"),
             );
         }
         match version {
             Some(version) => self.tasks(version),
-            None => self.respond(Response::json(
-                200,
-                format!(r#"{{"status":"ok","version":"{}"}}"#, self.version),
+            None => self.respond(Response::json_of(
+                StatusCode::OK,
+                &Health {
+                    status: "ok",
+                    version: self.version,
+                },
             )),
         }
     }
@@ -177,44 +245,48 @@ impl Handler for TaskApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Version;
 
-    fn get(path: &str) -> Request {
-        Request {
-            method: "GET".into(),
-            target: path.into(),
-            version: Version::Http11,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+    fn get(path: &'static str) -> Request {
+        Request::new(Method::GET, http::Uri::from_static(path))
     }
 
-    fn body(response: &Response) -> &str {
-        std::str::from_utf8(&response.body).unwrap()
+    fn body(response: &Response) -> String {
+        String::from_utf8(response.body_bytes().to_vec()).unwrap()
     }
 
     #[test]
     fn unversioned_path_answers_in_the_servers_version() {
         let api = TaskApi::new(ApiVersion::V2);
         let response = api.handle(&get("/api/tasks?limit=2"));
-        assert_eq!(response.status, 200);
+        assert_eq!(response.status, StatusCode::OK);
         assert!(body(&response).starts_with(r#"{"version":"v2","tasks":[{"id":1,"#));
+        assert!(body(&response).ends_with(r#""tags":["llm"]}],"next_cursor":null}"#));
+        assert_eq!(response.header("x-upstream-version"), Some("v2"));
     }
 
     #[test]
     fn versioned_paths_answer_in_their_own_version() {
         let api = TaskApi::new(ApiVersion::V1);
         assert!(body(&api.handle(&get("/api/v2/tasks"))).contains(r#""priority":"high""#));
-        assert!(body(&api.handle(&get("/api/v1/tasks"))).contains(r#""done":true"#));
+        let v1 = body(&api.handle(&get("/api/v1/tasks")));
+        assert!(v1.starts_with(
+            r#"{"version":"v1","tasks":[{"id":1,"title":"Write the rate-limit policy","done":true},"#
+        ));
+        assert!(!v1.contains("next_cursor"));
     }
 
     #[test]
     fn other_paths_and_methods_are_refused() {
         let api = TaskApi::new(ApiVersion::V1);
-        assert_eq!(api.handle(&get("/nope")).status, 404);
+        let missing = api.handle(&get("/nope"));
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert_eq!(body(&missing), r#"{"error":"not_found"}"#);
         let mut post = get("/api/tasks");
-        post.method = "POST".into();
-        assert_eq!(api.handle(&post).status, 405);
-        assert_eq!(api.handle(&get("/healthz")).status, 200);
+        post.method = Method::POST;
+        let refused = api.handle(&post);
+        assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(refused.header("allow"), Some("GET, HEAD"));
+        let health = api.handle(&get("/healthz"));
+        assert_eq!(body(&health), r#"{"status":"ok","version":"v1"}"#);
     }
 }

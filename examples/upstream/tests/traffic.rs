@@ -1,93 +1,108 @@
 //! `GET /__mock/traffic` counts what reached the server, including requests that never
-//! completed. Its own binary: the counters are per process, and other tests would move them.
+//! completed, and not its own requests.
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+mod common;
+
+use std::io::{BufReader, Write};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tollgate_upstream::server::{serve, ServerConfig, TRAFFIC_PATH};
+use common::{connect, exchange, read_reply, start};
 use tollgate_upstream::task_api::{ApiVersion, TaskApi};
+use tollgate_upstream::traffic::{Snapshot, TRAFFIC_PATH};
 
-fn traffic(addr: std::net::SocketAddr) -> (u64, u64, u64, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {TRAFFIC_PATH} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reader = BufReader::new(s);
-    let mut text = String::new();
-    let mut head = String::new();
-    reader.read_line(&mut head).unwrap();
-    reader.read_to_string(&mut text).unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap().to_owned();
-    // `{"requests":N,"bytes_received":N}`: the crate is std only, so read it by hand.
-    let number = |key: &str| -> u64 {
-        let at = body.find(&format!("\"{key}\":")).unwrap() + key.len() + 3;
-        let digits: String = body[at..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().unwrap()
-    };
-    (
-        number("requests"),
-        number("completed"),
-        number("bytes_received"),
-        head,
-    )
+const GET_TRAFFIC: &str = "GET /__mock/traffic HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+
+fn parse(body: &[u8]) -> (u64, u64, u64) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let n = |key: &str| v.get(key).and_then(serde_json::Value::as_u64).unwrap();
+    (n("requests"), n("completed"), n("bytes_received"))
+}
+
+fn traffic(addr: SocketAddr) -> (u64, u64, u64) {
+    let reply = exchange(addr, GET_TRAFFIC.as_bytes());
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    parse(&reply.body)
+}
+
+/// Polls until the counters read `want` (the server counts a closed connection's bytes as it
+/// reads them, a moment after the client sent them).
+fn wait_for(addr: SocketAddr, want: (u64, u64, u64)) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = traffic(addr);
+        if got == want || Instant::now() > deadline {
+            assert_eq!(got, want, "(requests, completed, bytes_received)");
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
 fn counts_heads_and_bytes_of_complete_and_cut_requests_but_not_its_own() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        serve(
-            &listener,
-            Arc::new(TaskApi::new(ApiVersion::V1)),
-            ServerConfig::default(),
-        )
-    });
-    let (requests, completed, bytes, head) = traffic(addr);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert_eq!(
-        (requests, completed, bytes),
-        (0, 0, 0),
-        "its own requests are not counted"
-    );
+    let addr = start(Arc::new(TaskApi::new(ApiVersion::V1)));
+    assert_eq!(traffic(addr), (0, 0, 0), "its own requests are not counted");
 
     // A complete request, answered.
     let complete =
         b"POST /api/tasks HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(complete).unwrap();
-    let mut answer = String::new();
-    BufReader::new(&s).read_to_string(&mut answer).unwrap();
-    assert!(
-        answer.contains("x-mock-saw-framing: content-length: 2"),
-        "{answer}"
+    let reply = exchange(addr, complete);
+    assert_eq!(
+        reply.header("x-mock-saw-framing"),
+        Some("content-length: 2")
     );
 
     // A request cut inside its body: its head and the bytes that came still count.
     let cut = b"POST /api/tasks HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"a\":";
-    let mut s = TcpStream::connect(addr).unwrap();
+    let mut s = connect(addr);
     s.write_all(cut).unwrap();
     s.shutdown(Shutdown::Both).unwrap();
 
-    // Two heads, one completed, every byte.
-    let want = (2, 1, (complete.len() + cut.len()) as u64);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (requests, completed, bytes, _) = traffic(addr);
-        if (requests, completed, bytes) == want || Instant::now() > deadline {
-            assert_eq!((requests, completed, bytes), want);
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    // A head that never completes counts too.
+    let partial = b"GET /api/ta";
+    let mut s = connect(addr);
+    s.write_all(partial).unwrap();
+    s.shutdown(Shutdown::Both).unwrap();
+
+    wait_for(
+        addr,
+        (3, 1, (complete.len() + cut.len() + partial.len()) as u64),
+    );
+}
+
+#[test]
+fn a_traffic_request_on_a_used_connection_is_left_out_and_pipelined_heads_count() {
+    let addr = start(Arc::new(TaskApi::new(ApiVersion::V1)));
+    let stream = connect(addr);
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    // Two pipelined requests in one write, then (after their answers) a traffic request on the
+    // same connection.
+    let two = b"GET /api/tasks HTTP/1.1\r\nhost: x\r\n\r\nGET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    writer.write_all(two).unwrap();
+    assert_eq!(read_reply(&mut reader).status, 200);
+    assert_eq!(read_reply(&mut reader).status, 200);
+    write!(writer, "GET {TRAFFIC_PATH} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let counted = read_reply(&mut reader);
+    assert_eq!(parse(&counted.body), (2, 2, two.len() as u64));
+    wait_for(addr, (2, 2, two.len() as u64));
+}
+
+#[test]
+fn the_snapshot_serialises_as_the_tests_read_it() {
+    let s = Snapshot {
+        requests: 1,
+        completed: 2,
+        bytes_received: 3,
+    };
+    assert_eq!(
+        serde_json::to_string(&s).unwrap(),
+        r#"{"requests":1,"completed":2,"bytes_received":3}"#
+    );
 }

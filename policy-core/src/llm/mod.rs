@@ -22,6 +22,7 @@ pub mod charge;
 pub mod cost;
 mod json;
 mod json_text;
+pub mod lifecycle;
 pub mod request;
 pub mod rewrite;
 pub mod sse;
@@ -31,6 +32,7 @@ pub use added_usage::AddedUsageRemover;
 pub use charge::{stream_charge, StreamSeen};
 pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
+pub use lifecycle::LlmCall;
 pub use request::{ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, RequestError};
 pub use rewrite::{RewriteError, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
 // Its path before it moved into `sse/`.

@@ -1,0 +1,132 @@
+//! The response side of a call: how it is followed, what it costs when it ends, settlement.
+
+use alloc::boxed::Box;
+
+use crate::budget::{LlmSettings, OnMissingUsage};
+use crate::store::Store;
+
+use super::super::{
+    stream_charge, usage_from_json, usage_from_tail, AddedUsageRemover, SseLimits, SseScanner,
+    StreamSeen,
+};
+use super::{BodyCopy, Env, LlmCall, Phase, ResponseHead, Settlement};
+
+impl LlmCall {
+    /// What a response whose usage cannot be read costs.
+    pub(super) fn missing_usage_charge(&self, llm: &LlmSettings) -> u64 {
+        match llm.on_missing_usage {
+            OnMissingUsage::Reservation => self.estimate,
+            OnMissingUsage::Nothing => 0,
+        }
+    }
+
+    /// Decides how to follow the response from its headers. Returns whether to hold them.
+    pub(super) fn follow_response(&mut self, llm: &LlmSettings, head: &ResponseHead<'_>) -> bool {
+        // Hold only what is known to fit in Envoy's buffer: a body that outgrows it while held
+        // is answered 500 by Envoy.
+        let fits = head
+            .content_length
+            .is_some_and(|n| n <= llm.buffer_limit as u64);
+        let ok = head.status.is_some_and(|s| s.first() == Some(&b'2'));
+        self.phase = if !ok {
+            // The API refused the request: providers do not bill for errors.
+            Phase::Unreadable { charge: 0 }
+        } else if head.encoded || head.end_of_stream {
+            Phase::Unreadable {
+                charge: self.missing_usage_charge(llm),
+            }
+        } else if head
+            .content_type
+            .is_some_and(|c| c.starts_with(b"text/event-stream"))
+        {
+            if self.usage_added {
+                self.remover = Some(AddedUsageRemover::new(llm.max_response_body));
+            }
+            Phase::Streaming(Box::new(SseScanner::new(SseLimits::new(
+                llm.max_response_body,
+            ))))
+        } else {
+            Phase::Json {
+                holding: llm.hold_headers && fits,
+                copy: BodyCopy::default(),
+            }
+        };
+        matches!(self.phase, Phase::Json { holding: true, .. })
+    }
+
+    /// What a JSON response costs, from the copy of its body.
+    pub(super) fn json_cost(&self, llm: &LlmSettings, copy: &BodyCopy) -> u64 {
+        let usage = if copy.truncated {
+            usage_from_tail(copy.bytes())
+        } else {
+            usage_from_json(copy.bytes())
+        };
+        match usage {
+            Ok(usage) => llm.cost.tokens(&usage),
+            Err(_) => self.missing_usage_charge(llm),
+        }
+    }
+
+    /// What the response has cost, now that it ends (`None`: nothing to settle). `complete` is
+    /// false for a stream cut short (client gone, upstream reset).
+    pub(super) fn final_cost(&mut self, llm: &LlmSettings, complete: bool) -> Option<u64> {
+        match core::mem::replace(&mut self.phase, Phase::Done) {
+            // Admitted early, but the body never ended: an incomplete request is not served.
+            Phase::ReadingRequest { .. } if self.reservation.is_some() => Some(0),
+            Phase::ReadingRequest { .. } | Phase::Unmetered | Phase::Done => None,
+            Phase::Unreadable { charge } => Some(charge),
+            // Nothing of the response was seen, or only part of a JSON body: what the client
+            // received cannot be counted, so the reservation stands.
+            Phase::Admitted => Some(self.estimate),
+            Phase::Json { copy, .. } => Some(if complete {
+                self.json_cost(llm, &copy)
+            } else {
+                self.estimate
+            }),
+            Phase::Streaming(mut scanner) => {
+                scanner.finish();
+                let seen = StreamSeen {
+                    ended: complete,
+                    completed: scanner.completed(),
+                    reported: scanner.usage(),
+                    received: scanner.usage_or_estimate(self.estimated_input),
+                    estimate: self.estimate,
+                };
+                Some(stream_charge(
+                    &seen,
+                    &llm.cost,
+                    llm.on_incomplete,
+                    llm.on_missing_usage,
+                ))
+            }
+        }
+    }
+
+    /// Settles the call at its end (complete or not), once: the phase is `Done` afterwards and
+    /// the reservation gone, so a second end settles nothing. Replaces the hold by the cost and
+    /// keeps the budgets' new states for the headers; a store that fails here leaves the holds
+    /// to refill (the states shown stay those of admission).
+    pub(super) fn settle<S: Store>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        complete: bool,
+    ) -> Option<Settlement> {
+        let policy = env.policy;
+        let (llm, tier) = (policy.llm()?, policy.tiers().get(self.tier)?);
+        let cost = self.final_cost(llm, complete)?;
+        let reservation = self.reservation.take()?;
+        let reserved = reservation
+            .holds
+            .iter()
+            .map(|h| h.reserved)
+            .max()
+            .unwrap_or(0);
+        if let Ok(d) = policy.settle_tokens(tier, &reservation, cost, (env.now)(), env.store) {
+            self.tokens = Some(d);
+        }
+        Some(Settlement {
+            reserved,
+            charged: cost,
+        })
+    }
+}

@@ -1,0 +1,694 @@
+//! The lifecycle driven event by event, natively: each phase, each way a stream ends, exactly
+//! one settlement, and a refused call whose body never goes upstream.
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::Cell;
+
+use super::*;
+use crate::policy::TokenOutcome;
+use crate::store::{Cas, MemoryStore, StoreError, Versioned};
+
+const T0: Nanos = Nanos(1_700_000_000_000_000_000);
+const USER: &[u8] = b"alice";
+const CHAT: &[u8] = br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// A store that can refuse: `conflicts` CAS writes lose their race, then every call fails
+/// while `down`.
+#[derive(Debug, Default)]
+struct Flaky {
+    inner: MemoryStore,
+    conflicts: u32,
+    down: bool,
+}
+
+impl Store for Flaky {
+    fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        if self.down {
+            return Err(StoreError::Unavailable);
+        }
+        self.inner.get(key)
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+        if self.down {
+            return Err(StoreError::Unavailable);
+        }
+        if self.conflicts > 0 {
+            self.conflicts -= 1;
+            return Err(StoreError::CasMismatch);
+        }
+        self.inner.set(key, value, cas)
+    }
+}
+
+/// One tier with one budget of `tokens` per minute; `llm` is spliced into the `llm` object.
+fn policy(tokens: u64, llm: &str) -> (Policy, Flaky) {
+    let json = format!(
+        r#"{{"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
+            "tokens":[{{"tokens":{tokens},"per":"minute"}}]}}],
+            "llm":{{"mode":"reserve"{llm}}}}}"#
+    );
+    let policy = Policy::from_json(json.as_bytes()).unwrap();
+    let mut store = Flaky::default();
+    policy.init_store(&mut store.inner).unwrap();
+    (policy, store)
+}
+
+fn call(api: ApiKind) -> LlmCall {
+    LlmCall::new(0, USER.to_vec(), api, Decision::from_limits(Vec::new()))
+}
+
+fn chat() -> LlmCall {
+    call(ApiKind::OpenAiChat)
+}
+
+fn len(body: &[u8]) -> Option<u64> {
+    Some(body.len() as u64)
+}
+
+/// What the caller's budget has left now (an admission of nothing, which holds nothing).
+fn left(policy: &Policy, store: &mut Flaky) -> u64 {
+    let tier = &policy.tiers()[0];
+    match policy.admit_tokens(tier, USER, None, 0, T0, &mut store.inner) {
+        TokenOutcome::Admitted { decision, .. } => decision.limits[0].remaining,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Feeds the events of one call through `env`.
+struct Drive<'a> {
+    policy: &'a Policy,
+    store: Flaky,
+    /// How many times the host's bytes were read.
+    reads: Cell<usize>,
+}
+
+impl<'a> Drive<'a> {
+    fn new(policy: &'a Policy, store: Flaky) -> Drive<'a> {
+        Drive {
+            policy,
+            store,
+            reads: Cell::new(0),
+        }
+    }
+
+    fn headers(&mut self, c: &mut LlmCall, length: Option<u64>, end: bool) -> RequestStep {
+        let now = || T0;
+        let mut env = Env {
+            policy: self.policy,
+            store: &mut self.store,
+            now: &now,
+        };
+        c.on_request_headers(&mut env, length, end)
+    }
+
+    /// A request body event offering `bytes` (the whole buffered body while held).
+    fn body(&mut self, c: &mut LlmCall, bytes: &[u8], end: bool) -> RequestStep {
+        let now = || T0;
+        let mut env = Env {
+            policy: self.policy,
+            store: &mut self.store,
+            now: &now,
+        };
+        let reads = &self.reads;
+        c.on_request_body(&mut env, bytes.len(), end, || {
+            reads.set(reads.get() + 1);
+            bytes.to_vec()
+        })
+    }
+
+    fn response(&mut self, c: &mut LlmCall, head: ResponseHead<'_>) -> ResponseStep {
+        let now = || T0;
+        let mut env = Env {
+            policy: self.policy,
+            store: &mut self.store,
+            now: &now,
+        };
+        c.on_response_headers(&mut env, &head)
+    }
+
+    fn chunk(&mut self, c: &mut LlmCall, bytes: &[u8], end: bool) -> ResponseStep {
+        let now = || T0;
+        let mut env = Env {
+            policy: self.policy,
+            store: &mut self.store,
+            now: &now,
+        };
+        c.on_response_body(&mut env, bytes.len(), end, || bytes.to_vec())
+    }
+
+    fn log(&mut self, c: &mut LlmCall) -> Option<Settlement> {
+        let now = || T0;
+        let mut env = Env {
+            policy: self.policy,
+            store: &mut self.store,
+            now: &now,
+        };
+        c.on_log(&mut env)
+    }
+
+    /// What the caller's budget has left now.
+    fn left(&mut self) -> u64 {
+        left(self.policy, &mut self.store)
+    }
+
+    /// Holds `n` of the caller's tokens for another call that never ends (an admission asks
+    /// at most a budget's burst, so room is taken away this way).
+    fn spend(&mut self, n: u64) {
+        let tier = &self.policy.tiers()[0];
+        let outcome = self
+            .policy
+            .admit_tokens(tier, USER, None, n, T0, &mut self.store.inner);
+        assert!(
+            matches!(outcome, TokenOutcome::Admitted { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    /// Sends a small chat request, held whole, and checks it is admitted.
+    fn admitted(&mut self, c: &mut LlmCall, body: &[u8]) {
+        let step = self.headers(c, len(body), false);
+        assert_eq!(step.verdict, Verdict::Continue);
+        let step = self.body(c, body, true);
+        assert_eq!(
+            (step.verdict, step.count),
+            (Verdict::Continue, Some(Count::Allowed))
+        );
+        assert!(c.awaits_response());
+    }
+}
+
+fn sse<'a>(end: bool) -> ResponseHead<'a> {
+    ResponseHead {
+        status: Some(b"200"),
+        content_type: Some(b"text/event-stream"),
+        end_of_stream: end,
+        ..ResponseHead::default()
+    }
+}
+
+fn json_head<'a>(length: Option<u64>) -> ResponseHead<'a> {
+    ResponseHead {
+        status: Some(b"200"),
+        content_type: Some(b"application/json"),
+        content_length: length,
+        ..ResponseHead::default()
+    }
+}
+
+const ID: &str = r#""id":"c","object":"chat.completion.chunk","created":1,"model":"m""#;
+
+/// An OpenAI chat stream with `include_usage`: 9 + 4 tokens.
+fn chat_stream(usage: bool) -> String {
+    let null = if usage { r#","usage":null"# } else { "" };
+    let mut s = String::new();
+    for delta in [r#"{"content":"Hello"}"#, r#"{"content":" world"}"#] {
+        s += &format!("data: {{{ID},\"choices\":[{{\"index\":0,\"delta\":{delta}}}]{null}}}\n\n");
+    }
+    if usage {
+        s += &format!(
+            "data: {{{ID},\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":4,\"total_tokens\":13}}}}\n\n"
+        );
+    }
+    s + "data: [DONE]\n\n"
+}
+
+const JSON_ANSWER: &[u8] =
+    br#"{"choices":[],"usage":{"prompt_tokens":30,"completion_tokens":12,"total_tokens":42}}"#;
+
+#[test]
+fn a_small_body_is_held_until_its_end_then_rewritten_and_admitted() {
+    let (p, s) = policy(100_000, r#","default_max_tokens":100"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let step = d.headers(&mut c, len(CHAT), false);
+    // The headers leave now, announcing the length the rewrite will produce.
+    assert_eq!(step.verdict, Verdict::Continue);
+    assert_eq!(step.content_length, Some(CHAT.len() as u64 + REWRITE_ROOM));
+    assert!(matches!(
+        c.phase(),
+        Phase::ReadingRequest { holding: true, .. }
+    ));
+    // Envoy buffers it: nothing is read until the end.
+    let step = d.body(&mut c, &CHAT[..10], false);
+    assert_eq!(step.verdict, Verdict::Hold);
+    assert_eq!(d.reads.get(), 0);
+    let step = d.body(&mut c, CHAT, true);
+    assert_eq!(d.reads.get(), 1);
+    assert_eq!(
+        (&step.verdict, step.count),
+        (&Verdict::Continue, Some(Count::Allowed))
+    );
+    let body = step.replace.expect("rewritten");
+    assert_eq!(body.len() as u64, CHAT.len() as u64 + REWRITE_ROOM);
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains(r#""stream_options":{"include_usage":true}"#),
+        "{text}"
+    );
+    assert_eq!(
+        step.content_length, None,
+        "announced at the headers already"
+    );
+    assert!(c.awaits_response());
+    assert_eq!(c.model(), Some("m"));
+    // Held: the prompt estimate plus the default cap.
+    let estimate = c.estimate();
+    assert_eq!(
+        estimate,
+        crate::llm::estimate_tokens(CHAT.len() as u64).max(1) + 100
+    );
+    assert_eq!(d.left(), 100_000 - estimate);
+}
+
+#[test]
+fn held_headers_get_the_exact_rewritten_length_once_the_body_is_read() {
+    let asked_not: &[u8] =
+        br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#;
+    let (p, s) = policy(100_000, r#","hold_headers":true"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let step = d.headers(&mut c, len(asked_not), false);
+    assert_eq!((step.verdict, step.content_length), (Verdict::Hold, None));
+    let step = d.body(&mut c, asked_not, true);
+    let body = step.replace.expect("rewritten");
+    // `false` became `true`, one byte shorter, and nothing pads it.
+    assert_eq!(body.len(), asked_not.len() - 1);
+    assert_eq!(step.content_length, Some(body.len() as u64));
+}
+
+#[test]
+fn a_body_too_large_to_hold_is_followed_and_refused_on_its_first_chunk_before_it_goes_upstream() {
+    // 15,000 tokens left: room for the least the call can cost (10,001), not for its
+    // estimate (10,000 + 20,000, capped at the burst of 20,000).
+    let (p, s) = policy(20_000, r#","default_max_tokens":20000"#);
+    let mut d = Drive::new(&p, s);
+    d.spend(5_000);
+    let mut c = chat();
+    let length = 40_000;
+    let step = d.headers(&mut c, Some(length), false);
+    assert_eq!(step.verdict, Verdict::Continue);
+    assert!(matches!(
+        c.phase(),
+        Phase::ReadingRequest { holding: false, .. }
+    ));
+    let step = d.body(&mut c, &[b' '; 1000], false);
+    assert_eq!(step.verdict, Verdict::Refuse(Refusal::Denied));
+    assert_eq!(step.count, Some(Count::Denied));
+    assert_eq!(
+        step.replace, None,
+        "the refused chunk is not replaced: it never leaves"
+    );
+    assert!(c.tokens().is_some_and(|t| !t.allowed));
+    // Later events do nothing, nothing is held, nothing is settled.
+    let later = d.body(&mut c, &[b' '; 1000], true);
+    assert_eq!((later.verdict, later.count), (Verdict::Continue, None));
+    assert_eq!(d.log(&mut c), None);
+    assert_eq!(d.left(), 15_000);
+}
+
+#[test]
+fn a_followed_body_is_admitted_early_and_completed_at_its_end_keeping_its_last_byte_back() {
+    let (p, s) = policy(
+        1_000_000,
+        r#","default_max_tokens":100,"buffer_limit_bytes":64"#,
+    );
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    assert_eq!(
+        d.headers(&mut c, len(CHAT), false).verdict,
+        Verdict::Continue
+    );
+    let (head, tail) = CHAT.split_at(30);
+    let step = d.body(&mut c, head, false);
+    // Admitted early on the content-length; the first chunk leaves one byte short.
+    assert_eq!((&step.verdict, step.count), (&Verdict::Continue, None));
+    assert_eq!(step.replace.as_deref(), Some(&head[..29]));
+    let early = 1_000_000 - d.left();
+    assert_eq!(early, crate::llm::estimate_tokens(CHAT.len() as u64) + 100);
+    let step = d.body(&mut c, tail, true);
+    assert_eq!(
+        (&step.verdict, step.count),
+        (&Verdict::Continue, Some(Count::Allowed))
+    );
+    let mut sent = head[..29].to_vec();
+    sent.extend_from_slice(&step.replace.expect("rewritten"));
+    assert_eq!(sent.len() as u64, CHAT.len() as u64 + REWRITE_ROOM);
+    assert!(String::from_utf8(sent)
+        .unwrap()
+        .contains(r#""include_usage":true"#));
+    assert_eq!(c.model(), Some("m"));
+    assert!(c.awaits_response());
+}
+
+#[test]
+fn a_body_without_content_length_is_topped_up_as_it_grows_and_refused_when_it_no_longer_fits() {
+    let (p, s) = policy(
+        1_000,
+        r#","default_max_tokens":100,"buffer_limit_bytes":64"#,
+    );
+    let mut d = Drive::new(&p, s);
+    d.spend(100);
+    let mut c = chat();
+    assert_eq!(d.headers(&mut c, None, false).verdict, Verdict::Continue);
+    let chunk = [b' '; 1000]; // 250 tokens each
+    let mut held = Vec::new();
+    let mut refused_at = None;
+    for i in 1..=5 {
+        let step = d.body(&mut c, &chunk, false);
+        if step.verdict != Verdict::Continue {
+            assert_eq!(step.verdict, Verdict::Refuse(Refusal::Denied));
+            refused_at = Some(i);
+            break;
+        }
+        held.push(900 - d.left());
+    }
+    // 350, 600, 850 held; 1,100 (capped at the burst, 1,000) does not fit in the 900 left:
+    // refused before the fourth chunk leaves.
+    assert_eq!(held, vec![350, 600, 850]);
+    assert_eq!(refused_at, Some(4));
+    assert_eq!(d.left(), 900, "everything held is given back");
+    assert_eq!(d.log(&mut c), None);
+}
+
+#[test]
+fn a_caller_with_no_room_is_refused_at_the_headers_and_its_body_is_never_read() {
+    let (p, s) = policy(10, "");
+    let mut d = Drive::new(&p, s);
+    d.spend(10);
+    let mut c = chat();
+    let step = d.headers(&mut c, Some(1_000), false);
+    assert_eq!(step.verdict, Verdict::Refuse(Refusal::Denied));
+    assert_eq!(step.count, Some(Count::Denied));
+    assert!(c.tokens().is_some_and(|t| !t.allowed));
+    assert!(c.retry_after().is_some());
+    assert_eq!(d.body(&mut c, CHAT, true).verdict, Verdict::Continue);
+    assert_eq!(d.reads.get(), 0);
+    assert_eq!(d.log(&mut c), None);
+    assert_eq!(d.left(), 0);
+}
+
+#[test]
+fn a_request_without_a_body_is_admitted_at_its_headers() {
+    let (p, s) = policy(1_000, r#","default_max_tokens":100"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let step = d.headers(&mut c, None, true);
+    assert_eq!(
+        (step.verdict, step.count),
+        (Verdict::Continue, Some(Count::Allowed))
+    );
+    assert!(c.awaits_response());
+    assert_eq!(d.left(), 900);
+}
+
+#[test]
+fn a_body_whose_rewrite_cannot_fit_its_announced_length_is_refused() {
+    let (p, s) = policy(1_000_000, "");
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let body = br#"{"model":"m","stream":true,"stream_options":{},"stream_options":{},"stream_options":{},"stream_options":{}}"#;
+    assert_eq!(
+        d.headers(&mut c, len(body), false).verdict,
+        Verdict::Continue
+    );
+    let step = d.body(&mut c, body, true);
+    assert!(
+        matches!(step.verdict, Verdict::Refuse(Refusal::BadBody(_))),
+        "{step:?}"
+    );
+    assert_eq!(step.replace, None);
+    assert_eq!(d.log(&mut c), None);
+    assert_eq!(d.left(), 1_000_000);
+}
+
+#[test]
+fn a_stream_is_cleaned_of_the_added_usage_and_settled_once_at_its_end() {
+    let (p, s) = policy(100_000, "");
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    d.admitted(&mut c, CHAT);
+    let step = d.response(&mut c, sse(false));
+    assert!(!step.hold && step.decorate && step.drop_content_length);
+    assert_eq!(step.settled, None);
+    let upstream = chat_stream(true);
+    let mut client = Vec::new();
+    let chunks: Vec<&[u8]> = upstream.as_bytes().chunks(7).collect();
+    let mut settlements = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let step = d.chunk(&mut c, chunk, i + 1 == chunks.len());
+        client.extend_from_slice(step.replace.as_deref().unwrap_or(chunk));
+        settlements.extend(step.settled);
+    }
+    assert_eq!(String::from_utf8(client).unwrap(), chat_stream(false));
+    assert_eq!(settlements.len(), 1);
+    assert_eq!(settlements[0].charged, 13);
+    assert_eq!(settlements[0].reserved, c.estimate());
+    // Exactly once: nothing more at on_log, nor for a stray chunk.
+    assert_eq!(d.chunk(&mut c, b"", true).settled, None);
+    assert_eq!(d.log(&mut c), None);
+    assert_eq!(d.left(), 100_000 - 13);
+}
+
+#[test]
+fn a_stream_cut_short_is_settled_at_on_log_with_what_was_received() {
+    for (rule, charged) in [("received", None), ("reservation", Some(()))] {
+        let (p, s) = policy(100_000, &format!(r#","on_incomplete":"{rule}""#));
+        let mut d = Drive::new(&p, s);
+        let mut c = chat();
+        d.admitted(&mut c, CHAT);
+        let _ = d.response(&mut c, sse(false));
+        let text = "abcd".repeat(100); // 100 tokens of text
+        let part = format!(
+            "data: {{{ID},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
+        );
+        assert_eq!(d.chunk(&mut c, part.as_bytes(), false).settled, None);
+        let settled = d.log(&mut c).expect("settled at on_log");
+        let want = match charged {
+            None => crate::llm::estimate_tokens(CHAT.len() as u64) + 100,
+            Some(()) => c.estimate(),
+        };
+        assert_eq!(settled.charged, want, "{rule}");
+        assert_eq!(d.log(&mut c), None, "once");
+        assert_eq!(d.left(), 100_000 - want);
+    }
+}
+
+#[test]
+fn a_response_is_charged_by_how_it_ended() {
+    let enc = ResponseHead {
+        encoded: true,
+        ..json_head(None)
+    };
+    let empty = ResponseHead {
+        end_of_stream: true,
+        ..json_head(None)
+    };
+    let error = ResponseHead {
+        status: Some(b"500"),
+        ..json_head(None)
+    };
+    for (case, head, body, estimate) in [
+        ("error status", error, &b"{}"[..], false),
+        ("encoded", enc, &b"\x1f\x8b"[..], true),
+        ("no body", empty, &b""[..], true),
+        ("not json", json_head(None), &b"<html>"[..], true),
+    ] {
+        let (p, s) = policy(100_000, "");
+        let mut d = Drive::new(&p, s);
+        let mut c = chat();
+        d.admitted(&mut c, CHAT);
+        let step = d.response(&mut c, head);
+        let settled = match step.settled {
+            Some(settled) => settled,
+            None => d.chunk(&mut c, body, true).settled.expect(case),
+        };
+        let want = if estimate { c.estimate() } else { 0 };
+        assert_eq!(settled.charged, want, "{case}");
+        assert_eq!(d.log(&mut c), None, "{case}");
+    }
+}
+
+#[test]
+fn a_json_answer_is_held_with_its_headers_and_decorated_once_charged() {
+    let (p, s) = policy(100_000, r#","hold_headers":true"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let step = d.headers(&mut c, len(CHAT), false);
+    assert_eq!(step.verdict, Verdict::Hold);
+    let step = d.body(&mut c, CHAT, true);
+    assert_eq!(step.verdict, Verdict::Continue);
+    let step = d.response(&mut c, json_head(len(JSON_ANSWER)));
+    assert!(step.hold && !step.decorate);
+    let step = d.chunk(&mut c, &JSON_ANSWER[..20], false);
+    assert!(step.hold && step.settled.is_none());
+    let step = d.chunk(&mut c, JSON_ANSWER, true);
+    assert!(!step.hold && step.decorate);
+    assert_eq!(step.settled.map(|s| s.charged), Some(42));
+    // The fields now show the charge.
+    assert_eq!(c.tokens().unwrap().limits[0].remaining, 100_000 - 42);
+}
+
+#[test]
+fn a_json_answer_that_passes_is_charged_from_its_copy() {
+    let (p, s) = policy(100_000, "");
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    d.admitted(&mut c, CHAT);
+    let step = d.response(&mut c, json_head(len(JSON_ANSWER)));
+    assert!(!step.hold && step.decorate);
+    let (a, b) = JSON_ANSWER.split_at(17);
+    let first = d.chunk(&mut c, a, false);
+    assert!(!first.hold && !first.decorate && first.settled.is_none());
+    assert_eq!(
+        d.chunk(&mut c, b, true).settled.map(|s| s.charged),
+        Some(42)
+    );
+    // Cut before its end instead: the reservation stands.
+    let mut c = chat();
+    d.admitted(&mut c, CHAT);
+    let _ = d.response(&mut c, json_head(None));
+    let _ = d.chunk(&mut c, a, false);
+    assert_eq!(d.log(&mut c).map(|s| s.charged), Some(c.estimate()));
+}
+
+#[test]
+fn a_call_admitted_early_whose_body_never_ends_is_settled_at_nothing() {
+    let (p, s) = policy(1_000_000, r#","buffer_limit_bytes":64"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    assert_eq!(
+        d.headers(&mut c, Some(10_000), false).verdict,
+        Verdict::Continue
+    );
+    let step = d.body(&mut c, &[b' '; 100], false);
+    assert_eq!(step.verdict, Verdict::Continue);
+    assert!(d.left() < 1_000_000);
+    assert_eq!(d.log(&mut c).map(|s| s.charged), Some(0));
+    assert_eq!(d.left(), 1_000_000);
+}
+
+#[test]
+fn a_failing_store_at_admission_fails_open_or_closed_as_the_policy_says() {
+    for (top, verdict) in [
+        ("", Verdict::Continue),
+        (
+            r#","on_store_failure":"deny""#,
+            Verdict::Refuse(Refusal::Unavailable),
+        ),
+    ] {
+        let json = format!(
+            r#"{{"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
+                "tokens":[{{"tokens":1000,"per":"minute"}}]}}]{top}}}"#
+        );
+        let p = Policy::from_json(json.as_bytes()).unwrap();
+        let mut s = Flaky::default();
+        p.init_store(&mut s.inner).unwrap();
+        s.down = true;
+        let mut d = Drive::new(&p, s);
+        let mut c = chat();
+        // The read-only check at the headers leaves a failing store to admission.
+        assert_eq!(
+            d.headers(&mut c, len(CHAT), false).verdict,
+            Verdict::Continue
+        );
+        let step = d.body(&mut c, CHAT, true);
+        assert_eq!(
+            (step.verdict, step.count),
+            (verdict, Some(Count::StoreFailure))
+        );
+        assert!(!c.awaits_response());
+        assert_eq!(d.log(&mut c), None, "nothing held, nothing settled");
+    }
+}
+
+#[test]
+fn lost_races_at_admission_are_retried_then_refused_as_contended() {
+    let (p, mut s) = policy(100_000, "");
+    s.conflicts = 3; // below the retry bound: admitted
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    d.admitted(&mut c, CHAT);
+    let held = c.estimate();
+    d.store.conflicts = 1_000; // beyond it
+    let mut c2 = chat();
+    assert_eq!(
+        d.headers(&mut c2, len(CHAT), false).verdict,
+        Verdict::Continue
+    );
+    let step = d.body(&mut c2, CHAT, true);
+    assert_eq!(step.verdict, Verdict::Refuse(Refusal::Contended));
+    assert_eq!(step.count, Some(Count::Contended));
+    d.store.conflicts = 0;
+    assert_eq!(d.left(), 100_000 - held);
+}
+
+#[test]
+fn a_settlement_that_loses_its_races_or_its_store_still_ends_the_call_once() {
+    for (conflicts, down, refunded) in [(3, false, true), (1_000, false, false), (0, true, false)] {
+        let (p, s) = policy(100_000, "");
+        let mut d = Drive::new(&p, s);
+        let mut c = chat();
+        d.admitted(&mut c, CHAT);
+        let held = c.estimate();
+        let shown = c.tokens().unwrap().limits[0].remaining;
+        let _ = d.response(&mut c, json_head(None));
+        d.store.conflicts = conflicts;
+        d.store.down = down;
+        let settled = d.chunk(&mut c, JSON_ANSWER, true).settled;
+        assert_eq!(
+            settled,
+            Some(Settlement {
+                reserved: held,
+                charged: 42
+            })
+        );
+        assert_eq!(d.log(&mut c), None, "never settled twice");
+        d.store.conflicts = 0;
+        d.store.down = false;
+        if refunded {
+            assert_eq!(d.left(), 100_000 - 42);
+            assert_eq!(c.tokens().unwrap().limits[0].remaining, 100_000 - 42);
+        } else {
+            // The hold stays until it refills; the fields keep admission's state.
+            assert_eq!(d.left(), 100_000 - held);
+            assert_eq!(c.tokens().unwrap().limits[0].remaining, shown);
+        }
+    }
+}
+
+#[test]
+fn a_store_failing_on_a_passing_body_lets_the_rest_through_rewritten_and_charges_nothing() {
+    let (p, s) = policy(100_000, r#","buffer_limit_bytes":64"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let step = d.headers(&mut c, len(CHAT), false);
+    let announced = step.content_length.expect("announced");
+    d.store.down = true;
+    let (head, tail) = CHAT.split_at(30);
+    let first = d.body(&mut c, head, false);
+    assert_eq!(
+        (&first.verdict, first.count),
+        (&Verdict::Continue, Some(Count::StoreFailure))
+    );
+    assert!(matches!(c.phase(), Phase::Unmetered));
+    let last = d.body(&mut c, tail, true);
+    assert_eq!((&last.verdict, last.count), (&Verdict::Continue, None));
+    // Every byte reaches the upstream, rewritten, as long as announced.
+    let mut sent = first.replace.expect("the first chunk, less its last byte");
+    sent.extend_from_slice(&last.replace.expect("the rest, rewritten"));
+    assert_eq!(sent.len() as u64, announced);
+    assert!(String::from_utf8(sent)
+        .unwrap()
+        .contains(r#""include_usage":true"#));
+    assert!(!c.awaits_response());
+    assert_eq!(d.log(&mut c), None);
+    d.store.down = false;
+    assert_eq!(d.left(), 100_000);
+}

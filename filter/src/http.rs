@@ -112,7 +112,8 @@ impl HttpContext for Stream {
                     self.pending = headers::llm_fields(tier, Some(&decision), None);
                     return Action::Continue;
                 };
-                let call = LlmCall::new(i, identity, api, decision);
+                let call = LlmCall::new(i, identity, api, decision)
+                    .with_path_model(ApiKind::model_in_path(&request.path()));
                 if settings.strip_accept_encoding {
                     let _ = host::set_header(MapType::HttpRequestHeaders, "accept-encoding", None);
                 }

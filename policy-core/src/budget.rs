@@ -33,12 +33,13 @@ pub enum ModelScope {
 }
 
 /// The model a snapshot name stands for: `gpt-4o-mini-2024-07-18` → `gpt-4o-mini`,
-/// `claude-3-5-sonnet-20241022` and `claude-3-5-sonnet-latest` → `claude-3-5-sonnet`.
+/// `claude-3-5-sonnet-20241022` and `claude-3-5-sonnet-latest` → `claude-3-5-sonnet`, and
+/// Vertex AI's `claude-3-5-sonnet@20241022` (its model path names snapshots with `@`) too.
 ///
 /// Providers publish a model under a base name and under dated snapshots of it; a budget written
 /// for the base must not be escaped by naming a snapshot. One suffix is removed: `-YYYY-MM-DD`
-/// (OpenAI), `-YYYYMMDD` (Anthropic), each with a real month (01–12) and day (01–31), or
-/// `-latest`. Anything else is its own model: `gpt-4-0613` (4-digit OpenAI dates are ambiguous
+/// (OpenAI), `-YYYYMMDD` or `@YYYYMMDD` (Anthropic; Vertex AI), each with a real month
+/// (01–12) and day (01–31), or `-latest`. Anything else is its own model: `gpt-4-0613` (4-digit OpenAI dates are ambiguous
 /// with other numbering such as Mistral's `-2407`), `gpt-4o` is not `gpt-4o-mini`.
 pub fn base_model(model: &str) -> &str {
     if let Some(base) = model.strip_suffix("-latest") {
@@ -71,10 +72,10 @@ pub fn base_model(model: &str) -> &str {
             }
         }
     }
-    // -YYYYMMDD: 9 bytes.
+    // -YYYYMMDD (Anthropic), @YYYYMMDD (Anthropic's models on Vertex AI): 9 bytes.
     if let Some(i) = b.len().checked_sub(9) {
         if i > 0
-            && b.get(i) == Some(&b'-')
+            && matches!(b.get(i), Some(&b'-' | &b'@'))
             && dated(
                 b.get(i + 1..i + 5).unwrap_or(&[]),
                 b.get(i + 5..i + 7).unwrap_or(&[]),
@@ -515,6 +516,8 @@ mod tests {
             ("claude-3-5-sonnet-20241022", "claude-3-5-sonnet"),
             ("claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
             ("claude-sonnet-4-20250514", "claude-sonnet-4"),
+            ("claude-sonnet-4@20250514", "claude-sonnet-4"),
+            ("claude-sonnet-4@2025051", "claude-sonnet-4@2025051"),
             ("gpt-4o-mini", "gpt-4o-mini"),
             ("gpt-4-0613", "gpt-4-0613"),
             ("mistral-large-2407", "mistral-large-2407"),

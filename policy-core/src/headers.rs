@@ -366,6 +366,11 @@ pub enum ErrorStyle {
     OpenAi,
     /// `{"type": "error", "error": {"type", "message"}}`.
     Anthropic,
+    /// Google's `{"error": {"code": 429, "message", "status": "RESOURCE_EXHAUSTED"}}`
+    /// (Gemini API, Vertex AI).
+    Gemini,
+    /// Ollama's `{"error": "…"}`.
+    Ollama,
 }
 
 /// The body of an LLM 429, in the format the client's SDK parses, so that it backs off.
@@ -410,6 +415,10 @@ pub fn llm_denial_body(
         ErrorStyle::Anthropic => format!(
             "{{\"type\":\"error\",\"error\":{{\"type\":\"rate_limit_error\",\"message\":\"{message}\"}}}}"
         ),
+        ErrorStyle::Gemini => format!(
+            "{{\"error\":{{\"code\":429,\"message\":\"{message}\",\"status\":\"RESOURCE_EXHAUSTED\"}}}}"
+        ),
+        ErrorStyle::Ollama => format!("{{\"error\":\"{message}\"}}"),
     }
 }
 

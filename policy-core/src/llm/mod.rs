@@ -20,9 +20,12 @@
 pub mod added_usage;
 pub mod charge;
 pub mod cost;
+mod gemini;
 mod json;
+mod json_array;
 mod json_text;
 pub mod lifecycle;
+mod ollama;
 pub mod request;
 pub mod rewrite;
 pub mod sse;
@@ -37,7 +40,7 @@ pub use request::{ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, Req
 pub use rewrite::{RewriteError, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
 // Its path before it moved into `sse/`.
 pub use sse::frame as sse_frame;
-pub use sse::{SseLimits, SseScanner};
+pub use sse::{Framing, SseLimits, SseScanner};
 pub use usage::{usage_from_json, usage_from_tail, Usage, UsageError};
 
 /// Helpers shared by the property tests of the modules above.

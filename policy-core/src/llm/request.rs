@@ -28,8 +28,22 @@ pub enum ApiKind {
     OpenAiEmbeddings,
     /// OpenAI Responses: `…/v1/responses` (not `…/responses/{id}`, which reads a stored one).
     OpenAiResponses,
-    /// Anthropic messages: `…/v1/messages` (not `…/messages/count_tokens` or batches).
+    /// Anthropic messages: `…/v1/messages` (not `…/messages/count_tokens` or batches), and
+    /// Anthropic on Vertex AI: `…/publishers/anthropic/models/{model}:rawPredict` and
+    /// `:streamRawPredict` (the same body and answers, the model in the path).
     AnthropicMessages,
+    /// Gemini (the Gemini API or Vertex AI): `…/models/{model}:generateContent`.
+    GeminiGenerate,
+    /// Gemini streamed: `…/models/{model}:streamGenerateContent`, SSE with `alt=sse`, a
+    /// streamed JSON array without it.
+    GeminiStream,
+    /// Gemini embeddings: `…/models/{model}:embedContent` or `:batchEmbedContents`. Input
+    /// only. (`:countTokens` is free and not an LLM call here.)
+    GeminiEmbed,
+    /// Ollama's native chat: `…/api/chat` (streams NDJSON unless `"stream": false`).
+    OllamaChat,
+    /// Ollama's native completion: `…/api/generate`.
+    OllamaGenerate,
     /// Anything else.
     Unknown,
 }
@@ -42,7 +56,22 @@ impl ApiKind {
         let path = normalized.as_str();
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let path = path.strip_suffix('/').unwrap_or(path);
-        if path.ends_with("/chat/completions") {
+        if let Some((_, method)) = model_method(path) {
+            return match method {
+                "generatecontent" => ApiKind::GeminiGenerate,
+                "streamgeneratecontent" => ApiKind::GeminiStream,
+                "embedcontent" | "batchembedcontents" => ApiKind::GeminiEmbed,
+                "rawpredict" | "streamrawpredict" if path.contains("/publishers/anthropic/") => {
+                    ApiKind::AnthropicMessages
+                }
+                _ => ApiKind::Unknown,
+            };
+        }
+        if path.ends_with("/api/chat") {
+            ApiKind::OllamaChat
+        } else if path.ends_with("/api/generate") {
+            ApiKind::OllamaGenerate
+        } else if path.ends_with("/chat/completions") {
             ApiKind::OpenAiChat
         } else if path.ends_with("/completions") {
             ApiKind::OpenAiCompletions
@@ -57,12 +86,56 @@ impl ApiKind {
         }
     }
 
+    /// The model a request path names, for the APIs that name it there: Gemini and Vertex AI
+    /// (`…/models/{model}:method`) and Azure OpenAI (`/openai/deployments/{deployment}/…`: the
+    /// deployment's name is the model for budgets). Case is kept; the name is the path
+    /// segment as the upstream routes it (percent-decoded). `None` when the path names none,
+    /// or names one longer than [`MAX_MODEL_LEN`].
+    pub fn model_in_path(path: &str) -> Option<String> {
+        let normalized = crate::path::normalize_str(path);
+        let path = normalized.split(['?', '#']).next().unwrap_or(&normalized);
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let model = if let Some((model, _)) = model_method(path) {
+            model
+        } else {
+            let lower = path.to_ascii_lowercase();
+            let at = lower.find("/openai/deployments/")? + "/openai/deployments/".len();
+            path.get(at..)?.split('/').next()?
+        };
+        (!model.is_empty() && model.len() <= MAX_MODEL_LEN).then(|| model.into())
+    }
+
+    /// Whether the request body names the output cap Gemini's way
+    /// (`generationConfig.maxOutputTokens`) rather than OpenAI's or Anthropic's.
+    pub fn is_gemini(self) -> bool {
+        matches!(
+            self,
+            ApiKind::GeminiGenerate | ApiKind::GeminiStream | ApiKind::GeminiEmbed
+        )
+    }
+
+    /// Whether the call consumes input only (embeddings): no output is reserved.
+    pub fn input_only(self) -> bool {
+        matches!(self, ApiKind::OpenAiEmbeddings | ApiKind::GeminiEmbed)
+    }
+
     /// Whether a streamed response reports usage only when the request sets
     /// `stream_options.include_usage` (OpenAI chat and legacy completions). The Responses API
     /// and Anthropic always report usage in their streams.
     pub fn needs_stream_usage_option(self) -> bool {
         matches!(self, ApiKind::OpenAiChat | ApiKind::OpenAiCompletions)
     }
+}
+
+/// `(model, method)` of a path ending `…/models/{model}:{method}` (Gemini, Vertex AI), the
+/// method as written (the caller lowercases the path to match it).
+fn model_method(path: &str) -> Option<(&str, &str)> {
+    let last = path.rsplit('/').next()?;
+    let before = path.get(..path.len().saturating_sub(last.len()))?;
+    if !before.to_ascii_lowercase().ends_with("/models/") {
+        return None;
+    }
+    last.rsplit_once(':')
 }
 
 /// Tokens estimated from a byte count: bytes / 4, rounded up.
@@ -466,6 +539,45 @@ mod tests {
             ("/V1/CHAT/COMPLETIONS", ApiKind::OpenAiChat),
             ("/v1/chat/completion%73", ApiKind::OpenAiChat),
             ("/v1//chat/./x/../completions", ApiKind::OpenAiChat),
+            // Gemini API and Vertex AI.
+            (
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                ApiKind::GeminiGenerate,
+            ),
+            (
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                ApiKind::GeminiStream,
+            ),
+            (
+                "/v1beta/models/gemini-2.5-flash%3AstreamGenerateContent",
+                ApiKind::GeminiStream,
+            ),
+            (
+                "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent",
+                ApiKind::GeminiGenerate,
+            ),
+            (
+                "/v1beta/models/text-embedding-004:embedContent",
+                ApiKind::GeminiEmbed,
+            ),
+            (
+                "/v1beta/models/gemini-2.5-flash:countTokens",
+                ApiKind::Unknown,
+            ),
+            ("/v1beta/models/gemini-2.5-flash", ApiKind::Unknown),
+            (
+                "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict",
+                ApiKind::AnthropicMessages,
+            ),
+            (
+                "/v1/projects/p/locations/l/publishers/meta/models/llama:rawPredict",
+                ApiKind::Unknown,
+            ),
+            // Ollama's native API; its OpenAI-compatible one (and vLLM's) is OpenAI's.
+            ("/api/chat", ApiKind::OllamaChat),
+            ("/ollama/api/generate", ApiKind::OllamaGenerate),
+            ("/api/tags", ApiKind::Unknown),
+            ("/v1/chat/completions?vllm", ApiKind::OpenAiChat),
         ];
         for (path, kind) in cases {
             assert_eq!(ApiKind::from_path(path), kind, "{path}");
@@ -474,6 +586,38 @@ mod tests {
         assert!(ApiKind::OpenAiCompletions.needs_stream_usage_option());
         assert!(!ApiKind::AnthropicMessages.needs_stream_usage_option());
         assert!(!ApiKind::OpenAiResponses.needs_stream_usage_option());
+    }
+
+    #[test]
+    fn model_in_path() {
+        let cases = [
+            (
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                Some("gemini-2.5-flash"),
+            ),
+            (
+                "/v1/projects/p/locations/l/publishers/google/models/Gemini-2.5-Pro:generateContent",
+                Some("Gemini-2.5-Pro"),
+            ),
+            (
+                "/v1/projects/p/locations/l/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict",
+                Some("claude-sonnet-4@20250514"),
+            ),
+            (
+                "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+                Some("prod-gpt4o"),
+            ),
+            ("/OpenAI/Deployments/my%2Dgpt/embeddings", Some("my-gpt")),
+            ("/openai/v1/chat/completions", None),
+            ("/v1/chat/completions", None),
+            ("/api/chat", None),
+            ("/v1beta/models/:generateContent", None),
+        ];
+        for (path, model) in cases {
+            assert_eq!(ApiKind::model_in_path(path).as_deref(), model, "{path}");
+        }
+        let long = format!("/v1beta/models/{}:generateContent", "m".repeat(300));
+        assert_eq!(ApiKind::model_in_path(&long), None);
     }
 
     #[test]

@@ -180,6 +180,14 @@ pub(crate) struct RawUsage {
     /// An `input_tokens_details` object was present: `input_tokens` has OpenAI's meaning
     /// (cached tokens included) rather than Anthropic's.
     pub(crate) openai_details: bool,
+    /// Gemini's `candidatesTokenCount`: output *without* the thinking tokens, which Gemini
+    /// counts apart (`thoughtsTokenCount`, read into `thoughts_tokens`).
+    pub(crate) candidates_tokens: Option<u64>,
+    /// Gemini's `thoughtsTokenCount`: billed as output, not included in `candidates_tokens`.
+    pub(crate) thoughts_tokens: Option<u64>,
+    /// Gemini's `toolUsePromptTokenCount`: input read from tool results, not included in
+    /// `promptTokenCount`.
+    pub(crate) tool_use_prompt_tokens: Option<u64>,
 }
 
 impl RawUsage {
@@ -194,6 +202,16 @@ impl RawUsage {
             && self.cache_creation_input_tokens.is_none()
             && self.cached_tokens.is_none()
             && self.reasoning_tokens.is_none()
+            && self.candidates_tokens.is_none()
+            && self.thoughts_tokens.is_none()
+            && self.tool_use_prompt_tokens.is_none()
+    }
+
+    /// True when an output count was reported (so the caller need not estimate it).
+    pub(crate) fn has_output(&self) -> bool {
+        self.completion_tokens.is_some()
+            || self.output_tokens.is_some()
+            || self.candidates_tokens.is_some()
     }
 
     /// True when an input count was reported (so the caller need not estimate it).
@@ -225,6 +243,12 @@ impl RawUsage {
         );
         take(&mut self.cached_tokens, newer.cached_tokens);
         take(&mut self.reasoning_tokens, newer.reasoning_tokens);
+        take(&mut self.candidates_tokens, newer.candidates_tokens);
+        take(&mut self.thoughts_tokens, newer.thoughts_tokens);
+        take(
+            &mut self.tool_use_prompt_tokens,
+            newer.tool_use_prompt_tokens,
+        );
         self.openai_details |= newer.openai_details;
     }
 
@@ -247,17 +271,21 @@ impl RawUsage {
                 cache_read.saturating_add(self.cached_tokens.unwrap_or(0)),
             ),
         };
-        let mut output = self.completion_tokens.or(self.output_tokens).unwrap_or(0);
+        // Gemini counts thinking apart from the candidates; both are output.
+        let thoughts = self.thoughts_tokens.unwrap_or(0);
+        let gemini_output = self.candidates_tokens.map(|c| c.saturating_add(thoughts));
+        let mut output = self
+            .completion_tokens
+            .or(self.output_tokens)
+            .or(gemini_output)
+            .unwrap_or(0);
+        input = input.saturating_add(self.tool_use_prompt_tokens.unwrap_or(0));
         // A server that reports only a total (embeddings-like) is charged it as input.
-        if self.prompt_tokens.is_none()
-            && self.input_tokens.is_none()
-            && self.completion_tokens.is_none()
-            && self.output_tokens.is_none()
-        {
+        if self.prompt_tokens.is_none() && self.input_tokens.is_none() && !self.has_output() {
             input = input.max(self.total_tokens.unwrap_or(0));
         }
         input = input.max(cached_input.saturating_add(cache_creation));
-        let reasoning = self.reasoning_tokens.unwrap_or(0);
+        let reasoning = self.reasoning_tokens.or(self.thoughts_tokens).unwrap_or(0);
         output = output.max(reasoning);
         Usage {
             input,

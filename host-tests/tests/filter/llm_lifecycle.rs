@@ -383,3 +383,22 @@ fn a_store_failing_on_the_first_chunk_of_a_passing_body_lets_it_through_whole() 
     assert!(forwarded.contains(r#""include_usage":true"#), "{forwarded}");
     assert_eq!(counter(&h, "store_failures"), 1);
 }
+
+/// A passing body admitted on its first chunk, then refused with 400 because its rewrite would
+/// outgrow the announced `content-length`, gives back what its first chunk held.
+#[test]
+fn a_passing_body_refused_for_its_rewrite_holds_nothing_afterwards() {
+    let h = tollgate_with(1, &policy(r#","buffer_limit_bytes":256"#));
+    let body = format!(
+        r#"{{"model":"m","stream":true,"messages":[{{"role":"user","content":"{}"}}],"stream_options":{{}},"stream_options":{{}},"stream_options":{{}}}}"#,
+        "w".repeat(400)
+    );
+    let (mut s, _) = open(&h, "bad", "/v1/chat/completions", body.len());
+    let (head, tail) = body.as_bytes().split_at(300);
+    s.request_body(head, false).unwrap();
+    assert!(s.local_reply().unwrap().is_none());
+    s.request_body(tail, true).unwrap();
+    assert_eq!(s.local_reply().unwrap().expect("refused").status, 400);
+    s.finish().unwrap();
+    assert_eq!(left(&h, "bad"), BUDGET - PROBE_HOLD);
+}

@@ -71,6 +71,17 @@ impl LlmCall {
         step
     }
 
+    /// Gives back everything held so far (a call refused after an early admission).
+    pub(super) fn give_back<S: Store>(&mut self, env: &mut Env<'_, S>) {
+        let policy = env.policy;
+        let Some(tier) = policy.tiers().get(self.tier) else {
+            return;
+        };
+        if let Some(held) = self.reservation.take() {
+            policy.release_reservation(tier, &held, (env.now)(), env.store);
+        }
+    }
+
     /// Refuses at the request headers a caller whose budgets cannot pay even the least this
     /// call can cost; returns whether it is refused (the budgets' states are then in
     /// `tokens`). A failing store is left to admission, which knows what to do about it.

@@ -314,7 +314,7 @@ impl LlmCall {
                     replace,
                     ..RequestStep::go()
                 },
-                Err(e) => self.refuse_body(e),
+                Err(e) => self.refuse_body(env, e),
             };
         }
         let Phase::ReadingRequest { holding, copy } = &mut self.phase else {
@@ -330,7 +330,7 @@ impl LlmCall {
                 self.read_request(llm, &body);
                 let rewritten = match self.rewrite_chunk(&body, true) {
                     Ok(rewritten) => rewritten,
-                    Err(e) => return self.refuse_body(e),
+                    Err(e) => return self.refuse_body(env, e),
                 };
                 let mut step = self.admission_step(env, None);
                 step.content_length = rewritten
@@ -346,7 +346,7 @@ impl LlmCall {
         let chunk = read();
         let rewritten = match self.rewrite_chunk(&chunk, end) {
             Ok(rewritten) => rewritten,
-            Err(e) => return self.refuse_body(e),
+            Err(e) => return self.refuse_body(env, e),
         };
         let seen = match &mut self.phase {
             Phase::ReadingRequest { copy, .. } => {

@@ -3,14 +3,22 @@
 use alloc::vec::Vec;
 
 use crate::budget::LlmSettings;
+use crate::store::Store;
 
 use super::super::{estimate_tokens, LlmRequest, RewriteError, UsageRewriter};
-use super::{LlmCall, Phase, Refusal, RequestStep, Verdict};
+use super::{Env, LlmCall, Phase, Refusal, RequestStep, Verdict};
 
 impl LlmCall {
     /// Refuses a request whose body cannot be rewritten as announced. Headers may already be
     /// upstream: the local reply resets that request.
-    pub(super) fn refuse_body(&mut self, error: RewriteError) -> RequestStep {
+    pub(super) fn refuse_body<S: Store>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        error: RewriteError,
+    ) -> RequestStep {
+        // A body that passes may have been admitted on its first chunk: refused, it holds
+        // nothing.
+        self.give_back(env);
         self.phase = Phase::Done;
         RequestStep::verdict(Verdict::Refuse(Refusal::BadBody(error)))
     }

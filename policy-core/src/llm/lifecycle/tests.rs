@@ -47,10 +47,11 @@ impl Store for Flaky {
     }
 }
 
-/// One tier with one budget of `tokens` per minute; `llm` is spliced into the `llm` object.
+/// One tier with one budget of `tokens` per minute (a small table: quick to create); `llm` is
+/// spliced into the `llm` object.
 fn policy(tokens: u64, llm: &str) -> (Policy, Flaky) {
     let json = format!(
-        r#"{{"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
+        r#"{{"max_keys":64,"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
             "tokens":[{{"tokens":{tokens},"per":"minute"}}]}}],
             "llm":{{"mode":"reserve"{llm}}}}}"#
     );
@@ -72,11 +73,14 @@ fn len(body: &[u8]) -> Option<u64> {
     Some(body.len() as u64)
 }
 
-/// What the caller's budget has left now (an admission of nothing, which holds nothing).
+/// What the caller's budget has left now (an admission of nothing, which holds nothing; a
+/// budget in debt has nothing left and refuses even that).
 fn left(policy: &Policy, store: &mut Flaky) -> u64 {
     let tier = &policy.tiers()[0];
     match policy.admit_tokens(tier, USER, None, 0, T0, &mut store.inner) {
-        TokenOutcome::Admitted { decision, .. } => decision.limits[0].remaining,
+        TokenOutcome::Admitted { decision, .. } | TokenOutcome::Denied { decision } => {
+            decision.limits[0].remaining
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -691,6 +695,311 @@ fn a_store_failing_on_a_passing_body_lets_the_rest_through_rewritten_and_charges
     assert_eq!(d.log(&mut c), None);
     d.store.down = false;
     assert_eq!(d.left(), 100_000);
+}
+
+#[test]
+fn a_passing_body_refused_for_its_rewrite_after_an_early_admission_gets_its_hold_back() {
+    let (p, s) = policy(100_000, r#","buffer_limit_bytes":64"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let mut body = br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"a long enough prompt"}]"#.to_vec();
+    body.extend_from_slice(br#","stream_options":{},"stream_options":{},"stream_options":{}}"#);
+    assert_eq!(
+        d.headers(&mut c, len(&body), false).verdict,
+        Verdict::Continue
+    );
+    let (head, tail) = body.split_at(70);
+    let first = d.body(&mut c, head, false);
+    assert_eq!(first.verdict, Verdict::Continue);
+    assert!(d.left() < 100_000, "held on the first chunk");
+    let step = d.body(&mut c, tail, true);
+    assert!(
+        matches!(step.verdict, Verdict::Refuse(Refusal::BadBody(_))),
+        "{step:?}"
+    );
+    assert_eq!(d.log(&mut c), None);
+    assert_eq!(d.left(), 100_000, "a refused call holds nothing");
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Splits `bytes` at `cuts` (any order, any values), as the network might.
+    fn split(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for cut in at.into_iter().chain([bytes.len()]) {
+            out.push(bytes[from..cut].to_vec());
+            from = cut;
+        }
+        out
+    }
+
+    /// One call as the network might play it.
+    #[derive(Clone, Debug)]
+    struct Play {
+        budget: u64,
+        small_buffer: bool,
+        hold_headers: bool,
+        deny_on_store_failure: bool,
+        known_length: bool,
+        prompt: usize,
+        request_cuts: Vec<usize>,
+        answer: u8,
+        response_cuts: Vec<usize>,
+        /// The stream ends (`on_log`) before this event.
+        cut_at: Option<usize>,
+        /// The store is down from this event to the next `up_at`.
+        down_at: Option<usize>,
+        up_at: Option<usize>,
+        /// Every CAS race from this event on is lost, for this many writes.
+        conflicts_at: Option<(usize, u32)>,
+    }
+
+    fn plays() -> impl Strategy<Value = Play> {
+        (
+            (
+                prop_oneof![Just(60u64), Just(1_000_000u64)],
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                any::<bool>(),
+                0usize..400,
+            ),
+            (
+                proptest::collection::vec(0usize..600, 0..4),
+                0u8..4,
+                proptest::collection::vec(0usize..800, 0..4),
+                proptest::option::of(0usize..10),
+            ),
+        )
+            .prop_map(
+                |(
+                    (budget, small_buffer, hold_headers, deny, known_length, prompt),
+                    (request_cuts, answer, response_cuts, cut_at),
+                )| Play {
+                    budget,
+                    small_buffer,
+                    hold_headers,
+                    deny_on_store_failure: deny,
+                    known_length,
+                    prompt,
+                    request_cuts,
+                    answer,
+                    response_cuts,
+                    cut_at,
+                    down_at: None,
+                    up_at: None,
+                    conflicts_at: None,
+                },
+            )
+    }
+
+    /// What a play did.
+    #[derive(Debug)]
+    struct Played {
+        settled: Vec<Settlement>,
+        refused: bool,
+        /// The request body went through to its end.
+        body_done: bool,
+        /// The bytes the upstream received, and the length it was told to expect.
+        forwarded: Vec<u8>,
+        announced: u64,
+        left: u64,
+        /// The store failed or lost every race at some point.
+        troubled: bool,
+    }
+
+    fn play(g: &Play) -> Played {
+        let buffer = if g.small_buffer { 64 } else { 32_768 };
+        let mut json = format!(
+            r#"{{"max_keys":64,"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
+                "tokens":[{{"tokens":{},"per":"minute"}}]}}],
+                "llm":{{"buffer_limit_bytes":{buffer},"hold_headers":{},"default_max_tokens":50}}"#,
+            g.budget, g.hold_headers
+        );
+        if g.deny_on_store_failure {
+            json += r#","on_store_failure":"deny""#;
+        }
+        json += "}";
+        let p = Policy::from_json(json.as_bytes()).unwrap();
+        let mut store = Flaky::default();
+        p.init_store(&mut store.inner).unwrap();
+        let mut d = Drive::new(&p, store);
+        let mut c = chat();
+        let stream = g.answer == 0;
+        let body = format!(
+            r#"{{"model":"m","stream":{stream},"messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "p".repeat(g.prompt)
+        );
+        let sse_body = chat_stream(true);
+        let (head, answer_bytes) = match g.answer {
+            0 => (sse(false), sse_body.as_bytes()),
+            1 => (json_head(len(JSON_ANSWER)), JSON_ANSWER),
+            2 => (
+                ResponseHead {
+                    status: Some(b"429"),
+                    ..json_head(None)
+                },
+                JSON_ANSWER,
+            ),
+            _ => (
+                ResponseHead {
+                    encoded: true,
+                    ..json_head(None)
+                },
+                &b"\x1f\x8b\x08"[..],
+            ),
+        };
+        let mut out = Played {
+            settled: Vec::new(),
+            refused: false,
+            body_done: false,
+            forwarded: Vec::new(),
+            announced: body.len() as u64,
+            left: 0,
+            troubled: false,
+        };
+        let mut events = 0;
+        // Before each event: the weather at the store; whether the stream ends here.
+        let before = |d: &mut Drive<'_>, events: usize, out: &mut Played| {
+            if g.down_at == Some(events) {
+                d.store.down = true;
+                out.troubled = true;
+            }
+            if g.up_at == Some(events) {
+                d.store.down = false;
+            }
+            if let Some((at, n)) = g.conflicts_at {
+                if at == events {
+                    d.store.conflicts = n;
+                    out.troubled = true;
+                }
+            }
+            g.cut_at == Some(events)
+        };
+        'call: {
+            if before(&mut d, events, &mut out) {
+                break 'call;
+            }
+            events += 1;
+            let length = g.known_length.then_some(body.len() as u64);
+            let step = d.headers(&mut c, length, false);
+            out.refused |= matches!(step.verdict, Verdict::Refuse(_));
+            if let Some(n) = step.content_length {
+                out.announced = n;
+            }
+            // Envoy offers a held body whole again with each new chunk.
+            let mut buffered = Vec::new();
+            let chunks = split(body.as_bytes(), &g.request_cuts);
+            for (i, chunk) in chunks.iter().enumerate() {
+                if before(&mut d, events, &mut out) {
+                    break 'call;
+                }
+                events += 1;
+                buffered.extend_from_slice(chunk);
+                let end = i + 1 == chunks.len();
+                let step = d.body(&mut c, &buffered, end);
+                match step.verdict {
+                    Verdict::Hold => continue,
+                    Verdict::Refuse(_) => out.refused = true,
+                    Verdict::Continue => {
+                        let sent = step.replace.as_deref().unwrap_or(&buffered);
+                        out.forwarded.extend_from_slice(sent);
+                        out.body_done |= end;
+                    }
+                }
+                if let Some(n) = step.content_length {
+                    out.announced = n;
+                }
+                buffered.clear();
+            }
+            if before(&mut d, events, &mut out) {
+                break 'call;
+            }
+            events += 1;
+            out.settled.extend(d.response(&mut c, head).settled);
+            let mut buffered = Vec::new();
+            let chunks = split(answer_bytes, &g.response_cuts);
+            for (i, chunk) in chunks.iter().enumerate() {
+                if before(&mut d, events, &mut out) {
+                    break 'call;
+                }
+                events += 1;
+                buffered.extend_from_slice(chunk);
+                let step = d.chunk(&mut c, &buffered, i + 1 == chunks.len());
+                if !step.hold {
+                    buffered.clear();
+                }
+                out.settled.extend(step.settled);
+            }
+        }
+        out.settled.extend(d.log(&mut c));
+        out.settled
+            .extend(d.chunk(&mut c, b"data: [DONE]\n\n", true).settled);
+        out.settled.extend(d.log(&mut c));
+        d.store.down = false;
+        d.store.conflicts = 0;
+        out.left = d.left();
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Whatever the framing, the budget, the answer and wherever the stream is cut, a call
+        /// settles at most once; afterwards a call that was refused or never admitted holds
+        /// nothing, and a settled one holds exactly what it was charged. Events that come after
+        /// the end (a stray chunk, a second `on_log`) change nothing. A body that went through
+        /// reached the upstream exactly as long as announced.
+        #[test]
+        fn every_call_settles_at_most_once_and_holds_what_it_was_charged(g in plays()) {
+            let out = play(&g);
+            prop_assert!(out.settled.len() <= 1, "{out:?}");
+            if out.refused {
+                prop_assert!(out.settled.is_empty(), "{out:?}");
+            }
+            match out.settled.first() {
+                Some(s) => prop_assert_eq!(out.left, g.budget.saturating_sub(s.charged)),
+                None => prop_assert_eq!(out.left, g.budget),
+            }
+            if out.body_done && !out.refused && g.known_length {
+                prop_assert_eq!(out.forwarded.len() as u64, out.announced, "{:?}", out);
+            }
+        }
+
+        /// The same with the store failing, coming back, or losing every race at any event,
+        /// under either `on_store_failure`: still at most one settlement, none for a refused
+        /// call, and a body let through reaches the upstream whole and as long as announced.
+        #[test]
+        fn a_troubled_store_never_settles_twice_nor_cuts_a_body_short(
+            g in plays(),
+            down_at in proptest::option::of(0usize..10),
+            up_at in proptest::option::of(0usize..12),
+            conflicts_at in proptest::option::of((0usize..10, 1u32..40)),
+        ) {
+            let g = Play { down_at, up_at, conflicts_at, ..g };
+            let out = play(&g);
+            prop_assert!(out.settled.len() <= 1, "{out:?}");
+            if out.refused {
+                prop_assert!(out.settled.is_empty(), "{out:?}");
+            }
+            if out.body_done && !out.refused && g.known_length {
+                prop_assert_eq!(out.forwarded.len() as u64, out.announced, "{:?}", out);
+            }
+            if !out.troubled {
+                match out.settled.first() {
+                    Some(s) => prop_assert_eq!(out.left, g.budget.saturating_sub(s.charged)),
+                    None => prop_assert_eq!(out.left, g.budget),
+                }
+            }
+        }
+    }
 }
 
 /// Gemini's streamed JSON array (no `alt=sse`) and Ollama's NDJSON, fed in small pieces.

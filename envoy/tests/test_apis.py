@@ -91,6 +91,8 @@ class _ApiHandler(_Handler):
             name = "ollama-chat.ndjson" if stream_flag is not False else "ollama-chat.json"
         elif path.endswith("/api/generate"):
             name = "ollama-generate.ndjson"
+        elif path.endswith("/chat/completions") and stream_flag is True:
+            name = "vllm-chat.sse"  # an OpenAI-compatible server's stream
         else:  # Azure OpenAI, the OpenAI-compatible paths
             name = "openai-chat.json"
         payload = PROBE if name is None else fixture(name)
@@ -204,6 +206,12 @@ CALLS = {
                                "ollama-generate.ndjson"),
     "azure": (AZURE.format(model="prod-gpt4o"), {"messages": [{"role": "user", "content": "hi"}]},
               "openai-chat.json"),
+    # vLLM (and any OpenAI-compatible server) on /v1/chat/completions: OpenAI's chat, pinned.
+    "vllm sse": ("/api/v1/chat/completions",
+                 {"model": "meta-llama/Llama-3.1-8B-Instruct", "stream": True,
+                  "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+                  "messages": [{"role": "user", "content": "hi"}]},
+                 "vllm-chat.sse"),
 }
 
 
@@ -220,13 +228,15 @@ def test_the_expected_charges_are_read_from_the_files():
     the last Gemini chunk's counts, not their sum."""
     assert {name: cost(name) for name in
             ["gemini-generate.json", "gemini-stream.sse", "gemini-stream.json",
-             "ollama-chat.json", "ollama-chat.ndjson", "ollama-generate.ndjson"]} == {
+             "ollama-chat.json", "ollama-chat.ndjson", "ollama-generate.ndjson",
+             "vllm-chat.sse"]} == {
         "gemini-generate.json": 1040 + 23 + 24,
         "gemini-stream.sse": 9 + 23 + 24,
         "gemini-stream.json": 9 + 23 + 24,
         "ollama-chat.json": 26 + 298,
         "ollama-chat.ndjson": 26 + 12,
         "ollama-generate.ndjson": 30 + 5,
+        "vllm-chat.sse": 17 + 6,
     }
 
 

@@ -167,10 +167,11 @@ pub struct LlmRequest {
     pub max_tokens: Option<u64>,
     /// `max_completion_tokens` (OpenAI chat, newer models).
     pub max_completion_tokens: Option<u64>,
-    /// `max_output_tokens` (OpenAI Responses).
+    /// `max_output_tokens` (OpenAI Responses); Gemini's `generationConfig.maxOutputTokens` and
+    /// Ollama's `options.num_predict` (when not negative: -1 and -2 mean no cap) land here too.
     pub max_output_tokens: Option<u64>,
-    /// `n`: how many choices to generate (OpenAI chat and legacy completions), each up to the
-    /// output limit.
+    /// `n`: how many choices to generate (OpenAI chat and legacy completions; Gemini's
+    /// `generationConfig.candidateCount`), each up to the output limit.
     pub n: Option<u64>,
     /// The body's length in bytes.
     pub body_len: usize,
@@ -287,6 +288,17 @@ keys!(
         N = "n",
         PreviousResponseId = "previous_response_id",
         Conversation = "conversation",
+        GenerationConfig = "generationConfig",
+        Options = "options",
+    }
+);
+
+keys!(
+    /// The output caps of Gemini's `generationConfig` and Ollama's `options`.
+    CapKey {
+        MaxOutputTokens = "maxOutputTokens",
+        CandidateCount = "candidateCount",
+        NumPredict = "num_predict",
     }
 );
 
@@ -316,6 +328,8 @@ fn request_key_name(key: RequestKey) -> &'static str {
         RequestKey::N => "n",
         RequestKey::PreviousResponseId => "previous_response_id",
         RequestKey::Conversation => "conversation",
+        RequestKey::GenerationConfig => "generationConfig",
+        RequestKey::Options => "options",
         RequestKey::Other => "",
     }
 }
@@ -353,6 +367,62 @@ impl<'de> Deserialize<'de> for Model {
             }
             lenient!(Model::Null => null);
             lenient!(Model::Bad(FieldError::WrongType) => bool numbers map seq);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Gemini's `generationConfig` (`maxOutputTokens`, `candidateCount`) or Ollama's `options`
+/// (`num_predict`): the output cap and the number of candidates, or the first problem.
+#[derive(Default)]
+struct Caps {
+    max_output: Option<u64>,
+    candidates: Option<u64>,
+    bad: Option<(&'static str, FieldError)>,
+}
+
+impl<'de> Deserialize<'de> for Caps {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Caps;
+            lenient!(expecting "generation options");
+            lenient!(Caps::default() => null);
+            lenient!(Caps { bad: Some(("generationConfig", FieldError::WrongType)), ..Caps::default() } => scalars seq);
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Caps, A::Error> {
+                let mut caps = Caps::default();
+                let mut seen = Seen::default();
+                while let Some(key) = map.next_key::<CapKey>()? {
+                    let name = match key {
+                        CapKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                        CapKey::MaxOutputTokens => "generationConfig.maxOutputTokens",
+                        CapKey::CandidateCount => "generationConfig.candidateCount",
+                        CapKey::NumPredict => "options.num_predict",
+                    };
+                    if !seen.first(key.bit()) {
+                        map.next_value::<IgnoredAny>()?;
+                        caps.bad = caps.bad.or(Some((name, FieldError::Duplicate)));
+                        continue;
+                    }
+                    let slot = match key {
+                        CapKey::CandidateCount => &mut caps.candidates,
+                        _ => &mut caps.max_output,
+                    };
+                    match map.next_value::<Count>()? {
+                        // Ollama's -1 (no limit) and -2 (fill the context): no cap given.
+                        Count::Bad(FieldError::Negative) if key == CapKey::NumPredict => {}
+                        count => {
+                            if let Err(reason) = count.store(slot) {
+                                caps.bad = caps.bad.or(Some((name, reason)));
+                            }
+                        }
+                    }
+                }
+                Ok(caps)
+            }
         }
         d.deserialize_any(V)
     }
@@ -465,6 +535,18 @@ impl<'de> Deserialize<'de> for Parsed {
                             }
                             Flag::Bad(reason) => Some(("stream", reason)),
                         },
+                        RequestKey::GenerationConfig | RequestKey::Options => {
+                            let caps = map.next_value::<Caps>()?;
+                            // Gemini's cap per candidate, like OpenAI's per choice.
+                            request.max_output_tokens =
+                                caps.max_output.or(request.max_output_tokens);
+                            request.n = caps.candidates.or(request.n);
+                            // The visitor names the container Gemini's way.
+                            caps.bad.map(|(field, reason)| match (key, field) {
+                                (RequestKey::Options, "generationConfig") => ("options", reason),
+                                _ => (field, reason),
+                            })
+                        }
                         RequestKey::StreamOptions => match map.next_value::<StreamOptions>()? {
                             StreamOptions::Null => None,
                             StreamOptions::Object { include_usage } => {
@@ -665,6 +747,42 @@ mod tests {
         assert_eq!(
             (r.stream, r.max_output_tokens, r.max_output()),
             (false, Some(50), Some(50))
+        );
+    }
+
+    #[test]
+    fn gemini_and_ollama_output_caps() {
+        let r = parse(
+            r#"{"contents":[{"parts":[{"text":"hi"}]}],
+                "generationConfig":{"temperature":0.2,"maxOutputTokens":300,"candidateCount":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.max_output(), r.max_output_all_choices()),
+            (Some(300), Some(600))
+        );
+        let r = parse(r#"{"model":"llama3.2","options":{"num_predict":128}}"#).unwrap();
+        assert_eq!(r.max_output(), Some(128));
+        for unbounded in [-1, -2] {
+            let body = format!(r#"{{"model":"llama3.2","options":{{"num_predict":{unbounded}}}}}"#);
+            assert_eq!(parse(&body).unwrap().max_output(), None);
+        }
+        let e = |field, reason| Err(RequestError::BadField { field, reason });
+        assert_eq!(
+            parse(r#"{"generationConfig":{"maxOutputTokens":-5}}"#),
+            e("generationConfig.maxOutputTokens", FieldError::Negative)
+        );
+        assert_eq!(
+            parse(r#"{"generationConfig":{"candidateCount":1,"candidateCount":9}}"#),
+            e("generationConfig.candidateCount", FieldError::Duplicate)
+        );
+        assert_eq!(
+            parse(r#"{"generationConfig":[]}"#),
+            e("generationConfig", FieldError::WrongType)
+        );
+        assert_eq!(
+            parse(r#"{"options":7}"#),
+            e("options", FieldError::WrongType)
         );
     }
 

@@ -3,8 +3,10 @@
 //! `eval_count` the generated ones; a stream (NDJSON, one object a line) reports them only in
 //! its final object, the one with `"done": true`. Ollama reports no cache or reasoning counts.
 
+use serde::Deserialize;
+
 use super::json::{Count, FieldError};
-use super::usage::{RawUsage, UsageValue};
+use super::usage::{last_key_value, RawUsage, UsageValue};
 
 /// The usage an Ollama object's `prompt_eval_count` and `eval_count` (each `None` when
 /// absent) amount to.
@@ -25,6 +27,18 @@ pub(crate) fn ollama_usage(
         None if raw.is_empty() => UsageValue::Absent,
         None => UsageValue::Present(raw),
     }
+}
+
+/// The counts at the end of an Ollama object too large to keep whole (`tail`: its last bytes),
+/// each read after the last `"prompt_eval_count":` / `"eval_count":` key in it.
+pub(crate) fn ollama_usage_from_tail(tail: &[u8]) -> UsageValue {
+    let count = |key: &[u8]| {
+        last_key_value(tail, key).and_then(|(_, value)| {
+            let mut de = serde_json::Deserializer::from_slice(value);
+            Count::deserialize(&mut de).ok()
+        })
+    };
+    ollama_usage(count(b"\"prompt_eval_count\""), count(b"\"eval_count\""))
 }
 
 #[cfg(test)]
@@ -123,6 +137,22 @@ mod tests {
                 .collect();
             assert_eq!(seen(&scan(&[&crlf])), whole, "CRLF");
         }
+    }
+
+    #[test]
+    fn an_object_larger_than_the_limit_is_read_from_its_head_and_tail() {
+        let text = "x".repeat(5000);
+        let stream = alloc::format!(
+            "{{\"model\":\"m\",\"message\":{{\"content\":\"{text}\"}},\"done\":false}}\n\
+             {{\"model\":\"m\",\"message\":{{\"content\":\"{text}\"}},\"done\":true,\"prompt_eval_count\":3,\"eval_count\":2500}}\n"
+        );
+        let mut s = SseScanner::with_framing(SseLimits::new(1024), Framing::Ndjson);
+        for piece in stream.as_bytes().chunks(300) {
+            s.feed(piece);
+        }
+        s.finish();
+        assert_eq!((s.oversize_events(), s.completed()), (2, true));
+        assert_eq!(s.usage(), Some(usage(3, 2500)));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::chat::ChoicesText;
 use super::delta::DeltaText;
 use crate::llm::gemini::{Candidates, UsageMetadata};
 use crate::llm::json::{lenient, Count, Flag, TextLen};
-use crate::llm::ollama::ollama_usage;
+use crate::llm::ollama::{ollama_usage, ollama_usage_from_tail};
 use crate::llm::usage::{raw_usage_from_tail, RawUsage, UsageValue};
 
 /// What one event's data amounted to.
@@ -121,15 +121,22 @@ pub(super) fn read_oversize_event(head: &[u8], tail: &[u8]) -> EventOutcome {
         b"\"response.failed\"",
         b"\"message_stop\"",
     ];
-    let terminal = TERMINAL
-        .iter()
-        .any(|t| head.windows(t.len()).any(|w| w == *t));
+    let has = |hay: &[u8], t: &[u8]| hay.windows(t.len()).any(|w| w == t);
+    // Gemini's `finishReason` closes its candidate, Ollama's `"done":true` its final object:
+    // both sit near an event's end.
+    let terminal = TERMINAL.iter().any(|t| has(head, t))
+        || has(tail, b"\"finishReason\"")
+        || has(tail, b"\"done\":true");
     let mut summary = EventSummary {
         terminal,
         ..EventSummary::default()
     };
     match raw_usage_from_tail(tail) {
-        None | Some(Ok(UsageValue::Absent)) => {}
+        None | Some(Ok(UsageValue::Absent)) => match ollama_usage_from_tail(tail) {
+            UsageValue::Present(raw) => summary.usage = Some(raw),
+            UsageValue::Bad { .. } => summary.bad_usage = true,
+            UsageValue::Absent => {}
+        },
         Some(Ok(UsageValue::Present(raw))) => summary.usage = Some(raw),
         Some(Ok(UsageValue::Bad { .. })) => summary.bad_usage = true,
         // Cut inside its usage (a stream that ended there): not JSON, so nothing it says counts.

@@ -111,8 +111,9 @@ pub fn usage_from_json(body: &[u8]) -> Result<Usage, UsageError> {
 
 /// Usage from the *end* of a JSON body too large to keep whole.
 ///
-/// OpenAI and Anthropic both write `usage` after the generated content, so the last bytes of a
-/// response hold it. The last `"usage"` key in `tail` is read: inside a JSON string a quote is
+/// OpenAI, Anthropic and Gemini all write their usage after the generated content, so the last
+/// bytes of a response hold it. The last `"usage"` (or Gemini's `"usageMetadata"`) key in `tail`
+/// is read: inside a JSON string a quote is
 /// escaped, so the raw bytes `"usage"` followed by `:` can only be a key. A nested `usage` key
 /// after the top-level one would be read instead, which no API in use produces.
 ///
@@ -133,17 +134,35 @@ pub fn usage_from_tail(tail: &[u8]) -> Result<Usage, UsageError> {
 /// is no such key, `Some(Err(()))` when what follows it is not a JSON value. Streams merge the
 /// raw counts, so the scanner reads an oversized event's tail with this.
 pub(crate) fn raw_usage_from_tail(tail: &[u8]) -> Option<Result<UsageValue, ()>> {
-    const KEY: &[u8] = b"\"usage\"";
+    // Gemini's `usageMetadata` is read the same way, whichever of the two comes last.
+    let usage = last_key_value(tail, b"\"usage\"");
+    let metadata = last_key_value(tail, b"\"usageMetadata\"");
+    let (value, gemini) = match (usage, metadata) {
+        (Some(u), Some(m)) if m.0 > u.0 => (m.1, true),
+        (Some(u), _) => (u.1, false),
+        (None, Some(m)) => (m.1, true),
+        (None, None) => return None,
+    };
+    let mut de = serde_json::Deserializer::from_slice(value);
+    Some(if gemini {
+        crate::llm::gemini::UsageMetadata::deserialize(&mut de)
+            .map(|m| m.0)
+            .map_err(|_| ())
+    } else {
+        UsageValue::deserialize(&mut de).map_err(|_| ())
+    })
+}
+
+/// Where the last `key` followed by `:` starts in `tail`, and the bytes after the `:`.
+pub(crate) fn last_key_value<'a>(tail: &'a [u8], key: &[u8]) -> Option<(usize, &'a [u8])> {
     let mut end = tail.len();
     while let Some(at) = tail
         .get(..end)
-        .and_then(|hay| hay.windows(KEY.len()).rposition(|w| w == KEY))
+        .and_then(|hay| hay.windows(key.len()).rposition(|w| w == key))
     {
-        let rest = tail.get(at + KEY.len()..).unwrap_or(&[]);
-        let rest = trim_start(rest);
+        let rest = trim_start(tail.get(at + key.len()..).unwrap_or(&[]));
         if let Some(value) = rest.strip_prefix(b":") {
-            let mut de = serde_json::Deserializer::from_slice(value);
-            return Some(UsageValue::deserialize(&mut de).map_err(|_| ()));
+            return Some((at, value));
         }
         end = at;
     }
@@ -320,6 +339,13 @@ mod tests {
         let anthropic = br#"...text"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":34}}"#;
         let u = super::usage_from_tail(anthropic).unwrap();
         assert_eq!((u.input, u.output), (12, 34));
+        let gemini = br#"...rain"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":23,"thoughtsTokenCount":24},"modelVersion":"gemini-2.5-flash"}"#;
+        let u = super::usage_from_tail(gemini).unwrap();
+        assert_eq!((u.input, u.output, u.reasoning), (9, 47, 24));
+        // The key that comes last is the one read.
+        let both =
+            br#"{"text":"x","usage":{"prompt_tokens":1},"usageMetadata":{"promptTokenCount":5}}"#;
+        assert_eq!(super::usage_from_tail(both).unwrap().input, 5);
     }
 
     use alloc::{format, string::String, vec::Vec};

@@ -46,7 +46,12 @@ POLICY = {
             {"tokens": LLAMA_BUDGET, "per": "month", "model": "llama3.2", "name": "llama"},
         ],
     }],
-    "llm": {"mode": "charge_after", "on_missing_usage": "nothing", "on_incomplete": "received"},
+    "llm": {
+        "mode": "charge_after", "on_missing_usage": "nothing", "on_incomplete": "received",
+        # A proxy path that does not say its API, and an Azure deployment not named as its model.
+        "routes": [{"path_prefix": "/api/llm-proxy", "api": "ollama_generate"}],
+        "deployments": {"prod-flash": "gemini-2.5-flash"},
+    },
 }
 
 GEMINI = "/api/v1beta/models/{model}:{method}"
@@ -89,7 +94,7 @@ class _ApiHandler(_Handler):
             name = "gemini-generate.json"
         elif path.endswith("/api/chat"):
             name = "ollama-chat.ndjson" if stream_flag is not False else "ollama-chat.json"
-        elif path.endswith("/api/generate"):
+        elif path.endswith("/api/generate") or path.startswith("/api/llm-proxy"):
             name = "ollama-generate.ndjson"
         elif path.endswith("/chat/completions") and stream_flag is True:
             name = "vllm-chat.sse"  # an OpenAI-compatible server's stream
@@ -204,6 +209,8 @@ CALLS = {
                            "ollama-chat.ndjson"),
     "ollama generate ndjson": ("/api/generate", {"model": "llama3.3", "prompt": "hi"},
                                "ollama-generate.ndjson"),
+    "named route": ("/api/llm-proxy/complete", {"model": "llama3.3", "prompt": "hi"},
+                    "ollama-generate.ndjson"),
     "azure": (AZURE.format(model="prod-gpt4o"), {"messages": [{"role": "user", "content": "hi"}]},
               "openai-chat.json"),
     # vLLM (and any OpenAI-compatible server) on /v1/chat/completions: OpenAI's chat, pinned.
@@ -280,8 +287,9 @@ def test_a_stream_cut_short_is_charged_what_it_received(envoy, name):
 
 def test_a_model_budget_holds_whichever_api_path_names_the_model(envoy):
     """gemini-2.5-flash's budget, spent through the Gemini API, refuses the same model on Vertex
-    AI's path, on Gemini's OpenAI-compatible endpoint (model in the body) and as an Azure
-    deployment of that name; another model still passes. Each refusal in its API's format."""
+    AI's path, on Gemini's OpenAI-compatible endpoint (model in the body), as an Azure deployment
+    of that name and as one `llm.deployments` maps to it; another model still passes. Each
+    refusal in its API's format."""
     user = unique("flash")
     flash = GEMINI.format(model="gemini-2.5-flash", method="generateContent")
     assert post(envoy, flash, user, GEMINI_BODY)[0] == 200  # charged 1087 > 100
@@ -291,6 +299,8 @@ def test_a_model_budget_holds_whichever_api_path_names_the_model(envoy):
         ("/api/v1beta/openai/chat/completions",
          {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}),
         (AZURE.format(model="gemini-2.5-flash"), {"messages": [{"role": "user", "content": "hi"}]}),
+        # llm.deployments maps this one to gemini-2.5-flash.
+        (AZURE.format(model="prod-flash"), {"messages": [{"role": "user", "content": "hi"}]}),
     ]:
         status, head, got = post(envoy, path, user, body)
         assert status == 429, (path, head, got)

@@ -17,6 +17,7 @@ use crate::bucket::{Rate, Tat};
 use crate::decision::LimitStatus;
 use crate::hash::{Seed, Slot};
 use crate::llm::cost::Cost;
+use crate::llm::ApiKind;
 use crate::store::Store;
 use crate::table::{Placement, Table, TableError, Update};
 use crate::time::Nanos;
@@ -165,6 +166,35 @@ pub struct LlmSettings {
     /// `x-should-retry: false` (gRPC: `grpc-retry-pushback-ms: -1`), so the official SDKs raise
     /// at once instead of blocking their caller until the budget refills.
     pub max_client_wait: Nanos,
+    /// `llm.routes`: the API of the paths under a prefix (normalised, longest first), for an
+    /// API served where its path does not tell it.
+    pub routes: Vec<(String, ApiKind)>,
+    /// `llm.deployments`: the model a name in the path stands for (an Azure deployment).
+    pub deployments: Vec<(String, String)>,
+}
+
+impl LlmSettings {
+    /// The API a request path speaks: the longest `llm.routes` prefix it is under, else what the
+    /// path itself tells ([`ApiKind::from_path`]).
+    pub fn api_of(&self, path: &str) -> ApiKind {
+        let normalized = crate::path::normalize(path.as_bytes());
+        self.routes
+            .iter()
+            .find(|(prefix, _)| crate::tier::path_has_prefix(&normalized, prefix.as_bytes()))
+            .map_or_else(|| ApiKind::from_path(path), |(_, api)| *api)
+    }
+
+    /// The model a request path names ([`ApiKind::model_in_path`]), mapped by
+    /// `llm.deployments` when it names a deployment listed there.
+    pub fn model_in_path(&self, path: &str) -> Option<String> {
+        let name = ApiKind::model_in_path(path)?;
+        Some(
+            self.deployments
+                .iter()
+                .find(|(deployment, _)| *deployment == name)
+                .map_or(name, |(_, model)| model.clone()),
+        )
+    }
 }
 
 /// How much a reservation asks of a budget.

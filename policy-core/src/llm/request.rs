@@ -105,6 +105,33 @@ impl ApiKind {
         (!model.is_empty() && model.len() <= MAX_MODEL_LEN).then(|| model.into())
     }
 
+    /// The names `llm.routes[].api` accepts, in the order of [`ApiKind::NAMED`].
+    pub const NAMES: &'static [&'static str] = &[
+        "openai_chat",
+        "openai_completions",
+        "openai_embeddings",
+        "openai_responses",
+        "anthropic_messages",
+        "gemini_generate",
+        "gemini_stream",
+        "gemini_embed",
+        "ollama_chat",
+        "ollama_generate",
+    ];
+    /// The kinds [`ApiKind::NAMES`] name.
+    pub const NAMED: &'static [ApiKind] = &[
+        ApiKind::OpenAiChat,
+        ApiKind::OpenAiCompletions,
+        ApiKind::OpenAiEmbeddings,
+        ApiKind::OpenAiResponses,
+        ApiKind::AnthropicMessages,
+        ApiKind::GeminiGenerate,
+        ApiKind::GeminiStream,
+        ApiKind::GeminiEmbed,
+        ApiKind::OllamaChat,
+        ApiKind::OllamaGenerate,
+    ];
+
     /// Whether the request body names the output cap Gemini's way
     /// (`generationConfig.maxOutputTokens`) rather than OpenAI's or Anthropic's.
     pub fn is_gemini(self) -> bool {

@@ -90,6 +90,10 @@ class _ApiHandler(_Handler):
             name = None
         elif ":streamGenerateContent" in path:
             name = "gemini-stream.sse" if "alt=sse" in path else "gemini-stream.json"
+        elif "RawPredict" in path or ":rawPredict" in path:  # Claude on Vertex AI
+            # Anthropic streams only when asked (Ollama, below, unless told not to).
+            asked = json.loads(body or b"{}").get("stream") is True
+            name = "anthropic-messages.sse" if asked else "anthropic-messages.json"
         elif ":generateContent" in path:
             name = "gemini-generate.json"
         elif path.endswith("/api/chat"):
@@ -201,6 +205,14 @@ CALLS = {
                      GEMINI_BODY, "gemini-stream.json"),
     "vertex gemini": (VERTEX.format(model="gemini-2.5-pro", method="streamGenerateContent"),
                       GEMINI_BODY, "gemini-stream.json"),
+    "vertex claude json": (VERTEX.replace("google", "anthropic").format(
+        model="claude-sonnet-4@20250514", method="rawPredict"),
+        {"anthropic_version": "vertex-2023-10-16", "max_tokens": 100,
+         "messages": [{"role": "user", "content": "hi"}]}, "anthropic-messages.json"),
+    "vertex claude sse": (VERTEX.replace("google", "anthropic").format(
+        model="claude-sonnet-4@20250514", method="streamRawPredict"),
+        {"anthropic_version": "vertex-2023-10-16", "max_tokens": 100, "stream": True,
+         "messages": [{"role": "user", "content": "hi"}]}, "anthropic-messages.sse"),
     "ollama chat json": ("/api/chat", {"model": "llama3.3", "stream": False,
                                        "messages": [{"role": "user", "content": "hi"}]},
                          "ollama-chat.json"),

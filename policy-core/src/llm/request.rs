@@ -132,8 +132,8 @@ impl ApiKind {
         ApiKind::OllamaGenerate,
     ];
 
-    /// Whether the request body names the output cap Gemini's way
-    /// (`generationConfig.maxOutputTokens`) rather than OpenAI's or Anthropic's.
+    /// Whether this is one of Gemini's methods (the Gemini API or Vertex AI), whose refusals
+    /// use Google's error format.
     pub fn is_gemini(self) -> bool {
         matches!(
             self,

@@ -220,9 +220,7 @@ impl LlmCall {
     pub fn style(&self) -> ErrorStyle {
         match self.api {
             ApiKind::AnthropicMessages => ErrorStyle::Anthropic,
-            ApiKind::GeminiGenerate | ApiKind::GeminiStream | ApiKind::GeminiEmbed => {
-                ErrorStyle::Gemini
-            }
+            api if api.is_gemini() => ErrorStyle::Gemini,
             ApiKind::OllamaChat | ApiKind::OllamaGenerate => ErrorStyle::Ollama,
             _ => ErrorStyle::OpenAi,
         }

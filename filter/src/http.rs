@@ -3,10 +3,10 @@
 
 use std::rc::Rc;
 
+use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
 use policy_core::tier::Tier;
-use policy_core::headers;
 use policy_core::{Nanos, Outcome};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
@@ -89,7 +89,7 @@ impl HttpContext for Stream {
                 if !decision.allowed {
                     plugin.metrics.count(i, Event::Denied);
                     if let (true, Some(settings)) = (llm_tier, plugin.policy.llm()) {
-                        let api = ApiKind::from_path(&request.path());
+                        let api = settings.api_of(&request.path());
                         let stream = LlmCall::new(i, identity, api, decision);
                         let body = stream.denial_body(tier);
                         let fields = stream.fields(tier, settings, || now);
@@ -105,14 +105,19 @@ impl HttpContext for Stream {
                     self.pending = headers::fields(tier, &decision);
                     return Action::Continue;
                 }
-                let api = ApiKind::from_path(&request.path());
+                let path = request.path();
+                let api = plugin
+                    .policy
+                    .llm()
+                    .map_or(ApiKind::Unknown, |settings| settings.api_of(&path));
                 let Some(settings) = plugin.policy.llm().filter(|_| api != ApiKind::Unknown) else {
                     // Not a completion API (e.g. listing models): request limits only.
                     plugin.metrics.count(i, Event::Allowed);
                     self.pending = headers::llm_fields(tier, Some(&decision), None);
                     return Action::Continue;
                 };
-                let call = LlmCall::new(i, identity, api, decision);
+                let call = LlmCall::new(i, identity, api, decision)
+                    .with_path_model(settings.model_in_path(&path));
                 if settings.strip_accept_encoding {
                     let _ = host::set_header(MapType::HttpRequestHeaders, "accept-encoding", None);
                 }

@@ -17,6 +17,7 @@ use crate::bucket::{Rate, Tat};
 use crate::decision::LimitStatus;
 use crate::hash::{Seed, Slot};
 use crate::llm::cost::Cost;
+use crate::llm::ApiKind;
 use crate::store::Store;
 use crate::table::{Placement, Table, TableError, Update};
 use crate::time::Nanos;
@@ -33,12 +34,13 @@ pub enum ModelScope {
 }
 
 /// The model a snapshot name stands for: `gpt-4o-mini-2024-07-18` → `gpt-4o-mini`,
-/// `claude-3-5-sonnet-20241022` and `claude-3-5-sonnet-latest` → `claude-3-5-sonnet`.
+/// `claude-3-5-sonnet-20241022` and `claude-3-5-sonnet-latest` → `claude-3-5-sonnet`, and
+/// Vertex AI's `claude-3-5-sonnet@20241022` (its model path names snapshots with `@`) too.
 ///
 /// Providers publish a model under a base name and under dated snapshots of it; a budget written
 /// for the base must not be escaped by naming a snapshot. One suffix is removed: `-YYYY-MM-DD`
-/// (OpenAI), `-YYYYMMDD` (Anthropic), each with a real month (01–12) and day (01–31), or
-/// `-latest`. Anything else is its own model: `gpt-4-0613` (4-digit OpenAI dates are ambiguous
+/// (OpenAI), `-YYYYMMDD` or `@YYYYMMDD` (Anthropic; Vertex AI), each with a real month
+/// (01–12) and day (01–31), or `-latest`. Anything else is its own model: `gpt-4-0613` (4-digit OpenAI dates are ambiguous
 /// with other numbering such as Mistral's `-2407`), `gpt-4o` is not `gpt-4o-mini`.
 pub fn base_model(model: &str) -> &str {
     if let Some(base) = model.strip_suffix("-latest") {
@@ -71,10 +73,10 @@ pub fn base_model(model: &str) -> &str {
             }
         }
     }
-    // -YYYYMMDD: 9 bytes.
+    // -YYYYMMDD (Anthropic), @YYYYMMDD (Anthropic's models on Vertex AI): 9 bytes.
     if let Some(i) = b.len().checked_sub(9) {
         if i > 0
-            && b.get(i) == Some(&b'-')
+            && matches!(b.get(i), Some(&b'-' | &b'@'))
             && dated(
                 b.get(i + 1..i + 5).unwrap_or(&[]),
                 b.get(i + 5..i + 7).unwrap_or(&[]),
@@ -164,6 +166,35 @@ pub struct LlmSettings {
     /// `x-should-retry: false` (gRPC: `grpc-retry-pushback-ms: -1`), so the official SDKs raise
     /// at once instead of blocking their caller until the budget refills.
     pub max_client_wait: Nanos,
+    /// `llm.routes`: the API of the paths under a prefix (normalised, longest first), for an
+    /// API served where its path does not tell it.
+    pub routes: Vec<(String, ApiKind)>,
+    /// `llm.deployments`: the model a name in the path stands for (an Azure deployment).
+    pub deployments: Vec<(String, String)>,
+}
+
+impl LlmSettings {
+    /// The API a request path speaks: the longest `llm.routes` prefix it is under, else what the
+    /// path itself tells ([`ApiKind::from_path`]).
+    pub fn api_of(&self, path: &str) -> ApiKind {
+        let normalized = crate::path::normalize(path.as_bytes());
+        self.routes
+            .iter()
+            .find(|(prefix, _)| crate::tier::path_has_prefix(&normalized, prefix.as_bytes()))
+            .map_or_else(|| ApiKind::from_path(path), |(_, api)| *api)
+    }
+
+    /// The model a request path names ([`ApiKind::model_in_path`]), mapped by
+    /// `llm.deployments` when it names a deployment listed there.
+    pub fn model_in_path(&self, path: &str) -> Option<String> {
+        let name = ApiKind::model_in_path(path)?;
+        Some(
+            self.deployments
+                .iter()
+                .find(|(deployment, _)| *deployment == name)
+                .map_or(name, |(_, model)| model.clone()),
+        )
+    }
 }
 
 /// How much a reservation asks of a budget.
@@ -515,6 +546,8 @@ mod tests {
             ("claude-3-5-sonnet-20241022", "claude-3-5-sonnet"),
             ("claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
             ("claude-sonnet-4-20250514", "claude-sonnet-4"),
+            ("claude-sonnet-4@20250514", "claude-sonnet-4"),
+            ("claude-sonnet-4@2025051", "claude-sonnet-4@2025051"),
             ("gpt-4o-mini", "gpt-4o-mini"),
             ("gpt-4-0613", "gpt-4-0613"),
             ("mistral-large-2407", "mistral-large-2407"),

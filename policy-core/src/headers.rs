@@ -355,6 +355,11 @@ pub enum ErrorStyle {
     OpenAi,
     /// `{"type": "error", "error": {"type", "message"}}`.
     Anthropic,
+    /// Google's `{"error": {"code": 429, "message", "status": "RESOURCE_EXHAUSTED"}}`
+    /// (Gemini API, Vertex AI).
+    Gemini,
+    /// Ollama's `{"error": "…"}`.
+    Ollama,
 }
 
 /// The body of an LLM 429, in the format the client's SDK parses, so that it backs off.
@@ -410,6 +415,12 @@ pub fn llm_denial_body(
             &message,
             &[T("\"}}")],
         ]),
+        ErrorStyle::Gemini => text(&[
+            &[T("{\"error\":{\"code\":429,\"message\":\"")],
+            &message,
+            &[T("\",\"status\":\"RESOURCE_EXHAUSTED\"}}")],
+        ]),
+        ErrorStyle::Ollama => text(&[&[T("{\"error\":\"")], &message, &[T("\"}")]]),
     }
 }
 

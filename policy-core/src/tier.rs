@@ -108,7 +108,7 @@ impl Tier {
 }
 
 /// Whether a normalised path (no query: [`crate::path::normalize`] cut it) starts with `prefix`.
-fn path_has_prefix(path: &[u8], prefix: &[u8]) -> bool {
+pub(crate) fn path_has_prefix(path: &[u8], prefix: &[u8]) -> bool {
     if prefix == b"/" {
         return true;
     }

@@ -18,6 +18,7 @@ mod identity_case;
 mod imports;
 mod key_table;
 mod limits;
+mod llm_apis;
 mod llm_lifecycle;
 mod llm_request;
 mod llm_stream;

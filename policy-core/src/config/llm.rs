@@ -16,6 +16,8 @@ use crate::budget::{
 };
 use crate::identity::IdentitySource;
 use crate::llm::cost::{Cost, CostSpec};
+use crate::llm::request::MAX_MODEL_LEN;
+use crate::llm::ApiKind;
 use crate::table::Table;
 use crate::time::Nanos;
 
@@ -33,7 +35,12 @@ const LLM_FIELDS: &[&str] = &[
     "buffer_limit_bytes",
     "hold_headers",
     "max_client_wait_seconds",
+    "routes",
+    "deployments",
 ];
+const ROUTE_FIELDS: &[&str] = &["path_prefix", "api"];
+/// The most `llm.routes` and `llm.deployments` entries: each request looks through them.
+const MAX_LLM_ROUTES: usize = 64;
 
 /// The default of `llm.max_client_wait_seconds`: a minute. The SDKs retry a 429 twice by
 /// default, so a caller may block for twice this; both SDKs' own backoff is at most 8 s, and
@@ -147,7 +154,77 @@ pub(super) fn default_llm() -> LlmSettings {
         buffer_limit: 32 << 10,
         hold_headers: false,
         max_client_wait: Nanos::from_secs(DEFAULT_MAX_CLIENT_WAIT_SECONDS),
+        routes: Vec::new(),
+        deployments: Vec::new(),
     }
+}
+
+/// `llm.routes`: `[{"path_prefix": "/…", "api": "gemini_generate"}, …]`, longest prefix first.
+fn parse_routes(v: &Value, path: &str) -> Result<Vec<(String, ApiKind)>, ConfigError> {
+    let list = array(v, path)?;
+    if list.len() > MAX_LLM_ROUTES {
+        return err(
+            path,
+            Reason::TooMany {
+                max: MAX_LLM_ROUTES,
+            },
+        );
+    }
+    let mut routes = Vec::with_capacity(list.len());
+    for (i, r) in list.iter().enumerate() {
+        let rpath = format!("{path}[{i}]");
+        let o = Obj::new(r, &rpath, ROUTE_FIELDS)?;
+        let ppath = o.at("path_prefix");
+        let prefix = string(o.req("path_prefix")?, &ppath)?;
+        if !prefix.starts_with('/') {
+            return err(
+                ppath,
+                Reason::Invalid {
+                    why: "must start with '/'",
+                },
+            );
+        }
+        let api = word(o.req("api")?, &o.at("api"), ApiKind::NAMES, ApiKind::NAMED)?;
+        // Matched against the normalised `:path`, so normalised the same way.
+        routes.push((crate::path::normalize_str(prefix), api));
+    }
+    routes.sort_by_key(|r| core::cmp::Reverse(r.0.len()));
+    Ok(routes)
+}
+
+/// `llm.deployments`: `{"deployment name": "model", …}`.
+fn parse_deployments(v: &Value, path: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let Value::Object(map) = v else {
+        return err(
+            path,
+            Reason::WrongType {
+                expected: "an object",
+            },
+        );
+    };
+    if map.len() > MAX_LLM_ROUTES {
+        return err(
+            path,
+            Reason::TooMany {
+                max: MAX_LLM_ROUTES,
+            },
+        );
+    }
+    let mut out = Vec::with_capacity(map.len());
+    for (name, model) in map {
+        let mpath = format!("{path}.{name}");
+        let model = string(model, &mpath)?;
+        if name.is_empty() || model.is_empty() || model.len() > MAX_MODEL_LEN {
+            return err(
+                mpath,
+                Reason::Invalid {
+                    why: "deployment and model names must be 1 to 256 bytes",
+                },
+            );
+        }
+        out.push((name.clone(), model.to_owned()));
+    }
+    Ok(out)
 }
 
 fn word<T: Copy>(
@@ -236,6 +313,12 @@ pub(super) fn parse_llm(v: &Value, path: &str) -> Result<LlmSettings, ConfigErro
         let secs = positive(n, &o.at("max_client_wait_seconds"), 86_400)?;
         l.max_client_wait = Nanos::from_secs(secs);
     }
+    if let Some(r) = o.opt("routes") {
+        l.routes = parse_routes(r, &o.at("routes"))?;
+    }
+    if let Some(d) = o.opt("deployments") {
+        l.deployments = parse_deployments(d, &o.at("deployments"))?;
+    }
     Ok(l)
 }
 
@@ -277,6 +360,59 @@ mod tests {
                 .to_string();
             assert!(e.starts_with("llm.max_client_wait_seconds: "), "{e}");
             assert!(e.contains(reason), "{e}");
+        }
+    }
+
+    #[test]
+    fn routes_name_the_api_of_a_path_and_deployments_map_to_models() {
+        use crate::llm::ApiKind;
+        let p = with_llm(
+            r#"{"routes":[{"path_prefix":"/llm","api":"ollama_chat"},
+                          {"path_prefix":"/llm/gem%69ni/","api":"gemini_generate"}],
+                "deployments":{"prod-chat":"gpt-4o-mini"}}"#,
+        )
+        .unwrap();
+        let l = p.llm().unwrap();
+        for (path, api) in [
+            ("/llm/gemini/flash?key=1", ApiKind::GeminiGenerate),
+            ("/llm/gemini", ApiKind::GeminiGenerate),
+            ("/llm/x", ApiKind::OllamaChat),
+            ("/llmx/v1/messages", ApiKind::AnthropicMessages),
+            ("/LLM/x", ApiKind::Unknown),
+            ("/v1/chat/completions", ApiKind::OpenAiChat),
+        ] {
+            assert_eq!(l.api_of(path), api, "{path}");
+        }
+        assert_eq!(
+            l.model_in_path("/openai/deployments/prod-chat/chat/completions")
+                .as_deref(),
+            Some("gpt-4o-mini")
+        );
+        assert_eq!(
+            l.model_in_path("/openai/deployments/other/chat/completions")
+                .as_deref(),
+            Some("other")
+        );
+        assert_eq!(l.model_in_path("/v1/chat/completions"), None);
+        for (llm, message) in [
+            (
+                r#"{"routes":[{"path_prefix":"/x","api":"bedrock"}]}"#,
+                "llm.routes[0].api: ",
+            ),
+            (
+                r#"{"routes":[{"path_prefix":"x","api":"ollama_chat"}]}"#,
+                "llm.routes[0].path_prefix: must start with '/'",
+            ),
+            (
+                r#"{"routes":[{"api":"ollama_chat"}]}"#,
+                "llm.routes[0].path_prefix: ",
+            ),
+            (r#"{"routes":{}}"#, "llm.routes: "),
+            (r#"{"deployments":{"a":""}}"#, "llm.deployments.a: "),
+            (r#"{"deployments":[]}"#, "llm.deployments: "),
+        ] {
+            let e = with_llm(llm).unwrap_err().to_string();
+            assert!(e.starts_with(message), "{llm}: {e}");
         }
     }
 }

@@ -1,12 +1,15 @@
 //! LLM token budgets: what a request asks for, what its response reports, and what that costs.
 //!
 //! The flow in the filter, for one request to an LLM route:
-//! 1. [`ApiKind::from_path`] tells the API; [`LlmRequest::parse`] reads the buffered request
+//! 1. [`ApiKind::from_path`] tells the API (or the policy's `llm.routes`), and
+//!    [`ApiKind::model_in_path`] the model where the path names it (Gemini, Vertex AI, Azure);
+//!    [`LlmRequest::parse`] reads the buffered request
 //!    body (model, `stream`, output limits, a prompt-size estimate) and, for OpenAI streams, a
 //!    [`UsageRewriter`] rewrites the body as it passes (held or not) so the stream reports its
 //!    usage.
-//! 2. A JSON response is read whole with [`usage_from_json`]; a streamed one (SSE) is observed
-//!    chunk by chunk with an [`SseScanner`], which never holds a chunk back. Where tollgate
+//! 2. A JSON response is read whole with [`usage_from_json`]; a streamed one (SSE, Ollama's
+//!    NDJSON or Gemini's JSON array: [`Framing`]) is observed chunk by chunk with an
+//!    [`SseScanner`], which never holds a chunk back. Where tollgate
 //!    added `include_usage`, an [`AddedUsageRemover`] takes what that added out of the stream
 //!    before the client sees it.
 //! 3. [`Cost::tokens`] turns the [`Usage`] (or the scanner's estimate for a stream cut short)
@@ -20,9 +23,12 @@
 pub mod added_usage;
 pub mod charge;
 pub mod cost;
+mod gemini;
 mod json;
+mod json_array;
 mod json_text;
 pub mod lifecycle;
+mod ollama;
 pub mod request;
 pub mod rewrite;
 pub mod sse;
@@ -37,7 +43,7 @@ pub use request::{ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, Req
 pub use rewrite::{RewriteError, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
 // Its path before it moved into `sse/`.
 pub use sse::frame as sse_frame;
-pub use sse::{SseLimits, SseScanner};
+pub use sse::{Framing, SseLimits, SseScanner};
 pub use usage::{usage_from_json, usage_from_tail, Usage, UsageError};
 
 /// Helpers shared by the property tests of the modules above.

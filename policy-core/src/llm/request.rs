@@ -28,8 +28,22 @@ pub enum ApiKind {
     OpenAiEmbeddings,
     /// OpenAI Responses: `…/v1/responses` (not `…/responses/{id}`, which reads a stored one).
     OpenAiResponses,
-    /// Anthropic messages: `…/v1/messages` (not `…/messages/count_tokens` or batches).
+    /// Anthropic messages: `…/v1/messages` (not `…/messages/count_tokens` or batches), and
+    /// Anthropic on Vertex AI: `…/publishers/anthropic/models/{model}:rawPredict` and
+    /// `:streamRawPredict` (the same body and answers, the model in the path).
     AnthropicMessages,
+    /// Gemini (the Gemini API or Vertex AI): `…/models/{model}:generateContent`.
+    GeminiGenerate,
+    /// Gemini streamed: `…/models/{model}:streamGenerateContent`, SSE with `alt=sse`, a
+    /// streamed JSON array without it.
+    GeminiStream,
+    /// Gemini embeddings: `…/models/{model}:embedContent` or `:batchEmbedContents`. Input
+    /// only. (`:countTokens` is free and not an LLM call here.)
+    GeminiEmbed,
+    /// Ollama's native chat: `…/api/chat` (streams NDJSON unless `"stream": false`).
+    OllamaChat,
+    /// Ollama's native completion: `…/api/generate`.
+    OllamaGenerate,
     /// Anything else.
     Unknown,
 }
@@ -42,7 +56,22 @@ impl ApiKind {
         let path = normalized.as_str();
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let path = path.strip_suffix('/').unwrap_or(path);
-        if path.ends_with("/chat/completions") {
+        if let Some((_, method)) = model_method(path) {
+            return match method {
+                "generatecontent" => ApiKind::GeminiGenerate,
+                "streamgeneratecontent" => ApiKind::GeminiStream,
+                "embedcontent" | "batchembedcontents" => ApiKind::GeminiEmbed,
+                "rawpredict" | "streamrawpredict" if path.contains("/publishers/anthropic/") => {
+                    ApiKind::AnthropicMessages
+                }
+                _ => ApiKind::Unknown,
+            };
+        }
+        if path.ends_with("/api/chat") {
+            ApiKind::OllamaChat
+        } else if path.ends_with("/api/generate") {
+            ApiKind::OllamaGenerate
+        } else if path.ends_with("/chat/completions") {
             ApiKind::OpenAiChat
         } else if path.ends_with("/completions") {
             ApiKind::OpenAiCompletions
@@ -57,12 +86,83 @@ impl ApiKind {
         }
     }
 
+    /// The model a request path names, for the APIs that name it there: Gemini and Vertex AI
+    /// (`…/models/{model}:method`) and Azure OpenAI (`/openai/deployments/{deployment}/…`: the
+    /// deployment's name is the model for budgets). Case is kept; the name is the path
+    /// segment as the upstream routes it (percent-decoded). `None` when the path names none,
+    /// or names one longer than [`MAX_MODEL_LEN`].
+    pub fn model_in_path(path: &str) -> Option<String> {
+        let normalized = crate::path::normalize_str(path);
+        let path = normalized.split(['?', '#']).next().unwrap_or(&normalized);
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let model = if let Some((model, _)) = model_method(path) {
+            model
+        } else {
+            let lower = path.to_ascii_lowercase();
+            let at = lower.find("/openai/deployments/")? + "/openai/deployments/".len();
+            path.get(at..)?.split('/').next()?
+        };
+        (!model.is_empty() && model.len() <= MAX_MODEL_LEN).then(|| model.into())
+    }
+
+    /// The names `llm.routes[].api` accepts, in the order of [`ApiKind::NAMED`].
+    pub const NAMES: &'static [&'static str] = &[
+        "openai_chat",
+        "openai_completions",
+        "openai_embeddings",
+        "openai_responses",
+        "anthropic_messages",
+        "gemini_generate",
+        "gemini_stream",
+        "gemini_embed",
+        "ollama_chat",
+        "ollama_generate",
+    ];
+    /// The kinds [`ApiKind::NAMES`] name.
+    pub const NAMED: &'static [ApiKind] = &[
+        ApiKind::OpenAiChat,
+        ApiKind::OpenAiCompletions,
+        ApiKind::OpenAiEmbeddings,
+        ApiKind::OpenAiResponses,
+        ApiKind::AnthropicMessages,
+        ApiKind::GeminiGenerate,
+        ApiKind::GeminiStream,
+        ApiKind::GeminiEmbed,
+        ApiKind::OllamaChat,
+        ApiKind::OllamaGenerate,
+    ];
+
+    /// Whether this is one of Gemini's methods (the Gemini API or Vertex AI), whose refusals
+    /// use Google's error format.
+    pub fn is_gemini(self) -> bool {
+        matches!(
+            self,
+            ApiKind::GeminiGenerate | ApiKind::GeminiStream | ApiKind::GeminiEmbed
+        )
+    }
+
+    /// Whether the call consumes input only (embeddings): no output is reserved.
+    pub fn input_only(self) -> bool {
+        matches!(self, ApiKind::OpenAiEmbeddings | ApiKind::GeminiEmbed)
+    }
+
     /// Whether a streamed response reports usage only when the request sets
     /// `stream_options.include_usage` (OpenAI chat and legacy completions). The Responses API
     /// and Anthropic always report usage in their streams.
     pub fn needs_stream_usage_option(self) -> bool {
         matches!(self, ApiKind::OpenAiChat | ApiKind::OpenAiCompletions)
     }
+}
+
+/// `(model, method)` of a path ending `…/models/{model}:{method}` (Gemini, Vertex AI), the
+/// method as written (the caller lowercases the path to match it).
+fn model_method(path: &str) -> Option<(&str, &str)> {
+    let last = path.rsplit('/').next()?;
+    let before = path.get(..path.len().saturating_sub(last.len()))?;
+    if !before.to_ascii_lowercase().ends_with("/models/") {
+        return None;
+    }
+    last.rsplit_once(':')
 }
 
 /// Tokens estimated from a byte count: bytes / 4, rounded up.
@@ -94,10 +194,11 @@ pub struct LlmRequest {
     pub max_tokens: Option<u64>,
     /// `max_completion_tokens` (OpenAI chat, newer models).
     pub max_completion_tokens: Option<u64>,
-    /// `max_output_tokens` (OpenAI Responses).
+    /// `max_output_tokens` (OpenAI Responses); Gemini's `generationConfig.maxOutputTokens` and
+    /// Ollama's `options.num_predict` (when not negative: -1 and -2 mean no cap) land here too.
     pub max_output_tokens: Option<u64>,
-    /// `n`: how many choices to generate (OpenAI chat and legacy completions), each up to the
-    /// output limit.
+    /// `n`: how many choices to generate (OpenAI chat and legacy completions; Gemini's
+    /// `generationConfig.candidateCount`), each up to the output limit.
     pub n: Option<u64>,
     /// The body's length in bytes.
     pub body_len: usize,
@@ -214,6 +315,17 @@ keys!(
         N = "n",
         PreviousResponseId = "previous_response_id",
         Conversation = "conversation",
+        GenerationConfig = "generationConfig",
+        Options = "options",
+    }
+);
+
+keys!(
+    /// The output caps of Gemini's `generationConfig` and Ollama's `options`.
+    CapKey {
+        MaxOutputTokens = "maxOutputTokens",
+        CandidateCount = "candidateCount",
+        NumPredict = "num_predict",
     }
 );
 
@@ -243,6 +355,8 @@ fn request_key_name(key: RequestKey) -> &'static str {
         RequestKey::N => "n",
         RequestKey::PreviousResponseId => "previous_response_id",
         RequestKey::Conversation => "conversation",
+        RequestKey::GenerationConfig => "generationConfig",
+        RequestKey::Options => "options",
         RequestKey::Other => "",
     }
 }
@@ -280,6 +394,62 @@ impl<'de> Deserialize<'de> for Model {
             }
             lenient!(Model::Null => null);
             lenient!(Model::Bad(FieldError::WrongType) => bool numbers map seq);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Gemini's `generationConfig` (`maxOutputTokens`, `candidateCount`) or Ollama's `options`
+/// (`num_predict`): the output cap and the number of candidates, or the first problem.
+#[derive(Default)]
+struct Caps {
+    max_output: Option<u64>,
+    candidates: Option<u64>,
+    bad: Option<(&'static str, FieldError)>,
+}
+
+impl<'de> Deserialize<'de> for Caps {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Caps;
+            lenient!(expecting "generation options");
+            lenient!(Caps::default() => null);
+            lenient!(Caps { bad: Some(("generationConfig", FieldError::WrongType)), ..Caps::default() } => scalars seq);
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Caps, A::Error> {
+                let mut caps = Caps::default();
+                let mut seen = Seen::default();
+                while let Some(key) = map.next_key::<CapKey>()? {
+                    let name = match key {
+                        CapKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                        CapKey::MaxOutputTokens => "generationConfig.maxOutputTokens",
+                        CapKey::CandidateCount => "generationConfig.candidateCount",
+                        CapKey::NumPredict => "options.num_predict",
+                    };
+                    if !seen.first(key.bit()) {
+                        map.next_value::<IgnoredAny>()?;
+                        caps.bad = caps.bad.or(Some((name, FieldError::Duplicate)));
+                        continue;
+                    }
+                    let slot = match key {
+                        CapKey::CandidateCount => &mut caps.candidates,
+                        _ => &mut caps.max_output,
+                    };
+                    match map.next_value::<Count>()? {
+                        // Ollama's -1 (no limit) and -2 (fill the context): no cap given.
+                        Count::Bad(FieldError::Negative) if key == CapKey::NumPredict => {}
+                        count => {
+                            if let Err(reason) = count.store(slot) {
+                                caps.bad = caps.bad.or(Some((name, reason)));
+                            }
+                        }
+                    }
+                }
+                Ok(caps)
+            }
         }
         d.deserialize_any(V)
     }
@@ -392,6 +562,18 @@ impl<'de> Deserialize<'de> for Parsed {
                             }
                             Flag::Bad(reason) => Some(("stream", reason)),
                         },
+                        RequestKey::GenerationConfig | RequestKey::Options => {
+                            let caps = map.next_value::<Caps>()?;
+                            // Gemini's cap per candidate, like OpenAI's per choice.
+                            request.max_output_tokens =
+                                caps.max_output.or(request.max_output_tokens);
+                            request.n = caps.candidates.or(request.n);
+                            // The visitor names the container Gemini's way.
+                            caps.bad.map(|(field, reason)| match (key, field) {
+                                (RequestKey::Options, "generationConfig") => ("options", reason),
+                                _ => (field, reason),
+                            })
+                        }
                         RequestKey::StreamOptions => match map.next_value::<StreamOptions>()? {
                             StreamOptions::Null => None,
                             StreamOptions::Object { include_usage } => {
@@ -466,6 +648,45 @@ mod tests {
             ("/V1/CHAT/COMPLETIONS", ApiKind::OpenAiChat),
             ("/v1/chat/completion%73", ApiKind::OpenAiChat),
             ("/v1//chat/./x/../completions", ApiKind::OpenAiChat),
+            // Gemini API and Vertex AI.
+            (
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                ApiKind::GeminiGenerate,
+            ),
+            (
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                ApiKind::GeminiStream,
+            ),
+            (
+                "/v1beta/models/gemini-2.5-flash%3AstreamGenerateContent",
+                ApiKind::GeminiStream,
+            ),
+            (
+                "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent",
+                ApiKind::GeminiGenerate,
+            ),
+            (
+                "/v1beta/models/text-embedding-004:embedContent",
+                ApiKind::GeminiEmbed,
+            ),
+            (
+                "/v1beta/models/gemini-2.5-flash:countTokens",
+                ApiKind::Unknown,
+            ),
+            ("/v1beta/models/gemini-2.5-flash", ApiKind::Unknown),
+            (
+                "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict",
+                ApiKind::AnthropicMessages,
+            ),
+            (
+                "/v1/projects/p/locations/l/publishers/meta/models/llama:rawPredict",
+                ApiKind::Unknown,
+            ),
+            // Ollama's native API; its OpenAI-compatible one (and vLLM's) is OpenAI's.
+            ("/api/chat", ApiKind::OllamaChat),
+            ("/ollama/api/generate", ApiKind::OllamaGenerate),
+            ("/api/tags", ApiKind::Unknown),
+            ("/v1/chat/completions?vllm", ApiKind::OpenAiChat),
         ];
         for (path, kind) in cases {
             assert_eq!(ApiKind::from_path(path), kind, "{path}");
@@ -474,6 +695,38 @@ mod tests {
         assert!(ApiKind::OpenAiCompletions.needs_stream_usage_option());
         assert!(!ApiKind::AnthropicMessages.needs_stream_usage_option());
         assert!(!ApiKind::OpenAiResponses.needs_stream_usage_option());
+    }
+
+    #[test]
+    fn model_in_path() {
+        let cases = [
+            (
+                "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                Some("gemini-2.5-flash"),
+            ),
+            (
+                "/v1/projects/p/locations/l/publishers/google/models/Gemini-2.5-Pro:generateContent",
+                Some("Gemini-2.5-Pro"),
+            ),
+            (
+                "/v1/projects/p/locations/l/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict",
+                Some("claude-sonnet-4@20250514"),
+            ),
+            (
+                "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+                Some("prod-gpt4o"),
+            ),
+            ("/OpenAI/Deployments/my%2Dgpt/embeddings", Some("my-gpt")),
+            ("/openai/v1/chat/completions", None),
+            ("/v1/chat/completions", None),
+            ("/api/chat", None),
+            ("/v1beta/models/:generateContent", None),
+        ];
+        for (path, model) in cases {
+            assert_eq!(ApiKind::model_in_path(path).as_deref(), model, "{path}");
+        }
+        let long = format!("/v1beta/models/{}:generateContent", "m".repeat(300));
+        assert_eq!(ApiKind::model_in_path(&long), None);
     }
 
     #[test]
@@ -521,6 +774,42 @@ mod tests {
         assert_eq!(
             (r.stream, r.max_output_tokens, r.max_output()),
             (false, Some(50), Some(50))
+        );
+    }
+
+    #[test]
+    fn gemini_and_ollama_output_caps() {
+        let r = parse(
+            r#"{"contents":[{"parts":[{"text":"hi"}]}],
+                "generationConfig":{"temperature":0.2,"maxOutputTokens":300,"candidateCount":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.max_output(), r.max_output_all_choices()),
+            (Some(300), Some(600))
+        );
+        let r = parse(r#"{"model":"llama3.2","options":{"num_predict":128}}"#).unwrap();
+        assert_eq!(r.max_output(), Some(128));
+        for unbounded in [-1, -2] {
+            let body = format!(r#"{{"model":"llama3.2","options":{{"num_predict":{unbounded}}}}}"#);
+            assert_eq!(parse(&body).unwrap().max_output(), None);
+        }
+        let e = |field, reason| Err(RequestError::BadField { field, reason });
+        assert_eq!(
+            parse(r#"{"generationConfig":{"maxOutputTokens":-5}}"#),
+            e("generationConfig.maxOutputTokens", FieldError::Negative)
+        );
+        assert_eq!(
+            parse(r#"{"generationConfig":{"candidateCount":1,"candidateCount":9}}"#),
+            e("generationConfig.candidateCount", FieldError::Duplicate)
+        );
+        assert_eq!(
+            parse(r#"{"generationConfig":[]}"#),
+            e("generationConfig", FieldError::WrongType)
+        );
+        assert_eq!(
+            parse(r#"{"options":7}"#),
+            e("options", FieldError::WrongType)
         );
     }
 

@@ -121,11 +121,12 @@ impl LlmCall {
         if self.early.is_some() {
             return Admission::Admitted; // once only: holds are never taken twice
         }
-        let model = self
-            .rewriter
-            .as_ref()
-            .and_then(|r| r.model())
-            .map(String::from);
+        let model = self.path_model.clone().or_else(|| {
+            self.rewriter
+                .as_ref()
+                .and_then(|r| r.model())
+                .map(String::from)
+        });
         let size = u64::try_from(first_chunk).unwrap_or(u64::MAX);
         let input = estimate_tokens(self.content_length.map_or(size, |n| n.max(size)));
         let estimate = input.saturating_add(llm.default_max_tokens.max(self.least_output()));

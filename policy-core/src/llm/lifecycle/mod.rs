@@ -120,6 +120,9 @@ pub struct LlmCall {
     /// The request limits' decision (already made at the headers).
     pub requests: Decision,
     phase: Phase,
+    /// The model the request path names (Gemini, Vertex AI, an Azure deployment): it wins
+    /// over the body's.
+    path_model: Option<String>,
     model: Option<String>,
     estimate: u64,
     estimated_input: u64,
@@ -162,6 +165,7 @@ impl LlmCall {
                 holding: true,
                 copy: BodyCopy::default(),
             },
+            path_model: None,
             model: None,
             estimate: 0,
             estimated_input: 0,
@@ -176,6 +180,14 @@ impl LlmCall {
             early: None,
             lagging: Vec::new(),
         }
+    }
+
+    /// The same call, for a request whose path names its model (see
+    /// [`ApiKind::model_in_path`]): that model's budgets apply whatever the body says.
+    #[must_use]
+    pub fn with_path_model(mut self, model: Option<String>) -> LlmCall {
+        self.path_model = model;
+        self
     }
 
     /// Where the call is.
@@ -208,6 +220,8 @@ impl LlmCall {
     pub fn style(&self) -> ErrorStyle {
         match self.api {
             ApiKind::AnthropicMessages => ErrorStyle::Anthropic,
+            api if api.is_gemini() => ErrorStyle::Gemini,
+            ApiKind::OllamaChat | ApiKind::OllamaGenerate => ErrorStyle::Ollama,
             _ => ErrorStyle::OpenAi,
         }
     }

@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use crate::budget::LlmSettings;
 use crate::store::Store;
 
-use super::super::{estimate_tokens, ApiKind, LlmRequest, RewriteError, UsageRewriter};
+use super::super::{estimate_tokens, LlmRequest, RewriteError, UsageRewriter};
 use super::{Env, LlmCall, Phase, Refusal, RequestStep, Verdict};
 
 impl LlmCall {
@@ -51,7 +51,7 @@ impl LlmCall {
     }
 
     pub(super) fn least_output(&self) -> u64 {
-        u64::from(self.api != ApiKind::OpenAiEmbeddings)
+        u64::from(!self.api.input_only())
     }
 
     /// Passes one chunk of the request body through the rewriter. `Ok(Some(bytes))`: send these
@@ -94,15 +94,17 @@ impl LlmCall {
             Ok(req) => {
                 self.estimated_input = req.estimated_input_tokens();
                 // At least one output token (none for embeddings): what `least_cost` assumed.
-                let output = match self.api {
-                    ApiKind::OpenAiEmbeddings => 0,
-                    _ => req
-                        .max_output_all_choices()
-                        .unwrap_or(llm.default_max_tokens),
+                let output = if self.api.input_only() {
+                    0
+                } else {
+                    req.max_output_all_choices()
+                        .unwrap_or(llm.default_max_tokens)
                 }
                 .max(self.least_output());
                 self.estimate = self.estimated_input.saturating_add(output);
-                self.model = req.model;
+                // A model named in the path (Gemini, Vertex AI, an Azure deployment) is the
+                // one the upstream serves, whatever the body says.
+                self.model = self.path_model.clone().or(req.model);
                 self.stored_input = req.stored_input;
             }
             Err(_) => self.unreadable_request(llm, body.len()),
@@ -115,7 +117,7 @@ impl LlmCall {
         let size = u64::try_from(size).unwrap_or(u64::MAX);
         self.estimated_input = estimate_tokens(self.content_length.map_or(size, |n| n.max(size)));
         self.estimate = self.estimated_input.saturating_add(llm.default_max_tokens);
-        self.model = None;
+        self.model = self.path_model.clone();
     }
 
     /// Reads a request body copied as it passed (never rewritten).

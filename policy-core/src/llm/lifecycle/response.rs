@@ -6,8 +6,8 @@ use crate::budget::{LlmSettings, OnMissingUsage};
 use crate::store::Store;
 
 use super::super::{
-    stream_charge, usage_from_json, usage_from_tail, AddedUsageRemover, SseLimits, SseScanner,
-    StreamSeen,
+    stream_charge, usage_from_json, usage_from_tail, AddedUsageRemover, ApiKind, Framing,
+    SseLimits, SseScanner, StreamSeen,
 };
 use super::{BodyCopy, Env, LlmCall, Phase, ResponseHead, Settlement};
 
@@ -35,16 +35,14 @@ impl LlmCall {
             Phase::Unreadable {
                 charge: self.missing_usage_charge(llm),
             }
-        } else if head
-            .content_type
-            .is_some_and(|c| c.starts_with(b"text/event-stream"))
-        {
+        } else if let Some(framing) = self.stream_framing(head.content_type) {
             if self.usage_added {
                 self.remover = Some(AddedUsageRemover::new(llm.max_response_body));
             }
-            Phase::Streaming(Box::new(SseScanner::new(SseLimits::new(
-                llm.max_response_body,
-            ))))
+            Phase::Streaming(Box::new(SseScanner::with_framing(
+                SseLimits::new(llm.max_response_body),
+                framing,
+            )))
         } else {
             Phase::Json {
                 holding: llm.hold_headers && fits,
@@ -52,6 +50,21 @@ impl LlmCall {
             }
         };
         matches!(self.phase, Phase::Json { holding: true, .. })
+    }
+
+    /// How a response with this `content-type` streams, if it does: SSE; NDJSON (Ollama); or,
+    /// for Gemini's `:streamGenerateContent` without `alt=sse`, a JSON array.
+    fn stream_framing(&self, content_type: Option<&[u8]>) -> Option<Framing> {
+        let content_type = content_type.unwrap_or(b"");
+        if content_type.starts_with(b"text/event-stream") {
+            Some(Framing::Sse)
+        } else if content_type.starts_with(b"application/x-ndjson") {
+            Some(Framing::Ndjson)
+        } else if self.api == ApiKind::GeminiStream {
+            Some(Framing::JsonArray)
+        } else {
+            None
+        }
     }
 
     /// What a JSON response costs, from the copy of its body.

@@ -1001,3 +1001,116 @@ mod proptests {
         }
     }
 }
+
+/// Gemini's streamed JSON array (no `alt=sse`) and Ollama's NDJSON, fed in small pieces.
+const GEMINI_ARRAY: &str = include_str!("../../../../fixtures/llm/gemini-stream.json");
+const OLLAMA_NDJSON: &str = include_str!("../../../../fixtures/llm/ollama-chat.ndjson");
+
+#[test]
+fn gemini_array_and_ollama_ndjson_streams_are_charged_the_usage_they_report() {
+    let gemini_body = br#"{"contents":[{"role":"user","parts":[{"text":"Write about rain"}]}]}"#;
+    let ollama_body =
+        br#"{"model":"llama3.2","messages":[{"role":"user","content":"Why is the sky blue?"}]}"#;
+    for (api, path, content_type, body, stream, model, charged) in [
+        (
+            ApiKind::GeminiStream,
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            &b"application/json; charset=UTF-8"[..],
+            &gemini_body[..],
+            GEMINI_ARRAY,
+            "gemini-2.5-flash",
+            9 + 23 + 24, // the last chunk's counts, not their sum over the chunks
+        ),
+        (
+            ApiKind::OllamaChat,
+            "/api/chat",
+            &b"application/x-ndjson"[..],
+            &ollama_body[..],
+            OLLAMA_NDJSON,
+            "llama3.2",
+            26 + 12,
+        ),
+    ] {
+        let (p, s) = policy(100_000, "");
+        let mut d = Drive::new(&p, s);
+        let mut c = call(api).with_path_model(ApiKind::model_in_path(path));
+        d.admitted(&mut c, body);
+        assert_eq!(c.model(), Some(model));
+        let head = ResponseHead {
+            content_type: Some(content_type),
+            ..sse(false)
+        };
+        let _ = d.response(&mut c, head);
+        for piece in stream.as_bytes().chunks(7) {
+            assert_eq!(d.chunk(&mut c, piece, false).settled, None);
+        }
+        let settled = d.chunk(&mut c, b"", true).settled.expect("settled");
+        assert_eq!(settled.charged, charged, "{api:?}");
+        assert_eq!(d.left(), 100_000 - charged, "{api:?}");
+    }
+}
+
+#[test]
+fn a_model_named_only_in_the_path_meets_its_budget_whichever_api_names_it() {
+    let json = r#"{"tiers":[{"name":"free","identity":{"header":"x-user-id"},
+        "tokens":[{"tokens":100000,"per":"minute"},
+                  {"tokens":50,"per":"minute","model":"gemini-2.5-flash","name":"flash"}]}],
+        "llm":{"mode":"reserve"}}"#;
+    let p = Policy::from_json(json.as_bytes()).unwrap();
+    let mut store = Flaky::default();
+    p.init_store(&mut store.inner).unwrap();
+    let mut d = Drive::new(&p, store);
+    // Empties the 50-token budget (a call of unknown model counts against every budget).
+    d.spend(50);
+    let gemini = br#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
+    let openai = br#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hi"}]}"#;
+    for (api, path, body, refused) in [
+        (
+            ApiKind::GeminiGenerate,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &gemini[..],
+            true,
+        ),
+        (
+            ApiKind::GeminiGenerate,
+            "/v1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:generateContent",
+            &gemini[..],
+            true,
+        ),
+        // Gemini's OpenAI-compatible endpoint names the model in the body.
+        (
+            ApiKind::OpenAiChat,
+            "/v1beta/openai/chat/completions",
+            &openai[..],
+            true,
+        ),
+        // An Azure deployment named like the model is that model.
+        (
+            ApiKind::OpenAiChat,
+            "/openai/deployments/gemini-2.5-flash/chat/completions?api-version=2024-10-21",
+            &br#"{"messages":[]}"#[..],
+            true,
+        ),
+        (
+            ApiKind::GeminiGenerate,
+            "/v1beta/models/gemini-2.5-pro:generateContent",
+            &gemini[..],
+            false,
+        ),
+    ] {
+        let mut c = call(api).with_path_model(ApiKind::model_in_path(path));
+        let _ = d.headers(&mut c, len(body), false);
+        let step = d.body(&mut c, body, true);
+        assert_eq!(
+            step.verdict == Verdict::Refuse(Refusal::Denied),
+            refused,
+            "{path}: {step:?}"
+        );
+        if refused {
+            let denial = c.denial_body(&p.tiers()[0]);
+            let gemini_style = denial.starts_with(r#"{"error":{"code":429,"message":"Rate limit reached for tokens in tier free (policy flash)"#)
+                && denial.ends_with(r#","status":"RESOURCE_EXHAUSTED"}}"#);
+            assert_eq!(gemini_style, api.is_gemini(), "{path}: {denial}");
+        }
+    }
+}

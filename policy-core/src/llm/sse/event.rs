@@ -14,17 +14,29 @@
 //! | `delta` | — | a text delta (a string) | a content block delta (an object), see [`super::delta`] |
 //!
 //! A chat stream's `data: [DONE]` is not JSON and is recognised before parsing.
+//!
+//! Gemini's chunks and Ollama's NDJSON objects are read by the same envelope, from fields the
+//! other APIs do not use: `usageMetadata` (cumulative, see [`crate::llm::gemini`]) and
+//! `candidates[]` (text; a `finishReason` ends the stream); Ollama's top-level
+//! `prompt_eval_count` and `eval_count`, its text in `message.content` (chat) or `response`
+//! (generate, a string where the Responses API has an object), and `"done": true` ending the
+//! stream.
 
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde::Deserialize as DeriveDeserialize;
 
 use super::chat::ChoicesText;
 use super::delta::DeltaText;
-use crate::llm::json::lenient;
+use crate::llm::gemini::{Candidates, UsageMetadata};
+use crate::llm::json::{lenient, Count, Flag, TextLen};
+use crate::llm::ollama::{ollama_usage, ollama_usage_from_tail};
 use crate::llm::usage::{raw_usage_from_tail, RawUsage, UsageValue};
 
 /// What one event's data amounted to.
 #[derive(Debug)]
+// Returned and matched at once, never stored: boxing the summary would cost an allocation an
+// event for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum EventOutcome {
     /// Nothing in it can carry usage, text or an end marker.
     Skipped,
@@ -60,20 +72,31 @@ pub(super) fn read_event(data: &[u8]) -> EventOutcome {
     let Ok(event) = serde_json::from_slice::<StreamEvent>(data) else {
         return EventOutcome::Malformed;
     };
+    let message = event.message.unwrap_or_default();
+    let other_text = event
+        .candidates
+        .text_bytes
+        .saturating_add(message.content.0)
+        .saturating_add(event.response.text);
     let mut summary = EventSummary {
         text_bytes: if event.kind == EventType::Audio {
             // Base64 audio is not text: counting it would charge thousands of tokens a second.
             event.choices.0
         } else {
             event.choices.0.saturating_add(event.delta.0)
-        },
-        terminal: event.kind.is_terminal(),
+        }
+        .saturating_add(other_text),
+        terminal: event.kind.is_terminal()
+            || event.candidates.finished
+            || event.done == Some(Flag::Bool(true)),
         ..EventSummary::default()
     };
     let holders = [
         event.usage,
-        event.message.map(|m| m.usage).unwrap_or_default(),
-        event.response.map(|r| r.usage).unwrap_or_default(),
+        message.usage,
+        event.response.usage,
+        event.usage_metadata.0,
+        ollama_usage(event.prompt_eval_count, event.eval_count),
     ];
     for value in holders {
         match value {
@@ -98,15 +121,22 @@ pub(super) fn read_oversize_event(head: &[u8], tail: &[u8]) -> EventOutcome {
         b"\"response.failed\"",
         b"\"message_stop\"",
     ];
-    let terminal = TERMINAL
-        .iter()
-        .any(|t| head.windows(t.len()).any(|w| w == *t));
+    let has = |hay: &[u8], t: &[u8]| hay.windows(t.len()).any(|w| w == t);
+    // Gemini's `finishReason` closes its candidate, Ollama's `"done":true` its final object:
+    // both sit near an event's end.
+    let terminal = TERMINAL.iter().any(|t| has(head, t))
+        || has(tail, b"\"finishReason\"")
+        || has(tail, b"\"done\":true");
     let mut summary = EventSummary {
         terminal,
         ..EventSummary::default()
     };
     match raw_usage_from_tail(tail) {
-        None | Some(Ok(UsageValue::Absent)) => {}
+        None | Some(Ok(UsageValue::Absent)) => match ollama_usage_from_tail(tail) {
+            UsageValue::Present(raw) => summary.usage = Some(raw),
+            UsageValue::Bad { .. } => summary.bad_usage = true,
+            UsageValue::Absent => {}
+        },
         Some(Ok(UsageValue::Present(raw))) => summary.usage = Some(raw),
         Some(Ok(UsageValue::Bad { .. })) => summary.bad_usage = true,
         // Cut inside its usage (a stream that ended there): not JSON, so nothing it says counts.
@@ -129,6 +159,9 @@ pub(super) fn worth_parsing(data: &[u8]) -> bool {
             || rest.starts_with(b"delta\"")
             || rest.starts_with(b"choices\"")
             || rest.starts_with(b"message_stop\"")
+            || rest.starts_with(b"usageMetadata\"")
+            || rest.starts_with(b"candidates\"")
+            || rest.starts_with(b"done\"")
         {
             return true;
         }
@@ -148,18 +181,63 @@ struct StreamEvent {
     usage: UsageValue,
     /// Chat and legacy completion chunks.
     choices: ChoicesText,
-    /// Anthropic's `message_start`.
+    /// Anthropic's `message_start`; Ollama chat's generated `message`.
     message: Option<UsageHolder>,
-    /// Responses' terminal events.
-    response: Option<UsageHolder>,
+    /// Responses' terminal events (an object); Ollama generate's text (a string).
+    response: ResponseField,
     /// Anthropic's `content_block_delta` (an object) and Responses' `*.delta` (a string).
     delta: DeltaText,
+    /// Gemini's cumulative counts.
+    #[serde(rename = "usageMetadata")]
+    usage_metadata: UsageMetadata,
+    /// Gemini's generated candidates.
+    candidates: Candidates,
+    /// Ollama's counts, in its final object.
+    prompt_eval_count: Option<Count>,
+    eval_count: Option<Count>,
+    /// Ollama's end of stream.
+    done: Option<Flag>,
 }
 
 #[derive(DeriveDeserialize, Default)]
 #[serde(default)]
 struct UsageHolder {
     usage: UsageValue,
+    /// Ollama chat's generated text (Anthropic's `message.content` is an array: no text).
+    content: TextLen,
+}
+
+/// `response`: an object holding `usage` (the Responses API) or a string of generated text
+/// (Ollama's `/api/generate`).
+#[derive(Default)]
+struct ResponseField {
+    usage: UsageValue,
+    text: u64,
+}
+
+impl<'de> Deserialize<'de> for ResponseField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ResponseField;
+            lenient!(expecting "a response object or text");
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ResponseField, E> {
+                Ok(ResponseField {
+                    text: u64::try_from(v.len()).unwrap_or(u64::MAX),
+                    ..ResponseField::default()
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<ResponseField, A::Error> {
+                let holder = UsageHolder::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ResponseField {
+                    usage: holder.usage,
+                    text: 0,
+                })
+            }
+            lenient!(ResponseField::default() => null bool numbers seq);
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The event types that change what we track.

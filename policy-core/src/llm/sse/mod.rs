@@ -35,6 +35,7 @@
 
 use alloc::vec::Vec;
 
+use super::json_array::ArrayLines;
 use super::request::estimate_tokens;
 use super::usage::{RawUsage, Usage};
 use event::{read_event, read_oversize_event, EventOutcome};
@@ -89,11 +90,27 @@ impl Default for SseLimits {
     }
 }
 
+/// How a stream is cut into events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Framing {
+    /// Server-Sent Events: `data:` lines, an event ends at a blank line.
+    #[default]
+    Sse,
+    /// Newline-delimited JSON (Ollama's streams): every non-blank line is one event's data.
+    Ndjson,
+    /// A streamed JSON array (Gemini's `:streamGenerateContent` without `alt=sse`): every
+    /// element is one event's data.
+    JsonArray,
+}
+
 /// Watches an SSE response body go by and keeps what the budget needs: the usage reported so
 /// far, whether the stream completed, and an estimate of the output received.
 #[derive(Debug)]
 pub struct SseScanner {
     limits: SseLimits,
+    framing: Framing,
+    /// For [`Framing::JsonArray`]: turns the array into one element a line.
+    array: Option<ArrayLines>,
     /// The start of a line whose end has not arrived yet (empty when none).
     line: Vec<u8>,
     /// The current line outgrew the limit: its bytes are dropped up to its end.
@@ -130,8 +147,17 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 impl SseScanner {
     /// A scanner for one response stream.
     pub fn new(limits: SseLimits) -> Self {
+        SseScanner::with_framing(limits, Framing::Sse)
+    }
+
+    /// A scanner for one response stream framed as `framing`. The events' data is read the
+    /// same way whatever the framing; NDJSON lines and array elements are bounded by `limits`
+    /// as SSE events are.
+    pub fn with_framing(limits: SseLimits, framing: Framing) -> Self {
         SseScanner {
             limits,
+            framing,
+            array: (framing == Framing::JsonArray).then(ArrayLines::default),
             line: Vec::new(),
             discarding_line: false,
             pending_cr: false,
@@ -158,6 +184,17 @@ impl SseScanner {
         if self.finished || chunk.is_empty() {
             return;
         }
+        if let Some(mut array) = self.array.take() {
+            let mut lines = Vec::with_capacity(chunk.len().saturating_add(1));
+            array.push(chunk, &mut lines);
+            self.array = Some(array);
+            self.feed_lines(&lines);
+        } else {
+            self.feed_lines(chunk);
+        }
+    }
+
+    fn feed_lines(&mut self, chunk: &[u8]) {
         let mut rest = chunk;
         if self.pending_cr {
             self.pending_cr = false;
@@ -232,8 +269,7 @@ impl SseScanner {
         if !self.usage.has_input() {
             usage.input = usage.input.max(estimated_input);
         }
-        let output_reported =
-            self.usage.output_tokens.is_some() || self.usage.completion_tokens.is_some();
+        let output_reported = self.usage.has_output();
         if !(self.completed && output_reported) {
             usage.output = usage.output.max(self.estimated_output_tokens());
         }
@@ -283,6 +319,10 @@ impl SseScanner {
             self.line.clear();
         }
         self.first_line = false;
+        if self.framing != Framing::Sse && (self.has_data || self.event_oversize) {
+            // Every line is a whole event.
+            self.dispatch();
+        }
     }
 
     /// A line continues past the chunk: keep its start, unless it is too long already.
@@ -321,11 +361,14 @@ impl SseScanner {
             0
         };
         let field = start.get(bom..).unwrap_or(&[]);
-        if !field.starts_with(b"data:") {
+        let skip = if self.framing != Framing::Sse {
+            bom // the whole line is data
+        } else if field.starts_with(b"data:") {
+            // The value starts after `data:` and one optional space.
+            bom + 5 + usize::from(field.get(5) == Some(&b' '))
+        } else {
             return false;
-        }
-        // The value starts after `data:` and one optional space.
-        let skip = bom + 5 + usize::from(field.get(5) == Some(&b' '));
+        };
         self.begin_oversize();
         if self.has_data {
             self.spill(b"\n");
@@ -378,6 +421,12 @@ impl SseScanner {
         } else {
             line
         };
+        if self.framing != Framing::Sse {
+            if !line.trim_ascii().is_empty() {
+                self.append_data(line);
+            }
+            return;
+        }
         let (name, value) = match line.iter().position(|&b| b == b':') {
             Some(0) => return, // a comment, such as `: keep-alive`
             Some(colon) => {

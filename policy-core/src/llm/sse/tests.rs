@@ -49,6 +49,33 @@ const ANTHROPIC: &str = include_str!("../../../../fixtures/llm/anthropic-message
 /// OpenAI Responses, `stream: true`.
 const RESPONSES: &str = include_str!("../../../../fixtures/llm/openai-responses.sse");
 
+/// vLLM's OpenAI-compatible server (`/v1/chat/completions`), `include_usage` with
+/// `continuous_usage_stats`: every chunk repeats the usage so far.
+const VLLM_CHAT: &str = include_str!("../../../../fixtures/llm/vllm-chat.sse");
+
+#[test]
+fn a_vllm_stream_with_usage_on_every_chunk_is_charged_its_last_at_every_split() {
+    let s = scan(VLLM_CHAT);
+    assert_eq!(
+        summary(&s),
+        Summary {
+            // 17 in, 6 out: the last count, not the sum over the chunks (12 out).
+            usage: Some(Usage {
+                input: 17,
+                output: 6,
+                ..Usage::default()
+            }),
+            completed: true,
+            // "Paris" + " is the capital." = 21 bytes -> 6 tokens.
+            estimated_output: 6,
+            malformed: 0,
+            oversize: 0,
+            events: 6,
+        }
+    );
+    assert_split_invariant(VLLM_CHAT.as_bytes(), SseLimits::default());
+}
+
 #[test]
 fn openai_chat_stream_with_usage() {
     let s = scan(OPENAI_CHAT);

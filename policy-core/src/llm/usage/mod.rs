@@ -111,8 +111,9 @@ pub fn usage_from_json(body: &[u8]) -> Result<Usage, UsageError> {
 
 /// Usage from the *end* of a JSON body too large to keep whole.
 ///
-/// OpenAI and Anthropic both write `usage` after the generated content, so the last bytes of a
-/// response hold it. The last `"usage"` key in `tail` is read: inside a JSON string a quote is
+/// OpenAI, Anthropic and Gemini all write their usage after the generated content, so the last
+/// bytes of a response hold it. The last `"usage"` (or Gemini's `"usageMetadata"`) key in `tail`
+/// is read: inside a JSON string a quote is
 /// escaped, so the raw bytes `"usage"` followed by `:` can only be a key. A nested `usage` key
 /// after the top-level one would be read instead, which no API in use produces.
 ///
@@ -133,17 +134,35 @@ pub fn usage_from_tail(tail: &[u8]) -> Result<Usage, UsageError> {
 /// is no such key, `Some(Err(()))` when what follows it is not a JSON value. Streams merge the
 /// raw counts, so the scanner reads an oversized event's tail with this.
 pub(crate) fn raw_usage_from_tail(tail: &[u8]) -> Option<Result<UsageValue, ()>> {
-    const KEY: &[u8] = b"\"usage\"";
+    // Gemini's `usageMetadata` is read the same way, whichever of the two comes last.
+    let usage = last_key_value(tail, b"\"usage\"");
+    let metadata = last_key_value(tail, b"\"usageMetadata\"");
+    let (value, gemini) = match (usage, metadata) {
+        (Some(u), Some(m)) if m.0 > u.0 => (m.1, true),
+        (Some(u), _) => (u.1, false),
+        (None, Some(m)) => (m.1, true),
+        (None, None) => return None,
+    };
+    let mut de = serde_json::Deserializer::from_slice(value);
+    Some(if gemini {
+        crate::llm::gemini::UsageMetadata::deserialize(&mut de)
+            .map(|m| m.0)
+            .map_err(|_| ())
+    } else {
+        UsageValue::deserialize(&mut de).map_err(|_| ())
+    })
+}
+
+/// Where the last `key` followed by `:` starts in `tail`, and the bytes after the `:`.
+pub(crate) fn last_key_value<'a>(tail: &'a [u8], key: &[u8]) -> Option<(usize, &'a [u8])> {
     let mut end = tail.len();
     while let Some(at) = tail
         .get(..end)
-        .and_then(|hay| hay.windows(KEY.len()).rposition(|w| w == KEY))
+        .and_then(|hay| hay.windows(key.len()).rposition(|w| w == key))
     {
-        let rest = tail.get(at + KEY.len()..).unwrap_or(&[]);
-        let rest = trim_start(rest);
+        let rest = trim_start(tail.get(at + key.len()..).unwrap_or(&[]));
         if let Some(value) = rest.strip_prefix(b":") {
-            let mut de = serde_json::Deserializer::from_slice(value);
-            return Some(UsageValue::deserialize(&mut de).map_err(|_| ()));
+            return Some((at, value));
         }
         end = at;
     }
@@ -180,6 +199,14 @@ pub(crate) struct RawUsage {
     /// An `input_tokens_details` object was present: `input_tokens` has OpenAI's meaning
     /// (cached tokens included) rather than Anthropic's.
     pub(crate) openai_details: bool,
+    /// Gemini's `candidatesTokenCount`: output *without* the thinking tokens, which Gemini
+    /// counts apart (`thoughtsTokenCount`, read into `thoughts_tokens`).
+    pub(crate) candidates_tokens: Option<u64>,
+    /// Gemini's `thoughtsTokenCount`: billed as output, not included in `candidates_tokens`.
+    pub(crate) thoughts_tokens: Option<u64>,
+    /// Gemini's `toolUsePromptTokenCount`: input read from tool results, not included in
+    /// `promptTokenCount`.
+    pub(crate) tool_use_prompt_tokens: Option<u64>,
 }
 
 impl RawUsage {
@@ -194,6 +221,16 @@ impl RawUsage {
             && self.cache_creation_input_tokens.is_none()
             && self.cached_tokens.is_none()
             && self.reasoning_tokens.is_none()
+            && self.candidates_tokens.is_none()
+            && self.thoughts_tokens.is_none()
+            && self.tool_use_prompt_tokens.is_none()
+    }
+
+    /// True when an output count was reported (so the caller need not estimate it).
+    pub(crate) fn has_output(&self) -> bool {
+        self.completion_tokens.is_some()
+            || self.output_tokens.is_some()
+            || self.candidates_tokens.is_some()
     }
 
     /// True when an input count was reported (so the caller need not estimate it).
@@ -225,6 +262,12 @@ impl RawUsage {
         );
         take(&mut self.cached_tokens, newer.cached_tokens);
         take(&mut self.reasoning_tokens, newer.reasoning_tokens);
+        take(&mut self.candidates_tokens, newer.candidates_tokens);
+        take(&mut self.thoughts_tokens, newer.thoughts_tokens);
+        take(
+            &mut self.tool_use_prompt_tokens,
+            newer.tool_use_prompt_tokens,
+        );
         self.openai_details |= newer.openai_details;
     }
 
@@ -247,17 +290,21 @@ impl RawUsage {
                 cache_read.saturating_add(self.cached_tokens.unwrap_or(0)),
             ),
         };
-        let mut output = self.completion_tokens.or(self.output_tokens).unwrap_or(0);
+        // Gemini counts thinking apart from the candidates; both are output.
+        let thoughts = self.thoughts_tokens.unwrap_or(0);
+        let gemini_output = self.candidates_tokens.map(|c| c.saturating_add(thoughts));
+        let mut output = self
+            .completion_tokens
+            .or(self.output_tokens)
+            .or(gemini_output)
+            .unwrap_or(0);
+        input = input.saturating_add(self.tool_use_prompt_tokens.unwrap_or(0));
         // A server that reports only a total (embeddings-like) is charged it as input.
-        if self.prompt_tokens.is_none()
-            && self.input_tokens.is_none()
-            && self.completion_tokens.is_none()
-            && self.output_tokens.is_none()
-        {
+        if self.prompt_tokens.is_none() && self.input_tokens.is_none() && !self.has_output() {
             input = input.max(self.total_tokens.unwrap_or(0));
         }
         input = input.max(cached_input.saturating_add(cache_creation));
-        let reasoning = self.reasoning_tokens.unwrap_or(0);
+        let reasoning = self.reasoning_tokens.or(self.thoughts_tokens).unwrap_or(0);
         output = output.max(reasoning);
         Usage {
             input,
@@ -292,6 +339,13 @@ mod tests {
         let anthropic = br#"...text"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":34}}"#;
         let u = super::usage_from_tail(anthropic).unwrap();
         assert_eq!((u.input, u.output), (12, 34));
+        let gemini = br#"...rain"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":23,"thoughtsTokenCount":24},"modelVersion":"gemini-2.5-flash"}"#;
+        let u = super::usage_from_tail(gemini).unwrap();
+        assert_eq!((u.input, u.output, u.reasoning), (9, 47, 24));
+        // The key that comes last is the one read.
+        let both =
+            br#"{"text":"x","usage":{"prompt_tokens":1},"usageMetadata":{"promptTokenCount":5}}"#;
+        assert_eq!(super::usage_from_tail(both).unwrap().input, 5);
     }
 
     use alloc::{format, string::String, vec::Vec};

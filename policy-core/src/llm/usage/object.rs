@@ -5,7 +5,9 @@
 use serde::de::{Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::RawUsage;
+use crate::llm::gemini::UsageMetadata;
 use crate::llm::json::{keys, lenient, Count, FieldError, Seen};
+use crate::llm::ollama::ollama_usage;
 
 /// What a `usage` value turned out to be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -250,11 +252,34 @@ impl<'de> Visitor<'de> for DetailSeed {
 }
 
 keys!(
-    /// The only top-level key of a response body we read.
-    EnvelopeKey { Usage = "usage" }
+    /// The top-level keys of a response body we read: `usage` (OpenAI, Anthropic),
+    /// `usageMetadata` (Gemini), `prompt_eval_count` and `eval_count` (Ollama).
+    EnvelopeKey {
+        Usage = "usage",
+        UsageMetadata = "usageMetadata",
+        PromptEvalCount = "prompt_eval_count",
+        EvalCount = "eval_count",
+    }
 );
 
-/// A whole response body, reduced to its `usage`.
+/// Merges the usage values a body holds (one per API's field): the first problem wins, then
+/// the counts of every present one.
+pub(crate) fn merge_values(values: impl IntoIterator<Item = UsageValue>) -> UsageValue {
+    let mut out = UsageValue::Absent;
+    for value in values {
+        out = match (out, value) {
+            (bad @ UsageValue::Bad { .. }, _) | (_, bad @ UsageValue::Bad { .. }) => bad,
+            (UsageValue::Absent, v) | (v, UsageValue::Absent) => v,
+            (UsageValue::Present(mut a), UsageValue::Present(b)) => {
+                a.merge(&b);
+                UsageValue::Present(a)
+            }
+        };
+    }
+    out
+}
+
+/// A whole response body, reduced to its usage.
 pub(super) struct Envelope(pub(super) UsageValue);
 
 impl<'de> Deserialize<'de> for Envelope {
@@ -267,25 +292,44 @@ impl<'de> Deserialize<'de> for Envelope {
             lenient!(Envelope(UsageValue::Absent) => null scalars seq);
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
                 let mut usage = UsageValue::Absent;
+                let mut metadata = UsageValue::Absent;
+                let (mut prompt_eval, mut eval) = (None, None);
                 let mut seen = Seen::default();
+                let mut duplicate = None;
                 while let Some(key) = map.next_key::<EnvelopeKey>()? {
+                    if !seen.first(key.bit()) {
+                        map.next_value::<IgnoredAny>()?;
+                        duplicate = duplicate.or(Some(match key {
+                            EnvelopeKey::UsageMetadata => "usageMetadata",
+                            EnvelopeKey::PromptEvalCount => "prompt_eval_count",
+                            EnvelopeKey::EvalCount => "eval_count",
+                            _ => "usage",
+                        }));
+                        continue;
+                    }
                     match key {
-                        EnvelopeKey::Usage if seen.first(key.bit()) => usage = map.next_value()?,
-                        EnvelopeKey::Usage => {
-                            map.next_value::<IgnoredAny>()?;
-                            if !matches!(usage, UsageValue::Bad { .. }) {
-                                usage = UsageValue::Bad {
-                                    field: "usage",
-                                    reason: FieldError::Duplicate,
-                                };
-                            }
+                        EnvelopeKey::Usage => usage = map.next_value()?,
+                        EnvelopeKey::UsageMetadata => {
+                            metadata = map.next_value::<UsageMetadata>()?.0;
                         }
+                        EnvelopeKey::PromptEvalCount => prompt_eval = Some(map.next_value()?),
+                        EnvelopeKey::EvalCount => eval = Some(map.next_value()?),
                         EnvelopeKey::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
                 }
-                Ok(Envelope(usage))
+                if let Some(field) = duplicate {
+                    return Ok(Envelope(UsageValue::Bad {
+                        field,
+                        reason: FieldError::Duplicate,
+                    }));
+                }
+                Ok(Envelope(merge_values([
+                    usage,
+                    metadata,
+                    ollama_usage(prompt_eval, eval),
+                ])))
             }
         }
         d.deserialize_any(V)

@@ -137,6 +137,35 @@ impl BucketKey {
         }
     }
 
+    /// The key of `identity`'s request limits in tier number `tier` of `policy` (the slot
+    /// [`Policy::check`] decided in).
+    pub fn limits(policy: &Policy, tier: usize, identity: &[u8]) -> Option<BucketKey> {
+        let t = policy.tiers().get(tier)?;
+        let slot = policy
+            .seed()
+            .slot(&[t.name.as_bytes(), identity], t.table.sets());
+        Some(BucketKey::new(tier, TableId::Limits, slot))
+    }
+
+    /// The key of `identity`'s token budget number `budget` of tier number `tier`, for `model`
+    /// (the slot the budget's admission and settlement used).
+    pub fn budget(
+        policy: &Policy,
+        tier: usize,
+        budget: usize,
+        identity: &[u8],
+        model: Option<&str>,
+    ) -> Option<BucketKey> {
+        let t = policy.tiers().get(tier)?;
+        let b = t.budgets.get(budget)?;
+        let slot = b.slot(policy.seed(), &t.name, identity, model);
+        Some(BucketKey::new(
+            tier,
+            TableId::Budget(u8::try_from(budget).ok()?),
+            slot,
+        ))
+    }
+
     /// The slot in its table.
     pub fn slot(&self) -> Slot {
         Slot {

@@ -9,6 +9,8 @@
 //! one gRPC call per round.
 
 pub mod descriptor;
+pub mod fold;
+pub mod ledger;
 pub mod proto;
 
 use alloc::string::String;

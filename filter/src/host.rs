@@ -8,8 +8,11 @@
 //! [`HostError`] naming the call: the caller decides how to degrade (each call site says how).
 //! [`crate::shared`] does the same for shared data.
 //!
-//! Not covered, and not reached: the SDK's dispatcher unwraps `proxy_set_effective_context`
-//! when it delivers an HTTP or gRPC callout's answer; tollgate makes no callouts.
+//! Not covered: gRPC callouts (strict global mode, [`crate::global_strict`]) go through the
+//! SDK's `dispatch_grpc_call`, because only the SDK's dispatcher can route the answer back to the
+//! stream; it panics on a status other than Ok, ParseFailure and InternalFailure (Envoy's
+//! `grpcCall` returns no other), and it unwraps `proxy_set_effective_context` when it delivers
+//! the answer (Envoy cancels a stream's calls when the stream ends, so the context is live).
 #![allow(unsafe_code)]
 // FFI to the host; each call's safety is argued where it is made.
 
@@ -125,6 +128,7 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
 }
 
 /// Takes ownership of a buffer the host returned: on `OK` the host allocated `size` bytes with
@@ -205,6 +209,14 @@ pub fn clock() -> Nanos {
             last
         }
     }
+}
+
+/// Resumes the request held at its headers (`proxy_continue_stream` on the request, stream
+/// type 0): a request strict mode held for the rate limit service's answer.
+pub fn continue_request() -> Result<()> {
+    // SAFETY: no pointers.
+    let status = unsafe { proxy_continue_stream(0) };
+    check("proxy_continue_stream", status)
 }
 
 /// Asks for `proxy_on_tick` every `period` (whole milliseconds, saturating).

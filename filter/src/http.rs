@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 
+use policy_core::global::{strict, OnUnavailable};
 use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
@@ -12,6 +13,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
 use crate::attributes::Request;
+use crate::global_strict::{self, Pending, Resolution};
 use crate::host;
 use crate::llm::{Admission, LlmStream, Phase};
 use crate::metrics::Event;
@@ -42,6 +44,8 @@ pub struct Stream {
     /// Set for a request on a tier with token budgets.
     llm: Option<LlmStream>,
     grpc: bool,
+    /// Strict global mode: the check the request is held for.
+    strict: Option<Pending>,
 }
 
 impl Stream {
@@ -52,6 +56,7 @@ impl Stream {
             pending: Vec::new(),
             llm: None,
             grpc: false,
+            strict: None,
         }
     }
 
@@ -218,7 +223,148 @@ impl Stream {
     }
 }
 
-impl Context for Stream {}
+/// Strict global mode ([`global_strict`]).
+impl Stream {
+    /// Holds a request of a global-strict tier for its check: `None` when the request is not on
+    /// such a tier (then it is decided as usual).
+    fn start_strict(&mut self, request: &Request, now: Nanos) -> Option<Action> {
+        let plugin = Rc::clone(&self.plugin);
+        let (tier, identity) = strict::select(&plugin.policy, request)?;
+        let check = strict::check(&plugin.policy, tier, &identity, 1)?;
+        plugin.metrics.count(tier, Event::GlobalChecks);
+        match global_strict::send(&plugin, &check) {
+            Ok(token) => {
+                self.strict = Some(Pending { token, check });
+                Some(Action::Pause)
+            }
+            Err(reason) => {
+                let fallback = global_strict::fallback(&plugin);
+                Some(self.strict_unavailable(tier, &reason, fallback, now))
+            }
+        }
+    }
+
+    /// The check of tier `tier` got no usable answer: applies `fallback` (counted, and logged at
+    /// most once a second per worker). What the headers callback would return.
+    fn strict_unavailable(
+        &mut self,
+        tier: usize,
+        reason: &str,
+        fallback: OnUnavailable,
+        now: Nanos,
+    ) -> Action {
+        let plugin = Rc::clone(&self.plugin);
+        plugin.metrics.count(tier, Event::GlobalUnavailable);
+        if plugin.warn_due(now) {
+            self.log(
+                LogLevel::Warn,
+                &format!("strict check failed, on_unavailable {fallback:?} applies: {reason} (logged at most once a second per worker)"),
+            );
+        }
+        match fallback {
+            OnUnavailable::Allow => {
+                plugin.metrics.count(tier, Event::Allowed);
+                Action::Continue
+            }
+            OnUnavailable::Deny => {
+                reply::unavailable(self.grpc);
+                Action::Pause
+            }
+            OnUnavailable::Local => self.decide_locally(now),
+        }
+    }
+
+    /// The `local` fallback: the request decided by this Envoy's buckets, as in local mode.
+    fn decide_locally(&mut self, now: Nanos) -> Action {
+        let plugin = Rc::clone(&self.plugin);
+        match plugin.policy.check(&Request::read(), now, &mut SharedData) {
+            Outcome::Unmatched => Action::Continue,
+            Outcome::Decided { tier, decision, .. } => {
+                let i = plugin.policy.tier_index(tier);
+                if decision.allowed {
+                    plugin.metrics.count(i, Event::Allowed);
+                    self.pending = headers::fields(tier, &decision);
+                    Action::Continue
+                } else {
+                    plugin.metrics.count(i, Event::Denied);
+                    reply::rate_limited(self.grpc, tier, &decision);
+                    Action::Pause
+                }
+            }
+            Outcome::Ambiguous { tier, error } => {
+                plugin
+                    .metrics
+                    .count(plugin.policy.tier_index(tier), Event::Ambiguous);
+                reply::ambiguous(self.grpc, &error);
+                Action::Pause
+            }
+            Outcome::StoreFailed { tier, error } => {
+                let i = plugin.policy.tier_index(tier);
+                if error == TableError::Contended {
+                    plugin.metrics.count(i, Event::Contended);
+                    reply::contended(self.grpc);
+                    return Action::Pause;
+                }
+                plugin.metrics.count(i, Event::StoreFailure);
+                match plugin.policy.on_store_failure() {
+                    OnStoreFailure::Allow => Action::Continue,
+                    OnStoreFailure::Deny => {
+                        reply::unavailable(self.grpc);
+                        Action::Pause
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Context for Stream {
+    /// The answer to a strict check (or the call's end: a timeout is gRPC status 4).
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(pending) = self.strict.take_if(|p| p.token == token_id) else {
+            return;
+        };
+        let plugin = Rc::clone(&self.plugin);
+        let now = self.now();
+        let body = if status_code == 0 {
+            host::buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let i = pending.check.tier;
+        let Some(tier) = self.tier(i) else {
+            return;
+        };
+        let action =
+            match global_strict::resolve(&plugin, &pending, status_code, body.as_deref(), now) {
+                Resolution::Admit(decision) => {
+                    plugin.metrics.count(i, Event::Allowed);
+                    self.pending = headers::fields(tier, &decision);
+                    Action::Continue
+                }
+                Resolution::Refuse(decision) => {
+                    plugin.metrics.count(i, Event::Denied);
+                    plugin.metrics.count(i, Event::GlobalOverLimit);
+                    reply::rate_limited(self.grpc, tier, &decision);
+                    Action::Pause
+                }
+                Resolution::Unavailable { reason, fallback } => {
+                    self.strict_unavailable(i, &reason, fallback, now)
+                }
+            };
+        if action == Action::Continue {
+            if let Err(e) = host::continue_request() {
+                // Envoy would leave the request held until its stream timeout: say so.
+                self.log(
+                    LogLevel::Error,
+                    &format!("could not resume the request: {e}"),
+                );
+            }
+        }
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -226,6 +372,9 @@ impl HttpContext for Stream {
         let request = Request::read();
         self.grpc = request.is_grpc();
         let now = self.now();
+        if let Some(action) = self.start_strict(&request, now) {
+            return action;
+        }
         match plugin.policy.check(&request, now, &mut SharedData) {
             Outcome::Unmatched => Action::Continue,
             Outcome::Decided {

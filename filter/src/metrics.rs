@@ -58,6 +58,13 @@ tier_counters! {
     TokensReserved => "tokens_reserved",
     /// LLM tokens given back when usage was below the reservation.
     TokensRefunded => "tokens_refunded",
+    /// A request of a global-strict tier checked with the rate limit service (strict mode).
+    GlobalChecks => "global_checks",
+    /// A request the rate limit service refused (`OVER_LIMIT`; also counted in `denied`).
+    GlobalOverLimit => "global_over_limit",
+    /// A check without a usable answer (the call failed, timed out, or answered what cannot be
+    /// read): `on_unavailable` decided instead.
+    GlobalUnavailable => "global_unavailable",
 }
 
 /// Pending counts and their Envoy metric ids, per tier.

@@ -11,6 +11,7 @@
 mod support;
 
 mod config;
+mod global_strict;
 mod header_edges;
 mod host;
 mod host_faults;

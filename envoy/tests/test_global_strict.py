@@ -131,3 +131,40 @@ def test_redis_down_is_unavailable_too_and_an_empty_redis_starts_afresh(global_s
                "the first check to succeed after Redis restarted")
     counts, _ = timed(global_stack, 3, spent)
     assert counts == {200: 6}, counts
+
+
+def test_the_local_fallback_continues_from_the_global_state_each_envoy_last_saw(global_stack):
+    global_stack.start_envoys(strict_policy(on_unavailable="local"))
+    spent = {"x-user-id": unique("spent")}
+    assert status_counts([r for rs in global_stack.spread(55, spent) for r in rs]) == \
+        {200: 100, 429: 10}
+    # One more through each Envoy: each sees the service say "spent" and keeps it locally.
+    assert [e.request(headers=spent).status for e in global_stack.envoys] == [429, 429]
+
+    global_stack.sync.kill()
+    # Every check fails: each Envoy decides locally, from what the service last told it.
+    counts, slowest = timed(global_stack, 3, spent)
+    assert counts == {429: 6}, counts
+    assert slowest < 2.0, f"a request waited {slowest:.2f}s"
+    fresh = {"x-user-id": unique("fresh")}
+    counts, _ = timed(global_stack, 3, fresh)
+    assert counts == {200: 6}, counts
+    wait_until(lambda: counters(global_stack, "global_unavailable") >= 12, 10,
+               "the failed checks counted")
+
+    # Back: the checks succeed again by themselves (no new unavailable count).
+    global_stack.sync.start()
+    wait_until(lambda: _all_checked(global_stack, fresh), 30,
+               "checks to succeed again after tollgate-sync restarted")
+    counts, _ = timed(global_stack, 2, spent)
+    assert counts == {429: 4}, counts
+
+
+def _all_checked(stack, headers: dict[str, str]) -> bool:
+    """Sends one request to each Envoy and waits for a counter flush; true when neither check
+    failed."""
+    before = counters(stack, "global_unavailable")
+    for envoy in stack.envoys:
+        envoy.request(headers=headers)
+    time.sleep(1.2)  # each worker flushes its counters once a second
+    return counters(stack, "global_unavailable") == before

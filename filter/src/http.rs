@@ -337,23 +337,35 @@ impl Context for Stream {
         let Some(tier) = self.tier(i) else {
             return;
         };
-        let action =
-            match global_strict::resolve(&plugin, &pending, status_code, body.as_deref(), now) {
-                Resolution::Admit(decision) => {
-                    plugin.metrics.count(i, Event::Allowed);
-                    self.pending = headers::fields(tier, &decision);
-                    Action::Continue
-                }
-                Resolution::Refuse(decision) => {
-                    plugin.metrics.count(i, Event::Denied);
-                    plugin.metrics.count(i, Event::GlobalOverLimit);
-                    reply::rate_limited(self.grpc, tier, &decision);
-                    Action::Pause
-                }
-                Resolution::Unavailable { reason, fallback } => {
-                    self.strict_unavailable(i, &reason, fallback, now)
-                }
-            };
+        let resolution =
+            global_strict::resolve(&plugin, &pending, status_code, body.as_deref(), now);
+        if let Resolution::Admit(decision) | Resolution::Refuse(decision) = &resolution {
+            // The local buckets follow the global state, for the `local` fallback; a failed
+            // write only leaves that fallback's starting point older.
+            let _ = strict::fold(
+                &plugin.policy,
+                &pending.check,
+                decision,
+                now,
+                &mut SharedData,
+            );
+        }
+        let action = match resolution {
+            Resolution::Admit(decision) => {
+                plugin.metrics.count(i, Event::Allowed);
+                self.pending = headers::fields(tier, &decision);
+                Action::Continue
+            }
+            Resolution::Refuse(decision) => {
+                plugin.metrics.count(i, Event::Denied);
+                plugin.metrics.count(i, Event::GlobalOverLimit);
+                reply::rate_limited(self.grpc, tier, &decision);
+                Action::Pause
+            }
+            Resolution::Unavailable { reason, fallback } => {
+                self.strict_unavailable(i, &reason, fallback, now)
+            }
+        };
         if action == Action::Continue {
             if let Err(e) = host::continue_request() {
                 // Envoy would leave the request held until its stream timeout: say so.

@@ -273,3 +273,25 @@ fn a_tier_that_opts_out_and_sync_mode_make_no_call_on_the_request_path() {
         assert!(h.worker(0).unwrap().pending_grpc_callouts().is_empty());
     }
 }
+
+#[test]
+fn the_local_fallback_continues_from_the_global_state_last_seen() {
+    let h = tollgate_with(2, &policy("local"));
+    // The service says the user's bucket is empty (others spent it): refused.
+    let mut s = h.stream(0).unwrap();
+    s.request_headers(headers("ivy").as_slice(), true).unwrap();
+    let (token, _, _) = the_call(&h);
+    h.worker(0)
+        .unwrap()
+        .deliver_grpc_reply(token, 0, &answer(OVER_LIMIT, 0, 60_000))
+        .unwrap();
+    assert_eq!(s.local_reply().unwrap().expect("refused").status, 429);
+    s.finish().unwrap();
+    // Then the service is gone: the local buckets decide, and they remember that answer.
+    let record = failed_call(&h, "ivy", UNAVAILABLE);
+    let reply = record.local_reply.expect("refused locally");
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.headers.get("retry-after"), Some("1"));
+    // A caller the service never reported on starts full.
+    assert!(failed_call(&h, "jack", UNAVAILABLE).local_reply.is_none());
+}

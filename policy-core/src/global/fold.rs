@@ -190,7 +190,7 @@ impl Round {
 }
 
 /// Folds one bucket key's answers (cell, rate, reset) into its way of the local table.
-fn fold_key<S: Store>(
+pub(crate) fn fold_key<S: Store>(
     policy: &Policy,
     key: &BucketKey,
     cells: &[(BucketKey, usize, Rate, Nanos)],

@@ -19,10 +19,13 @@ use prost::Message;
 use crate::bucket::Rate;
 use crate::decision::{Decision, LimitStatus};
 use crate::global::descriptor::{self, BucketKey, Op, TableId};
+use crate::global::fold::fold_key;
 use crate::global::proto::{Code, DescriptorStatus, RateLimitRequest, RateLimitResponse};
 use crate::global::GlobalMode;
 use crate::policy::Policy;
 use crate::request::Attributes;
+use crate::store::Store;
+use crate::table::TableError;
 use crate::time::Nanos;
 
 /// One check on its way: the message to send and what is needed to read the answer.
@@ -30,6 +33,8 @@ use crate::time::Nanos;
 pub struct Check {
     /// The tier's index in the policy.
     pub tier: usize,
+    /// The caller's buckets (request limits) in the tier's table.
+    pub key: BucketKey,
     /// Cells asked of each bucket.
     pub cost: u64,
     /// Each descriptor's limit (the tier's limit index) and rate, in the message's order.
@@ -94,6 +99,7 @@ pub fn check(policy: &Policy, tier: usize, identity: &[u8], cost: u64) -> Option
     };
     Some(Check {
         tier,
+        key,
         cost,
         cells,
         message: request.encode_to_vec(),
@@ -181,6 +187,31 @@ pub fn verdict(check: &Check, body: &[u8], now: Nanos) -> Verdict {
         (Code::OverLimit, false) => Verdict::Refuse(decision),
         _ => Verdict::Unusable(Unusable::Inconsistent),
     }
+}
+
+/// Folds the global state an answer reported (`decision`, from [`verdict`]) into the caller's
+/// local buckets: `local_tat = max(local_tat, now + time until full)`, as a sync round does
+/// ([`crate::global::fold`]). Strict mode does not decide from them while the service answers;
+/// this keeps them as full as the last answer said, so that the `local` fallback continues from
+/// the global state this replica last saw instead of from a full bucket.
+///
+/// # Errors
+/// The local table could not be written (a failing store, or contention): only the `local`
+/// fallback's starting point is older.
+pub fn fold<S: Store>(
+    policy: &Policy,
+    check: &Check,
+    decision: &Decision,
+    now: Nanos,
+    store: &mut S,
+) -> Result<(), TableError> {
+    let cells: Vec<(BucketKey, usize, Rate, Nanos)> = check
+        .cells
+        .iter()
+        .zip(&decision.limits)
+        .map(|((cell, rate), limit)| (check.key, *cell, *rate, limit.reset_after))
+        .collect();
+    fold_key(policy, &check.key, &cells, now, store).map(|_| ())
 }
 
 /// One descriptor's answer as a limit's state.
@@ -372,6 +403,43 @@ mod tests {
             panic!("not refused")
         };
         assert_eq!(d.retry_after(), Some(Nanos(5_000 * MS)));
+    }
+
+    #[test]
+    fn an_answer_folds_into_the_local_bucket_for_the_local_fallback() {
+        let p = strict();
+        let mut store = MemoryStore::new();
+        p.init_store(&mut store).unwrap();
+        let c = users_check(&p);
+        // Other replicas spent the 100 a minute: empty, full again in 60 s.
+        let body = answer(2, vec![status(2, 0, 60_000), status(1, 30, 1_000)]);
+        let Verdict::Refuse(d) = verdict(&c, &body, T0) else {
+            panic!("not refused")
+        };
+        fold(&p, &c, &d, T0, &mut store).unwrap();
+        // Locally, as the `local` fallback would decide: refused, one request back in 0.6 s.
+        match p.check(&user("alice"), T0, &mut store) {
+            Outcome::Decided { decision, .. } => {
+                assert!(!decision.allowed);
+                assert_eq!(decision.retry_after(), Some(Nanos(600 * MS)));
+            }
+            _ => panic!("undecided"),
+        }
+        // A state behind the local one never rolls it back.
+        let body = answer(1, vec![status(1, 99, 600), status(1, 30, 1_000)]);
+        let Verdict::Admit(d) = verdict(&c, &body, T0) else {
+            panic!("not admitted")
+        };
+        fold(&p, &c, &d, T0, &mut store).unwrap();
+        match p.check(&user("alice"), T0, &mut store) {
+            Outcome::Decided { decision, .. } => assert!(!decision.allowed),
+            _ => panic!("undecided"),
+        }
+        // Another caller's bucket is untouched.
+        match p.check(&user("bob"), T0, &mut store) {
+            Outcome::Decided { decision, .. } => assert!(decision.allowed),
+            _ => panic!("undecided"),
+        }
     }
 
     #[test]

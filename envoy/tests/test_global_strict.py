@@ -79,7 +79,9 @@ def timed(stack, n: int, headers: dict[str, str]) -> tuple[dict[int, int], float
             t0 = time.monotonic()
             replies.append(envoy.request(headers=headers))
             slowest = max(slowest, time.monotonic() - t0)
-    return status_counts(replies), slowest
+    counts = status_counts(replies)
+    print(f"{n} requests to each Envoy: {counts}, slowest {slowest * 1000:.1f} ms")
+    return counts, slowest
 
 
 def test_a_dead_service_gets_the_configured_fallback_then_checking_resumes(global_stack):

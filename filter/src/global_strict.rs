@@ -4,13 +4,11 @@
 //! timeout, an answer that cannot be read) hands it to the configured fallback. What the answer
 //! means is decided in [`policy_core::global::strict`]; this module sends and interprets.
 
-use std::time::Duration;
-
-use policy_core::global::proto;
 use policy_core::global::strict::{self, Check, Verdict};
 use policy_core::global::OnUnavailable;
 use policy_core::{Decision, Nanos};
 
+use crate::global;
 use crate::plugin::Plugin;
 
 /// A check in flight for a held request.
@@ -38,28 +36,17 @@ pub enum Resolution {
     },
 }
 
-/// Sends `check` to the policy's cluster; the call's token, or why it could not be sent (an
-/// unknown cluster, or a call Envoy failed at once), which the caller treats like a failed call.
+/// Sends `check` to the policy's cluster (through [`crate::global::dispatch`], as sync rounds
+/// are); the call's token, or why it could not be sent, which the caller treats like a failed
+/// call. An unknown cluster is not such a case: it fails the call afterwards, with a gRPC status.
 pub fn send(plugin: &Plugin, check: &Check) -> Result<u32, String> {
     let settings = plugin
         .policy
         .global()
         .ok_or_else(|| String::from("the policy has no global section"))?;
-    let timeout = Duration::from_nanos(settings.timeout.0);
-    // The SDK's call, not a binding of our own: its dispatcher must learn the token to deliver
-    // the answer to this stream. It panics only on statuses Envoy's grpcCall never returns
-    // (Envoy 1.40 answers Ok, ParseFailure for an unknown cluster, InternalFailure).
-    proxy_wasm::hostcalls::dispatch_grpc_call(
-        &settings.cluster,
-        proto::SERVICE,
-        proto::METHOD,
-        Vec::new(),
-        Some(&check.message),
-        timeout,
-    )
-    .map_err(|status| {
+    global::dispatch(settings, &check.message).map_err(|e| {
         format!(
-            "dispatch_grpc_call to cluster `{}` failed: {status:?}",
+            "the call to cluster `{}` could not start: {e}",
             settings.cluster
         )
     })

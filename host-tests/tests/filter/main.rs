@@ -12,6 +12,7 @@ mod support;
 
 mod config;
 mod global_strict;
+mod global_sync;
 mod header_edges;
 mod host;
 mod host_faults;

@@ -29,6 +29,11 @@ use crate::time::Nanos;
 /// beyond the bucket's capacity (0 when within).
 pub fn fold_bucket(rate: &Rate, local: Tat, now: Nanos, reset: Nanos) -> (Tat, u64) {
     let global = rate.full_after(now, reset);
+    if rate.is_full(global, now) {
+        // A full global bucket says nothing new: the local state stays as it is (moving a
+        // past TAT up to "now" would change nothing but count as a change).
+        return (local, 0);
+    }
     (local.max(global), rate.overshoot(global, now))
 }
 
@@ -281,11 +286,11 @@ mod tests {
     #[test]
     fn window_edges() {
         let rate = per_minute(100);
-        let (tat, _) = fold_bucket(&rate, Tat::default(), T0, Nanos::ZERO);
+        let stale = rate.charge(Tat::default(), Nanos(T0.0 - MINUTE.0), 2);
+        let (tat, _) = fold_bucket(&rate, stale, T0, Nanos::ZERO);
         assert_eq!(
-            tat,
-            rate.full_after(T0, Nanos::ZERO),
-            "a full bucket stays full"
+            tat, stale,
+            "a full global bucket leaves the local state alone"
         );
         assert!(rate.is_full(tat, T0));
         // Exactly one window ahead: empty, not in debt; the next cell after 0.6 s.

@@ -18,7 +18,7 @@ use prost::Message;
 
 use crate::bucket::Rate;
 use crate::decision::{Decision, LimitStatus};
-use crate::global::descriptor::{self, BucketKey, Op, TableId};
+use crate::global::descriptor::{self, BucketKey, Op};
 use crate::global::fold::fold_key;
 use crate::global::proto::{Code, DescriptorStatus, RateLimitRequest, RateLimitResponse};
 use crate::global::GlobalMode;
@@ -82,11 +82,7 @@ pub fn check(policy: &Policy, tier: usize, identity: &[u8], cost: u64) -> Option
         return None;
     }
     let settings = policy.global()?;
-    let t = policy.tiers().get(tier)?;
-    let slot = policy
-        .seed()
-        .slot(&[t.name.as_bytes(), identity], t.table.sets());
-    let key = BucketKey::new(tier, TableId::Limits, slot);
+    let key = BucketKey::limits(policy, tier, identity)?;
     let described = descriptor::describe(policy, &key, Op::Check, cost);
     if described.is_empty() {
         return None;

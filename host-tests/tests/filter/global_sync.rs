@@ -327,3 +327,41 @@ fn a_policy_whose_global_section_is_wrong_is_refused_with_its_path() {
         "{error}"
     );
 }
+
+#[test]
+fn tokens_are_recorded_at_settlement_as_the_real_charge() {
+    use host_tests::{Request, Response};
+    let policy = r#"{"global":{"cluster":"tollgate-sync"},"tiers":[{"name":"llm",
+        "identity":{"header":"x-user-id"},"tokens":[{"tokens":100000,"per":"day"}]}]}"#;
+    let h = tollgate_with(2, policy);
+    let body = r#"{"model":"m","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}"#;
+    let call = Request::new("POST", "/v1/chat/completions")
+        .header("x-user-id", "erin")
+        .header("content-type", "application/json")
+        .header("content-length", body.len().to_string())
+        .body_chunk(body)
+        .respond_with(
+            Response::ok()
+                .header("content-type", "application/json")
+                .body_chunk(r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}"#),
+        );
+    for worker in [0, 1] {
+        let out = h.send(worker, &call).unwrap();
+        assert!(out.is_continue(), "{out:?}");
+    }
+    h.advance(SECOND * 2).unwrap();
+    let (_, _, request) = the_round(&h);
+    assert_eq!(request.descriptors.len(), 1, "one budget, no request limit");
+    let d = &request.descriptors[0];
+    let entries: Vec<(&str, &str)> = d
+        .entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str()))
+        .collect();
+    assert_eq!(
+        entries[..2],
+        [("tier", "llm"), ("budget", "llm-tokens-day")]
+    );
+    // 13 tokens a call, twice; not the 500 + prompt each call reserved.
+    assert_eq!(d.hits_addend.map(|h| h.value), Some(26));
+}

@@ -155,6 +155,7 @@ fn one_worker_sends_one_batch_per_interval_carrying_every_workers_deltas_summed(
     h.advance(SECOND).unwrap();
     assert!(callouts(&h).is_empty());
     assert_eq!(h.metrics().value("tollgate.global.sync_rounds"), Some(1));
+    assert_eq!(h.metrics().value("tollgate.global.sync_lag_ms"), Some(0));
     assert_eq!(h.metrics().value("tollgate.global.keys_synced"), Some(2));
     assert!(matches!(
         h.metrics().value("tollgate.global.sync_failures"),
@@ -228,6 +229,11 @@ fn a_failed_round_keeps_its_deltas_and_resends_them_with_the_new_ones() {
     sent.sort();
     assert_eq!(sent, [2, 30]);
     assert_eq!(h.metrics().value("tollgate.global.sync_failures"), Some(2));
+    // No answer folded, and deltas waiting, since the start 4 s ago.
+    assert_eq!(
+        h.metrics().value("tollgate.global.sync_lag_ms"),
+        Some(4_000)
+    );
     let warned = h.all_logs().unwrap().iter().any(|l| {
         l.message.contains("global sync to cluster tollgate-sync")
             && l.message.contains("deltas kept")

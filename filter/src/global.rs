@@ -55,7 +55,7 @@ enum Stat {
     BadMessages,
     /// Gauge: buckets with unsent deltas at the lease holder.
     Pending,
-    /// Gauge: milliseconds since the last folded answer (since start while none).
+    /// Gauge: milliseconds since the last folded answer, or since nothing was waiting.
     LagMs,
     /// Gauge: the largest overshoot (cells beyond a bucket's capacity) in the last answer.
     Overshoot,
@@ -216,6 +216,10 @@ impl SyncRounds {
         let dropped = leader.pending.take_dropped();
         self.add(Stat::Dropped, dropped);
         self.gauge(Stat::Pending, leader.pending.len() as u64);
+        if leader.pending.is_empty() {
+            // Nothing waits to be sent: an idle Envoy is not lagging.
+            self.last_ok.set(now);
+        }
         self.gauge(
             Stat::LagMs,
             now.0.saturating_sub(self.last_ok.get().0) / 1_000_000,

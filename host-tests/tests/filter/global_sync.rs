@@ -155,6 +155,7 @@ fn one_worker_sends_one_batch_per_interval_carrying_every_workers_deltas_summed(
     h.advance(SECOND).unwrap();
     assert!(callouts(&h).is_empty());
     assert_eq!(h.metrics().value("tollgate.global.sync_rounds"), Some(1));
+    assert_eq!(h.metrics().value("tollgate.global.sync_lag_ms"), Some(0));
     assert_eq!(h.metrics().value("tollgate.global.keys_synced"), Some(2));
     assert!(matches!(
         h.metrics().value("tollgate.global.sync_failures"),
@@ -228,6 +229,11 @@ fn a_failed_round_keeps_its_deltas_and_resends_them_with_the_new_ones() {
     sent.sort();
     assert_eq!(sent, [2, 30]);
     assert_eq!(h.metrics().value("tollgate.global.sync_failures"), Some(2));
+    // No answer folded, and deltas waiting, since the start 4 s ago.
+    assert_eq!(
+        h.metrics().value("tollgate.global.sync_lag_ms"),
+        Some(4_000)
+    );
     let warned = h.all_logs().unwrap().iter().any(|l| {
         l.message.contains("global sync to cluster tollgate-sync")
             && l.message.contains("deltas kept")
@@ -326,4 +332,42 @@ fn a_policy_whose_global_section_is_wrong_is_refused_with_its_path() {
         error.contains("global.sync_interval_ms: must be from 50 to 60000"),
         "{error}"
     );
+}
+
+#[test]
+fn tokens_are_recorded_at_settlement_as_the_real_charge() {
+    use host_tests::{Request, Response};
+    let policy = r#"{"global":{"cluster":"tollgate-sync"},"tiers":[{"name":"llm",
+        "identity":{"header":"x-user-id"},"tokens":[{"tokens":100000,"per":"day"}]}]}"#;
+    let h = tollgate_with(2, policy);
+    let body = r#"{"model":"m","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}"#;
+    let call = Request::new("POST", "/v1/chat/completions")
+        .header("x-user-id", "erin")
+        .header("content-type", "application/json")
+        .header("content-length", body.len().to_string())
+        .body_chunk(body)
+        .respond_with(
+            Response::ok()
+                .header("content-type", "application/json")
+                .body_chunk(r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4}}"#),
+        );
+    for worker in [0, 1] {
+        let out = h.send(worker, &call).unwrap();
+        assert!(out.is_continue(), "{out:?}");
+    }
+    h.advance(SECOND * 2).unwrap();
+    let (_, _, request) = the_round(&h);
+    assert_eq!(request.descriptors.len(), 1, "one budget, no request limit");
+    let d = &request.descriptors[0];
+    let entries: Vec<(&str, &str)> = d
+        .entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str()))
+        .collect();
+    assert_eq!(
+        entries[..2],
+        [("tier", "llm"), ("budget", "llm-tokens-day")]
+    );
+    // 13 tokens a call, twice; not the 500 + prompt each call reserved.
+    assert_eq!(d.hits_addend.map(|h| h.value), Some(26));
 }

@@ -56,7 +56,11 @@ fn the_call(h: &Harness) -> (u32, RateLimitRequest, u32) {
     assert_eq!(calls.len(), 1, "{calls:?}");
     let call = &calls[0];
     // The cluster, as a serialized GrpcService (see the filter's `global::dispatch`).
-    assert!(call.upstream.contains("tollgate-sync"), "{:?}", call.upstream);
+    assert!(
+        call.upstream.contains("tollgate-sync"),
+        "{:?}",
+        call.upstream
+    );
     assert_eq!(call.service, "envoy.service.ratelimit.v3.RateLimitService");
     assert_eq!(call.method, "ShouldRateLimit");
     let (message, _) = &call.messages[0];

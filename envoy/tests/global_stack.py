@@ -144,14 +144,16 @@ class GlobalStack:
         self.retired: list[Envoy] = []
         self.policy: dict | None = None
 
-    def start_envoys(self, policy: dict, replicas: int = REPLICAS) -> list[Envoy]:
+    def start_envoys(self, policy: dict, replicas: int = REPLICAS,
+                     upstreams: dict[str, str] | None = None) -> list[Envoy]:
         """Stops the Envoys running (if any) and starts `replicas` new ones with `policy`, each
-        with the cluster `tollgate-sync`."""
+        with the cluster `tollgate-sync`; `upstreams` (v1, v2) instead of the Task API's, e.g.
+        the LLM mock."""
         self.stop_envoys()
         self.policy = policy
         self.envoys = [
-            start_envoy(policy, self.upstreams, self.tmp, concurrency=CONCURRENCY, https=False,
-                        sync_cluster=self.sync.addr)
+            start_envoy(policy, upstreams or self.upstreams, self.tmp, concurrency=CONCURRENCY,
+                        https=False, sync_cluster=self.sync.addr)
             for _ in range(replicas)
         ]
         return self.envoys

@@ -173,3 +173,32 @@ def test_redis_then_tollgate_sync_killed_while_traffic_flows(global_stack):
     # No request failed or waited because of the outages.
     assert set(counts) == {200}, counts
     assert slowest[0] < 1.0, f"a request took {slowest[0]:.3f}s"
+
+
+def test_token_budget_calls_spread_over_two_envoys_spend_one_budget(global_stack, mock):
+    """1,000 tokens a day, charged after each call (the LLM mock reports 300 tokens a call), one
+    user's calls alternating between the Envoys with a sync round after each admitted call. One
+    Envoy alone admits four (the fourth goes 200 into debt); local mode on two admits eight."""
+    from test_llm import CHAT, body, post  # the LLM tests' helpers
+
+    policy = {
+        "global": {"cluster": "tollgate-sync", "sync_interval_ms": INTERVAL_MS},
+        "tiers": [{"name": "free", "identity": {"header": "x-user-id"},
+                   "tokens": [{"tokens": 1000, "per": "day"}]}],
+        "llm": {"mode": "charge_after", "default_max_tokens": 1000,
+                "on_missing_usage": "nothing"},
+    }
+    a, b = global_stack.start_envoys(policy, upstreams={"v1": mock, "v2": mock})
+    user = {"x-user-id": unique("tokens")}
+    statuses = []
+    for i in range(8):
+        envoy = (a, b)[i % 2]
+        reply = post(envoy, CHAT, body(), user)
+        statuses.append(reply.status)
+        if reply.status == 200:
+            # The real charge (300) is recorded at settlement and sent in the next round.
+            wait_synced(global_stack, envoy)
+    # A 300 → B (had not heard of the user) 600 → A 900 → B 1200 → A 1500: each Envoy admits
+    # while what it last heard leaves room; one call more than one Envoy alone would admit, which
+    # the bound allows (burst + rate × lag of one replica), then both refuse.
+    assert statuses == [200, 200, 200, 200, 200, 429, 429, 429], statuses

@@ -203,7 +203,11 @@ impl SyncRounds {
         }
         if let Some(f) = &leader.in_flight {
             // Envoy closes a callout at its timeout; this is for a reply that never comes.
-            let deadline = f.sent.0 + self.settings.timeout.0 + 2 * self.tick.0;
+            let deadline = f
+                .sent
+                .0
+                .saturating_add(self.settings.timeout.0)
+                .saturating_add(self.tick.0.saturating_mul(2));
             if now.0 < deadline {
                 return;
             }

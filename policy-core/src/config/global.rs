@@ -292,6 +292,17 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_name_is_at_most_120_characters() {
+        let ok = alloc::format!(r#"{{"cluster":"{}"}}"#, "c".repeat(120));
+        assert!(policy(&ok).is_ok());
+        let long = alloc::format!(r#"{{"cluster":"{}"}}"#, "c".repeat(121));
+        assert_eq!(
+            policy(&long).unwrap_err(),
+            "global.cluster: must be at most 120 characters"
+        );
+    }
+
+    #[test]
     fn a_tier_flag_needs_the_section_and_must_be_a_boolean() {
         let e = parse(
             br#"{"tiers":[{"name":"a","identity":"shared","global":true,

@@ -22,6 +22,7 @@ import validator as v  # noqa: E402  (conftest puts envoy/gateway on the path)
 SYNC = "global/tollgate-sync.yaml"
 PATCH = "global/envoypatchpolicy.yaml"
 POLICY = "global/tollgate-global.yaml"
+PROXY = "global/variants/envoyproxy-bootstrap.yaml"
 DEP = "Deployment default/tollgate-sync"
 SVC = "Service default/tollgate-sync"
 EPP = "EnvoyPatchPolicy default/tollgate-sync-cluster"
@@ -145,6 +146,20 @@ SEEDED = {
         f"{PATCH}: {EPP}: spec.jsonPatches[0].name: Not found: 'task-api-gateway/http': Envoy Gateway names the "
         "listeners of Gateway default/task-api-gateway default/task-api-gateway/http, default/task-api-gateway/https",
     ),
+    # Envoy Gateway's CRDs: schema and CEL.
+    "patch policy: wrong patch type": (
+        PATCH, "  type: JSONPatch", "  type: JsonPatch",
+        f'{PATCH}: {EPP}: spec.type: Unsupported value: "JsonPatch": supported values: "JSONPatch"',
+    ),
+    "patch policy: a resource type xDS does not have": (
+        PATCH, "envoy.config.cluster.v3.Cluster\n", "envoy.config.cluster.v3.Clusters\n",
+        f'{PATCH}: {EPP}: spec.jsonPatches[0].type: Unsupported value: "type.googleapis.com/envoy.config.cluster.v3.Clusters"',
+    ),
+    "bootstrap variant: patches under a Merge type (CEL)": (
+        PROXY, "    type: JSONPatch", "    type: Merge",
+        f"{PROXY}: EnvoyProxy default/tollgate-proxy: spec.bootstrap: Invalid value: object: "
+        "provided bootstrap patch doesn't match the configured patch type",
+    ),
     # Kubernetes' own schemas (kubernetes-validate) on built-in kinds.
     "deployment: misspelled probe field": (
         SYNC, "            periodSeconds: 5", "            periodSecond: 5",
@@ -164,7 +179,10 @@ SEEDED = {
     ),
 }
 # These need the CRDs as well; the rest need none.
-NEEDS_CRDS = {"patch targets a listener Envoy Gateway does not generate"}
+NEEDS_CRDS = {
+    "patch targets a listener Envoy Gateway does not generate", "patch policy: wrong patch type",
+    "patch policy: a resource type xDS does not have", "bootstrap variant: patches under a Merge type (CEL)",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(SEEDED), ids=list(SEEDED))

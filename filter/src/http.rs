@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 
+use policy_core::global::descriptor::{BucketKey, TableId};
 use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
@@ -152,6 +153,15 @@ impl Stream {
         let Some(tier) = plugin.policy.tiers().get(llm.tier) else {
             return;
         };
+        if let (Some(global), true) = (&plugin.global, tier.global) {
+            // The real charge, recorded once per budget the call held.
+            for (budget, slot) in llm.held() {
+                let table = u8::try_from(budget).map(TableId::Budget);
+                if let Ok(table) = table {
+                    global.record(BucketKey::new(llm.tier, table, slot), cost);
+                }
+            }
+        }
         if let Some((reserved, charged)) = llm.settle(&plugin.policy, tier, cost, now) {
             plugin
                 .metrics
@@ -257,6 +267,11 @@ impl HttpContext for Stream {
                         reply::rate_limited(self.grpc, tier, &decision);
                     }
                     return Action::Pause;
+                }
+                if let (Some(global), true) = (&plugin.global, tier.global) {
+                    if let Some(key) = BucketKey::limits(&plugin.policy, i, &identity) {
+                        global.record(key, 1);
+                    }
                 }
                 if !llm_tier {
                     plugin.metrics.count(i, Event::Allowed);

@@ -5,6 +5,7 @@
 //! policy's decisions into responses.
 
 mod attributes;
+mod global;
 mod host;
 mod http;
 mod llm;

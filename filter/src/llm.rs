@@ -620,6 +620,14 @@ impl LlmStream {
         }
     }
 
+    /// The budgets (index, caller's slot) this call holds, before it is settled.
+    pub fn held(&self) -> Vec<(usize, policy_core::hash::Slot)> {
+        self.reservation
+            .iter()
+            .flat_map(|r| r.holds.iter().map(|h| (h.budget, h.slot)))
+            .collect()
+    }
+
     /// Replaces the hold by `cost`; keeps the budgets' new states for the headers. Returns
     /// (reserved, charged) for the metrics.
     pub fn settle(

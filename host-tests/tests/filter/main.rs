@@ -11,6 +11,7 @@
 mod support;
 
 mod config;
+mod global_sync;
 mod header_edges;
 mod host;
 mod host_faults;

@@ -24,6 +24,9 @@ const FIELDS: &[&str] = &[
     "max_pending_keys",
     "on_unavailable",
 ];
+/// Envoy's gRPC callout takes the cluster inside a serialized `GrpcService`, passed as a string:
+/// up to 120 characters every length in it is one byte, so the bytes stay ASCII.
+const MAX_CLUSTER: usize = 120;
 const MODES: &[&str] = &["sync", "strict"];
 const FALLBACKS: &[&str] = &["local", "allow", "deny"];
 
@@ -31,6 +34,14 @@ const FALLBACKS: &[&str] = &["local", "allow", "deny"];
 pub(super) fn parse_global(v: &Value, path: &str) -> Result<GlobalSettings, ConfigError> {
     let o = Obj::new(v, path, FIELDS)?;
     let cluster = text(o.req("cluster")?, &o.at("cluster"))?;
+    if cluster.len() > MAX_CLUSTER {
+        return err(
+            o.at("cluster"),
+            Reason::Invalid {
+                why: "must be at most 120 characters",
+            },
+        );
+    }
     let mode = match o.opt("mode") {
         None => GlobalMode::Sync,
         Some(m) => match string(m, &o.at("mode"))? {

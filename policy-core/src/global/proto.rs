@@ -158,3 +158,34 @@ impl Duration {
 pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 /// See [`SERVICE`].
 pub const METHOD: &str = "ShouldRateLimit";
+
+/// `envoy.config.core.v3.GrpcService`, only its `envoy_grpc` target: what `dispatch_grpc_call`
+/// is given instead of a bare cluster name (see [`grpc_service`]).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GrpcService {
+    /// `envoy_grpc` (field 1 of the `target_specifier` oneof).
+    #[prost(message, optional, tag = "1")]
+    pub envoy_grpc: Option<EnvoyGrpc>,
+}
+
+/// `envoy.config.core.v3.GrpcService.EnvoyGrpc`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct EnvoyGrpc {
+    /// The cluster.
+    #[prost(string, tag = "1")]
+    pub cluster_name: String,
+}
+
+/// The serialized `GrpcService` naming `cluster`. Envoy takes either a bare cluster name or this
+/// message as a gRPC callout's target, and tells them apart by trying to parse the bytes as the
+/// message: a bare name can happen to parse (as some other, wrong, message), while this always
+/// means what it says.
+pub fn grpc_service(cluster: &str) -> Vec<u8> {
+    use prost::Message as _;
+    GrpcService {
+        envoy_grpc: Some(EnvoyGrpc {
+            cluster_name: cluster.into(),
+        }),
+    }
+    .encode_to_vec()
+}

@@ -14,6 +14,10 @@ With --https-port (and the certificate and key it needs) the bootstrap has both 
 Gateway, HTTP and HTTPS, as Envoy Gateway generates them; without it, the HTTP listener only (the
 template's `#@if https` sections are dropped). scripts/envoy-run always renders both.
 
+With --sync-cluster HOST:PORT the bootstrap also has the cluster `tollgate-sync` (HTTP/2, for gRPC)
+that a policy in global mode names (README "Global mode"); without it, no such cluster (the
+template's `#@if sync` section is dropped).
+
 Only the standard library is used, so any Python 3 runs it.
 """
 
@@ -60,11 +64,13 @@ def render(
     https_port: int | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
+    sync_cluster: str | None = None,
 ) -> str:
     """Return the bootstrap YAML. `policy_text` is passed to the filter unchanged.
 
     With `https_port`, also the HTTPS listener, terminating TLS with `tls_cert` and `tls_key`
-    (PEM files, both required then)."""
+    (PEM files, both required then). With `sync_cluster` (HOST:PORT of tollgate-sync), also the
+    cluster `tollgate-sync` of global mode."""
     v1_host, v1_port = _host_port(upstream_v1)
     v2_host, v2_port = _host_port(upstream_v2)
     on: set[str] = set()
@@ -78,6 +84,11 @@ def render(
             "tls_cert": json.dumps(str(Path(tls_cert).resolve())),
             "tls_key": json.dumps(str(Path(tls_key).resolve())),
         }
+    sync: dict[str, str | int] = {}
+    if sync_cluster is not None:
+        sync_host, sync_port = _host_port(sync_cluster)
+        on.add("sync")
+        sync = {"sync_host": json.dumps(sync_host), "sync_port": sync_port}
     template = string.Template(_sections(TEMPLATE.read_text(), on))
     # A JSON string literal is a valid YAML double-quoted scalar (json.dumps never emits the one
     # escape YAML lacks, "\/"), so this quotes any policy text, newlines and all.
@@ -92,6 +103,7 @@ def render(
         upstream_v2_port=v2_port,
         fail_open="true" if fail_open else "false",
         **tls,
+        **sync,
     )
 
 
@@ -106,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-key", help="PEM private key of the HTTPS listener")
     parser.add_argument("--upstream-v1", required=True, metavar="HOST:PORT")
     parser.add_argument("--upstream-v2", required=True, metavar="HOST:PORT")
+    parser.add_argument("--sync-cluster", metavar="HOST:PORT",
+                        help="also the cluster tollgate-sync (global mode), at this address")
     parser.add_argument("--fail-open", action="store_true", help="let requests through if the VM fails")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     args = parser.parse_args(argv)
@@ -121,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             https_port=args.https_port,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            sync_cluster=args.sync_cluster,
         )
     except (OSError, ValueError, KeyError) as e:
         print(f"render.py: {e}", file=sys.stderr)

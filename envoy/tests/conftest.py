@@ -244,10 +244,12 @@ def start_envoy(
     timeout: float = 30.0,
     log_level: str = "info",
     https: bool = True,
+    sync_cluster: str | None = None,
 ) -> Envoy:
     """Start Envoy with `policy` (a file, a dict, or raw text passed through unchanged) and wait
     until it serves, on both listeners (HTTP only with https=False); raise EnvoyExited if it
-    exits first."""
+    exits first. `sync_cluster` (HOST:PORT of tollgate-sync) adds global mode's cluster
+    `tollgate-sync`."""
     port, admin_port = free_port(), free_port()
     https_port = free_port() if https else None
     run_dir = tmp / f"envoy-{port}"
@@ -257,6 +259,7 @@ def start_envoy(
         "--concurrency", str(concurrency), "--port", str(port), "--admin-port", str(admin_port),
         "--upstream-v1", upstreams["v1"], "--upstream-v2", upstreams["v2"],
         "--log-level", log_level, "--run-dir", str(run_dir),
+        *(["--sync-cluster", sync_cluster] if sync_cluster else []),
         *(["--https-port", str(https_port), "--tls-dir", str(TLS_DIR)] if https
           else ["--https-port", "none"]),
     ]

@@ -8,8 +8,11 @@
 //! [`HostError`] naming the call: the caller decides how to degrade (each call site says how).
 //! [`crate::shared`] does the same for shared data.
 //!
-//! Not covered, and not reached: the SDK's dispatcher unwraps `proxy_set_effective_context`
-//! when it delivers an HTTP or gRPC callout's answer; tollgate makes no callouts.
+//! Not covered: the SDK's dispatcher unwraps `proxy_set_effective_context` when it delivers a
+//! gRPC callout's answer (global mode's sync round, [`crate::global`], and strict mode's checks,
+//! [`crate::global_strict`]), and the call itself goes through the SDK's `dispatch_grpc_call`,
+//! because only a callout the SDK registered is delivered to the context that made it; see
+//! `global::dispatch` for how its panicking statuses are avoided.
 #![allow(unsafe_code)]
 // FFI to the host; each call's safety is argued where it is made.
 
@@ -125,6 +128,19 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_register_shared_queue(
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_dequeue_shared_queue(
+        queue_id: u32,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
 }
 
 /// Takes ownership of a buffer the host returned: on `OK` the host allocated `size` bytes with
@@ -205,6 +221,14 @@ pub fn clock() -> Nanos {
             last
         }
     }
+}
+
+/// Resumes the request held at its headers (`proxy_continue_stream` on the request, stream
+/// type 0): a request strict mode held for the rate limit service's answer.
+pub fn continue_request() -> Result<()> {
+    // SAFETY: no pointers.
+    let status = unsafe { proxy_continue_stream(0) };
+    check("proxy_continue_stream", status)
 }
 
 /// Asks for `proxy_on_tick` every `period` (whole milliseconds, saturating).
@@ -350,6 +374,45 @@ pub fn increment_metric(id: u32, delta: i64) -> Result<()> {
     // SAFETY: no pointers.
     let status = unsafe { proxy_increment_metric(id, delta) };
     check("proxy_increment_metric", status)
+}
+
+/// Sets a gauge.
+pub fn record_metric(id: u32, value: u64) -> Result<()> {
+    // SAFETY: no pointers.
+    let status = unsafe { proxy_record_metric(id, value) };
+    check("proxy_record_metric", status)
+}
+
+/// Registers (or, when another worker of this VM already did, joins) the shared queue `name`.
+pub fn register_shared_queue(name: &str) -> Result<u32> {
+    let mut id: u32 = 0;
+    // SAFETY: the name is a live &str; `id` is a valid local.
+    let status = unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) };
+    check("proxy_register_shared_queue", status).map(|()| id)
+}
+
+/// Appends `value` to shared queue `id`.
+pub fn enqueue_shared_queue(id: u32, value: &[u8]) -> Result<()> {
+    // SAFETY: pointer and length of a live slice; the host copies it.
+    let status = unsafe { proxy_enqueue_shared_queue(id, value.as_ptr(), value.len()) };
+    check("proxy_enqueue_shared_queue", status)
+}
+
+/// Takes the oldest message of shared queue `id`; `None` when it is empty.
+pub fn dequeue_shared_queue(id: u32) -> Result<Option<Vec<u8>>> {
+    const EMPTY: u32 = 7;
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: out-pointers are valid locals; on OK the host hands us `size` bytes (see `take`).
+    match unsafe { proxy_dequeue_shared_queue(id, &mut data, &mut size) } {
+        // SAFETY: as above.
+        status::OK => Ok(Some(unsafe { take(data, size) })),
+        EMPTY => Ok(None),
+        status => Err(HostError {
+            call: "proxy_dequeue_shared_queue",
+            status,
+        }),
+    }
 }
 
 // --- the header-map wire format ----------------------------------------------------------------

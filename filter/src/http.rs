@@ -3,15 +3,18 @@
 
 use std::rc::Rc;
 
+use policy_core::global::descriptor::BucketKey;
+use policy_core::global::{strict, OnUnavailable};
 use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
 use policy_core::tier::Tier;
 use policy_core::{Nanos, Outcome};
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
 use crate::attributes::Request;
+use crate::global_strict::{self, Pending, Resolution};
 use crate::host;
 use crate::metrics::Event;
 use crate::plugin::Plugin;
@@ -29,6 +32,11 @@ pub struct Stream {
     /// Set for a request on a tier with token budgets.
     pub(crate) llm: Option<LlmCall>,
     pub(crate) grpc: bool,
+    /// Strict global mode: the check the request is held for.
+    strict: Option<Pending>,
+    /// The request headers ended the stream (a request without a body), for a decision made
+    /// after a strict check.
+    headers_end: bool,
 }
 
 impl Stream {
@@ -39,6 +47,8 @@ impl Stream {
             pending: Vec::new(),
             llm: None,
             grpc: false,
+            strict: None,
+            headers_end: false,
         }
     }
 
@@ -65,15 +75,13 @@ impl Stream {
     }
 }
 
-impl Context for Stream {}
-
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+/// The local decision (local and sync modes, and strict mode's `local` fallback).
+impl Stream {
+    /// Decides `request` from this Envoy's buckets: admits it (starting an LLM call on a tier
+    /// with token budgets), or answers it. What the headers callback returns.
+    fn decide(&mut self, request: &Request, end_of_stream: bool, now: Nanos) -> Action {
         let plugin = Rc::clone(&self.plugin);
-        let request = Request::read();
-        self.grpc = request.is_grpc();
-        let now = self.now();
-        match plugin.policy.check(&request, now, &mut SharedData) {
+        match plugin.policy.check(request, now, &mut SharedData) {
             Outcome::Unmatched => Action::Continue,
             Outcome::Decided {
                 tier,
@@ -99,6 +107,12 @@ impl HttpContext for Stream {
                         reply::rate_limited(self.grpc, tier, &decision);
                     }
                     return Action::Pause;
+                }
+                if let (Some(global), true) = (&plugin.global, tier.global) {
+                    // Sync mode: what this Envoy admitted, for the next round.
+                    if let Some(key) = BucketKey::limits(&plugin.policy, i, &identity) {
+                        global.record(key, 1);
+                    }
                 }
                 if !llm_tier {
                     plugin.metrics.count(i, Event::Allowed);
@@ -159,6 +173,131 @@ impl HttpContext for Stream {
                 }
             }
         }
+    }
+}
+
+/// Strict global mode ([`global_strict`]).
+impl Stream {
+    /// Holds a request of a global-strict tier for its check: `None` when the request is not on
+    /// such a tier (then it is decided locally).
+    fn start_strict(&mut self, request: &Request, now: Nanos) -> Option<Action> {
+        let plugin = Rc::clone(&self.plugin);
+        let (tier, identity) = strict::select(&plugin.policy, request)?;
+        let check = strict::check(&plugin.policy, tier, &identity, 1)?;
+        plugin.metrics.count(tier, Event::GlobalChecks);
+        match global_strict::send(&plugin, &check) {
+            Ok(token) => {
+                self.strict = Some(Pending { token, check });
+                Some(Action::Pause)
+            }
+            Err(reason) => {
+                let fallback = global_strict::fallback(&plugin);
+                Some(self.strict_unavailable(tier, &reason, fallback, now))
+            }
+        }
+    }
+
+    /// The check of tier `tier` got no usable answer: applies `fallback` (counted, and logged at
+    /// most once a second per worker). What the headers callback would return.
+    fn strict_unavailable(
+        &mut self,
+        tier: usize,
+        reason: &str,
+        fallback: OnUnavailable,
+        now: Nanos,
+    ) -> Action {
+        let plugin = Rc::clone(&self.plugin);
+        plugin.metrics.count(tier, Event::GlobalUnavailable);
+        if plugin.warn_due(now) {
+            self.log(
+                LogLevel::Warn,
+                &format!("strict check failed, on_unavailable {fallback:?} applies: {reason} (logged at most once a second per worker)"),
+            );
+        }
+        match fallback {
+            OnUnavailable::Allow => {
+                plugin.metrics.count(tier, Event::Allowed);
+                Action::Continue
+            }
+            OnUnavailable::Deny => {
+                reply::unavailable(self.grpc);
+                Action::Pause
+            }
+            OnUnavailable::Local => self.decide(&Request::read(), self.headers_end, now),
+        }
+    }
+}
+
+impl Context for Stream {
+    /// The answer to a strict check (or the call's end: a timeout is gRPC status 4).
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(pending) = self.strict.take_if(|p| p.token == token_id) else {
+            return;
+        };
+        let plugin = Rc::clone(&self.plugin);
+        let now = self.now();
+        let body = if status_code == 0 {
+            host::buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let i = pending.check.tier;
+        let Some(tier) = self.tier(i) else {
+            return;
+        };
+        let resolution =
+            global_strict::resolve(&plugin, &pending, status_code, body.as_deref(), now);
+        if let Resolution::Admit(decision) | Resolution::Refuse(decision) = &resolution {
+            // The local buckets follow the global state, for the `local` fallback; a failed
+            // write only leaves that fallback's starting point older.
+            let _ = strict::fold(
+                &plugin.policy,
+                &pending.check,
+                decision,
+                now,
+                &mut SharedData,
+            );
+        }
+        let action = match resolution {
+            Resolution::Admit(decision) => {
+                plugin.metrics.count(i, Event::Allowed);
+                self.pending = headers::fields(tier, &decision);
+                Action::Continue
+            }
+            Resolution::Refuse(decision) => {
+                plugin.metrics.count(i, Event::Denied);
+                plugin.metrics.count(i, Event::GlobalOverLimit);
+                reply::rate_limited(self.grpc, tier, &decision);
+                Action::Pause
+            }
+            Resolution::Unavailable { reason, fallback } => {
+                self.strict_unavailable(i, &reason, fallback, now)
+            }
+        };
+        if action == Action::Continue {
+            if let Err(e) = host::continue_request() {
+                // Envoy would leave the request held until its stream timeout: say so.
+                self.log(
+                    LogLevel::Error,
+                    &format!("could not resume the request: {e}"),
+                );
+            }
+        }
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let request = Request::read();
+        self.grpc = request.is_grpc();
+        self.headers_end = end_of_stream;
+        let now = self.now();
+        if let Some(action) = self.start_strict(&request, now) {
+            return action;
+        }
+        self.decide(&request, end_of_stream, now)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -5,6 +5,8 @@
 //! policy's decisions into responses.
 
 mod attributes;
+mod global;
+mod global_strict;
 mod host;
 mod http;
 mod llm;

@@ -10,6 +10,7 @@
 use std::cell::OnceCell;
 use std::rc::Rc;
 
+use policy_core::global::descriptor::{BucketKey, TableId};
 use policy_core::llm::lifecycle::{
     Count, Env, Refusal, RequestStep, ResponseHead, ResponseStep, Settlement, Verdict,
 };
@@ -244,8 +245,26 @@ impl Stream {
             return;
         };
         let metrics = &self.plugin.metrics;
-        let Settlement { reserved, charged } = settlement;
+        let Settlement {
+            reserved,
+            charged,
+            landed,
+        } = settlement;
+        let global_tier = self.tier(call.tier).is_some_and(|t| t.global);
+        if let (Some(global), true) = (&self.plugin.global, global_tier) {
+            // Global mode records the real charge, once per budget the call held (also when
+            // the local write failed: the tokens were spent all the same).
+            for &(budget, slot) in call.settled_budgets() {
+                if let Ok(table) = u8::try_from(budget).map(TableId::Budget) {
+                    global.record(BucketKey::new(call.tier, table, slot), charged);
+                }
+            }
+        }
         metrics.add(call.tier, Event::TokensReserved, reserved);
+        if !landed {
+            metrics.count(call.tier, Event::SettleFailures);
+            return;
+        }
         metrics.add(call.tier, Event::TokensCharged, charged);
         metrics.add(
             call.tier,

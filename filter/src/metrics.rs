@@ -52,12 +52,23 @@ tier_counters! {
     StoreFailure => "store_failures",
     /// A request refused for a repeated identity header.
     Ambiguous => "ambiguous_identity",
-    /// LLM tokens charged from real usage (or the configured fallback), once settled.
+    /// LLM tokens charged from real usage (or the configured fallback), once the charge is
+    /// written to the store.
     TokensCharged => "tokens_charged",
+    /// An LLM call whose charge could not be written (the store failed, or every race was
+    /// lost): its hold stays until it refills, and its tokens are not in `tokens_charged`.
+    SettleFailures => "settle_failures",
     /// LLM tokens held by reservations.
     TokensReserved => "tokens_reserved",
     /// LLM tokens given back when usage was below the reservation.
     TokensRefunded => "tokens_refunded",
+    /// A request of a global-strict tier checked with the rate limit service (strict mode).
+    GlobalChecks => "global_checks",
+    /// A request the rate limit service refused (`OVER_LIMIT`; also counted in `denied`).
+    GlobalOverLimit => "global_over_limit",
+    /// A check without a usable answer (the call failed, timed out, or answered what cannot be
+    /// read): `on_unavailable` decided instead.
+    GlobalUnavailable => "global_unavailable",
 }
 
 /// Pending counts and their Envoy metric ids, per tier.

@@ -7,6 +7,7 @@ use std::cell::Cell;
 
 use policy_core::{Nanos, Policy};
 
+use crate::global::SyncRounds;
 use crate::metrics::Metrics;
 
 /// The policy and the counters, shared by the root context and every stream of the worker.
@@ -14,6 +15,8 @@ use crate::metrics::Metrics;
 pub struct Plugin {
     pub policy: Policy,
     pub metrics: Metrics,
+    /// Global mode's sync rounds, when the policy has global tiers in sync mode.
+    pub global: Option<SyncRounds>,
     /// When the last store-failure warning was logged: a broken store must not flood the log
     /// with one line per request.
     last_warning: Cell<Option<Nanos>>,
@@ -24,8 +27,15 @@ impl Plugin {
         Plugin {
             policy,
             metrics,
+            global: None,
             last_warning: Cell::new(None),
         }
+    }
+
+    /// With sync mode's state (see [`crate::global`]).
+    pub fn with_global(mut self, global: Option<SyncRounds>) -> Plugin {
+        self.global = global;
+        self
     }
 
     /// Whether a warning may be logged now (at most once a second per worker).

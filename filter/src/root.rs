@@ -7,6 +7,7 @@ use policy_core::Policy;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
+use crate::global::SyncRounds;
 use crate::host;
 use crate::http::Stream;
 use crate::metrics::Metrics;
@@ -29,7 +30,21 @@ fn refuse(reason: &str) -> bool {
     false
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if let Some(p) = &self.plugin {
+            if let Some(global) = &p.global {
+                global.on_reply(
+                    &p.policy,
+                    token_id,
+                    status_code,
+                    response_size,
+                    host::clock(),
+                );
+            }
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -58,8 +73,34 @@ impl RootContext for Root {
             ),
         );
         let metrics = Metrics::define(policy.tiers().iter().map(|t| t.name.as_str()));
-        self.plugin = Some(Rc::new(Plugin::new(policy, metrics)));
-        if let Err(e) = host::set_tick_period(Duration::from_secs(1)) {
+        let global = match SyncRounds::start(&policy, &text, host::clock()) {
+            Ok(g) => g,
+            Err(e) => return refuse(&e.to_string()),
+        };
+        if let Some(g) = policy.global() {
+            let _ = host::log(
+                LogLevel::Info,
+                &match (g.mode, &global) {
+                    (_, Some(_)) => format!(
+                        "tollgate: global sync mode via cluster {} every {} ms",
+                        g.cluster,
+                        g.sync_interval.0 / 1_000_000
+                    ),
+                    (policy_core::global::GlobalMode::Strict, None) => format!(
+                        "tollgate: global strict mode via cluster {}: one check per request (timeout {} ms, on_unavailable {:?}; token budgets are decided locally)",
+                        g.cluster,
+                        g.timeout.0 / 1_000_000,
+                        g.on_unavailable
+                    ),
+                    (_, None) => String::from("tollgate: global section, but no global tier"),
+                },
+            );
+        }
+        let tick = global
+            .as_ref()
+            .map_or(Duration::from_secs(1), SyncRounds::tick_period);
+        self.plugin = Some(Rc::new(Plugin::new(policy, metrics).with_global(global)));
+        if let Err(e) = host::set_tick_period(tick) {
             // Limits still hold; only the counters stay in the VM, unflushed.
             let _ = host::log(
                 LogLevel::Warn,
@@ -72,6 +113,9 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(p) = &self.plugin {
             p.metrics.flush();
+            if let Some(global) = &p.global {
+                global.on_tick(&p.policy, host::clock());
+            }
         }
     }
 

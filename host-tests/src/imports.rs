@@ -33,6 +33,7 @@ macro_rules! link_imports {
                     "env",
                     stringify!($name),
                     |mut caller: Ctx<'_>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+                        caller.data().shared.calls().count(stringify!($name));
                         // An injected failure answers in place of the host, which does nothing.
                         if let Some(status) = caller.data().shared.faults().take(stringify!($name)) {
                             return Ok(status as i32);

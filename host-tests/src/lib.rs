@@ -38,6 +38,7 @@
 //! requests) and [`Stream`] (one request step by step).
 
 pub mod abi;
+pub mod calls;
 pub mod clock;
 pub mod error;
 pub mod faults;
@@ -57,6 +58,7 @@ pub mod stream;
 pub mod vm;
 
 pub use abi::{Action, BufferType, LogLevel, MapType, MetricType, Status, StreamType};
+pub use calls::Calls;
 pub use clock::Clock;
 pub use error::HostError;
 pub use faults::Faults;

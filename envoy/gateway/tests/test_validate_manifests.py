@@ -28,18 +28,6 @@ def crds_howto() -> str:
 
 
 @pytest.fixture
-def options(checker: v.TollgateChecker, crd_set) -> v.Options:
-    """With the CRDs (skips the test without them)."""
-    return v.Options(crds=crd_set, checker=checker)
-
-
-@pytest.fixture(scope="session")
-def any_options(checker: v.TollgateChecker) -> v.Options:
-    """With the CRDs when they are cached, else without: for checks that need no schema."""
-    return v.Options(checker=checker)
-
-
-@pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A copy of envoy/gateway's manifests, to seed mistakes in."""
     for path in GATEWAY_DIR.rglob("*.yaml"):
@@ -87,11 +75,19 @@ def test_repository_has_the_task_api_scenario() -> None:
         ("Service", "task-api-v2"),
         ("HTTPRoute", "llm-api"),
         ("EnvoyExtensionPolicy", "llm-api-tollgate"),
+        ("Deployment", "tollgate-sync"),
+        ("Service", "tollgate-sync"),
+        ("PodDisruptionBudget", "tollgate-sync"),
+        ("EnvoyPatchPolicy", "tollgate-sync-cluster"),
+        ("EnvoyProxy", "tollgate-proxy"),
     ]:
         assert wanted in kinds, wanted
     # Variants replace the plain object: same kind and name.
     assert sorted(kinds[("HTTPRoute", "task-api")]) == ["httproute-canary.yaml", "httproute.yaml"]
-    assert sorted(kinds[("EnvoyExtensionPolicy", "task-api-tollgate")]) == ["tollgate-image.yaml", "tollgate.yaml"]
+    assert sorted(kinds[("EnvoyExtensionPolicy", "task-api-tollgate")]) == [
+        "tollgate-global.yaml", "tollgate-image.yaml", "tollgate.yaml",
+    ]  # fmt: skip
+    assert sorted(kinds[("Deployment", "tollgate-sync")]) == ["tollgate-sync-tls.yaml", "tollgate-sync.yaml"]
 
 
 def test_every_tollgate_policy_names_its_source() -> None:
@@ -106,12 +102,15 @@ def test_every_tollgate_policy_names_its_source() -> None:
                 seen += 1
                 source = doc["metadata"]["annotations"][v.POLICY_SOURCE_ANNOTATION]
                 assert (REPO / source).is_file(), (path, source)
-    assert seen == 3
+    assert seen == 4
 
 
 @pytest.mark.parametrize(
     "name,fail_open",
-    [("tollgate.yaml", "true"), ("variants/tollgate-image.yaml", "true"), ("llm.yaml", "false")],
+    [
+        ("tollgate.yaml", "true"), ("variants/tollgate-image.yaml", "true"), ("llm.yaml", "false"),
+        ("global/tollgate-global.yaml", "true"),
+    ],  # fmt: skip
 )
 def test_failopen_is_set_explicitly_with_a_reason(name: str, fail_open: str) -> None:
     text = (GATEWAY_DIR / name).read_text()
@@ -124,8 +123,8 @@ def test_repository_manifests_without_crds_check_what_needs_none(checker: v.Toll
     problems, validator, _ = v.run(v.discover(REPO), v.Options(crds=None, checker=checker))
     assert [str(p) for p in problems] == []
     assert validator.unchecked == {
-        "BackendTrafficPolicy": 1, "EnvoyExtensionPolicy": 3, "Gateway": 1, "GatewayClass": 1,
-        "HTTPRoute": 3, "ScaledObject": 1,
+        "BackendTrafficPolicy": 1, "EnvoyExtensionPolicy": 4, "EnvoyPatchPolicy": 1, "EnvoyProxy": 1,
+        "Gateway": 1, "GatewayClass": 1, "HTTPRoute": 3, "ScaledObject": 1,
     }  # fmt: skip
 
 
@@ -353,7 +352,7 @@ def test_cli_without_crds_says_what_it_needs(tmp_path: Path, checker: v.Tollgate
     assert run.returncode == 2, run.stdout + run.stderr
     assert run.stdout == ""
     assert ", 0 problems" in run.stderr
-    assert "NOT checked against their CRDs (1 BackendTrafficPolicy, 3 EnvoyExtensionPolicy, 1 Gateway, " in run.stderr
+    assert "NOT checked against their CRDs (1 BackendTrafficPolicy, 4 EnvoyExtensionPolicy, 1 EnvoyPatchPolicy, " in run.stderr
     assert "scripts/fetch-crds" in run.stderr and "TOLLGATE_CRD_DIR" in run.stderr and "kubectl" in run.stderr
     allowed = run_cli("--allow-missing-crds", checker=checker, TOLLGATE_CRD_CACHE=str(tmp_path / "empty"))
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr

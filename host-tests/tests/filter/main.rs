@@ -11,6 +11,8 @@
 mod support;
 
 mod config;
+mod global_strict;
+mod global_sync;
 mod header_edges;
 mod host;
 mod host_faults;

@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use serde_json::Value;
 
 mod error;
+mod global;
 mod json;
 mod llm;
 
@@ -94,8 +95,11 @@ const TOP_FIELDS: &[&str] = &[
     "on_store_failure",
     "hash_secret",
     "llm",
+    "global",
 ];
-const TIER_FIELDS: &[&str] = &["name", "match", "identity", "limits", "tokens", "max_keys"];
+const TIER_FIELDS: &[&str] = &[
+    "name", "match", "identity", "limits", "tokens", "max_keys", "global",
+];
 const MATCH_FIELDS: &[&str] = &["headers", "path_prefix", "methods"];
 const HEADER_FIELDS: &[&str] = &["name", "present", "exact", "prefix", "regex"];
 const LIMIT_FIELDS: &[&str] = &["requests", "per", "burst", "name"];
@@ -116,8 +120,34 @@ pub fn check_report(
     match Policy::from_json(text) {
         Ok(policy) => {
             let (keys, bytes) = policy.footprint();
+            let global = match policy.global() {
+                None => alloc::string::String::new(),
+                Some(g) => {
+                    let names: Vec<&str> = policy
+                        .tiers()
+                        .iter()
+                        .filter(|t| t.global)
+                        .map(|t| t.name.as_str())
+                        .collect();
+                    let mode = match g.mode {
+                        crate::global::GlobalMode::Sync => "sync",
+                        crate::global::GlobalMode::Strict => "strict",
+                    };
+                    alloc::format!(
+                        "; global ({mode}, cluster {}, domain {}, every {} ms): {}",
+                        g.cluster,
+                        g.domain,
+                        g.sync_interval.0 / 1_000_000,
+                        if names.is_empty() {
+                            alloc::string::String::from("no tier")
+                        } else {
+                            names.join(", ")
+                        }
+                    )
+                }
+            };
             Ok(alloc::format!(
-                "{name}: valid: {} tiers; at most {keys} shared-data keys, {bytes} bytes of values",
+                "{name}: valid: {} tiers; at most {keys} shared-data keys, {bytes} bytes of values{global}",
                 policy.tiers().len()
             ))
         }
@@ -175,6 +205,10 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
         .opt("llm")
         .map(|v| parse_llm(v, &top.at("llm")))
         .transpose()?;
+    let global = top
+        .opt("global")
+        .map(|v| global::parse_global(v, &top.at("global")))
+        .transpose()?;
     let tiers_path = top.at("tiers");
     let list = array(top.req("tiers")?, &tiers_path)?;
     if list.is_empty() {
@@ -185,7 +219,11 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
     }
     let mut tiers: Vec<Tier> = Vec::with_capacity(list.len());
     for (i, v) in list.iter().enumerate() {
-        let tier = parse_tier(v, &format!("{tiers_path}[{i}]"), max_keys)?;
+        let tpath = format!("{tiers_path}[{i}]");
+        let tier = parse_tier(v, &tpath, max_keys, global.is_some())?;
+        if tier.global {
+            global::check_tier(&tier, &tpath)?;
+        }
         if tiers.iter().any(|t| t.name == tier.name) {
             return err(
                 format!("{tiers_path}[{i}].name"),
@@ -200,17 +238,29 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
         None if any_budget => Some(default_llm()),
         None => None,
     };
-    Ok(Policy::new(
-        tiers,
-        on_store_failure,
-        Seed::derive(secret),
-        llm,
-    ))
+    Ok(Policy::new(tiers, on_store_failure, Seed::derive(secret), llm).with_global(global))
 }
 
-fn parse_tier(v: &Value, path: &str, default_keys: u32) -> Result<Tier, ConfigError> {
+fn parse_tier(
+    v: &Value,
+    path: &str,
+    default_keys: u32,
+    global_section: bool,
+) -> Result<Tier, ConfigError> {
     let o = Obj::new(v, path, TIER_FIELDS)?;
     let name = name(o.req("name")?, &o.at("name"))?;
+    let global =
+        match global::tier_flag(o.opt("global"), &o.at("global"))? {
+            Some(true) if !global_section => return err(
+                o.at("global"),
+                Reason::Invalid {
+                    why:
+                        "needs the policy's top-level \"global\" section (which names the service)",
+                },
+            ),
+            Some(flag) => flag,
+            None => global_section,
+        };
     let (matchers, path_prefix, methods) = match o.opt("match") {
         Some(m) => parse_match(m, &o.at("match"))?,
         None => (Vec::new(), None, Vec::new()),
@@ -270,6 +320,7 @@ fn parse_tier(v: &Value, path: &str, default_keys: u32) -> Result<Tier, ConfigEr
         limits,
         table,
         budgets,
+        global,
     })
 }
 

@@ -41,6 +41,7 @@ use alloc::vec::Vec;
 
 use crate::budget::{LlmSettings, Reservation};
 use crate::decision::Decision;
+use crate::hash::Slot;
 use crate::headers::{self, ErrorStyle, Fields};
 use crate::policy::OnStoreFailure;
 use crate::store::Store;
@@ -127,6 +128,9 @@ pub struct LlmCall {
     estimate: u64,
     estimated_input: u64,
     reservation: Option<Reservation>,
+    /// The budgets (index in the tier, the caller's slot) the settled reservation held: what
+    /// global mode records the charge against.
+    settled_budgets: Vec<(usize, Slot)>,
     /// The budgets' states to report (after admission, then after settling).
     tokens: Option<Decision>,
     /// tollgate asked the upstream for stream usage the client did not ask for (it added
@@ -170,6 +174,7 @@ impl LlmCall {
             estimate: 0,
             estimated_input: 0,
             reservation: None,
+            settled_budgets: Vec::new(),
             tokens: None,
             usage_added: false,
             remover: None,
@@ -198,6 +203,12 @@ impl LlmCall {
     /// The budgets' states to report, once a budget decided.
     pub fn tokens(&self) -> Option<&Decision> {
         self.tokens.as_ref()
+    }
+
+    /// The budgets (index in the tier, the caller's slot) the call's settlement charged; empty
+    /// before it settles.
+    pub fn settled_budgets(&self) -> &[(usize, Slot)] {
+        &self.settled_budgets
     }
 
     /// The model the request named, once its body is read.

@@ -134,12 +134,22 @@ impl LlmCall {
             .map(|h| h.reserved)
             .max()
             .unwrap_or(0);
-        if let Ok(d) = policy.settle_tokens(tier, &reservation, cost, (env.now)(), env.store) {
-            self.tokens = Some(d);
-        }
+        self.settled_budgets = reservation
+            .holds
+            .iter()
+            .map(|h| (h.budget, h.slot))
+            .collect();
+        let landed = match policy.settle_tokens(tier, &reservation, cost, (env.now)(), env.store) {
+            Ok(d) => {
+                self.tokens = Some(d);
+                true
+            }
+            Err(_) => false,
+        };
         Some(Settlement {
             reserved,
             charged: cost,
+            landed,
         })
     }
 }

@@ -95,6 +95,9 @@ pub struct Settlement {
     pub reserved: u64,
     /// What it was charged.
     pub charged: u64,
+    /// The charge was written to the store. When it was not (the store failed or every CAS
+    /// race was lost), the hold stays until it refills and the charge is not counted as charged.
+    pub landed: bool,
 }
 
 /// What the response headers say, as the call needs it.

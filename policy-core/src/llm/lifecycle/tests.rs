@@ -650,7 +650,8 @@ fn a_settlement_that_loses_its_races_or_its_store_still_ends_the_call_once() {
             settled,
             Some(Settlement {
                 reserved: held,
-                charged: 42
+                charged: 42,
+                landed: refunded,
             })
         );
         assert_eq!(d.log(&mut c), None, "never settled twice");

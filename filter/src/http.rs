@@ -6,7 +6,7 @@ use std::rc::Rc;
 use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
-use policy_core::tier::Tier;
+use policy_core::tier::{Enforcement, Tier, Verdict};
 use policy_core::{Nanos, Outcome};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel, MapType};
@@ -86,7 +86,13 @@ impl HttpContext for Stream {
                     plugin.metrics.count(i, Event::Saturated);
                 }
                 let llm_tier = !tier.budgets.is_empty() && plugin.policy.llm().is_some();
-                if !decision.allowed {
+                let verdict = tier.verdict(&decision);
+                if verdict == Verdict::WouldDeny {
+                    // Shadow mode: counted, let through, no headers (the client is not limited).
+                    plugin.metrics.count(i, Event::WouldDeny);
+                    return Action::Continue;
+                }
+                if verdict == Verdict::Deny {
                     plugin.metrics.count(i, Event::Denied);
                     if let (true, Some(settings)) = (llm_tier, plugin.policy.llm()) {
                         let api = ApiKind::from_path(&request.path());
@@ -102,7 +108,9 @@ impl HttpContext for Stream {
                 }
                 if !llm_tier {
                     plugin.metrics.count(i, Event::Allowed);
-                    self.pending = headers::fields(tier, &decision);
+                    if tier.enforcement == Enforcement::Enforce {
+                        self.pending = headers::fields(tier, &decision);
+                    }
                     return Action::Continue;
                 }
                 let api = ApiKind::from_path(&request.path());

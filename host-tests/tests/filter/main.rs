@@ -11,6 +11,7 @@
 mod support;
 
 mod config;
+mod costs;
 mod header_edges;
 mod host;
 mod host_faults;
@@ -27,5 +28,6 @@ mod reconfigure;
 mod refill;
 mod regex_corpus;
 mod replies;
+mod shadow;
 mod store;
 mod streams;

@@ -15,6 +15,7 @@ use crate::attributes::Request;
 use crate::host;
 use crate::metrics::Event;
 use crate::plugin::Plugin;
+use crate::record::{self, Record};
 use crate::reply;
 use crate::shared::SharedData;
 use policy_core::llm::{ApiKind, LlmCall};
@@ -29,6 +30,8 @@ pub struct Stream {
     /// Set for a request on a tier with token budgets.
     pub(crate) llm: Option<LlmCall>,
     pub(crate) grpc: bool,
+    /// The request's access-log record, once a tier decided (see [`crate::record`]).
+    pub(crate) record: Option<Record>,
 }
 
 impl Stream {
@@ -39,6 +42,7 @@ impl Stream {
             pending: Vec::new(),
             llm: None,
             grpc: false,
+            record: None,
         }
     }
 
@@ -87,6 +91,18 @@ impl HttpContext for Stream {
                 }
                 let llm_tier = !tier.budgets.is_empty() && plugin.policy.llm().is_some();
                 let verdict = tier.verdict(&decision);
+                let rec = Record::new(
+                    &tier.name,
+                    plugin.policy.scope_hash(tier, &identity),
+                    match verdict {
+                        Verdict::Allow => record::Verdict::Allowed,
+                        Verdict::Deny => record::Verdict::Denied,
+                        Verdict::WouldDeny => record::Verdict::WouldDeny,
+                    },
+                    tier.cost_of(&request),
+                );
+                rec.publish();
+                self.record = Some(rec);
                 if verdict == Verdict::WouldDeny {
                     // Shadow mode: counted, let through, no headers (the client is not limited).
                     plugin.metrics.count(i, Event::WouldDeny);

@@ -103,6 +103,14 @@ impl Policy {
         self.llm.as_ref()
     }
 
+    /// A 64-bit keyed hash (keyed by `hash_secret`) of the tier and the caller's identity: joins
+    /// one caller's records (the filter's access-log record) without writing who it is.
+    pub fn scope_hash(&self, tier: &Tier, identity: &[u8]) -> u64 {
+        self.seed
+            .slot(&[b"record", tier.name.as_bytes(), identity], 1)
+            .fingerprint
+    }
+
     /// Index of a tier of this policy.
     pub fn tier_index(&self, tier: &Tier) -> usize {
         self.tiers

@@ -25,6 +25,7 @@ mod llm_stream;
 mod model_snapshots;
 mod readme;
 mod reconfigure;
+mod records;
 mod refill;
 mod regex_corpus;
 mod replies;

@@ -39,3 +39,13 @@ def test_a_shadow_tier_lets_everything_through_and_counts_would_deny(envoy_facto
         return all(seen.get(k) == v for k, v in want.items())
 
     wait_until(flushed, 10, lambda: f"counters {seen}, want {want}")
+
+
+def test_shadow_headers_show_the_limit_but_never_a_wait(envoy_factory):
+    policy = {"tiers": [{**POLICY["tiers"][0], "shadow_headers": True}]}
+    envoy = envoy_factory(policy, https=False)
+    user = {"x-user-id": unique("shown")}
+    replies = [envoy.request(headers=user) for _ in range(7)]
+    assert [r.status for r in replies] == [200] * 7
+    assert [r.header("x-ratelimit-remaining") for r in replies] == ["4", "3", "2", "1", "0", "0", "0"]
+    assert all(r.header("retry-after") is None for r in replies), [r.head() for r in replies]

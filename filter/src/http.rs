@@ -104,8 +104,13 @@ impl HttpContext for Stream {
                 rec.publish();
                 self.record = Some(rec);
                 if verdict == Verdict::WouldDeny {
-                    // Shadow mode: counted, let through, no headers (the client is not limited).
+                    // Shadow mode: counted and let through; headers only if the tier asks.
                     plugin.metrics.count(i, Event::WouldDeny);
+                    if tier.shadow_headers {
+                        self.pending = headers::fields(tier, &decision);
+                        // Nothing was refused: no client should wait.
+                        self.pending.retain(|(name, _)| *name != "retry-after");
+                    }
                     return Action::Continue;
                 }
                 if verdict == Verdict::Deny {
@@ -124,7 +129,7 @@ impl HttpContext for Stream {
                 }
                 if !llm_tier {
                     plugin.metrics.count(i, Event::Allowed);
-                    if tier.enforcement == Enforcement::Enforce {
+                    if tier.enforcement == Enforcement::Enforce || tier.shadow_headers {
                         self.pending = headers::fields(tier, &decision);
                     }
                     return Action::Continue;

@@ -38,6 +38,9 @@ pub struct Tier {
     pub costs: Vec<CostRule>,
     /// Whether the tier refuses or only counts (see [`Enforcement`]).
     pub enforcement: Enforcement,
+    /// In shadow mode, whether responses carry the tier's rate-limit headers (never
+    /// `Retry-After`: nothing is refused, so no client should wait).
+    pub shadow_headers: bool,
 }
 
 /// Whether a tier's refusals are carried out.

@@ -46,3 +46,25 @@ fn a_shadow_tier_refuses_nothing_and_counts_what_it_would_have_refused() {
     assert_eq!(counter("enforced", "denied"), 3);
     assert_eq!(counter("enforced", "would_deny"), 0);
 }
+
+#[test]
+fn a_shadow_tier_with_shadow_headers_shows_its_limit_but_never_a_wait() {
+    let policy = POLICY.replace(
+        r#""mode":"shadow","#,
+        r#""mode":"shadow","shadow_headers":true,"#,
+    );
+    let h = tollgate_with(1, &policy);
+    let remaining: Vec<Option<String>> = (0..7)
+        .map(|_| {
+            let out = send_as(&h, 0, "alice").unwrap();
+            assert!(out.is_continue(), "{out:?}");
+            assert_eq!(out.header("retry-after"), None, "{out:?}");
+            out.header("x-ratelimit-remaining").map(str::to_owned)
+        })
+        .collect();
+    let want: Vec<Option<String>> = ["4", "3", "2", "1", "0", "0", "0"]
+        .into_iter()
+        .map(|r| Some(r.to_owned()))
+        .collect();
+    assert_eq!(remaining, want);
+}

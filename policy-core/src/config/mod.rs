@@ -97,7 +97,15 @@ const TOP_FIELDS: &[&str] = &[
     "mode",
 ];
 const TIER_FIELDS: &[&str] = &[
-    "name", "match", "identity", "limits", "tokens", "max_keys", "costs", "mode",
+    "name",
+    "match",
+    "identity",
+    "limits",
+    "tokens",
+    "max_keys",
+    "costs",
+    "mode",
+    "shadow_headers",
 ];
 const COST_FIELDS: &[&str] = &["match", "cost"];
 /// The most cost rules one tier may have.
@@ -299,6 +307,18 @@ fn parse_tier(
         Some(m) => (parse_mode(m, &o.at("mode"))?, o.at("mode")),
         None => (default_mode, "mode".to_owned()),
     };
+    let shadow_headers = match o.opt("shadow_headers") {
+        Some(v) => boolean(v, &o.at("shadow_headers"))?,
+        None => false,
+    };
+    if shadow_headers && enforcement != Enforcement::Shadow {
+        return err(
+            o.at("shadow_headers"),
+            Reason::Invalid {
+                why: "applies only to a tier in shadow mode",
+            },
+        );
+    }
     if enforcement == Enforcement::Shadow && !budgets.is_empty() {
         // A would-be token refusal would have to run through the LLM call's lifecycle
         // (reservation, settlement) without refusing; until it does, say so rather than
@@ -321,6 +341,7 @@ fn parse_tier(
         budgets,
         costs,
         enforcement,
+        shadow_headers,
     })
 }
 
@@ -796,5 +817,11 @@ mod tests {
             ),
             "mode: shadow mode applies to request limits only; this tier has token budgets"
         );
+        assert_eq!(
+            error(&two("", r#""shadow_headers":true,"#)),
+            "tiers[0].shadow_headers: applies only to a tier in shadow mode"
+        );
+        let p = parse(two("", r#""mode":"shadow","shadow_headers":true,"#).as_bytes()).unwrap();
+        assert!(p.tiers()[0].shadow_headers && !p.tiers()[1].shadow_headers);
     }
 }

@@ -62,7 +62,7 @@ fn task_api_example_passes() {
         "{stdout}"
     );
     assert!(
-        stdout.lines().any(|l| l == "5 passed, 0 failed"),
+        stdout.lines().any(|l| l == "6 passed, 0 failed"),
         "{stdout}"
     );
 }

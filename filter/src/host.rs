@@ -111,6 +111,12 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -316,6 +322,22 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>> {
         // SAFETY: the path is a live Vec; the out-pointers are valid locals of `returned`.
         unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), data, size) }
     })
+}
+
+/// Sets a property of the stream. Envoy keeps it as filter state named `wasm.<path>`, which
+/// `%FILTER_STATE(wasm.<path>:PLAIN)%` prints in an access log.
+pub fn set_property(path: &[&str], value: &[u8]) -> Result<()> {
+    let serialized = path.join("\0");
+    // SAFETY: pointers and lengths of live buffers; the host copies them.
+    let status = unsafe {
+        proxy_set_property(
+            serialized.as_ptr(),
+            serialized.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    check("proxy_set_property", status)
 }
 
 /// Sends a local HTTP reply instead of the upstream's.

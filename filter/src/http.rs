@@ -8,7 +8,7 @@ use policy_core::global::{strict, OnUnavailable};
 use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
-use policy_core::tier::Tier;
+use policy_core::tier::{Enforcement, Tier, Verdict};
 use policy_core::{Nanos, Outcome};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
@@ -18,6 +18,7 @@ use crate::global_strict::{self, Pending, Resolution};
 use crate::host;
 use crate::metrics::Event;
 use crate::plugin::Plugin;
+use crate::record::{self, Record};
 use crate::reply;
 use crate::shared::SharedData;
 use policy_core::llm::{ApiKind, LlmCall};
@@ -37,6 +38,8 @@ pub struct Stream {
     /// The request headers ended the stream (a request without a body), for a decision made
     /// after a strict check.
     headers_end: bool,
+    /// The request's access-log record, once a tier decided (see [`crate::record`]).
+    pub(crate) record: Option<Record>,
 }
 
 impl Stream {
@@ -49,6 +52,7 @@ impl Stream {
             grpc: false,
             strict: None,
             headers_end: false,
+            record: None,
         }
     }
 
@@ -94,7 +98,30 @@ impl Stream {
                     plugin.metrics.count(i, Event::Saturated);
                 }
                 let llm_tier = !tier.budgets.is_empty() && plugin.policy.llm().is_some();
-                if !decision.allowed {
+                let verdict = tier.verdict(&decision);
+                let rec = Record::new(
+                    &tier.name,
+                    plugin.policy.scope_hash(tier, &identity),
+                    match verdict {
+                        Verdict::Allow => record::Verdict::Allowed,
+                        Verdict::Deny => record::Verdict::Denied,
+                        Verdict::WouldDeny => record::Verdict::WouldDeny,
+                    },
+                    tier.cost_of(request),
+                );
+                rec.publish();
+                self.record = Some(rec);
+                if verdict == Verdict::WouldDeny {
+                    // Shadow mode: counted and let through; headers only if the tier asks.
+                    plugin.metrics.count(i, Event::WouldDeny);
+                    if tier.shadow_headers {
+                        self.pending = headers::fields(tier, &decision);
+                        // Nothing was refused: no client should wait.
+                        self.pending.retain(|(name, _)| *name != "retry-after");
+                    }
+                    return Action::Continue;
+                }
+                if verdict == Verdict::Deny {
                     plugin.metrics.count(i, Event::Denied);
                     if let (true, Some(settings)) = (llm_tier, plugin.policy.llm()) {
                         let api = settings.api_of(&request.path());
@@ -109,14 +136,17 @@ impl Stream {
                     return Action::Pause;
                 }
                 if let (Some(global), true) = (&plugin.global, tier.global) {
-                    // Sync mode: what this Envoy admitted, for the next round.
+                    // Sync mode: what this Envoy admitted (the request's cost in cells), for the
+                    // next round.
                     if let Some(key) = BucketKey::limits(&plugin.policy, i, &identity) {
-                        global.record(key, 1);
+                        global.record(key, tier.cost_of(request));
                     }
                 }
                 if !llm_tier {
                     plugin.metrics.count(i, Event::Allowed);
-                    self.pending = headers::fields(tier, &decision);
+                    if tier.enforcement == Enforcement::Enforce || tier.shadow_headers {
+                        self.pending = headers::fields(tier, &decision);
+                    }
                     return Action::Continue;
                 }
                 let path = request.path();
@@ -183,7 +213,8 @@ impl Stream {
     fn start_strict(&mut self, request: &Request, now: Nanos) -> Option<Action> {
         let plugin = Rc::clone(&self.plugin);
         let (tier, identity) = strict::select(&plugin.policy, request)?;
-        let check = strict::check(&plugin.policy, tier, &identity, 1)?;
+        let cost = plugin.policy.tiers().get(tier)?.cost_of(request);
+        let check = strict::check(&plugin.policy, tier, &identity, cost)?;
         plugin.metrics.count(tier, Event::GlobalChecks);
         match global_strict::send(&plugin, &check) {
             Ok(token) => {
@@ -264,6 +295,11 @@ impl Context for Stream {
             Resolution::Admit(decision) => {
                 plugin.metrics.count(i, Event::Allowed);
                 self.pending = headers::fields(tier, &decision);
+                Action::Continue
+            }
+            Resolution::Refuse(_) if tier.enforcement == Enforcement::Shadow => {
+                // Shadow mode: counted and let through.
+                plugin.metrics.count(i, Event::WouldDeny);
                 Action::Continue
             }
             Resolution::Refuse(decision) => {

@@ -12,6 +12,7 @@ mod http;
 mod llm;
 mod metrics;
 mod plugin;
+mod record;
 mod reply;
 mod root;
 mod shared;

@@ -193,6 +193,9 @@ impl Stream {
     fn refuse(&self, refusal: Refusal, now: &dyn Fn() -> Nanos) {
         match refusal {
             Refusal::Denied => {
+                if let Some(record) = &self.record {
+                    record.denied().publish();
+                }
                 let llm = self.plugin.policy.llm();
                 let Some((call, settings)) = self.llm.as_ref().zip(llm) else {
                     return;
@@ -273,6 +276,11 @@ impl Stream {
         );
         if let Some(model) = call.model() {
             metrics.add_model(call.tier, model, charged);
+        }
+        if let Some(record) = &self.record {
+            record
+                .with_tokens(call.model(), reserved, charged)
+                .publish();
         }
     }
 

@@ -43,6 +43,8 @@ tier_counters! {
     Allowed => "allowed",
     /// A request the tier refused with 429 / RESOURCE_EXHAUSTED because a limit was spent.
     Denied => "denied",
+    /// A request a shadow-mode tier (`"mode": "shadow"`) would have refused and let through.
+    WouldDeny => "would_deny",
     /// A request refused because its key lost every compare-and-swap race (heavy traffic on
     /// one key): refused rather than let through unmetered, but not a spent limit.
     Contended => "contended",

@@ -128,6 +128,14 @@ impl Policy {
         self.llm.as_ref()
     }
 
+    /// A 64-bit keyed hash (keyed by `hash_secret`) of the tier and the caller's identity: joins
+    /// one caller's records (the filter's access-log record) without writing who it is.
+    pub fn scope_hash(&self, tier: &Tier, identity: &[u8]) -> u64 {
+        self.seed
+            .slot(&[b"record", tier.name.as_bytes(), identity], 1)
+            .fingerprint
+    }
+
     /// Admits an LLM request against the tier's token budgets that apply to `model`.
     /// `estimate` is what reserve mode holds (see [`crate::budget`]).
     pub fn admit_tokens<S: Store>(
@@ -320,8 +328,9 @@ impl Policy {
         })
     }
 
-    /// Picks the tier, derives the key and decides: one request is taken from every limit of
-    /// the tier if all of them admit it, from none otherwise.
+    /// Picks the tier, derives the key and decides: the request's cost ([`Tier::cost_of`], 1
+    /// unless a cost rule says otherwise) is taken from every limit of the tier if all of them
+    /// admit it, from none otherwise.
     pub fn check<A: Attributes, S: Store>(
         &self,
         attrs: &A,
@@ -356,7 +365,8 @@ impl Policy {
                     identity: id,
                 };
             }
-            let decide = |states: &[Tat], _: Placement| decide(tier, states, now, 1);
+            let cost = tier.cost_of(attrs);
+            let decide = |states: &[Tat], _: Placement| decide(tier, states, now, cost);
             return match tier.table.update(store, slot, is_idle, decide) {
                 Ok((decision, placement)) => Outcome::Decided {
                     tier,
@@ -611,5 +621,111 @@ mod tests {
             panic!()
         };
         assert_eq!(tier.limits[decision.decisive].name, "u-minute");
+    }
+
+    /// 20 per minute (one cell every 3 s); `POST /api/v1/tasks/bulk` costs 10, any other
+    /// method there 2 (the first rule that holds wins), everything else 1.
+    const COSTLY: &[u8] = br#"{"tiers":[{"name":"api","identity":{"header":"x-user-id"},
+        "limits":[{"requests":20,"per":"minute"},{"requests":100,"per":"hour"}],
+        "costs":[{"match":{"path_prefix":"/api/v1/tasks/bulk","methods":["POST"]},"cost":10},
+                 {"match":{"path_prefix":"/api/v1/tasks/bulk"},"cost":2}]}]}"#;
+
+    fn call(p: &Policy, s: &mut MemoryStore, method: &str, path: &str, now: Nanos) -> Decision {
+        let h: HeaderList = [(":method", method), (":path", path), ("x-user-id", "u")]
+            .into_iter()
+            .collect();
+        match p.check(&h, now, s) {
+            Outcome::Decided { decision, .. } => decision,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn costly() -> (Policy, MemoryStore) {
+        let p = Policy::from_json(COSTLY).unwrap();
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        (p, s)
+    }
+
+    const BULK: &str = "/api/v1/tasks/bulk";
+    const SECS: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_costly_request_takes_its_cost_from_every_limit() {
+        let (p, mut s) = costly();
+        let d = call(&p, &mut s, "POST", BULK, T0);
+        assert!(d.allowed);
+        assert_eq!(d.limits[0].remaining, 10);
+        assert_eq!(d.limits[1].remaining, 90);
+        assert_eq!(d.decisive, 0);
+        let d = call(&p, &mut s, "GET", BULK, T0);
+        assert_eq!((d.limits[0].remaining, d.limits[1].remaining), (8, 88));
+        let d = call(&p, &mut s, "POST", "/api/v1/tasks", T0);
+        assert_eq!((d.limits[0].remaining, d.limits[1].remaining), (7, 87));
+        // Normalised like the tier's own match: this is the bulk path too.
+        let d = call(&p, &mut s, "POST", "/api/v1/tasks/%62ulk?x=1", T0);
+        assert!(!d.allowed, "10 asked, 7 left: {d:?}");
+    }
+
+    #[test]
+    fn a_cost_of_exactly_the_cells_left_passes_and_empties_the_bucket() {
+        let (p, mut s) = costly();
+        for _ in 0..10 {
+            assert!(call(&p, &mut s, "GET", "/x", T0).allowed);
+        }
+        let d = call(&p, &mut s, "POST", BULK, T0);
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.status().remaining, 0);
+        assert!(!call(&p, &mut s, "GET", "/x", T0).allowed);
+    }
+
+    #[test]
+    fn a_cost_above_the_cells_left_waits_until_that_many_are_free() {
+        let (p, mut s) = costly();
+        for _ in 0..11 {
+            assert!(call(&p, &mut s, "GET", "/x", T0).allowed);
+        }
+        // 9 left, 10 asked: one more cell (3 s) is needed; nothing is taken by the refusal.
+        let d = call(&p, &mut s, "POST", BULK, T0);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after(), Some(Nanos(3 * SECS)));
+        assert_eq!(d.status().remaining, 9);
+        assert!(
+            call(&p, &mut s, "GET", "/x", T0).allowed,
+            "a cheap call still fits"
+        );
+        // Now 8 left: two cells short, 6 s.
+        let d = call(&p, &mut s, "POST", BULK, T0);
+        assert_eq!(d.retry_after(), Some(Nanos(6 * SECS)));
+        let almost = Nanos(T0.0 + 6 * SECS - 1);
+        assert!(!call(&p, &mut s, "POST", BULK, almost).allowed);
+        let d = call(&p, &mut s, "POST", BULK, Nanos(T0.0 + 6 * SECS));
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.status().remaining, 0);
+    }
+
+    #[test]
+    fn shadow_mode_decides_and_counts_but_never_refuses() {
+        use crate::tier::Verdict;
+        let p = Policy::from_json(
+            br#"{"mode":"shadow","tiers":[{"name":"u","identity":{"header":"x-user-id"},
+                "limits":[{"requests":10,"per":"minute"}]}]}"#,
+        )
+        .unwrap();
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        let h: HeaderList = [("x-user-id", "u")].into_iter().collect();
+        let mut seen = alloc::vec::Vec::new();
+        // 15 at once, then 6 s later (one request back): exactly what enforcing would refuse.
+        for now in core::iter::repeat_n(T0, 15).chain([Nanos(T0.0 + 6 * SECS); 2]) {
+            let Outcome::Decided { tier, decision, .. } = p.check(&h, now, &mut s) else {
+                panic!()
+            };
+            seen.push(tier.verdict(&decision));
+        }
+        assert!(!seen.contains(&Verdict::Deny), "{seen:?}");
+        let count = |v| seen.iter().filter(|x| **x == v).count();
+        assert_eq!((count(Verdict::Allow), count(Verdict::WouldDeny)), (11, 6));
+        assert_eq!(seen[15], Verdict::Allow, "a would-be refusal took nothing");
     }
 }

@@ -37,6 +37,52 @@ pub struct Tier {
     /// Whether its buckets are global ([`crate::global`]): the policy has a `global` section and
     /// the tier did not opt out with `"global": false`.
     pub global: bool,
+    /// What a request costs against `limits`, first matching rule wins; 1 when none does.
+    pub costs: Vec<CostRule>,
+    /// Whether the tier refuses or only counts (see [`Enforcement`]).
+    pub enforcement: Enforcement,
+    /// In shadow mode, whether responses carry the tier's rate-limit headers (never
+    /// `Retry-After`: nothing is refused, so no client should wait).
+    pub shadow_headers: bool,
+}
+
+/// Whether a tier's refusals are carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Enforcement {
+    /// Refused requests get 429 (the default).
+    #[default]
+    Enforce,
+    /// Shadow mode: decisions are made and counted, nothing is refused. A request the limits
+    /// would refuse goes on and takes nothing (its buckets stay as a refusal leaves them), so
+    /// the `would_deny` count is exactly what enforcing would have refused.
+    Shadow,
+}
+
+/// What the filter does with a request, from the decision and the tier's [`Enforcement`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The limits admit it.
+    Allow,
+    /// The limits refuse it: answer 429.
+    Deny,
+    /// The limits refuse it but the tier is in shadow mode: count it and let it through.
+    WouldDeny,
+}
+
+/// A rule giving the requests it matches a cost other than 1 against the tier's request limits
+/// (`POST /api/v1/tasks/bulk` costs 10). Matched like the tier itself, on the same fields.
+#[derive(Debug)]
+pub struct CostRule {
+    /// All must hold.
+    pub matchers: Vec<Matcher>,
+    /// `:path` starts with it, segment-wise, both normalised (as [`Tier::path_prefix`]).
+    pub path_prefix: Option<String>,
+    /// `:method` is one of these, when set.
+    pub methods: Vec<String>,
+    /// Cells taken from every request limit of the tier: at least 1, at most the smallest
+    /// `burst` of those limits (checked at load, so a matching request can always pass when the
+    /// buckets are full).
+    pub cost: u64,
 }
 
 /// One limit of a tier.
@@ -90,24 +136,57 @@ impl Matcher {
 impl Tier {
     /// Whether the tier's match rules hold for the request (identity is checked separately).
     pub fn matches<A: Attributes>(&self, attrs: &A) -> bool {
-        if let Some(prefix) = &self.path_prefix {
-            let Some(path) = attrs.headers().values(":path").next() else {
-                return false;
-            };
-            if !path_has_prefix(&crate::path::normalize(path), prefix.as_bytes()) {
-                return false;
-            }
-        }
-        if !self.methods.is_empty() {
-            let Some(method) = attrs.headers().values(":method").next() else {
-                return false;
-            };
-            if !self.methods.iter().any(|m| m.as_bytes() == method) {
-                return false;
-            }
-        }
-        self.matchers.iter().all(|m| m.holds(attrs))
+        holds(
+            &self.matchers,
+            self.path_prefix.as_deref(),
+            &self.methods,
+            attrs,
+        )
     }
+
+    /// What the filter does with a request the tier decided on.
+    pub fn verdict(&self, decision: &crate::Decision) -> Verdict {
+        match (decision.allowed, self.enforcement) {
+            (true, _) => Verdict::Allow,
+            (false, Enforcement::Enforce) => Verdict::Deny,
+            (false, Enforcement::Shadow) => Verdict::WouldDeny,
+        }
+    }
+
+    /// What the request costs against the tier's request limits: the first [`CostRule`] that
+    /// holds, else 1.
+    pub fn cost_of<A: Attributes>(&self, attrs: &A) -> u64 {
+        self.costs
+            .iter()
+            .find(|r| holds(&r.matchers, r.path_prefix.as_deref(), &r.methods, attrs))
+            .map_or(1, |r| r.cost)
+    }
+}
+
+/// Whether a match (a tier's or a cost rule's) holds: path prefix, method and every header test.
+fn holds<A: Attributes>(
+    matchers: &[Matcher],
+    path_prefix: Option<&str>,
+    methods: &[String],
+    attrs: &A,
+) -> bool {
+    if let Some(prefix) = path_prefix {
+        let Some(path) = attrs.headers().values(":path").next() else {
+            return false;
+        };
+        if !path_has_prefix(&crate::path::normalize(path), prefix.as_bytes()) {
+            return false;
+        }
+    }
+    if !methods.is_empty() {
+        let Some(method) = attrs.headers().values(":method").next() else {
+            return false;
+        };
+        if !methods.iter().any(|m| m.as_bytes() == method) {
+            return false;
+        }
+    }
+    matchers.iter().all(|m| m.holds(attrs))
 }
 
 /// Whether a normalised path (no query: [`crate::path::normalize`] cut it) starts with `prefix`.

@@ -11,6 +11,7 @@
 mod support;
 
 mod config;
+mod costs;
 mod global_strict;
 mod global_sync;
 mod header_edges;
@@ -27,8 +28,10 @@ mod llm_stream;
 mod model_snapshots;
 mod readme;
 mod reconfigure;
+mod records;
 mod refill;
 mod regex_corpus;
 mod replies;
+mod shadow;
 mod store;
 mod streams;

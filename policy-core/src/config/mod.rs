@@ -28,7 +28,7 @@ use crate::hash::Seed;
 use crate::identity::IdentitySource;
 use crate::pattern::{Pattern, PatternError};
 use crate::table::Table;
-use crate::tier::{Limit, Matcher, Tier, ValueTest};
+use crate::tier::{CostRule, Enforcement, Limit, Matcher, Tier, ValueTest};
 use crate::time::Nanos;
 
 pub use crate::policy::{OnStoreFailure, Policy};
@@ -96,10 +96,23 @@ const TOP_FIELDS: &[&str] = &[
     "hash_secret",
     "llm",
     "global",
+    "mode",
 ];
 const TIER_FIELDS: &[&str] = &[
-    "name", "match", "identity", "limits", "tokens", "max_keys", "global",
+    "name",
+    "match",
+    "identity",
+    "limits",
+    "tokens",
+    "max_keys",
+    "global",
+    "costs",
+    "mode",
+    "shadow_headers",
 ];
+const COST_FIELDS: &[&str] = &["match", "cost"];
+/// The most cost rules one tier may have.
+pub const MAX_COST_RULES: usize = 32;
 const MATCH_FIELDS: &[&str] = &["headers", "path_prefix", "methods"];
 const HEADER_FIELDS: &[&str] = &["name", "present", "exact", "prefix", "regex"];
 const LIMIT_FIELDS: &[&str] = &["requests", "per", "burst", "name"];
@@ -107,6 +120,7 @@ const IDENTITY_FIELDS: &[&str] = &["header", "case_sensitive", "metadata"];
 const METADATA_FIELDS: &[&str] = &["filter", "path"];
 const IDENTITY_WORDS: &[&str] = &["shared", "client_address"];
 const FAILURE_WORDS: &[&str] = &["allow", "deny"];
+const MODE_WORDS: &[&str] = &["enforce", "shadow"];
 
 /// What `tollgate-check` and `tollgate check` report for the policy `text` read from `name`:
 /// `Ok` with the summary line of a valid policy, `Err` with `name: path: reason`.
@@ -209,6 +223,10 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
         .opt("global")
         .map(|v| global::parse_global(v, &top.at("global")))
         .transpose()?;
+    let mode = match top.opt("mode") {
+        Some(v) => parse_mode(v, &top.at("mode"))?,
+        None => Enforcement::Enforce,
+    };
     let tiers_path = top.at("tiers");
     let list = array(top.req("tiers")?, &tiers_path)?;
     if list.is_empty() {
@@ -220,7 +238,7 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
     let mut tiers: Vec<Tier> = Vec::with_capacity(list.len());
     for (i, v) in list.iter().enumerate() {
         let tpath = format!("{tiers_path}[{i}]");
-        let tier = parse_tier(v, &tpath, max_keys, global.is_some())?;
+        let tier = parse_tier(v, &tpath, max_keys, global.is_some(), mode)?;
         if tier.global {
             global::check_tier(&tier, &tpath)?;
         }
@@ -241,11 +259,26 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
     Ok(Policy::new(tiers, on_store_failure, Seed::derive(secret), llm).with_global(global))
 }
 
+/// `"enforce"` or `"shadow"`.
+fn parse_mode(v: &Value, path: &str) -> Result<Enforcement, ConfigError> {
+    match string(v, path)? {
+        "enforce" => Ok(Enforcement::Enforce),
+        "shadow" => Ok(Enforcement::Shadow),
+        _ => err(
+            path,
+            Reason::NotOneOf {
+                expected: MODE_WORDS,
+            },
+        ),
+    }
+}
+
 fn parse_tier(
     v: &Value,
     path: &str,
     default_keys: u32,
     global_section: bool,
+    default_mode: Enforcement,
 ) -> Result<Tier, ConfigError> {
     let o = Obj::new(v, path, TIER_FIELDS)?;
     let name = name(o.req("name")?, &o.at("name"))?;
@@ -311,6 +344,37 @@ fn parse_tier(
         Some(b) => parse_budgets(b, &o.at("tokens"), &name, &identity, max_keys)?,
         None => Vec::new(),
     };
+    let costs = match o.opt("costs") {
+        Some(c) => parse_costs(c, &o.at("costs"), &limits)?,
+        None => Vec::new(),
+    };
+    let (enforcement, mode_path) = match o.opt("mode") {
+        Some(m) => (parse_mode(m, &o.at("mode"))?, o.at("mode")),
+        None => (default_mode, "mode".to_owned()),
+    };
+    let shadow_headers = match o.opt("shadow_headers") {
+        Some(v) => boolean(v, &o.at("shadow_headers"))?,
+        None => false,
+    };
+    if shadow_headers && enforcement != Enforcement::Shadow {
+        return err(
+            o.at("shadow_headers"),
+            Reason::Invalid {
+                why: "applies only to a tier in shadow mode",
+            },
+        );
+    }
+    if enforcement == Enforcement::Shadow && !budgets.is_empty() {
+        // A would-be token refusal would have to run through the LLM call's lifecycle
+        // (reservation, settlement) without refusing; until it does, say so rather than
+        // enforce a limit the operator believes is only watched.
+        return err(
+            mode_path,
+            Reason::Invalid {
+                why: "shadow mode applies to request limits only; this tier has token budgets",
+            },
+        );
+    }
     Ok(Tier {
         name,
         matchers,
@@ -321,7 +385,60 @@ fn parse_tier(
         table,
         budgets,
         global,
+        costs,
+        enforcement,
+        shadow_headers,
     })
+}
+
+/// Parses a tier's `costs`: ordered `{"match": {…}, "cost": N}` rules. A cost must fit in every
+/// request limit's burst: a request costing more could never pass, however long it waited.
+fn parse_costs(v: &Value, path: &str, limits: &[Limit]) -> Result<Vec<CostRule>, ConfigError> {
+    let list = array(v, path)?;
+    if limits.is_empty() {
+        return err(
+            path,
+            Reason::Invalid {
+                why: "needs request limits to charge (a tier with only token budgets has none)",
+            },
+        );
+    }
+    if list.len() > MAX_COST_RULES {
+        return err(
+            path,
+            Reason::TooMany {
+                max: MAX_COST_RULES,
+            },
+        );
+    }
+    let mut rules = Vec::with_capacity(list.len());
+    for (i, r) in list.iter().enumerate() {
+        let rpath = format!("{path}[{i}]");
+        let o = Obj::new(r, &rpath, COST_FIELDS)?;
+        let (matchers, path_prefix, methods) = parse_match(o.req("match")?, &o.at("match"))?;
+        let cpath = o.at("cost");
+        let cost = positive(o.req("cost")?, &cpath, MAX_AMOUNT)?;
+        if let Some(l) = limits.iter().find(|l| cost > l.rate.burst()) {
+            return err(
+                cpath,
+                Reason::Refused {
+                    detail: format!(
+                        "{cost} is more than limit {:?} can ever admit at once (its burst is {}): \
+                         such a request would always be refused",
+                        l.name,
+                        l.rate.burst()
+                    ),
+                },
+            );
+        }
+        rules.push(CostRule {
+            matchers,
+            path_prefix,
+            methods,
+            cost,
+        });
+    }
+    Ok(rules)
 }
 
 /// Identifies the rates a table's states were computed with.
@@ -669,5 +786,88 @@ mod tests {
             "limits":[{"requests":100,"per":"minute"},{"requests":1000,"per":"minute"}]}]}"#,
         );
         assert_eq!(e, "tiers[0].limits[1].name: duplicate name \"u-minute\"");
+    }
+
+    #[test]
+    fn cost_rules_are_checked_with_their_paths() {
+        let tier = |costs: &str| {
+            format!(
+                r#"{{"tiers":[{{"name":"a","identity":"shared",
+                "limits":[{{"requests":60,"per":"minute"}},{{"requests":100,"per":"hour","burst":5}}],
+                "costs":{costs}}}]}}"#
+            )
+        };
+        let ok = parse(tier(r#"[{"match":{"methods":["POST"]},"cost":5}]"#).as_bytes()).unwrap();
+        assert_eq!(ok.tiers()[0].costs[0].cost, 5);
+        assert_eq!(
+            error(&tier(r#"[{"match":{},"cost":0}]"#)),
+            "tiers[0].costs[0].cost: must be greater than 0"
+        );
+        assert_eq!(
+            error(&tier(
+                r#"[{"match":{},"cost":2},{"match":{"methods":["POST"]},"cost":6}]"#
+            )),
+            "tiers[0].costs[1].cost: 6 is more than limit \"a-hour\" can ever admit at once \
+             (its burst is 5): such a request would always be refused"
+        );
+        assert_eq!(
+            error(&tier(r#"[{"cost":2}]"#)),
+            "tiers[0].costs[0].match: required field is missing"
+        );
+        assert_eq!(
+            error(&tier(r#"[{"match":{"path_prefix":"api"},"cost":2}]"#)),
+            "tiers[0].costs[0].match.path_prefix: must start with '/'"
+        );
+        assert!(error(&tier(r#"[{"match":{},"cost":2,"when":1}]"#))
+            .starts_with("tiers[0].costs[0].when: unknown field"));
+        assert_eq!(
+            error(
+                r#"{"tiers":[{"name":"a","identity":"shared","tokens":[{"tokens":10,"per":"day"}],
+                "costs":[{"match":{},"cost":2}]}]}"#
+            ),
+            "tiers[0].costs: needs request limits to charge (a tier with only token budgets has none)"
+        );
+    }
+
+    #[test]
+    fn shadow_mode_is_set_per_policy_or_tier_and_refused_on_token_budgets() {
+        use crate::tier::Enforcement::{Enforce, Shadow};
+        let modes = |json: &str| -> Vec<Enforcement> {
+            parse(json.as_bytes())
+                .unwrap()
+                .tiers()
+                .iter()
+                .map(|t| t.enforcement)
+                .collect()
+        };
+        let two = |top: &str, first: &str| {
+            format!(
+                r#"{{{top}"tiers":[{{"name":"a","identity":"shared",{first}"limits":[{{"requests":1,"per":"minute"}}]}},
+                {{"name":"b","identity":"shared","limits":[{{"requests":1,"per":"minute"}}]}}]}}"#
+            )
+        };
+        assert_eq!(modes(&two("", "")), [Enforce, Enforce]);
+        assert_eq!(modes(&two("", r#""mode":"shadow","#)), [Shadow, Enforce]);
+        assert_eq!(modes(&two(r#""mode":"shadow","#, "")), [Shadow, Shadow]);
+        assert_eq!(
+            modes(&two(r#""mode":"shadow","#, r#""mode":"enforce","#)),
+            [Enforce, Shadow]
+        );
+        assert_eq!(
+            error(&two("", r#""mode":"dry-run","#)),
+            "tiers[0].mode: must be one of: enforce, shadow"
+        );
+        assert_eq!(
+            error(
+                r#"{"mode":"shadow","tiers":[{"name":"a","identity":"shared","tokens":[{"tokens":10,"per":"day"}]}]}"#
+            ),
+            "mode: shadow mode applies to request limits only; this tier has token budgets"
+        );
+        assert_eq!(
+            error(&two("", r#""shadow_headers":true,"#)),
+            "tiers[0].shadow_headers: applies only to a tier in shadow mode"
+        );
+        let p = parse(two("", r#""mode":"shadow","shadow_headers":true,"#).as_bytes()).unwrap();
+        assert!(p.tiers()[0].shadow_headers && !p.tiers()[1].shadow_headers);
     }
 }

@@ -1,0 +1,128 @@
+//! The per-request record for billing reconciliation: one line of `key=value` fields, set as the
+//! stream's filter state `wasm.tollgate` for Envoy's access log
+//! (`%FILTER_STATE(wasm.tollgate:PLAIN)%`).
+//!
+//! The caller's identity is never written: `scope` is a 64-bit keyed hash of the tier and the
+//! identity (keyed by the policy's `hash_secret`), enough to join records of one caller without
+//! revealing who it is. Values are tier names (`[A-Za-z0-9._-]`), numbers, fixed words and a
+//! model name sanitised to the same characters, so a record never needs quoting.
+
+use std::fmt::Write;
+
+use crate::host;
+
+/// The property (filter state `wasm.tollgate`).
+pub const PROPERTY: &str = "tollgate";
+
+/// What the filter did with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted.
+    Allowed,
+    /// Refused with 429.
+    Denied,
+    /// A shadow-mode tier would have refused it; let through.
+    WouldDeny,
+}
+
+impl Verdict {
+    fn word(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::WouldDeny => "would_deny",
+        }
+    }
+}
+
+/// The record of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    tier: String,
+    scope: u64,
+    verdict: Verdict,
+    cost: u64,
+    /// An LLM call's model, tokens reserved and charged, once settled.
+    tokens: Option<(String, u64, u64)>,
+}
+
+impl Record {
+    /// A request the tier decided on: `tier=… scope=… decision=… cost=…`.
+    pub fn new(tier: &str, scope: u64, verdict: Verdict, cost: u64) -> Record {
+        Record {
+            tier: tier.to_owned(),
+            scope,
+            verdict,
+            cost,
+            tokens: None,
+        }
+    }
+
+    /// The same record, refused later (an LLM call whose token budget is spent).
+    pub fn denied(&self) -> Record {
+        Record {
+            verdict: Verdict::Denied,
+            ..self.clone()
+        }
+    }
+
+    /// The same record with an LLM call's settlement: `model=… reserved=… charged=…`.
+    pub fn with_tokens(&self, model: Option<&str>, reserved: u64, charged: u64) -> Record {
+        let model: String = model
+            .unwrap_or("-")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(128)
+            .collect();
+        Record {
+            tokens: Some((model, reserved, charged)),
+            ..self.clone()
+        }
+    }
+
+    /// The line as the access log prints it.
+    pub fn line(&self) -> String {
+        let mut text = format!(
+            "tier={} scope={:016x} decision={} cost={}",
+            self.tier,
+            self.scope,
+            self.verdict.word(),
+            self.cost
+        );
+        if let Some((model, reserved, charged)) = &self.tokens {
+            let _ = write!(text, " model={model} reserved={reserved} charged={charged}");
+        }
+        text
+    }
+
+    /// Sets it as the stream's filter state. A host that refuses only loses the record (the
+    /// request is decided either way), so the error is dropped.
+    pub fn publish(&self) {
+        let _ = host::set_property(&[PROPERTY], self.line().as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_one_unquoted_line() {
+        let r = Record::new("free", 0xab, Verdict::Denied, 10);
+        assert_eq!(
+            r.line(),
+            "tier=free scope=00000000000000ab decision=denied cost=10"
+        );
+        let r = Record::new("llm", 1, Verdict::Allowed, 1).with_tokens(Some("gpt 4\"o"), 300, 42);
+        assert_eq!(
+            r.line(),
+            "tier=llm scope=0000000000000001 decision=allowed cost=1 model=gpt_4_o reserved=300 charged=42"
+        );
+    }
+}

@@ -12,14 +12,17 @@ Logs of every process go to the test's tmp dir and their tails are printed when 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import signal
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -283,6 +286,28 @@ def start_envoy(
             process.stop()
             raise AssertionError(f"envoy not ready after {timeout}s:\n{process.tail()}")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def envoy_before_handler(handler: type, policy: dict, tmp: Path, concurrency: int = 2):
+    """Envoy running `policy` in front of an in-process `http.server` `handler` serving both
+    upstreams, for tests that replay recorded transcripts byte for byte. Yields (envoy,
+    server); `server.seen` is a dict the handler may fill."""
+    class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    server = Server(("127.0.0.1", 0), handler)
+    server.seen = {}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    addr = f"127.0.0.1:{server.server_address[1]}"
+    proxy = start_envoy(policy, {"v1": addr, "v2": addr}, tmp, concurrency=concurrency)
+    try:
+        yield proxy, server
+    finally:
+        proxy.process.stop()
+        server.shutdown()
+        server.server_close()
 
 
 def _envoy_binary() -> str:

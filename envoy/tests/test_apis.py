@@ -19,8 +19,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import socketserver
-import threading
 import uuid
 
 import pytest
@@ -29,7 +27,7 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 import ollama
 
-from conftest import Envoy, start_envoy, unique
+from conftest import Envoy, envoy_before_handler, unique
 from test_fixtures import PROBE, _Handler, fixture, usage_of
 
 BUDGET = 250_000
@@ -141,22 +139,8 @@ class _ApiHandler(_Handler):
 
 @pytest.fixture(scope="module")
 def envoy(tmp_path_factory):
-    class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    server = Server(("127.0.0.1", 0), _ApiHandler)
-    server.seen = {}
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    addr = f"127.0.0.1:{server.server_address[1]}"
-    proxy = start_envoy(POLICY, {"v1": addr, "v2": addr}, tmp_path_factory.mktemp("apis"),
-                        concurrency=2)
-    try:
+    with envoy_before_handler(_ApiHandler, POLICY, tmp_path_factory.mktemp("apis")) as (proxy, server):
         yield proxy
-    finally:
-        proxy.process.stop()
-        server.shutdown()
-        server.server_close()
 
 
 def post(envoy: Envoy, path: str, user: str, body: dict, headers: dict | None = None):

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socketserver
-import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Envoy, start_envoy, unique
+from conftest import ROOT, Envoy, envoy_before_handler, unique
 
 FIXTURES = ROOT / "fixtures/llm"
 # Per month: a bucket charged N tokens shows exactly BUDGET - N until one token has refilled,
@@ -150,23 +148,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def envoy(tmp_path_factory):
-    class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
-    server = Server(("127.0.0.1", 0), _Handler)
-    server.seen = {}
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    addr = f"127.0.0.1:{server.server_address[1]}"
-    proxy = start_envoy(POLICY, {"v1": addr, "v2": addr}, tmp_path_factory.mktemp("fixtures"),
-                        concurrency=2)
-    proxy.seen = server.seen
-    try:
+    with envoy_before_handler(_Handler, POLICY, tmp_path_factory.mktemp("fixtures")) as (proxy, server):
+        proxy.seen = server.seen
         yield proxy
-    finally:
-        proxy.process.stop()
-        server.shutdown()
-        server.server_close()
 
 
 def call(envoy: Envoy, name: str, user: str, request: dict) -> tuple[int, dict, bytes, bytes]:

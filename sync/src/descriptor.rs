@@ -6,10 +6,8 @@
 use core::fmt;
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use policy_core::bucket::{Rate, MAX_AMOUNT};
-use policy_core::Nanos;
 
 /// Entries whose key starts with this are parameters for tollgate, not part of the counter key.
 pub const PARAM_PREFIX: &str = "tollgate.";
@@ -25,73 +23,20 @@ pub enum Op {
     Sync,
 }
 
-/// The unit of a descriptor's `limit` override, mapped explicitly from
-/// `envoy.type.v3.RateLimitUnit` (whose numbering is not in order of length).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unit {
-    /// 1 s.
-    Second,
-    /// 60 s.
-    Minute,
-    /// 3,600 s.
-    Hour,
-    /// 86,400 s.
-    Day,
-    /// 30 days, as tollgate's `month` window.
-    Month,
-    /// 365 days.
-    Year,
-}
+/// The unit of a descriptor's `limit` override: policy-core's, so the filter and the service
+/// agree on each unit's length and wire value (`envoy.type.v3.RateLimitUnit`, whose numbering is
+/// not in order of length; the tests check it against envoy-types).
+pub use policy_core::global::descriptor::Unit;
 
-impl Unit {
-    fn from_proto(value: i32) -> Option<Unit> {
-        match RateLimitUnit::try_from(value).ok()? {
-            RateLimitUnit::Unknown => None,
-            RateLimitUnit::Second => Some(Unit::Second),
-            RateLimitUnit::Minute => Some(Unit::Minute),
-            RateLimitUnit::Hour => Some(Unit::Hour),
-            RateLimitUnit::Day => Some(Unit::Day),
-            RateLimitUnit::Month => Some(Unit::Month),
-            RateLimitUnit::Year => Some(Unit::Year),
-        }
-    }
-
-    /// The unit's length.
-    pub fn period(self) -> Nanos {
-        const DAY: u64 = 86_400;
-        Nanos::from_secs(match self {
-            Unit::Second => 1,
-            Unit::Minute => 60,
-            Unit::Hour => 3_600,
-            Unit::Day => DAY,
-            Unit::Month => 30 * DAY,
-            Unit::Year => 365 * DAY,
-        })
-    }
-
-    /// The value of `envoy.type.v3.RateLimitUnit` (and, for these six units, of
-    /// `RateLimitResponse.RateLimit.Unit`, which numbers them the same).
-    pub fn to_proto(self) -> i32 {
-        let unit = match self {
-            Unit::Second => RateLimitUnit::Second,
-            Unit::Minute => RateLimitUnit::Minute,
-            Unit::Hour => RateLimitUnit::Hour,
-            Unit::Day => RateLimitUnit::Day,
-            Unit::Month => RateLimitUnit::Month,
-            Unit::Year => RateLimitUnit::Year,
-        };
-        unit as i32
-    }
-
-    fn key_name(self) -> &'static str {
-        match self {
-            Unit::Second => "s",
-            Unit::Minute => "m",
-            Unit::Hour => "h",
-            Unit::Day => "d",
-            Unit::Month => "mo",
-            Unit::Year => "y",
-        }
+/// The unit's part of a Redis key.
+fn key_name(unit: Unit) -> &'static str {
+    match unit {
+        Unit::Second => "s",
+        Unit::Minute => "m",
+        Unit::Hour => "h",
+        Unit::Day => "d",
+        Unit::Month => "mo",
+        Unit::Year => "y",
     }
 }
 
@@ -249,7 +194,7 @@ fn bucket(
     request_hits: u32,
 ) -> Result<Bucket, DescriptorError> {
     let limit = descriptor.limit.ok_or(DescriptorError::NoLimit)?;
-    let unit = Unit::from_proto(limit.unit).ok_or(DescriptorError::Unit(limit.unit))?;
+    let unit = Unit::from_wire(limit.unit).ok_or(DescriptorError::Unit(limit.unit))?;
     if limit.requests_per_unit == 0 {
         return Err(DescriptorError::ZeroRate);
     }
@@ -259,7 +204,7 @@ fn bucket(
     let mut key = format!(
         "tollgate:{{{domain}}}:{}/{}",
         limit.requests_per_unit,
-        unit.key_name()
+        key_name(unit)
     );
     let mut entries = 0usize;
     for entry in &descriptor.entries {
@@ -372,7 +317,9 @@ mod tests {
     use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
         Entry, RateLimitOverride,
     };
+    use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
     use envoy_types::pb::google::protobuf::UInt64Value;
+    use policy_core::Nanos;
 
     fn descriptor(
         entries: &[(&str, &str)],
@@ -469,7 +416,7 @@ mod tests {
         ] {
             let b = one(descriptor(&[("k", "v")], Some((3, unit)))).unwrap();
             assert_eq!(b.rate.period(), Nanos::from_secs(secs));
-            assert_eq!(b.unit.to_proto(), unit as i32);
+            assert_eq!(b.unit.to_wire(), unit as i32);
             assert_eq!(b.key, format!("tollgate:{{api}}:3/{name}:k=v"));
         }
     }

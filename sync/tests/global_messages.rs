@@ -91,7 +91,7 @@ fn a_sync_batch_decodes_to_the_expected_rate_limit_request() {
     let limit = d0.limit.expect("limit");
     assert_eq!(
         (limit.requests_per_unit, limit.unit),
-        (100, Unit::Minute.to_proto())
+        (100, Unit::Minute.to_wire())
     );
     assert_eq!(d0.hits_addend.map(|h| h.value), Some(3));
     // 7,000 per week travels as 1,000 per day, its own burst said explicitly.
@@ -106,7 +106,7 @@ fn a_sync_batch_decodes_to_the_expected_rate_limit_request() {
     let limit = d1.limit.expect("limit");
     assert_eq!(
         (limit.requests_per_unit, limit.unit),
-        (1000, Unit::Day.to_proto())
+        (1000, Unit::Day.to_wire())
     );
     let d2 = &decoded.descriptors[2];
     assert_eq!(entries(d2)[0], ("tier".into(), "llm".into()));
@@ -178,7 +178,7 @@ fn an_answer_of_the_service_decodes_to_what_the_filter_folds() {
                 current_limit: Some(RateLimit {
                     name: String::new(),
                     requests_per_unit: 100,
-                    unit: Unit::Minute.to_proto(),
+                    unit: Unit::Minute.to_wire(),
                 }),
                 limit_remaining: 97,
                 duration_until_reset: Some(envoy_types::pb::google::protobuf::Duration {

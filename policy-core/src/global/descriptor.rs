@@ -70,6 +70,11 @@ impl Unit {
         })
     }
 
+    /// The unit with this value on the wire; `None` for `UNKNOWN` (0) and values past `YEAR`.
+    pub fn from_wire(value: i32) -> Option<Unit> {
+        Unit::ALL.into_iter().find(|u| u.to_wire() == value)
+    }
+
     /// Its value on the wire (`envoy.type.v3.RateLimitUnit`).
     pub fn to_wire(self) -> i32 {
         match self {

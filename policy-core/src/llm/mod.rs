@@ -39,8 +39,8 @@ pub use charge::{stream_charge, StreamSeen};
 pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
 pub use lifecycle::LlmCall;
-pub use request::{ensure_stream_usage, estimate_tokens, ApiKind, LlmRequest, RequestError};
-pub use rewrite::{RewriteError, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
+pub use request::{estimate_tokens, ApiKind, LlmRequest, RequestError};
+pub use rewrite::{ensure_stream_usage, RewriteError, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
 // Its path before it moved into `sse/`.
 pub use sse::frame as sse_frame;
 pub use sse::{Framing, SseLimits, SseScanner};

@@ -6,7 +6,6 @@
 use core::fmt;
 
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 
@@ -281,27 +280,6 @@ impl fmt::Display for RequestError {
 }
 
 impl core::error::Error for RequestError {}
-
-/// Makes a streamed OpenAI chat or completions request ask for usage in its stream: the whole
-/// body at once through a [`UsageRewriter`](super::rewrite::UsageRewriter) (see there for where
-/// the option goes and why that is safe with duplicate keys).
-///
-/// Returns `Ok(Some(body))` when `api` [needs it](ApiKind::needs_stream_usage_option) and the
-/// body changed; `Ok(None)` when it can go upstream as it is. The caller must then fix
-/// `content-length`.
-///
-/// # Errors
-/// As [`UsageRewriter::feed`](super::rewrite::UsageRewriter::feed).
-pub fn ensure_stream_usage(
-    api: ApiKind,
-    body: &[u8],
-) -> Result<Option<Vec<u8>>, super::rewrite::RewriteError> {
-    if !api.needs_stream_usage_option() {
-        return Ok(None);
-    }
-    let (out, _) = super::rewrite::rewrite_whole(body, false)?;
-    Ok((out != body).then_some(out))
-}
 
 keys!(
     /// The top-level request keys we read.
@@ -614,6 +592,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
+    use super::super::rewrite::ensure_stream_usage;
     use alloc::{format, string::ToString};
 
     use super::*;

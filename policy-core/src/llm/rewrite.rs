@@ -624,6 +624,27 @@ pub fn rewrite_whole(body: &[u8], exact: bool) -> Result<(Vec<u8>, bool), Rewrit
     Ok((out, rewriter.usage_added()))
 }
 
+/// Makes a streamed OpenAI chat or completions request ask for usage in its stream: the whole
+/// body at once through a [`UsageRewriter`](UsageRewriter) (see there for where
+/// the option goes and why that is safe with duplicate keys).
+///
+/// Returns `Ok(Some(body))` when `api` [needs it](super::ApiKind::needs_stream_usage_option) and the
+/// body changed; `Ok(None)` when it can go upstream as it is. The caller must then fix
+/// `content-length`.
+///
+/// # Errors
+/// As [`UsageRewriter::feed`](UsageRewriter::feed).
+pub fn ensure_stream_usage(
+    api: super::ApiKind,
+    body: &[u8],
+) -> Result<Option<Vec<u8>>, RewriteError> {
+    if !api.needs_stream_usage_option() {
+        return Ok(None);
+    }
+    let (out, _) = rewrite_whole(body, false)?;
+    Ok((out != body).then_some(out))
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]

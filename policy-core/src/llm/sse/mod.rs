@@ -7,7 +7,7 @@
 //!
 //! What it tracks, per API:
 //! - **OpenAI chat / completions**: the chunk carrying `usage` (sent last when the request set
-//!   `stream_options.include_usage`, see [`ensure_stream_usage`](super::request::ensure_stream_usage));
+//!   `stream_options.include_usage`, see [`ensure_stream_usage`](super::rewrite::ensure_stream_usage));
 //!   completion is `data: [DONE]`.
 //! - **OpenAI Responses**: `response.completed` (or the other terminal events,
 //!   `response.incomplete` and `response.failed`) carrying `response.usage`.

@@ -354,6 +354,10 @@ fn store_conflicts_and_failures_while_settling_leave_the_hold_but_never_settle_t
             (estimate + PROBE_HOLD) as i64,
             "{case}"
         );
+        // Charged only when the charge was written; otherwise counted as a failed settlement.
+        let (charged, failures) = if lands { (7, 0) } else { (0, 1) };
+        assert_eq!(counter(&h, "tokens_charged"), charged, "{case}");
+        assert_eq!(counter(&h, "settle_failures"), failures, "{case}");
     }
 }
 

@@ -99,6 +99,7 @@ impl Stream {
                 }
                 let llm_tier = !tier.budgets.is_empty() && plugin.policy.llm().is_some();
                 let verdict = tier.verdict(&decision);
+                let cost = tier.cost_of(request);
                 let rec = Record::new(
                     &tier.name,
                     plugin.policy.scope_hash(tier, &identity),
@@ -107,7 +108,7 @@ impl Stream {
                         Verdict::Deny => record::Verdict::Denied,
                         Verdict::WouldDeny => record::Verdict::WouldDeny,
                     },
-                    tier.cost_of(request),
+                    cost,
                 );
                 rec.publish();
                 self.record = Some(rec);
@@ -139,7 +140,7 @@ impl Stream {
                     // Sync mode: what this Envoy admitted (the request's cost in cells), for the
                     // next round.
                     if let Some(key) = BucketKey::limits(&plugin.policy, i, &identity) {
-                        global.record(key, tier.cost_of(request));
+                        global.record(key, cost);
                     }
                 }
                 if !llm_tier {

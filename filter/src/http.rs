@@ -115,11 +115,7 @@ impl Stream {
                 if verdict == Verdict::WouldDeny {
                     // Shadow mode: counted and let through; headers only if the tier asks.
                     plugin.metrics.count(i, Event::WouldDeny);
-                    if tier.shadow_headers {
-                        self.pending = headers::fields(tier, &decision);
-                        // Nothing was refused: no client should wait.
-                        self.pending.retain(|(name, _)| *name != "retry-after");
-                    }
+                    self.pending = shadow_fields(tier, &decision);
                     return Action::Continue;
                 }
                 if verdict == Verdict::Deny {
@@ -136,7 +132,9 @@ impl Stream {
                     }
                     return Action::Pause;
                 }
-                if let (Some(global), true) = (&plugin.global, tier.global) {
+                if let (Some(global), true) =
+                    (&plugin.global, tier.global && !tier.limits.is_empty())
+                {
                     // Sync mode: what this Envoy admitted (the request's cost in cells), for the
                     // next round.
                     if let Some(key) = BucketKey::limits(&plugin.policy, i, &identity) {
@@ -207,6 +205,17 @@ impl Stream {
     }
 }
 
+/// The headers of a request a shadow tier would have refused: none unless the tier asks for
+/// them, and never `Retry-After` (nothing was refused: no client should wait).
+fn shadow_fields(tier: &Tier, decision: &policy_core::Decision) -> headers::Fields {
+    if !tier.shadow_headers {
+        return Vec::new();
+    }
+    let mut fields = headers::fields(tier, decision);
+    fields.retain(|(name, _)| *name != "retry-after");
+    fields
+}
+
 /// Strict global mode ([`global_strict`]).
 impl Stream {
     /// Holds a request of a global-strict tier for its check: `None` when the request is not on
@@ -251,6 +260,15 @@ impl Stream {
                 plugin.metrics.count(tier, Event::Allowed);
                 Action::Continue
             }
+            OnUnavailable::Deny
+                if self
+                    .tier(tier)
+                    .is_some_and(|t| t.enforcement == Enforcement::Shadow) =>
+            {
+                // Shadow mode refuses nothing, not even for an outage: counted and let through.
+                plugin.metrics.count(tier, Event::WouldDeny);
+                Action::Continue
+            }
             OnUnavailable::Deny => {
                 reply::unavailable(self.grpc);
                 Action::Pause
@@ -277,6 +295,8 @@ impl Context for Stream {
         };
         let i = pending.check.tier;
         let Some(tier) = self.tier(i) else {
+            // Cannot happen (the index is our own check's); never leave the request held.
+            let _ = host::continue_request();
             return;
         };
         let resolution =
@@ -295,12 +315,15 @@ impl Context for Stream {
         let action = match resolution {
             Resolution::Admit(decision) => {
                 plugin.metrics.count(i, Event::Allowed);
-                self.pending = headers::fields(tier, &decision);
+                if tier.enforcement == Enforcement::Enforce || tier.shadow_headers {
+                    self.pending = headers::fields(tier, &decision);
+                }
                 Action::Continue
             }
-            Resolution::Refuse(_) if tier.enforcement == Enforcement::Shadow => {
+            Resolution::Refuse(decision) if tier.enforcement == Enforcement::Shadow => {
                 // Shadow mode: counted and let through.
                 plugin.metrics.count(i, Event::WouldDeny);
+                self.pending = shadow_fields(tier, &decision);
                 Action::Continue
             }
             Resolution::Refuse(decision) => {
@@ -338,6 +361,11 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.strict.is_some() {
+            // Held for its strict check: a body chunk must not let the request go upstream
+            // before the answer (with `allow_on_headers_stop_iteration`, Envoy would).
+            return Action::Pause;
+        }
         self.llm_request_body(body_size, end_of_stream)
     }
 

@@ -300,3 +300,67 @@ fn the_local_fallback_continues_from_the_global_state_last_seen() {
     // A caller the service never reported on starts full.
     assert!(failed_call(&h, "jack", UNAVAILABLE).local_reply.is_none());
 }
+
+/// A body chunk that arrives while the request waits for its check (Envoy delivers one when
+/// the filter runs with `allow_on_headers_stop_iteration`) is held too: the request reaches the
+/// upstream only after the answer, and a refusal still refuses it.
+#[test]
+fn a_body_waits_with_its_headers_for_the_check() {
+    let h = tollgate_with(1, &policy("deny"));
+    for (code, refused) in [(OK, false), (OVER_LIMIT, true)] {
+        let mut s = h.stream(0).unwrap();
+        assert_eq!(
+            s.request_headers(headers("olga").as_slice(), false)
+                .unwrap(),
+            Action::Pause
+        );
+        assert_eq!(s.request_body(b"{\"a\":1}", true).unwrap(), Action::Pause);
+        let (token, _, _) = the_call(&h);
+        h.worker(0)
+            .unwrap()
+            .deliver_grpc_reply(token, 0, &answer(code, 0, 60_000))
+            .unwrap();
+        let record = s.record().unwrap();
+        assert_eq!(record.local_reply.is_some(), refused, "code {code}");
+        assert_eq!(record.continued.len(), usize::from(!refused), "code {code}");
+        s.finish().unwrap();
+    }
+}
+
+/// A shadow tier refuses nothing in strict mode either: a global `OVER_LIMIT` and an outage
+/// under `on_unavailable: deny` are counted as `would_deny` and let through, with no headers
+/// unless the tier asks for them.
+#[test]
+fn a_shadow_tier_in_strict_mode_lets_refusals_and_outages_through() {
+    let shadow = r#"{"global":{"cluster":"tollgate-sync","mode":"strict","timeout_ms":300,
+            "on_unavailable":"deny"},
+          "tiers":[{"name":"users","identity":{"header":"x-user-id"},"mode":"shadow",
+            "limits":[{"requests":100,"per":"minute"}]}]}"#;
+    let h = tollgate_with(1, shadow);
+    let mut s = h.stream(0).unwrap();
+    assert_eq!(
+        s.request_headers(headers("pia").as_slice(), true).unwrap(),
+        Action::Pause
+    );
+    let (token, _, _) = the_call(&h);
+    h.worker(0)
+        .unwrap()
+        .deliver_grpc_reply(token, 0, &answer(OVER_LIMIT, 0, 60_000))
+        .unwrap();
+    let record = s.record().unwrap();
+    assert!(record.local_reply.is_none());
+    assert_eq!(record.continued.len(), 1);
+    s.response_headers(&[(":status", "200")], true).unwrap();
+    let response = s.record().unwrap().response_headers.unwrap();
+    for name in ["x-ratelimit-remaining", "ratelimit", "retry-after"] {
+        assert_eq!(response.get(name), None, "{name}");
+    }
+    s.finish().unwrap();
+    for status in [UNAVAILABLE, DEADLINE_EXCEEDED] {
+        let record = failed_call(&h, "pia", status);
+        assert!(record.local_reply.is_none(), "status {status}");
+        assert_eq!(record.continued.len(), 1, "status {status}");
+    }
+    assert_eq!(counter(&h, "would_deny"), 3);
+    assert_eq!(counter(&h, "denied"), 0);
+}

@@ -20,6 +20,7 @@ import http.client
 import json
 import socket
 import uuid
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from google import genai
@@ -28,7 +29,7 @@ from google.genai import types as genai_types
 import ollama
 
 from conftest import Envoy, envoy_before_handler, unique
-from test_fixtures import PROBE, _Handler, fixture, usage_of
+from test_fixtures import fixture, usage_of
 
 BUDGET = 250_000
 FLASH_BUDGET = 100  # gemini-2.5-flash: spent by one call, then refused
@@ -75,6 +76,37 @@ def ollama_usage(name: str) -> int:
     raw = fixture(name).decode()
     last = json.loads(raw if name.endswith(".json") else raw.strip().splitlines()[-1])
     return last["prompt_eval_count"] + last["eval_count"]
+
+
+PROBE = b'{"id":"probe","object":"chat.completion","choices":[],' \
+        b'"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}'
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """What the transcript server below builds on: quiet, `GET /healthz` for Envoy's readiness,
+    and a request body read whole (content-length or chunked)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:  # /healthz, for Envoy's readiness check
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def _body(self) -> bytes:
+        if "content-length" in self.headers:
+            return self.rfile.read(int(self.headers["content-length"]))
+        data = b""
+        while True:  # chunked
+            size = int(self.rfile.readline().split(b";")[0], 16)
+            data += self.rfile.read(size)
+            self.rfile.readline()
+            if size == 0:
+                return data
 
 
 class _ApiHandler(_Handler):

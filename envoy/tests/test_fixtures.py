@@ -1,8 +1,8 @@
 """The API transcripts in fixtures/llm/ through tollgate in a real Envoy 1.40.
 
 policy-core's unit tests read the same files (include_str!), so this is where their numbers meet
-the compiled filter: a small upstream of this file answers each call with a transcript exactly as
-it is stored (JSON with a content-length, SSE written one event at a time), and the tests check
+the compiled filter: the mock upstream answers each call with a transcript exactly as it is stored
+(`x-mock-fixture`: JSON with a content-length, SSE written one event at a time), and the tests check
 that the client gets the transcript's bytes unchanged and that the caller's budget is charged the
 usage the transcript reports, computed here from the file with the rules README.md documents
 (input + output; Anthropic's input is its three input counts added up).
@@ -17,13 +17,11 @@ from __future__ import annotations
 import http.client
 import json
 import time
-import uuid
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Envoy, envoy_before_handler, unique
+from conftest import ROOT, Envoy, start_envoy, unique
 
 FIXTURES = ROOT / "fixtures/llm"
 # Per month: a bucket charged N tokens shows exactly BUDGET - N until one token has refilled,
@@ -38,8 +36,6 @@ POLICY = {
     }],
     "llm": {"mode": "charge_after", "on_missing_usage": "nothing", "on_incomplete": "received"},
 }
-PROBE = b'{"id":"probe","object":"chat.completion","choices":[],' \
-        b'"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}'
 
 # fixture file, request path, status the upstream answers with
 CALLS = {
@@ -97,75 +93,31 @@ def usage_of(name: str) -> int:
     return inp + out
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Answers `x-fixture: NAME` with fixtures/llm/NAME as stored (or the probe), and keeps the
-    request body it received under `x-call-id`."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def do_GET(self) -> None:  # /healthz, for Envoy's readiness check
-        self.send_response(200)
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def _body(self) -> bytes:
-        if "content-length" in self.headers:
-            return self.rfile.read(int(self.headers["content-length"]))
-        data = b""
-        while True:  # chunked
-            size = int(self.rfile.readline().split(b";")[0], 16)
-            data += self.rfile.read(size)
-            self.rfile.readline()
-            if size == 0:
-                return data
-
-    def do_POST(self) -> None:
-        self.server.seen[self.headers.get("x-call-id", "")] = self._body()
-        name = self.headers["x-fixture"]
-        if name == "probe":
-            payload, status = PROBE, 200
-        else:
-            payload, status = fixture(name), CALLS[name][1]
-        self.send_response(status)
-        if name.endswith(".sse"):
-            self.send_header("content-type", "text/event-stream")
-            self.send_header("connection", "close")
-            self.end_headers()
-            for event in payload.split(b"\n\n")[:-1]:
-                self.wfile.write(event + b"\n\n")
-                self.wfile.flush()
-            self.close_connection = True
-        else:
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-
 @pytest.fixture(scope="module")
-def envoy(tmp_path_factory):
-    with envoy_before_handler(_Handler, POLICY, tmp_path_factory.mktemp("fixtures")) as (proxy, server):
-        proxy.seen = server.seen
-        yield proxy
+def envoy(mock, tmp_path_factory):
+    proxy = start_envoy(POLICY, {"v1": mock, "v2": mock}, tmp_path_factory.mktemp("fixtures"),
+                        concurrency=2)
+    yield proxy
+    proxy.process.stop()
 
 
-def call(envoy: Envoy, name: str, user: str, request: dict) -> tuple[int, dict, bytes, bytes]:
-    """POST `request` answered by fixture `name`: status, headers, the body the client got,
-    and the request body the upstream got."""
-    path = CALLS[name][0] if name != "probe" else "/api/v1/chat/completions"
-    call_id = uuid.uuid4().hex
+def call(envoy: Envoy, name: str, user: str, request: dict) -> tuple[int, dict, bytes]:
+    """POST `request`, answered by the mock with transcript `name` as stored (`probe`: a chat
+    answer reporting no usage): status, headers (with what the mock saw, `x-mock-saw-*`), and
+    the body the client got."""
+    if name == "probe":
+        path = "/api/v1/chat/completions"
+        mock = {"x-mock-prompt-tokens": "0", "x-mock-completion-tokens": "0"}
+    else:
+        path = CALLS[name][0]
+        mock = {"x-mock-fixture": name, "x-mock-status": str(CALLS[name][1])}
     conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=10)
     try:
         conn.request("POST", path, body=json.dumps(request).encode(), headers={
-            "content-type": "application/json", "x-user-id": user, "x-fixture": name,
-            "x-call-id": call_id})
+            "content-type": "application/json", "x-user-id": user, **mock})
         response = conn.getresponse()
         head = {k.lower(): v for k, v in response.getheaders()}
-        return response.status, head, response.read(), envoy.seen.get(call_id, b"")
+        return response.status, head, response.read()
     finally:
         conn.close()
 
@@ -177,7 +129,7 @@ def charged(envoy: Envoy, user: str, expected: int) -> int:
         time.sleep(0.5)  # a charge that should not come has had time to land
     deadline = time.monotonic() + 5
     while True:
-        status, head, _, _ = call(envoy, "probe", user, {"model": "m", "max_tokens": 1})
+        status, head, _ = call(envoy, "probe", user, {"model": "m", "max_tokens": 1})
         assert status == 200, head
         spent = BUDGET - int(head["x-ratelimit-remaining-tokens"])
         if spent >= expected or time.monotonic() > deadline:
@@ -220,10 +172,10 @@ def test_the_expected_charges_are_read_from_the_files():
 @pytest.mark.parametrize("name", list(CALLS))
 def test_each_transcript_reaches_the_client_unchanged_and_is_charged_its_usage(envoy, name):
     user = unique("fixture")
-    status, head, got, sent = call(envoy, name, user, request_for(name, name.endswith(".sse")))
+    status, head, got = call(envoy, name, user, request_for(name, name.endswith(".sse")))
     assert status == CALLS[name][1], head
     assert got == fixture(name)
-    assert json.loads(sent)["model"] == "m"
+    assert head["x-mock-saw-model"] == "m"
     assert charged(envoy, user, usage_of(name)) == usage_of(name)
 
 
@@ -233,9 +185,9 @@ def test_an_openai_stream_that_did_not_ask_for_usage_gets_the_transcript_without
     user = unique("fixture")
     request = request_for("openai-chat.sse", stream=True)
     del request["stream_options"]
-    status, _, got, sent = call(envoy, "openai-chat.sse", user, request)
+    status, head, got = call(envoy, "openai-chat.sse", user, request)
     assert status == 200
-    assert json.loads(sent)["stream_options"] == {"include_usage": True}
+    assert head["x-mock-saw-include-usage"] == "true"
     expected = [e for e in sse_data(fixture("openai-chat.sse"))
                 if not (isinstance(e, dict) and e["choices"] == [] and e.get("usage"))]
     for event in expected:

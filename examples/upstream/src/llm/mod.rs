@@ -24,6 +24,9 @@
 //! - `x-mock-provider-headers: 1`: add the provider's own rate-limit headers, as OpenAI and
 //!   Anthropic send them.
 //!
+//! Recorded transcripts: `x-mock-fixture: NAME` answers with `fixtures/llm/NAME` as stored
+//! ([`fixture`]), with the status, pacing, cut and chunking of the headers above.
+//!
 //! Stream shape, by request header (a proxy must give the client the same bytes whatever the
 //! chunking; these let a test choose it):
 //! - `x-mock-chunk-bytes: N`: write the stream in pieces of N bytes (splitting events, lines
@@ -42,6 +45,7 @@
 //! not, so a test can show that a refused call never reached it.
 
 pub mod body;
+pub mod fixture;
 pub mod scenario;
 pub mod schema;
 pub mod stream;
@@ -105,7 +109,14 @@ impl LlmMock {
                 return Response::json(StatusCode::BAD_REQUEST, error_body(api, 400, &message));
             }
         };
-        let mut response = if s.status >= 400 {
+        let mut response = if let Some(name) = request.header("x-mock-fixture") {
+            match fixture::load(name) {
+                Ok(f) => Self::replay(&s, &f),
+                Err(BadRequest(message)) => {
+                    return Response::json(StatusCode::BAD_REQUEST, error_body(api, 400, &message));
+                }
+            }
+        } else if s.status >= 400 {
             let body = error_body(api, s.status, "mock upstream failure");
             Response {
                 delay: s.delay,
@@ -148,6 +159,26 @@ impl LlmMock {
                 "x-mock-saw-model",
                 s.model.replace(|c: char| c.is_control(), "?"),
             )
+    }
+}
+
+impl LlmMock {
+    /// A recorded transcript as stored ([`fixture`]), with the scenario's status, pacing, cut and
+    /// chunking.
+    fn replay(s: &Scenario, f: &fixture::Fixture) -> Response {
+        if f.kind == fixture::Kind::Json && s.cut_after.is_none() && s.chunk_bytes.is_none() {
+            return Response {
+                delay: s.delay,
+                ..Response::json(status(s.status), f.bytes.clone())
+            };
+        }
+        let pieces = Pieces {
+            pieces: fixture::pieces(f, s.chunk_bytes),
+            delay: s.delay,
+            cut_after: s.cut_after,
+            chunked: f.kind != fixture::Kind::Json,
+        };
+        Response::paced(status(s.status), f.kind.content_type(), pieces)
     }
 }
 

@@ -1,0 +1,153 @@
+//! `x-mock-fixture: NAME`: answer with the recorded transcript `fixtures/llm/NAME` exactly as it
+//! is stored, so the transcripts policy-core's unit tests read (`include_str!`) also reach a
+//! proxy through the mock: JSON with a `content-length`, a stream (`.sse`, `.ndjson`) one event
+//! (or line) per write — or in `x-mock-chunk-bytes` pieces — cut by `x-mock-cut-after` and paced
+//! by `x-mock-delay-ms` like the generated streams. The status is `x-mock-status` (200 unless it
+//! says otherwise: the error transcripts want their own).
+//!
+//! The directory is the repository's `fixtures/llm/` (found from this crate's source directory
+//! at build time), or `TOLLGATE_MOCK_FIXTURES` when set. A name is one file name of
+//! `[A-Za-z0-9._-]`, not starting with a dot: nothing outside the directory can be served.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use super::scenario::BadRequest;
+
+/// The repository's transcripts, relative to this crate.
+const DEFAULT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llm");
+
+/// How a transcript is framed, from its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `.json`: one JSON document.
+    Json,
+    /// `.sse`: Server-Sent Events, written an event at a time.
+    Sse,
+    /// `.ndjson`: JSON lines, written a line at a time.
+    Ndjson,
+}
+
+impl Kind {
+    /// The `content-type` the provider sends.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Kind::Json => "application/json",
+            Kind::Sse => "text/event-stream; charset=utf-8",
+            Kind::Ndjson => "application/x-ndjson",
+        }
+    }
+}
+
+/// A transcript as stored.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// Its framing.
+    pub kind: Kind,
+    /// Its bytes.
+    pub bytes: Bytes,
+}
+
+fn dir() -> PathBuf {
+    std::env::var_os("TOLLGATE_MOCK_FIXTURES")
+        .map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from)
+}
+
+/// Reads transcript `name`.
+///
+/// # Errors
+/// A name that is not one plain file name with a known extension, or no such file.
+pub fn load(name: &str) -> Result<Fixture, BadRequest> {
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    let kind = match name.rsplit_once('.') {
+        Some((_, "json")) => Some(Kind::Json),
+        Some((_, "sse")) => Some(Kind::Sse),
+        Some((_, "ndjson")) => Some(Kind::Ndjson),
+        _ => None,
+    };
+    let (true, Some(kind)) = (plain, kind) else {
+        return Err(BadRequest(
+            "x-mock-fixture must be a file name ending in .json, .sse or .ndjson".into(),
+        ));
+    };
+    let bytes = std::fs::read(dir().join(name))
+        .map_err(|e| BadRequest(format!("x-mock-fixture {name}: {e}")))?;
+    Ok(Fixture {
+        kind,
+        bytes: Bytes::from(bytes),
+    })
+}
+
+/// The writes a stream transcript leaves in: one per event (`.sse`: up to and including each
+/// blank line, `\n\n` or `\r\n\r\n`) or line (`.ndjson`), or pieces of `chunk_bytes`.
+pub fn pieces(fixture: &Fixture, chunk_bytes: Option<usize>) -> Vec<Bytes> {
+    let bytes = &fixture.bytes;
+    if let Some(n) = chunk_bytes {
+        return bytes.chunks(n).map(Bytes::copy_from_slice).collect();
+    }
+    // An event ends at a blank line (either line ending); an NDJSON line at its newline.
+    let ends: &[&[u8]] = match fixture.kind {
+        Kind::Json => return vec![bytes.clone()],
+        Kind::Sse => &[b"\r\n\r\n", b"\n\n"],
+        Kind::Ndjson => &[b"\n"],
+    };
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        match ends.iter().find(|end| bytes[i..].starts_with(end)) {
+            Some(end) => {
+                out.push(bytes.slice(start..i + end.len()));
+                start = i + end.len();
+                i = start;
+            }
+            None => i += 1,
+        }
+    }
+    if start < bytes.len() {
+        out.push(bytes.slice(start..));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_outside_the_directory_or_of_unknown_kinds_are_refused() {
+        for bad in [
+            "",
+            ".json",
+            "../README.md",
+            "a/b.json",
+            "x.txt",
+            "x",
+            "%2e%2e.json",
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
+        }
+        assert!(load("no-such-file.json").is_err());
+    }
+
+    #[test]
+    fn every_stored_transcript_loads_and_its_pieces_are_the_file() {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(DEFAULT_DIR).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let Ok(f) = load(&name) else { continue };
+            seen += 1;
+            assert_eq!(pieces(&f, None).concat(), f.bytes.to_vec(), "{name}");
+            assert_eq!(pieces(&f, Some(7)).concat(), f.bytes.to_vec(), "{name}");
+        }
+        assert!(seen >= 10, "{seen} transcripts");
+        let sse = load("openai-chat.sse").unwrap();
+        let events = pieces(&sse, None);
+        assert!(events.len() > 2);
+        assert!(events.iter().all(|e| e.ends_with(b"\n\n")));
+    }
+}

@@ -60,7 +60,24 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
-class Redis:
+class _Killable:
+    """A process of the stack that a test can crash (`kill`: SIGKILL, nothing shut down or saved,
+    calls in flight cut off, as when its pod dies) or stop."""
+
+    proc: Process | None = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.proc.kill()
+            self.proc.proc.wait()
+            self.proc.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+class Redis(_Killable):
     """Debian's `redis-server` on a fixed free port, nothing persisted (`--save '' --appendonly
     no`). Started again on the same port after `kill()`, so the service reconnects by itself."""
 
@@ -86,19 +103,8 @@ class Redis:
             assert time.monotonic() < deadline, f"redis-server not answering:\n{self.proc.tail()}"
             time.sleep(0.02)
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash: no shutdown, nothing saved."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.proc.kill()
-            self.proc.proc.wait()
-            self.proc.stop()
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-
-
-class SyncService:
+class SyncService(_Killable):
     """The real `tollgate-sync --listen 127.0.0.1:PORT --redis URL`, on a fixed free port."""
 
     def __init__(self, redis: Redis, log_dir: Path) -> None:
@@ -119,17 +125,6 @@ class SyncService:
                             self.log_dir / f"tollgate-sync-{self.starts}.log",
                             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")})
         _wait_port(self.port, "tollgate-sync", self.proc)
-
-    def kill(self) -> None:
-        """SIGKILL: calls in flight are cut off, as when its pod dies."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.proc.kill()
-            self.proc.proc.wait()
-            self.proc.stop()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
 
 
 class GlobalStack:

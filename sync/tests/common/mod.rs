@@ -61,6 +61,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The running server's process id (for the benchmark's CPU accounting).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts it (again) on the same port; empty, as it keeps nothing on disk.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");

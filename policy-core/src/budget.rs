@@ -18,6 +18,7 @@ use crate::decision::LimitStatus;
 use crate::hash::{Seed, Slot};
 use crate::llm::cost::Cost;
 use crate::llm::ApiKind;
+use crate::model_match::ModelMatch;
 use crate::store::Store;
 use crate::table::{Placement, Table, TableError, Update};
 use crate::time::Nanos;
@@ -29,8 +30,9 @@ pub enum ModelScope {
     All,
     /// Every model, a separate budget for each (`"model": "*"`).
     Each,
-    /// Only this model, and its dated snapshots and `-latest` alias (see [`base_model`]).
-    Only(String),
+    /// Only the models `model` names: names and their dated snapshots and `-latest` alias (see
+    /// [`base_model`]), aliases, prefixes ([`ModelMatch`]).
+    Only(ModelMatch),
 }
 
 /// The model a snapshot name stands for: `gpt-4o-mini-2024-07-18` → `gpt-4o-mini`,
@@ -100,9 +102,10 @@ pub struct Budget {
     pub rate: Rate,
     /// Where its buckets live.
     pub table: Table,
-    /// Snapshot names that another budget of the tier names exactly: a request for one of
-    /// them counts against that budget, not this base model's (the exact budget wins).
-    pub exact_elsewhere: Vec<String>,
+    /// The `model` of the tier's other budgets that name models: a model one of them takes more
+    /// strongly (an exact name over a snapshot of this budget's, a longer prefix, …) counts
+    /// against that budget, not this one (see [`crate::model_match`]).
+    pub rivals: Vec<ModelMatch>,
 }
 
 /// How tokens are admitted and charged.
@@ -226,15 +229,19 @@ pub struct Hold {
 impl Budget {
     /// Whether the budget counts a request for `model`. A request whose model is unknown (a
     /// body too large to read, or without `model`) counts against every budget: it could be
-    /// for any model, and must not escape a per-model budget by hiding which. A snapshot of
-    /// the budget's model counts too ([`base_model`]), unless another budget names it exactly.
+    /// for any model, and must not escape a per-model budget by hiding which. A model the
+    /// budget's `model` takes counts unless another budget of the tier takes it more strongly
+    /// (see [`crate::model_match`]: an exact name, then a snapshot of a name, then the longest
+    /// prefix).
     pub fn applies(&self, model: Option<&str>) -> bool {
         match (&self.scope, model) {
             (ModelScope::All | ModelScope::Each, _) | (ModelScope::Only(_), None) => true,
-            (ModelScope::Only(m), Some(model)) => {
-                model == m
-                    || (base_model(model) == m && !self.exact_elsewhere.iter().any(|e| e == model))
-            }
+            (ModelScope::Only(m), Some(model)) => m.strength(model).is_some_and(|mine| {
+                !self
+                    .rivals
+                    .iter()
+                    .any(|r| r.strength(model).is_some_and(|theirs| theirs > mine))
+            }),
         }
     }
 
@@ -615,6 +622,83 @@ mod tests {
         assert!(
             call(&p, &mut s, "gpt-4o", 250, 250),
             "another model has its own"
+        );
+    }
+
+    fn names_applying(json: &str, model: &str) -> Vec<String> {
+        let p = Policy::from_json(json.as_bytes()).unwrap();
+        p.tiers()[0]
+            .budgets
+            .iter()
+            .filter(|b| b.applies(Some(model)))
+            .map(|b| b.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_model_counts_against_the_budgets_that_name_it_most_exactly() {
+        let json = r#"{"tiers":[{"name":"t","identity":{"header":"x-user-id"},
+            "tokens":[{"tokens":9,"per":"minute","name":"all"},
+                      {"tokens":9,"per":"minute","model":"*","name":"each"},
+                      {"tokens":9,"per":"minute","model":{"prefix":"gpt-4"},"name":"gpt4x"},
+                      {"tokens":9,"per":"minute","model":{"prefix":"gpt-4o"},"name":"gpt4o-family"},
+                      {"tokens":9,"per":"minute","model":["gpt-4o","gpt-4o-2024-08-06"],"name":"gpt4o"},
+                      {"tokens":9,"per":"day","model":"gpt-4o","name":"gpt4o-daily"},
+                      {"tokens":9,"per":"minute","model":"gpt-4o-mini","name":"mini"},
+                      {"tokens":9,"per":"minute","model":"gpt-4o-2024-11-20","name":"nov"}]}]}"#;
+        for (model, expected) in [
+            // Exact, in a list or alone: both budgets naming it count it (per minute and per day).
+            ("gpt-4o", &["all", "each", "gpt4o", "gpt4o-daily"][..]),
+            ("gpt-4o-2024-08-06", &["all", "each", "gpt4o"]),
+            // A snapshot of a listed name, which no budget names exactly.
+            (
+                "gpt-4o-2024-05-13",
+                &["all", "each", "gpt4o", "gpt4o-daily"],
+            ),
+            ("gpt-4o-2024-11-20", &["all", "each", "nov"]),
+            ("gpt-4o-mini-2024-07-18", &["all", "each", "mini"]),
+            // Only a prefix: the longest wins.
+            ("gpt-4o-audio-preview", &["all", "each", "gpt4o-family"]),
+            ("gpt-4-turbo", &["all", "each", "gpt4x"]),
+            ("gpt-3.5-turbo", &["all", "each"]),
+        ] {
+            assert_eq!(names_applying(json, model), expected, "{model}");
+        }
+    }
+
+    #[test]
+    fn aliases_share_one_budget_and_a_prefix_takes_the_names_under_it() {
+        let json = r#"{"tiers":[{"name":"free","identity":{"header":"x-user-id"},
+            "tokens":[{"tokens":500,"per":"minute","model":["gpt-4o","chatgpt-4o-latest"]},
+                      {"tokens":500,"per":"minute","model":{"prefix":"gemini-1.5-pro"}}]}]}"#;
+        let p = Policy::from_json(json.as_bytes()).unwrap();
+        let names: Vec<&str> = p.tiers()[0]
+            .budgets
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "free-tokens-gpt-4o-minute",
+                "free-tokens-gemini-1.5-pro_-minute"
+            ]
+        );
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        assert!(call(&p, &mut s, "gpt-4o", 300, 300));
+        assert!(
+            !call(&p, &mut s, "chatgpt-4o-latest", 300, 300),
+            "an alias shares the 500"
+        );
+        assert!(call(&p, &mut s, "gemini-1.5-pro-002", 300, 300));
+        assert!(
+            !call(&p, &mut s, "gemini-1.5-pro-001", 300, 300),
+            "another version under the prefix shares it"
+        );
+        assert!(
+            call(&p, &mut s, "gemini-1.5-flash", 300, 300),
+            "not under it"
         );
     }
 

@@ -28,6 +28,7 @@ pub mod hash;
 pub mod headers;
 pub mod identity;
 pub mod llm;
+pub mod model_match;
 pub mod path;
 pub mod pattern;
 pub mod policy;

@@ -8,8 +8,8 @@
 //! - [`writer`]: puts a response on the wire, a paced body one piece per write;
 //! - [`traffic`]: what reached the server (`GET /__mock/traffic`);
 //! - [`task_api`]: the Task API (v1/v2) that the rate-limit examples protect;
-//! - [`llm`]: an OpenAI/Anthropic-compatible LLM mock (JSON and SSE streams, deterministic
-//!   usage, fault modes), selected with `--app llm`.
+//! - [`llm`]: an LLM mock speaking OpenAI, Azure OpenAI, Anthropic, Gemini, Vertex AI and
+//!   Ollama (JSON and streams, deterministic usage, fault modes), selected with `--app llm`.
 
 pub mod llm;
 pub mod request;

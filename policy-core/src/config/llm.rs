@@ -11,13 +11,12 @@ use super::error::{err, ConfigError, Reason};
 use super::json::{array, boolean, positive, string, Obj};
 use super::{rate, rates_tag, MAX_LIMITS};
 use crate::bucket::MAX_AMOUNT;
-use crate::budget::{
-    base_model, Budget, LlmSettings, Mode, ModelScope, OnIncomplete, OnMissingUsage,
-};
+use crate::budget::{Budget, LlmSettings, Mode, ModelScope, OnIncomplete, OnMissingUsage};
 use crate::identity::IdentitySource;
 use crate::llm::cost::{Cost, CostSpec};
 use crate::llm::request::MAX_MODEL_LEN;
 use crate::llm::ApiKind;
+use crate::model_match::ModelMatch;
 use crate::table::Table;
 use crate::time::Nanos;
 
@@ -80,19 +79,12 @@ pub(super) fn parse_budgets(
         let bpath = format!("{path}[{i}]");
         let (rate, explicit, per) = rate(b, &bpath, "tokens", BUDGET_FIELDS)?;
         let o = Obj::new(b, &bpath, BUDGET_FIELDS)?;
-        let scope = match o.opt("model") {
-            None => ModelScope::All,
-            Some(m) => match string(m, &o.at("model"))? {
-                "" => return err(o.at("model"), Reason::Empty),
-                "*" => ModelScope::Each,
-                model => ModelScope::Only(model.to_owned()),
-            },
-        };
+        let scope = super::model::parse_model(o.opt("model"), &o.at("model"))?;
         let bname = explicit.unwrap_or_else(|| {
             let model = match &scope {
                 ModelScope::All => String::new(),
                 ModelScope::Each => String::from("-each-model"),
-                ModelScope::Only(m) => format!("-{}", sanitize(m)),
+                ModelScope::Only(m) => format!("-{}", sanitize(&m.label())),
             };
             let full = format!("{tier}-tokens{model}-{per}");
             sanitize(&full)
@@ -116,24 +108,25 @@ pub(super) fn parse_budgets(
             scope,
             rate,
             table,
-            exact_elsewhere: Vec::new(),
+            rivals: Vec::new(),
         });
     }
-    // A budget for a dated name (`gpt-4o-mini-2024-07-18`) takes that name from the budget of
-    // its base (`gpt-4o-mini`), which otherwise counts every snapshot.
-    let exact: Vec<String> = budgets
+    // A model two budgets take goes to the one that takes it more strongly (an exact name, then
+    // a snapshot of a name, then the longest prefix): each budget knows the others' `model`.
+    let named: Vec<(usize, ModelMatch)> = budgets
         .iter()
-        .filter_map(|b| match &b.scope {
-            ModelScope::Only(m) => Some(m.clone()),
+        .enumerate()
+        .filter_map(|(i, b)| match &b.scope {
+            ModelScope::Only(m) => Some((i, m.clone())),
             _ => None,
         })
         .collect();
-    for b in &mut budgets {
-        if let ModelScope::Only(m) = &b.scope {
-            b.exact_elsewhere = exact
+    for (i, b) in budgets.iter_mut().enumerate() {
+        if matches!(b.scope, ModelScope::Only(_)) {
+            b.rivals = named
                 .iter()
-                .filter(|e| *e != m && base_model(e) == m)
-                .cloned()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, m)| m.clone())
                 .collect();
         }
     }

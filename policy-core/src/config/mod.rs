@@ -16,6 +16,7 @@ mod error;
 mod global;
 mod json;
 mod llm;
+mod model;
 
 pub use error::{ConfigError, Reason};
 

@@ -10,6 +10,7 @@ use super::schema::{
     ResponseObject, Tail, TextBlock, TextChoice, TextCompletion, Usage, CREATED, EMBEDDING,
 };
 use super::text::completion_text;
+use super::{google, ollama};
 
 /// JSON text of `value`. The mock's own types always serialise; should one ever fail, the
 /// reason goes out as the body (which the caller then sees is not the answer it wanted) rather
@@ -82,6 +83,10 @@ fn body_with(s: &Scenario, text: &str, tail: Tail) -> Vec<u8> {
             stop_sequence: None,
             tail,
         }),
+        Api::GeminiGenerate | Api::GeminiStream | Api::GeminiEmbed | Api::GeminiCountTokens => {
+            google::json_body(s, text, tail.x_padding)
+        }
+        Api::OllamaChat | Api::OllamaGenerate => ollama::json_body(s, text, tail.x_padding),
     }
 }
 
@@ -126,6 +131,12 @@ pub fn malform(json: &mut Vec<u8>) {
 
 /// An error body in the API's format.
 pub fn error_body(api: Api, status: u16, message: &str) -> Vec<u8> {
+    if api.is_gemini() {
+        return google::error_body(status, message);
+    }
+    if api.is_ollama() {
+        return ollama::error_body(message);
+    }
     if api == Api::Messages {
         let kind = match status {
             400 => "invalid_request_error",

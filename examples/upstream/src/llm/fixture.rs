@@ -114,6 +114,30 @@ pub fn pieces(fixture: &Fixture, chunk_bytes: Option<usize>) -> Vec<Bytes> {
     out
 }
 
+/// The writes of a JSON array streamed as Gemini streams it: each up to and including the
+/// `\n,\r\n` between two elements (the last with the closing bracket), or pieces of
+/// `chunk_bytes`.
+pub fn array_pieces(bytes: &Bytes, chunk_bytes: Option<usize>) -> Vec<Bytes> {
+    if let Some(n) = chunk_bytes {
+        return bytes.chunks(n).map(Bytes::copy_from_slice).collect();
+    }
+    const SEPARATOR: &[u8] = b"\n,\r\n";
+    let mut out = Vec::new();
+    let mut start = 0;
+    while let Some(at) = bytes
+        .get(start..)
+        .and_then(|rest| rest.windows(SEPARATOR.len()).position(|w| w == SEPARATOR))
+    {
+        let end = start + at + SEPARATOR.len();
+        out.push(bytes.slice(start..end));
+        start = end;
+    }
+    if start < bytes.len() {
+        out.push(bytes.slice(start..));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +169,11 @@ mod tests {
             assert_eq!(pieces(&f, Some(7)).concat(), f.bytes.to_vec(), "{name}");
         }
         assert!(seen >= 10, "{seen} transcripts");
+        let array = load("gemini-stream.json").unwrap();
+        let elements = array_pieces(&array.bytes, None);
+        assert_eq!(elements.len(), 3, "three chunks");
+        assert_eq!(elements.concat(), array.bytes.to_vec());
+        assert!(elements[..2].iter().all(|e| e.ends_with(b"\n,\r\n")));
         let sse = load("openai-chat.sse").unwrap();
         let events = pieces(&sse, None);
         assert!(events.len() > 2);

@@ -1,10 +1,17 @@
-//! An OpenAI- and Anthropic-compatible LLM mock with deterministic usage and fault modes.
+//! An LLM mock speaking every API tollgate meters, with deterministic usage and fault modes.
 //!
 //! Endpoints (matched on the end of the path, so a route prefix such as `/api/v1/…` works):
-//! OpenAI `POST …/chat/completions`, `…/completions`, `…/embeddings`, `…/v1/responses`, and
-//! Anthropic `POST …/v1/messages`; `GET /healthz`. Each answers in its API's real shape
-//! ([`schema`]), as JSON ([`body`]) or, with `"stream": true`, as Server-Sent Events
-//! ([`stream`]).
+//! OpenAI `POST …/chat/completions`, `…/completions`, `…/embeddings`, `…/v1/responses` (and so
+//! Azure OpenAI's `/openai/deployments/{deployment}/…` and `/openai/v1/…`, the deployment
+//! answering as the model); Anthropic `POST …/v1/messages` (and Anthropic on Vertex AI,
+//! `…/publishers/anthropic/models/{model}:rawPredict` / `:streamRawPredict`); Gemini, the Gemini
+//! API's `…/models/{model}:{method}` or Vertex AI's `…/publishers/google/models/{model}:{method}`
+//! with `generateContent`, `streamGenerateContent` (SSE with `alt=sse`, else a streamed JSON
+//! array), `embedContent` (no usage) and `countTokens` ([`google`]); Ollama `POST …/api/chat`
+//! and `…/api/generate` (NDJSON unless `"stream": false`, [`ollama`]); `GET /healthz`. Each
+//! answers in its API's real shape ([`schema`], [`google`], [`ollama`]), as JSON ([`body`]) or
+//! streamed ([`stream`]), and refuses in its API's error format. A model the path names is the
+//! model answered (`x-mock-saw-model`).
 //!
 //! Usage is deterministic: 100 prompt and 200 completion tokens unless the request says
 //! otherwise with `x-mock-prompt-tokens` / `x-mock-completion-tokens`. The generated text
@@ -25,7 +32,13 @@
 //!   Anthropic send them.
 //!
 //! Recorded transcripts: `x-mock-fixture: NAME` answers with `fixtures/llm/NAME` as stored
-//! ([`fixture`]), with the status, pacing, cut and chunking of the headers above.
+//! ([`fixture`]), with the status, pacing, cut and chunking of the headers above (a `.json`
+//! transcript on a `:streamGenerateContent` path is a streamed JSON array: chunked, an element
+//! per write).
+//!
+//! `x-mock-api: NAME` answers as that API whatever the path (a custom prefix, a proxy path),
+//! with the names tollgate's `llm.routes` uses (`openai_chat`, `gemini_stream`,
+//! `ollama_generate`, …).
 //!
 //! Stream shape, by request header (a proxy must give the client the same bytes whatever the
 //! chunking; these let a test choose it):
@@ -34,7 +47,8 @@
 //!   pauses between pieces, so each reaches the proxy on its own, and `x-mock-cut-after`
 //!   counts pieces. Every piece leaves in a write of its own ([`crate::writer`]);
 //! - `x-mock-pad-final: N`: pad the stream's last usage-carrying event (chat's usage chunk,
-//!   Anthropic's `message_delta`, the Responses API's `response.completed`) with an
+//!   Anthropic's `message_delta`, the Responses API's `response.completed`, Gemini's last chunk,
+//!   Ollama's final object) with an
 //!   `"x_padding"` field of N bytes before its `usage`, as a long `response.completed` is.
 //!
 //! What the mock received is echoed in response headers, so a test can see what a proxy
@@ -46,6 +60,8 @@
 
 pub mod body;
 pub mod fixture;
+pub mod google;
+pub mod ollama;
 pub mod scenario;
 pub mod schema;
 pub mod stream;
@@ -70,7 +86,10 @@ struct Health {
 }
 
 fn provider_headers(api: Api, response: Response) -> Response {
-    if api == Api::Messages {
+    if api.is_gemini() || api.is_ollama() {
+        // Neither sends rate-limit headers of its own.
+        response
+    } else if api == Api::Messages {
         response
             .with_header("anthropic-ratelimit-tokens-limit", "400000")
             .with_header("anthropic-ratelimit-tokens-remaining", "399700")
@@ -129,8 +148,13 @@ impl LlmMock {
                 cut_after: s.cut_after,
                 chunked: true,
             };
-            Response::paced(status(s.status), "text/event-stream; charset=utf-8", pieces)
-                .with_header("cache-control", "no-cache")
+            let framing = stream::Framing::of(&s);
+            let response = Response::paced(status(s.status), framing.content_type(), pieces);
+            if matches!(framing, stream::Framing::Sse | stream::Framing::SseCrlf) {
+                response.with_header("cache-control", "no-cache")
+            } else {
+                response
+            }
         } else {
             let body = Bytes::from(json_body(&s));
             let mut response = match s.cut_after {
@@ -166,6 +190,17 @@ impl LlmMock {
     /// A recorded transcript as stored ([`fixture`]), with the scenario's status, pacing, cut and
     /// chunking.
     fn replay(s: &Scenario, f: &fixture::Fixture) -> Response {
+        if f.kind == fixture::Kind::Json && s.api == Api::GeminiStream {
+            // A streamed JSON array (Gemini without `alt=sse`): chunked, an element per write.
+            let pieces = Pieces {
+                pieces: fixture::array_pieces(&f.bytes, s.chunk_bytes),
+                delay: s.delay,
+                cut_after: s.cut_after,
+                chunked: true,
+            };
+            let framing = stream::Framing::JsonArray;
+            return Response::paced(status(s.status), framing.content_type(), pieces);
+        }
         if f.kind == fixture::Kind::Json && s.cut_after.is_none() && s.chunk_bytes.is_none() {
             return Response {
                 delay: s.delay,
@@ -189,7 +224,11 @@ impl Handler for LlmMock {
             .unwrap_or("none")
             .to_owned();
         let saw_bytes = request.body.len().to_string();
-        let response = match (request.path(), Api::from_path(request.path())) {
+        let api = request
+            .header("x-mock-api")
+            .and_then(Api::from_name)
+            .or_else(|| Api::from_path(request.path()));
+        let response = match (request.path(), api) {
             ("/healthz", _) => Response::json_of(
                 StatusCode::OK,
                 &Health {

@@ -23,7 +23,7 @@ pub const MAX_DELAY_MS: u64 = 60_000;
 /// Which API a request speaks, from the end of its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
-    /// OpenAI chat completions.
+    /// OpenAI chat completions (and Azure OpenAI's, and OpenAI-compatible servers').
     Chat,
     /// OpenAI legacy completions.
     Completions,
@@ -31,13 +31,62 @@ pub enum Api {
     Embeddings,
     /// OpenAI Responses.
     Responses,
-    /// Anthropic messages.
+    /// Anthropic messages (and Anthropic on Vertex AI: `:rawPredict`, `:streamRawPredict`).
     Messages,
+    /// Gemini `…/models/{model}:generateContent` (the Gemini API or Vertex AI).
+    GeminiGenerate,
+    /// Gemini `…:streamGenerateContent`: SSE with `alt=sse`, else a streamed JSON array.
+    GeminiStream,
+    /// Gemini `…:embedContent` (reports no usage).
+    GeminiEmbed,
+    /// Gemini `…:countTokens` (free: a count, no usage).
+    GeminiCountTokens,
+    /// Ollama `/api/chat` (NDJSON unless `"stream": false`).
+    OllamaChat,
+    /// Ollama `/api/generate` (likewise).
+    OllamaGenerate,
+}
+
+/// `(model, method)` of a path ending `…/models/{model}:{method}` (Gemini, Vertex AI; the colon
+/// may come percent-encoded), query string ignored.
+pub fn model_method(path: &str) -> Option<(&str, &str)> {
+    let path = path.split('?').next().unwrap_or(path);
+    let at = path.rfind("/models/")?;
+    let rest = path.get(at + "/models/".len()..)?;
+    let (model, method) = rest
+        .split_once(':')
+        .or_else(|| rest.split_once("%3A"))
+        .or_else(|| rest.split_once("%3a"))?;
+    (!model.is_empty() && !model.contains('/')).then_some((model, method))
+}
+
+/// The model a path names: Gemini's and Vertex AI's `…/models/{model}:…`, Azure OpenAI's
+/// `/openai/deployments/{deployment}/…`.
+pub fn model_in_path(path: &str) -> Option<&str> {
+    if let Some((model, _)) = model_method(path) {
+        return Some(model);
+    }
+    let path = path.split('?').next().unwrap_or(path);
+    let at = path.find("/openai/deployments/")?;
+    let rest = path.get(at + "/openai/deployments/".len()..)?;
+    rest.split('/').next().filter(|d| !d.is_empty())
 }
 
 impl Api {
     /// The API of a request path (query string ignored), if it is one the mock serves.
     pub fn from_path(path: &str) -> Option<Api> {
+        if let Some((_, method)) = model_method(path) {
+            return match method {
+                "generateContent" => Some(Api::GeminiGenerate),
+                "streamGenerateContent" => Some(Api::GeminiStream),
+                "embedContent" => Some(Api::GeminiEmbed),
+                "countTokens" => Some(Api::GeminiCountTokens),
+                "rawPredict" | "streamRawPredict" if path.contains("/publishers/anthropic/") => {
+                    Some(Api::Messages)
+                }
+                _ => None,
+            };
+        }
         let path = path.split('?').next().unwrap_or(path);
         let path = path.strip_suffix('/').unwrap_or(path);
         if path.ends_with("/chat/completions") {
@@ -50,9 +99,52 @@ impl Api {
             Some(Api::Responses)
         } else if path.ends_with("/v1/messages") {
             Some(Api::Messages)
+        } else if path.ends_with("/api/chat") {
+            Some(Api::OllamaChat)
+        } else if path.ends_with("/api/generate") {
+            Some(Api::OllamaGenerate)
         } else {
             None
         }
+    }
+
+    /// The API named as tollgate's `llm.routes` names it (`x-mock-api`), for a path that does
+    /// not tell it (a custom prefix, a proxy path).
+    pub fn from_name(name: &str) -> Option<Api> {
+        Some(match name {
+            "openai_chat" => Api::Chat,
+            "openai_completions" => Api::Completions,
+            "openai_embeddings" => Api::Embeddings,
+            "openai_responses" => Api::Responses,
+            "anthropic_messages" => Api::Messages,
+            "gemini_generate" => Api::GeminiGenerate,
+            "gemini_stream" => Api::GeminiStream,
+            "gemini_embed" => Api::GeminiEmbed,
+            "ollama_chat" => Api::OllamaChat,
+            "ollama_generate" => Api::OllamaGenerate,
+            _ => return None,
+        })
+    }
+
+    /// A Gemini API (Gemini or Vertex AI): its error format and its `usageMetadata`.
+    pub fn is_gemini(self) -> bool {
+        matches!(
+            self,
+            Api::GeminiGenerate | Api::GeminiStream | Api::GeminiEmbed | Api::GeminiCountTokens
+        )
+    }
+
+    /// Ollama's native API: its `{"error": "…"}` and its counts.
+    pub fn is_ollama(self) -> bool {
+        matches!(self, Api::OllamaChat | Api::OllamaGenerate)
+    }
+
+    /// An API whose answer has no output tokens.
+    fn input_only(self) -> bool {
+        matches!(
+            self,
+            Api::Embeddings | Api::GeminiEmbed | Api::GeminiCountTokens
+        )
     }
 }
 
@@ -61,10 +153,14 @@ impl Api {
 pub struct Scenario {
     /// The API.
     pub api: Api,
-    /// `model` from the body (`"mock"` when absent or not a string).
+    /// The model the path names (Gemini, Vertex AI, an Azure deployment), else `model` from
+    /// the body (`"mock"` when absent or not a string).
     pub model: String,
-    /// `stream: true` (never for embeddings).
+    /// The answer streams: `stream: true` (never for embeddings), `:streamGenerateContent`,
+    /// `:streamRawPredict`, Ollama unless `"stream": false`.
     pub stream: bool,
+    /// A Gemini stream asked for SSE (`alt=sse`); without it, a streamed JSON array.
+    pub sse: bool,
     /// `stream_options.include_usage: true`.
     pub include_usage: bool,
     /// Prompt (input) tokens to report.
@@ -203,10 +299,28 @@ impl Scenario {
         if chunk_bytes == Some(0) {
             return Err(BadRequest("x-mock-chunk-bytes must be at least 1".into()));
         }
+        let path = request.path();
+        let stream = match api {
+            Api::GeminiStream => true,
+            Api::OllamaChat | Api::OllamaGenerate => body.stream != Some(false),
+            Api::Messages if model_method(path).is_some_and(|(_, m)| m == "streamRawPredict") => {
+                true
+            }
+            _ if api.input_only() || api == Api::GeminiGenerate => false,
+            _ => body.stream == Some(true),
+        };
+        let sse = request
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
         Ok(Scenario {
             api,
-            model: body.model.unwrap_or_else(|| "mock".into()),
-            stream: api != Api::Embeddings && body.stream == Some(true),
+            model: model_in_path(path)
+                .map(str::to_owned)
+                .or(body.model)
+                .unwrap_or_else(|| "mock".into()),
+            stream,
+            sse,
             include_usage: body.stream_options.and_then(|o| o.include_usage) == Some(true),
             prompt_tokens: number(request, "x-mock-prompt-tokens")?
                 .unwrap_or(DEFAULT_PROMPT_TOKENS),
@@ -234,7 +348,7 @@ impl Scenario {
 
     /// Output tokens the API reports (embeddings have none).
     pub fn output_tokens(&self) -> u64 {
-        if self.api == Api::Embeddings {
+        if self.api.input_only() {
             0
         } else {
             self.completion_tokens

@@ -53,6 +53,18 @@ pub enum Usage {
         cache_read_input_tokens: u64,
         output_tokens: u64,
     },
+    /// Gemini's `usageMetadata` (the Gemini API and Vertex AI).
+    #[serde(rename_all = "camelCase")]
+    Gemini {
+        prompt_token_count: u64,
+        candidates_token_count: u64,
+        total_token_count: u64,
+    },
+    /// Ollama's counts (top-level members of its final object).
+    Ollama {
+        prompt_eval_count: u64,
+        eval_count: u64,
+    },
 }
 
 /// Chat's `prompt_tokens_details`.
@@ -118,6 +130,24 @@ impl Usage {
                 cache_read_input_tokens: 0,
                 output_tokens: c,
             },
+            Api::GeminiGenerate | Api::GeminiStream | Api::GeminiEmbed | Api::GeminiCountTokens => {
+                Usage::gemini(p, c)
+            }
+            Api::OllamaChat | Api::OllamaGenerate => Usage::Ollama {
+                prompt_eval_count: p,
+                eval_count: c,
+            },
+        }
+    }
+}
+
+impl Usage {
+    /// Gemini's `usageMetadata` of `prompt` in and `candidates` out.
+    pub fn gemini(prompt: u64, candidates: u64) -> Usage {
+        Usage::Gemini {
+            prompt_token_count: prompt,
+            candidates_token_count: candidates,
+            total_token_count: prompt.saturating_add(candidates),
         }
     }
 }

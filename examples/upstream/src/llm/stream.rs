@@ -22,6 +22,7 @@ use super::schema::{
     WithItem, WithPart, WithResponse, WithText, CREATED,
 };
 use super::text::{completion_text, deltas};
+use super::{google, ollama};
 
 /// Anthropic's keep-alive event, as Anthropic sends it (with the space).
 const PING: &str = r#"{"type": "ping"}"#;
@@ -41,7 +42,8 @@ pub struct Event {
 }
 
 impl Event {
-    fn data(data: Vec<u8>) -> Event {
+    /// An unnamed event of `data`.
+    pub(super) fn data(data: Vec<u8>) -> Event {
         Event {
             name: None,
             data,
@@ -57,23 +59,82 @@ impl Event {
         }
     }
 
-    fn with_usage(mut self) -> Event {
+    /// Marks the event as carrying the stream's final usage.
+    pub(super) fn with_usage(mut self) -> Event {
         self.carries_usage = true;
         self
     }
 
-    /// The event on the wire, blank line included.
+    /// The event on the wire as SSE, blank line included.
     pub fn to_wire(&self) -> Vec<u8> {
+        self.framed(Framing::Sse, 0)
+    }
+
+    /// The event on the wire as `framing` frames it, `index` being its place in the stream;
+    /// what ends it is in the piece (the blank line, the newline; a JSON array's separator comes
+    /// before the next element).
+    pub fn framed(&self, framing: Framing, index: usize) -> Vec<u8> {
         let mut wire = Vec::with_capacity(self.data.len() + 32);
-        if let Some(name) = self.name {
-            wire.extend_from_slice(b"event: ");
-            wire.extend_from_slice(name.as_bytes());
-            wire.push(b'\n');
+        match framing {
+            Framing::Sse | Framing::SseCrlf => {
+                if let Some(name) = self.name {
+                    wire.extend_from_slice(b"event: ");
+                    wire.extend_from_slice(name.as_bytes());
+                    wire.push(b'\n');
+                }
+                wire.extend_from_slice(b"data: ");
+                wire.extend_from_slice(&self.data);
+                wire.extend_from_slice(if framing == Framing::Sse {
+                    b"\n\n"
+                } else {
+                    b"\r\n\r\n"
+                });
+            }
+            Framing::Ndjson => {
+                wire.extend_from_slice(&self.data);
+                wire.push(b'\n');
+            }
+            Framing::JsonArray => {
+                wire.extend_from_slice(if index == 0 { b"[" } else { b"\n,\r\n" });
+                wire.extend_from_slice(&self.data);
+            }
         }
-        wire.extend_from_slice(b"data: ");
-        wire.extend_from_slice(&self.data);
-        wire.extend_from_slice(b"\n\n");
         wire
+    }
+}
+
+/// How a stream is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Server-Sent Events, `\n\n` after each (OpenAI, Anthropic).
+    Sse,
+    /// Server-Sent Events, `\r\n\r\n` after each (Gemini with `alt=sse`).
+    SseCrlf,
+    /// One JSON object a line (Ollama).
+    Ndjson,
+    /// One JSON array, an element per write (Gemini without `alt=sse`).
+    JsonArray,
+}
+
+impl Framing {
+    /// How `s`'s answer streams.
+    pub fn of(s: &Scenario) -> Framing {
+        match s.api {
+            Api::OllamaChat | Api::OllamaGenerate => Framing::Ndjson,
+            Api::GeminiStream if s.sse => Framing::SseCrlf,
+            Api::GeminiStream => Framing::JsonArray,
+            _ => Framing::Sse,
+        }
+    }
+
+    /// The `content-type` the provider sends with it.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Framing::Sse => "text/event-stream; charset=utf-8",
+            Framing::SseCrlf => "text/event-stream",
+            Framing::Ndjson => "application/x-ndjson",
+            Framing::JsonArray => "application/json; charset=UTF-8",
+        }
     }
 }
 
@@ -345,6 +406,10 @@ pub fn stream_events(s: &Scenario) -> Vec<Event> {
         Api::Completions | Api::Embeddings => completions_events(s, &text),
         Api::Responses => responses_events(s, &text),
         Api::Messages => messages_events(s, &text),
+        Api::GeminiGenerate | Api::GeminiStream | Api::GeminiEmbed | Api::GeminiCountTokens => {
+            google::events(s, &text)
+        }
+        Api::OllamaChat | Api::OllamaGenerate => ollama::events(s, &text),
     };
     if s.malformed {
         for e in events.iter_mut().filter(|e| e.data != DONE.as_bytes()) {
@@ -368,13 +433,27 @@ pub fn stream_events(s: &Scenario) -> Vec<Event> {
 /// brace, no blank line).
 pub fn stream_pieces(s: &Scenario) -> Vec<Bytes> {
     let events = stream_events(s);
-    let mut pieces: Vec<Vec<u8>> = events.iter().map(Event::to_wire).collect();
+    let framing = Framing::of(s);
+    let mut pieces: Vec<Vec<u8>> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.framed(framing, i))
+        .collect();
     if s.truncated_event {
         if let (Some(piece), Some(event)) = (pieces.last_mut(), events.last()) {
-            // The piece is its head, the data, and "\n\n": keep the head and half the data.
-            let head = piece.len().saturating_sub(event.data.len() + 2);
+            // The data ends the piece but for what frames it after: keep what comes before the
+            // data and half the data.
+            let after = match framing {
+                Framing::Sse => 2,
+                Framing::SseCrlf => 4,
+                Framing::Ndjson => 1,
+                Framing::JsonArray => 0,
+            };
+            let head = piece.len().saturating_sub(event.data.len() + after);
             piece.truncate(head + event.data.len() / 2);
         }
+    } else if framing == Framing::JsonArray {
+        pieces.push(b"\n]".to_vec());
     }
     match s.chunk_bytes {
         Some(n) => pieces

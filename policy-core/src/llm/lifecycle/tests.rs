@@ -1115,3 +1115,107 @@ fn a_model_named_only_in_the_path_meets_its_budget_whichever_api_names_it() {
         }
     }
 }
+
+#[test]
+fn a_model_budget_cannot_be_escaped_through_another_apis_path() {
+    // One budget per model, each naming the model as the APIs do: aliases, a prefix, a mapped
+    // Azure deployment, Vertex AI's `@` snapshots and its OpenAI endpoint's `google/` names.
+    let json = r#"{"tiers":[{"name":"free","identity":{"header":"x-user-id"},
+        "tokens":[{"tokens":100000,"per":"minute"},
+                  {"tokens":50,"per":"minute","name":"gpt4o","model":["gpt-4o","gpt-4o-2024-08-06"]},
+                  {"tokens":50,"per":"minute","name":"sonnet","model":{"prefix":"claude-3-5-sonnet"}},
+                  {"tokens":50,"per":"minute","name":"pro",
+                   "model":["gemini-1.5-pro",{"prefix":"gemini-1.5-pro-0"},"google/gemini-1.5-pro-002"]}]}],
+        "llm":{"mode":"reserve","deployments":{"prod-chat":"gpt-4o-2024-08-06"}}}"#;
+    let p = Policy::from_json(json.as_bytes()).unwrap();
+    let llm = p.llm().unwrap();
+    let mut store = Flaky::default();
+    p.init_store(&mut store.inner).unwrap();
+    let mut d = Drive::new(&p, store);
+    // Empties the three 50-token budgets (a call of unknown model counts against every budget).
+    d.spend(50);
+    let gemini = br#"{"contents":[{"parts":[{"text":"hi"}]}]}"#.to_vec();
+    let claude = br#"{"anthropic_version":"vertex-2023-10-16","max_tokens":10,"messages":[]}"#;
+    let chat = |model: &str| format!(r#"{{"model":"{model}","messages":[]}}"#).into_bytes();
+    let vertex = "/v1/projects/p/locations/us-east5/publishers";
+    for (path, body, refused_by) in [
+        ("/v1/chat/completions", chat("gpt-4o"), Some("gpt4o")),
+        (
+            "/v1/chat/completions",
+            chat("gpt-4o-2024-11-20"),
+            Some("gpt4o"),
+        ),
+        ("/v1/responses", chat("gpt-4o-2024-08-06"), Some("gpt4o")),
+        (
+            "/openai/deployments/prod-chat/chat/completions?api-version=2024-10-21",
+            br#"{"messages":[]}"#.to_vec(),
+            Some("gpt4o"),
+        ),
+        (
+            "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+            br#"{"messages":[]}"#.to_vec(),
+            Some("gpt4o"),
+        ),
+        ("/openai/v1/chat/completions", chat("gpt-4o"), Some("gpt4o")),
+        (
+            "/v1/messages",
+            chat("claude-3-5-sonnet-20241022"),
+            Some("sonnet"),
+        ),
+        (
+            &format!("{vertex}/anthropic/models/claude-3-5-sonnet-v2@20241022:rawPredict"),
+            claude.to_vec(),
+            Some("sonnet"),
+        ),
+        (
+            &format!("{vertex}/anthropic/models/claude-3-5-sonnet@20240620:streamRawPredict"),
+            claude.to_vec(),
+            Some("sonnet"),
+        ),
+        (
+            "/v1beta/models/gemini-1.5-pro:generateContent",
+            gemini.clone(),
+            Some("pro"),
+        ),
+        (
+            &format!("{vertex}/google/models/gemini-1.5-pro-002:streamGenerateContent"),
+            gemini.clone(),
+            Some("pro"),
+        ),
+        (
+            "/v1beta/models/gemini-1.5-pro-001:generateContent",
+            gemini.clone(),
+            Some("pro"),
+        ),
+        (
+            "/v1/projects/p/locations/l/endpoints/openapi/chat/completions",
+            chat("google/gemini-1.5-pro-002"),
+            Some("pro"),
+        ),
+        // Other models still pass.
+        ("/v1/chat/completions", chat("gpt-4o-mini"), None),
+        ("/v1/messages", chat("claude-3-opus-20240229"), None),
+        (
+            "/v1beta/models/gemini-1.5-flash-002:generateContent",
+            gemini.clone(),
+            None,
+        ),
+    ] {
+        let api = llm.api_of(path);
+        assert_ne!(api, ApiKind::Unknown, "{path}");
+        let mut c = call(api).with_path_model(llm.model_in_path(path));
+        let _ = d.headers(&mut c, len(&body), false);
+        let step = d.body(&mut c, &body, true);
+        match refused_by {
+            Some(name) => {
+                assert_eq!(step.verdict, Verdict::Refuse(Refusal::Denied), "{path}");
+                let denial = c.denial_body(&p.tiers()[0]);
+                assert!(
+                    denial.contains(&format!("(policy {name})")),
+                    "{path}: {denial}"
+                );
+            }
+            None => assert_eq!(step.verdict, Verdict::Continue, "{path}: {step:?}"),
+        }
+    }
+}

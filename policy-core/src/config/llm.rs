@@ -12,7 +12,7 @@ use super::json::{array, boolean, positive, string, Obj};
 use super::{rate, rates_tag, MAX_LIMITS};
 use crate::bucket::MAX_AMOUNT;
 use crate::budget::{
-    base_model, Budget, LlmSettings, Mode, ModelScope, OnIncomplete, OnMissingUsage,
+    base_model, Budget, LlmSettings, Meter, Mode, ModelScope, OnIncomplete, OnMissingUsage,
 };
 use crate::identity::IdentitySource;
 use crate::llm::cost::{Cost, CostSpec};
@@ -78,6 +78,12 @@ pub(super) fn parse_budgets(
     let mut budgets: Vec<Budget> = Vec::with_capacity(raw.len());
     for (i, b) in raw.iter().enumerate() {
         let bpath = format!("{path}[{i}]");
+        // A spend budget is a token budget whose cells are micro-units (config/price.rs).
+        let spend = super::price::spend_as_tokens(b, &bpath)?;
+        let (b, meter) = match &spend {
+            Some(v) => (v, Meter::Spend),
+            None => (b, Meter::Tokens),
+        };
         let (rate, explicit, per) = rate(b, &bpath, "tokens", BUDGET_FIELDS)?;
         let o = Obj::new(b, &bpath, BUDGET_FIELDS)?;
         let scope = match o.opt("model") {
@@ -94,7 +100,11 @@ pub(super) fn parse_budgets(
                 ModelScope::Each => String::from("-each-model"),
                 ModelScope::Only(m) => format!("-{}", sanitize(m)),
             };
-            let full = format!("{tier}-tokens{model}-{per}");
+            let unit = match meter {
+                Meter::Tokens => "tokens",
+                Meter::Spend => "spend",
+            };
+            let full = format!("{tier}-{unit}{model}-{per}");
             sanitize(&full)
         });
         if budgets.iter().any(|x| x.name == bname) {
@@ -113,6 +123,8 @@ pub(super) fn parse_budgets(
         );
         budgets.push(Budget {
             name: bname,
+            meter,
+            currency: String::new(),
             scope,
             rate,
             table,

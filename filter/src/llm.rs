@@ -10,6 +10,7 @@
 use std::cell::OnceCell;
 use std::rc::Rc;
 
+use policy_core::budget::Amount;
 use policy_core::global::descriptor::{BucketKey, TableId};
 use policy_core::llm::lifecycle::{
     Count, Env, Refusal, RequestStep, ResponseHead, ResponseStep, Settlement, Verdict,
@@ -20,7 +21,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 
 use crate::host;
 use crate::http::Stream;
-use crate::metrics::Event;
+use crate::metrics::{Event, ModelStat};
 use crate::reply;
 use crate::shared::SharedData;
 
@@ -211,6 +212,11 @@ impl Stream {
             Refusal::Contended => reply::contended(self.grpc),
             Refusal::Unavailable => reply::unavailable(self.grpc),
             Refusal::BadBody(error) => reply::bad_request(self.grpc, &error.to_string()),
+            Refusal::Unpriced(model) => {
+                if let Some(call) = self.llm.as_ref() {
+                    reply::unpriced(self.grpc, &call.unpriced_body(&model));
+                }
+            }
         }
     }
 
@@ -251,15 +257,24 @@ impl Stream {
         let Settlement {
             reserved,
             charged,
+            spent,
             landed,
         } = settlement;
-        let global_tier = self.tier(call.tier).is_some_and(|t| t.global);
-        if let (Some(global), true) = (&self.plugin.global, global_tier) {
+        let tier = self.tier(call.tier);
+        let global_tier = tier.is_some_and(|t| t.global);
+        if let (Some(global), Some(tier), true) = (&self.plugin.global, tier, global_tier) {
             // Global mode records the real charge, once per budget the call held (also when
-            // the local write failed: the tokens were spent all the same).
+            // the local write failed: the tokens were spent all the same), each in its unit.
+            let amount = Amount {
+                tokens: charged,
+                spend: spent,
+            };
             for &(budget, slot) in call.settled_budgets() {
+                let Some(meter) = tier.budgets.get(budget).map(|b| b.meter) else {
+                    continue;
+                };
                 if let Ok(table) = u8::try_from(budget).map(TableId::Budget) {
-                    global.record(BucketKey::new(call.tier, table, slot), charged);
+                    global.record(BucketKey::new(call.tier, table, slot), amount.of(meter));
                 }
             }
         }
@@ -269,18 +284,27 @@ impl Stream {
             return;
         }
         metrics.add(call.tier, Event::TokensCharged, charged);
+        let prices = self.plugin.policy.prices();
+        if prices.is_some() {
+            metrics.add(call.tier, Event::SpendCharged, spent);
+        }
         metrics.add(
             call.tier,
             Event::TokensRefunded,
             reserved.saturating_sub(charged),
         );
         if let Some(model) = call.model() {
-            metrics.add_model(call.tier, model, charged);
+            metrics.add_model(call.tier, model, ModelStat::TokensCharged, charged);
+            if prices.is_some() {
+                metrics.add_model(call.tier, model, ModelStat::SpendCharged, spent);
+            }
         }
         if let Some(record) = &self.record {
-            record
-                .with_tokens(call.model(), reserved, charged)
-                .publish();
+            let mut record = record.with_tokens(call.model(), reserved, charged);
+            if let Some(table) = prices {
+                record = record.with_spend(spent, &table.currency);
+            }
+            record.publish();
         }
     }
 

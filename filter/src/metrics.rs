@@ -3,7 +3,8 @@
 //! Incrementing an Envoy stat is a host call; doing it once a second per worker instead of once
 //! per request keeps the request path to the calls it cannot avoid. Envoy shows them as
 //! `wasmcustom.tollgate.<tier>.<counter>` (Prometheus: `tollgate_<tier>_<counter>`),
-//! and per model as `wasmcustom.tollgate.<tier>.model.<model>.tokens_charged`.
+//! and per model as `wasmcustom.tollgate.<tier>.model.<model>.tokens_charged` (and
+//! `.spend_charged`, in micro-units of the price table's currency, with a price table).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -64,6 +65,9 @@ tier_counters! {
     TokensReserved => "tokens_reserved",
     /// LLM tokens given back when usage was below the reservation.
     TokensRefunded => "tokens_refunded",
+    /// Money charged to LLM calls (with a price table), in micro-units of its currency
+    /// (1,000,000 = one unit), once the charge is written to the store.
+    SpendCharged => "spend_charged",
     /// A request of a global-strict tier checked with the rate limit service (strict mode).
     GlobalChecks => "global_checks",
     /// A request the rate limit service refused (`OVER_LIMIT`; also counted in `denied`).
@@ -79,8 +83,26 @@ pub struct Metrics {
     tiers: Vec<String>,
     ids: Vec<[Option<u32>; Event::COUNT]>,
     pending: Vec<[Cell<u64>; Event::COUNT]>,
-    /// Per (tier, model): metric id and pending tokens. Models appear at run time.
-    models: RefCell<BTreeMap<(usize, String), ModelCounter>>,
+    /// Per (tier, model, stat): metric id and pending amount. Models appear at run time.
+    models: RefCell<BTreeMap<(usize, String, ModelStat), ModelCounter>>,
+}
+
+/// What a per-model counter counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ModelStat {
+    /// Tokens charged (`tokens_charged`).
+    TokensCharged,
+    /// Money charged, in micro-units (`spend_charged`).
+    SpendCharged,
+}
+
+impl ModelStat {
+    fn stat(self) -> &'static str {
+        match self {
+            ModelStat::TokensCharged => "tokens_charged",
+            ModelStat::SpendCharged => "spend_charged",
+        }
+    }
 }
 
 /// A per-model counter: its Envoy metric id once defined, and the tokens not yet flushed.
@@ -138,10 +160,10 @@ impl Metrics {
         }
     }
 
-    /// Counts tokens charged for a model, up to [`MAX_MODELS`] distinct models.
-    pub fn add_model(&self, tier: usize, model: &str, n: u64) {
+    /// Counts tokens (or money) charged for a model, up to [`MAX_MODELS`] counters.
+    pub fn add_model(&self, tier: usize, model: &str, stat: ModelStat, n: u64) {
         let mut models = self.models.borrow_mut();
-        let key = (tier, stat_safe(model));
+        let key = (tier, stat_safe(model), stat);
         if let Some(entry) = models.get_mut(&key) {
             entry.1 = entry.1.saturating_add(n);
         } else if models.len() < MAX_MODELS {
@@ -159,13 +181,13 @@ impl Metrics {
                 }
             }
         }
-        for ((tier, model), (id, n)) in self.models.borrow_mut().iter_mut() {
+        for ((tier, model, stat), (id, n)) in self.models.borrow_mut().iter_mut() {
             if *n == 0 {
                 continue;
             }
             if id.is_none() {
                 let tier_name = self.tiers.get(*tier).map_or("unknown", String::as_str);
-                let name = format!("tollgate.{tier_name}.model.{model}.tokens_charged");
+                let name = format!("tollgate.{tier_name}.model.{model}.{}", stat.stat());
                 *id = host::define_metric(MetricType::Counter, &name).ok();
             }
             if let Some(id) = id {

@@ -44,6 +44,8 @@ pub struct Record {
     cost: u64,
     /// An LLM call's model, tokens reserved and charged, once settled.
     tokens: Option<(String, u64, u64)>,
+    /// What it was charged in money (micro-units) and the currency, with a price table.
+    spend: Option<(u64, String)>,
 }
 
 impl Record {
@@ -55,6 +57,7 @@ impl Record {
             verdict,
             cost,
             tokens: None,
+            spend: None,
         }
     }
 
@@ -86,6 +89,15 @@ impl Record {
         }
     }
 
+    /// The same record with the call's charge in money: `spend=0.000660 currency=USD` (six
+    /// decimals, exact; the currency code is the price table's, `[A-Z]` only).
+    pub fn with_spend(&self, micros: u64, currency: &str) -> Record {
+        Record {
+            spend: Some((micros, currency.to_owned())),
+            ..self.clone()
+        }
+    }
+
     /// The line as the access log prints it.
     pub fn line(&self) -> String {
         let mut text = format!(
@@ -97,6 +109,11 @@ impl Record {
         );
         if let Some((model, reserved, charged)) = &self.tokens {
             let _ = write!(text, " model={model} reserved={reserved} charged={charged}");
+        }
+        if let Some((micros, currency)) = &self.spend {
+            text.push_str(" spend=");
+            policy_core::llm::price::push_money(&mut text, *micros);
+            let _ = write!(text, " currency={currency}");
         }
         text
     }
@@ -123,6 +140,13 @@ mod tests {
         assert_eq!(
             r.line(),
             "tier=llm scope=0000000000000001 decision=allowed cost=1 model=gpt_4_o reserved=300 charged=42"
+        );
+        let r = r.with_spend(660, "USD");
+        assert!(
+            r.line()
+                .ends_with(" charged=42 spend=0.000660 currency=USD"),
+            "{}",
+            r.line()
         );
     }
 }

@@ -144,6 +144,19 @@ pub fn bad_request(grpc: bool, message: &str) {
     );
 }
 
+/// 400 for an LLM call whose model the price table does not price (and refuses unpriced
+/// models) while a spend budget applies: `body` is in the API's own error format.
+pub fn unpriced(grpc: bool, body: &str) {
+    send(
+        grpc,
+        400,
+        GrpcStatusCode::InvalidArgument,
+        Vec::new(),
+        body,
+        "the model has no price in the gateway's price table",
+    );
+}
+
 /// 503 when the state store failed and the policy says to refuse.
 pub fn unavailable(grpc: bool) {
     let body =

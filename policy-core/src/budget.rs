@@ -91,11 +91,64 @@ pub fn base_model(model: &str) -> &str {
     model
 }
 
-/// One token budget of a tier.
+/// What a budget's cells are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Meter {
+    /// Tokens, as `llm.count` counts them.
+    Tokens,
+    /// Micro-units of the price table's currency ([`crate::llm::price`]).
+    Spend,
+}
+
+/// What one call asks of (or is charged to) a budget, in each unit a budget may count: the
+/// lifecycle computes both from the same usage (or estimate), and each budget takes its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Amount {
+    /// Tokens (`llm.count`).
+    pub tokens: u64,
+    /// Micro-units of the currency.
+    pub spend: u64,
+}
+
+impl Amount {
+    /// No tokens and no money.
+    pub const ZERO: Amount = Amount {
+        tokens: 0,
+        spend: 0,
+    };
+
+    /// `tokens` tokens and no money: for a policy without spend budgets.
+    pub fn tokens(tokens: u64) -> Amount {
+        Amount { tokens, spend: 0 }
+    }
+
+    /// The same `n` in every unit: for an ask aimed at one budget only.
+    pub fn each(n: u64) -> Amount {
+        Amount {
+            tokens: n,
+            spend: n,
+        }
+    }
+
+    /// The part a budget counting `meter` takes.
+    pub fn of(&self, meter: Meter) -> u64 {
+        match meter {
+            Meter::Tokens => self.tokens,
+            Meter::Spend => self.spend,
+        }
+    }
+}
+
+/// One token or spend budget of a tier.
 #[derive(Debug)]
 pub struct Budget {
     /// The quota policy's name in `RateLimit-Policy`.
     pub name: String,
+    /// Whether its cells are tokens or money.
+    pub meter: Meter,
+    /// A spend budget's currency code (the price table's), shown beside its amounts; empty
+    /// for a token budget.
+    pub currency: String,
     /// Which models it counts.
     pub scope: ModelScope,
     /// Tokens per period.
@@ -203,15 +256,16 @@ impl LlmSettings {
 /// How much a reservation asks of a budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ask {
-    /// This estimate (capped at the burst, see [`Budget::admit`]).
-    Tokens(u64),
+    /// This estimate, each budget in its own unit (capped at the burst, see
+    /// [`Budget::admit`]).
+    Tokens(Amount),
     /// Everything the budget has left, and at least `at_least`: for a call whose input is stored
     /// upstream (`previous_response_id`, `conversation`), which nothing in the request bounds.
     /// Such calls of one caller then run one at a time, so together they overshoot the budget
     /// by at most one call's usage beyond what was left, instead of each by its own.
     AllLeft {
         /// The estimate from what the request itself shows.
-        at_least: u64,
+        at_least: Amount,
     },
 }
 
@@ -304,8 +358,12 @@ impl Budget {
         let decide = |s: &[Tat], _: Placement| {
             let tat = s.first().copied().unwrap_or_default();
             let take = match ask {
-                Ask::Tokens(estimate) => estimate,
-                Ask::AllLeft { at_least } => self.rate.peek(tat, now).remaining.max(at_least),
+                Ask::Tokens(estimate) => estimate.of(self.meter),
+                Ask::AllLeft { at_least } => self
+                    .rate
+                    .peek(tat, now)
+                    .remaining
+                    .max(at_least.of(self.meter)),
             }
             .min(self.rate.burst());
             match mode {
@@ -471,9 +529,10 @@ mod tests {
     fn call(p: &Policy, s: &mut MemoryStore, model: &str, estimate: u64, used: u64) -> bool {
         let id = identity(p, s, "alice");
         let tier = &p.tiers()[0];
-        match p.admit_tokens(tier, &id, Some(model), estimate, T0, s) {
+        match p.admit_tokens(tier, &id, Some(model), Amount::tokens(estimate), T0, s) {
             TokenOutcome::Admitted { reservation, .. } => {
-                p.settle_tokens(tier, &reservation, used, T0, s).unwrap();
+                p.settle_tokens(tier, &reservation, Amount::tokens(used), T0, s)
+                    .unwrap();
                 true
             }
             TokenOutcome::Denied { .. } => false,
@@ -511,7 +570,7 @@ mod tests {
         for i in 0..10 {
             let model = format!("m{i}");
             if let TokenOutcome::Admitted { reservation, .. } =
-                p.admit_tokens(tier, &id, Some(&model), 300, T0, &mut s)
+                p.admit_tokens(tier, &id, Some(&model), Amount::tokens(300), T0, &mut s)
             {
                 held.push(reservation);
             }
@@ -519,7 +578,10 @@ mod tests {
         assert_eq!(held.len(), 3, "all ten are in flight before any settles");
         let mut last = None;
         for r in &held {
-            last = Some(p.settle_tokens(tier, r, 250, T0, &mut s).unwrap());
+            last = Some(
+                p.settle_tokens(tier, r, Amount::tokens(250), T0, &mut s)
+                    .unwrap(),
+            );
         }
         // 3 × 250 charged: the shared 1000-token budget shows 250 left.
         let d = last.unwrap();
@@ -727,7 +789,8 @@ mod tests {
 
     fn peek(p: &Policy, s: &mut MemoryStore, cost: u64) -> Option<Decision> {
         let id = identity(p, s, "alice");
-        p.peek_tokens(&p.tiers()[0], &id, cost, T0, s).unwrap()
+        p.peek_tokens(&p.tiers()[0], &id, Amount::tokens(cost), T0, s)
+            .unwrap()
     }
 
     #[test]
@@ -767,7 +830,9 @@ mod tests {
         let (p, mut s) = policy("reserve");
         let id = identity(&p, &mut s, "alice");
         let tier = &p.tiers()[0];
-        let ask = Ask::AllLeft { at_least: 100 };
+        let ask = Ask::AllLeft {
+            at_least: Amount::tokens(100),
+        };
         let admit = |s: &mut MemoryStore| {
             p.admit_tokens_where(tier, &id, Some("m"), ask, T0, s, |i, _| i == 0)
         };
@@ -776,7 +841,7 @@ mod tests {
         };
         assert_eq!(reservation.holds[0].reserved, 1000, "all that was left");
         assert!(matches!(admit(&mut s), TokenOutcome::Denied { .. }));
-        p.settle_tokens(tier, &reservation, 300, T0, &mut s)
+        p.settle_tokens(tier, &reservation, Amount::tokens(300), T0, &mut s)
             .unwrap();
         let TokenOutcome::Admitted { reservation, .. } = admit(&mut s) else {
             panic!("admitted again once settled");

@@ -13,9 +13,11 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::budget::Meter;
 use crate::decimal::{number, push_padded, push_u64};
 use crate::decision::Decision;
 use crate::llm::cost::Cost;
+use crate::llm::price::money;
 use crate::tier::Tier;
 use crate::time::Nanos;
 
@@ -151,11 +153,33 @@ pub fn go_duration(n: Nanos) -> String {
     out
 }
 
+/// The part of a budget decision about the budgets counting `meter` (`None`: none of them
+/// decided), with its own decisive budget: tokens and money are never compared.
+pub fn of_meter(tier: &Tier, d: &Decision, meter: Meter) -> Option<Decision> {
+    let (applied, limits): (Vec<usize>, Vec<_>) = d
+        .applied
+        .iter()
+        .zip(&d.limits)
+        .filter(|(i, _)| tier.budgets.get(**i).is_some_and(|b| b.meter == meter))
+        .map(|(i, s)| (*i, *s))
+        .unzip();
+    if applied.len() == d.applied.len() && meter == Meter::Tokens {
+        return Some(d.clone()); // the usual case: token budgets only
+    }
+    (!limits.is_empty()).then(|| Decision::from_limits(limits).with_applied(applied))
+}
+
 /// The headers of an LLM response: OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
 /// (what the SDKs read), and the IETF fields listing request limits and token budgets together.
-/// `requests` is the request-limit decision, `tokens` the token-budget one, either may be absent.
-pub fn llm_fields(tier: &Tier, requests: Option<&Decision>, tokens: Option<&Decision>) -> Fields {
+/// `requests` is the request-limit decision, `tokens` the budgets' one, either may be absent.
+/// Spend budgets have their own `x-ratelimit-{limit,remaining,reset}-spend`, amounts written
+/// with six decimals and the currency (`50.000000 USD`); they are not in the IETF fields, whose
+/// quotas are integers of one unit.
+pub fn llm_fields(tier: &Tier, requests: Option<&Decision>, budgets: Option<&Decision>) -> Fields {
     let mut out = Vec::with_capacity(10);
+    let tokens = budgets.and_then(|d| of_meter(tier, d, Meter::Tokens));
+    let tokens = tokens.as_ref();
+    let spend = budgets.and_then(|d| of_meter(tier, d, Meter::Spend));
     let req_entries = requests.into_iter().flat_map(|d| request_entries(tier, d));
     let tok_entries = tokens.into_iter().flat_map(|d| token_entries(tier, d));
     structured(req_entries.chain(tok_entries), &mut out);
@@ -177,7 +201,15 @@ pub fn llm_fields(tier: &Tier, requests: Option<&Decision>, tokens: Option<&Deci
         out.push(("x-ratelimit-remaining-tokens", number(s.remaining)));
         out.push(("x-ratelimit-reset-tokens", go_duration(s.reset_after)));
     }
-    if let Some(wait) = llm_retry_after(requests, tokens) {
+    if let Some(d) = spend {
+        let s = d.status();
+        let budget = d.applied.get(d.decisive).and_then(|i| tier.budgets.get(*i));
+        let (limit, currency) = budget.map_or((0, ""), |b| (b.rate.amount(), b.currency.as_str()));
+        out.push(("x-ratelimit-limit-spend", money(limit, currency)));
+        out.push(("x-ratelimit-remaining-spend", money(s.remaining, currency)));
+        out.push(("x-ratelimit-reset-spend", go_duration(s.reset_after)));
+    }
+    if let Some(wait) = llm_retry_after(requests, budgets) {
         out.push(("retry-after", number(wait.as_secs_ceil())));
         out.push(("retry-after-ms", number(wait.0.div_ceil(1_000_000))));
     }
@@ -370,6 +402,15 @@ pub fn llm_denial_body(
     tokens: Option<&Decision>,
 ) -> String {
     let token_denied = tokens.is_some_and(|d| !d.allowed);
+    if let Some((budget, s)) = tokens.filter(|d| !d.allowed).and_then(|d| {
+        let b = d
+            .applied
+            .get(d.decisive)
+            .and_then(|i| tier.budgets.get(*i))?;
+        (b.meter == Meter::Spend).then(|| (b, d.status()))
+    }) {
+        return spend_denial_body(style, tier, budget, s);
+    }
     let (what, policy, wait) = if token_denied {
         let d = tokens.map(|d| {
             (
@@ -404,23 +445,106 @@ pub fn llm_denial_body(
         T(&wait),
         T("."),
     ];
+    error_body(style, &message, Kind::RateLimit)
+}
+
+/// An LLM 429 from a spend budget: the budget, what is left of it and of how much, in its
+/// currency, and when it is full again, in the API's own error format.
+fn spend_denial_body(
+    style: ErrorStyle,
+    tier: &Tier,
+    budget: &crate::budget::Budget,
+    s: crate::decision::LimitStatus,
+) -> String {
+    let left = money(s.remaining, &budget.currency);
+    let limit = money(budget.rate.amount(), &budget.currency);
+    let wait = go_duration(s.retry_after);
+    let reset = go_duration(s.reset_after);
+    let message = [
+        T("Spend budget reached in tier "),
+        T(&tier.name),
+        T(" (policy "),
+        T(&budget.name),
+        T("): "),
+        T(&left),
+        T(" left of "),
+        T(&limit),
+        T(", full again in "),
+        T(&reset),
+        T(". Please try again in "),
+        T(&wait),
+        T("."),
+    ];
+    error_body(style, &message, Kind::RateLimit)
+}
+
+/// The body of the 400 refusing a call whose model the price table does not price (with
+/// `"unpriced": "refuse"`) while a spend budget applies to it, in the API's own error format.
+/// The model name comes from the client: only `[A-Za-z0-9._:/@-]` of it is written, the rest
+/// as `?`, so it needs no escaping.
+pub fn unpriced_body(style: ErrorStyle, model: &str) -> String {
+    let shown: String = model
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '@' | '-') {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let message = [
+        T("Model "),
+        T(&shown),
+        T(" has no price in this gateway's price table, and a spend budget applies to it: the gateway refuses models it cannot price."),
+    ];
+    error_body(style, &message, Kind::Unpriced)
+}
+
+/// Which error an LLM refusal is.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// 429.
+    RateLimit,
+    /// 400: the model has no price.
+    Unpriced,
+}
+
+fn error_body(style: ErrorStyle, message: &[Piece<'_>], kind: Kind) -> String {
+    let (openai, anthropic, gemini) = match kind {
+        Kind::RateLimit => (
+            "\",\"type\":\"rate_limit_exceeded\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}",
+            "rate_limit_error",
+            "\",\"status\":\"RESOURCE_EXHAUSTED\"}}",
+        ),
+        Kind::Unpriced => (
+            "\",\"type\":\"invalid_request_error\",\"param\":\"model\",\"code\":\"model_not_priced\"}}",
+            "invalid_request_error",
+            "\",\"status\":\"INVALID_ARGUMENT\"}}",
+        ),
+    };
+    let code = match kind {
+        Kind::RateLimit => "429",
+        Kind::Unpriced => "400",
+    };
     match style {
-        ErrorStyle::OpenAi => text(&[
-            &[T("{\"error\":{\"message\":\"")],
-            &message,
-            &[T("\",\"type\":\"rate_limit_exceeded\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}")],
-        ]),
+        ErrorStyle::OpenAi => text(&[&[T("{\"error\":{\"message\":\"")], message, &[T(openai)]]),
         ErrorStyle::Anthropic => text(&[
-            &[T("{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"")],
-            &message,
+            &[
+                T("{\"type\":\"error\",\"error\":{\"type\":\""),
+                T(anthropic),
+                T("\",\"message\":\""),
+            ],
+            message,
             &[T("\"}}")],
         ]),
         ErrorStyle::Gemini => text(&[
-            &[T("{\"error\":{\"code\":429,\"message\":\"")],
-            &message,
-            &[T("\",\"status\":\"RESOURCE_EXHAUSTED\"}}")],
+            &[T("{\"error\":{\"code\":"), T(code), T(",\"message\":\"")],
+            message,
+            &[T(gemini)],
         ]),
-        ErrorStyle::Ollama => text(&[&[T("{\"error\":\"")], &message, &[T("\"}")]]),
+        ErrorStyle::Ollama => text(&[&[T("{\"error\":\"")], message, &[T("\"}")]]),
     }
 }
 

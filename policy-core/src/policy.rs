@@ -3,11 +3,12 @@
 use alloc::vec::Vec;
 
 use crate::bucket::Tat;
-use crate::budget::{Ask, Budget, Hold, LlmSettings, Mode, ModelScope, Reservation};
+use crate::budget::{Amount, Ask, Budget, Hold, LlmSettings, Mode, ModelScope, Reservation};
 use crate::decision::{Decision, LimitStatus};
 use crate::global::GlobalSettings;
 use crate::hash::Seed;
 use crate::identity::IdentityError;
+use crate::llm::price::PriceTable;
 use crate::request::Attributes;
 use crate::store::{Store, StoreError};
 use crate::table::{Placement, Table, TableError, Update};
@@ -32,6 +33,7 @@ pub struct Policy {
     seed: Seed,
     llm: Option<LlmSettings>,
     global: Option<GlobalSettings>,
+    prices: Option<PriceTable>,
 }
 
 /// What the token budgets say about an LLM request.
@@ -104,7 +106,18 @@ impl Policy {
             seed,
             llm,
             global: None,
+            prices: None,
         }
+    }
+
+    pub(crate) fn with_prices(mut self, prices: Option<PriceTable>) -> Policy {
+        self.prices = prices;
+        self
+    }
+
+    /// The price table (`prices`), when the policy has one: what spend budgets charge.
+    pub fn prices(&self) -> Option<&PriceTable> {
+        self.prices.as_ref()
     }
 
     pub(crate) fn with_global(mut self, global: Option<GlobalSettings>) -> Policy {
@@ -143,7 +156,7 @@ impl Policy {
         tier: &Tier,
         identity: &[u8],
         model: Option<&str>,
-        estimate: u64,
+        estimate: Amount,
         now: Nanos,
         store: &mut S,
     ) -> TokenOutcome {
@@ -168,7 +181,7 @@ impl Policy {
     ) -> TokenOutcome {
         let mode = self.llm.as_ref().map_or(Mode::Reserve, |l| l.mode);
         let estimate = match ask {
-            Ask::Tokens(n) | Ask::AllLeft { at_least: n } => n,
+            Ask::Tokens(n) | Ask::AllLeft { at_least: n } => n.tokens,
         };
         let mut holds: Vec<Hold> = Vec::new();
         let mut statuses = Vec::new();
@@ -229,7 +242,7 @@ impl Policy {
         &self,
         tier: &Tier,
         identity: &[u8],
-        cost: u64,
+        cost: Amount,
         now: Nanos,
         store: &mut S,
     ) -> Result<Option<Decision>, TableError> {
@@ -241,7 +254,7 @@ impl Policy {
                 continue;
             }
             let slot = budget.slot(&self.seed, &tier.name, identity, None);
-            statuses.push(budget.peek(store, slot, mode, cost, now)?);
+            statuses.push(budget.peek(store, slot, mode, cost.of(budget.meter), now)?);
             applied.push(i);
         }
         if statuses.iter().all(|s| s.allowed) {
@@ -266,7 +279,7 @@ impl Policy {
         &self,
         tier: &Tier,
         reservation: &Reservation,
-        actual: u64,
+        actual: Amount,
         now: Nanos,
         store: &mut S,
     ) -> Result<Decision, TableError> {
@@ -274,7 +287,7 @@ impl Policy {
         let mut applied = Vec::with_capacity(reservation.holds.len());
         for hold in &reservation.holds {
             if let Some(budget) = tier.budgets.get(hold.budget) {
-                statuses.push(budget.settle(store, hold, actual, now)?);
+                statuses.push(budget.settle(store, hold, actual.of(budget.meter), now)?);
                 applied.push(hold.budget);
             }
         }

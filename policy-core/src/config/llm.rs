@@ -11,7 +11,7 @@ use super::error::{err, ConfigError, Reason};
 use super::json::{array, boolean, positive, string, Obj};
 use super::{rate, rates_tag, MAX_LIMITS};
 use crate::bucket::MAX_AMOUNT;
-use crate::budget::{Budget, LlmSettings, Mode, ModelScope, OnIncomplete, OnMissingUsage};
+use crate::budget::{Budget, LlmSettings, Meter, Mode, ModelScope, OnIncomplete, OnMissingUsage};
 use crate::identity::IdentitySource;
 use crate::llm::cost::{Cost, CostSpec};
 use crate::llm::request::MAX_MODEL_LEN;
@@ -77,6 +77,12 @@ pub(super) fn parse_budgets(
     let mut budgets: Vec<Budget> = Vec::with_capacity(raw.len());
     for (i, b) in raw.iter().enumerate() {
         let bpath = format!("{path}[{i}]");
+        // A spend budget is a token budget whose cells are micro-units (config/price.rs).
+        let spend = super::price::spend_as_tokens(b, &bpath)?;
+        let (b, meter) = match &spend {
+            Some(v) => (v, Meter::Spend),
+            None => (b, Meter::Tokens),
+        };
         let (rate, explicit, per) = rate(b, &bpath, "tokens", BUDGET_FIELDS)?;
         let o = Obj::new(b, &bpath, BUDGET_FIELDS)?;
         let scope = super::model::parse_model(o.opt("model"), &o.at("model"))?;
@@ -86,7 +92,11 @@ pub(super) fn parse_budgets(
                 ModelScope::Each => String::from("-each-model"),
                 ModelScope::Only(m) => format!("-{}", sanitize(&m.label())),
             };
-            let full = format!("{tier}-tokens{model}-{per}");
+            let unit = match meter {
+                Meter::Tokens => "tokens",
+                Meter::Spend => "spend",
+            };
+            let full = format!("{tier}-{unit}{model}-{per}");
             sanitize(&full)
         });
         if budgets.iter().any(|x| x.name == bname) {
@@ -105,6 +115,8 @@ pub(super) fn parse_budgets(
         );
         budgets.push(Budget {
             name: bname,
+            meter,
+            currency: String::new(),
             scope,
             rate,
             table,

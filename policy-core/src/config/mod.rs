@@ -17,6 +17,7 @@ mod global;
 mod json;
 mod llm;
 mod model;
+mod price;
 
 pub use error::{ConfigError, Reason};
 
@@ -98,6 +99,7 @@ const TOP_FIELDS: &[&str] = &[
     "llm",
     "global",
     "mode",
+    "prices",
 ];
 const TIER_FIELDS: &[&str] = &[
     "name",
@@ -251,13 +253,22 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
         }
         tiers.push(tier);
     }
+    let prices = top
+        .opt("prices")
+        .map(|v| price::parse_prices(v, &top.at("prices")))
+        .transpose()?;
+    price::check_spend(&mut tiers, &tiers_path, prices.as_ref())?;
     let any_budget = tiers.iter().any(|t| !t.budgets.is_empty());
     let llm = match llm {
         Some(l) => Some(l),
         None if any_budget => Some(default_llm()),
         None => None,
     };
-    Ok(Policy::new(tiers, on_store_failure, Seed::derive(secret), llm).with_global(global))
+    Ok(
+        Policy::new(tiers, on_store_failure, Seed::derive(secret), llm)
+            .with_global(global)
+            .with_prices(prices),
+    )
 }
 
 /// `"enforce"` or `"shadow"`.
@@ -738,7 +749,14 @@ mod tests {
         p.init_store(store).unwrap();
         let tier = p.tiers().iter().find(|t| !t.budgets.is_empty()).unwrap();
         let now = Nanos::from_secs(1_700_000_000);
-        match p.admit_tokens(tier, b"alice", Some("gpt-4o"), 100, now, store) {
+        match p.admit_tokens(
+            tier,
+            b"alice",
+            Some("gpt-4o"),
+            crate::budget::Amount::tokens(100),
+            now,
+            store,
+        ) {
             TokenOutcome::Admitted { decision, .. } => decision.limits[0].remaining,
             other => panic!("{other:?}"),
         }

@@ -46,7 +46,19 @@ pub fn stream_charge(
     on_incomplete: OnIncomplete,
     on_missing_usage: OnMissingUsage,
 ) -> u64 {
-    let received = cost.tokens(&seen.received);
+    stream_charge_by(seen, |u| cost.tokens(u), on_incomplete, on_missing_usage)
+}
+
+/// [`stream_charge`] in any unit: `meter` says what a usage costs in it (tokens by `llm.count`,
+/// money by a price), and `seen.estimate` is the estimate in the same unit. A spend budget is
+/// so charged by exactly the rule a token budget is.
+pub fn stream_charge_by(
+    seen: &StreamSeen,
+    meter: impl Fn(&Usage) -> u64,
+    on_incomplete: OnIncomplete,
+    on_missing_usage: OnMissingUsage,
+) -> u64 {
+    let received = meter(&seen.received);
     let cut = match on_incomplete {
         OnIncomplete::Received => received,
         OnIncomplete::Reservation => seen.estimate,
@@ -55,7 +67,7 @@ pub fn stream_charge(
         return cut;
     }
     match seen.reported {
-        Some(usage) if seen.completed => cost.tokens(&usage),
+        Some(usage) if seen.completed => meter(&usage),
         Some(_) => received.max(cut),
         None => {
             let missing = match on_missing_usage {

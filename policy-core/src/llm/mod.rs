@@ -29,13 +29,14 @@ mod json_array;
 mod json_text;
 pub mod lifecycle;
 mod ollama;
+pub mod price;
 pub mod request;
 pub mod rewrite;
 pub mod sse;
 pub mod usage;
 
 pub use added_usage::AddedUsageRemover;
-pub use charge::{stream_charge, StreamSeen};
+pub use charge::{stream_charge, stream_charge_by, StreamSeen};
 pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
 pub use lifecycle::LlmCall;

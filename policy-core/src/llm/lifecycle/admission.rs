@@ -14,7 +14,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::budget::{Ask, LlmSettings, ModelScope};
+use crate::budget::{Amount, Ask, LlmSettings, ModelScope};
 use crate::decision::Decision;
 use crate::policy::TokenOutcome;
 use crate::store::Store;
@@ -36,6 +36,8 @@ pub enum Admission {
     Contended,
     /// The store failed.
     StoreFailed,
+    /// The model has no price and the price table refuses unpriced models.
+    Unpriced,
 }
 
 impl LlmCall {
@@ -62,6 +64,13 @@ impl LlmCall {
             Admission::Denied => (Verdict::Refuse(Refusal::Denied), Some(Count::Denied)),
             Admission::Contended => (Verdict::Refuse(Refusal::Contended), Some(Count::Contended)),
             Admission::StoreFailed => (LlmCall::store_failed(policy), Some(Count::StoreFailure)),
+            Admission::Unpriced => {
+                let model = self.unpriced_model.take().unwrap_or_default();
+                (
+                    Verdict::Refuse(Refusal::Unpriced(model)),
+                    Some(Count::Denied),
+                )
+            }
         };
         if admission == Admission::StoreFailed && verdict == Verdict::Continue {
             self.phase = Phase::Unmetered;
@@ -92,8 +101,13 @@ impl LlmCall {
         now: Nanos,
         store: &mut S,
     ) -> bool {
+        // The least money any call can cost: one micro-unit (a spent budget refuses).
+        let least = Amount {
+            tokens: self.least_cost(),
+            spend: 1,
+        };
         let refused = policy
-            .peek_tokens(tier, &self.identity, self.least_cost(), now, store)
+            .peek_tokens(tier, &self.identity, least, now, store)
             .ok()
             .flatten();
         let Some(decision) = refused else {
@@ -127,16 +141,23 @@ impl LlmCall {
                 .and_then(|r| r.model())
                 .map(String::from)
         });
+        if let Some(unpriced) = self.unpriced(policy, tier, model.as_deref()) {
+            self.unpriced_model = Some(unpriced);
+            self.phase = Phase::Done;
+            return Admission::Unpriced;
+        }
         let size = u64::try_from(first_chunk).unwrap_or(u64::MAX);
         let input = estimate_tokens(self.content_length.map_or(size, |n| n.max(size)));
-        let estimate = input.saturating_add(llm.default_max_tokens.max(self.least_output()));
+        let output = llm.default_max_tokens.max(self.least_output());
+        let estimate = input.saturating_add(output);
         let known = model.is_some();
         self.early = Some((estimate, model.clone()));
+        let ask = self.ask_for(policy, model.as_deref(), input, output);
         let outcome = policy.admit_tokens_where(
             tier,
             &self.identity,
             model.as_deref(),
-            Ask::Tokens(estimate),
+            Ask::Tokens(ask),
             now,
             store,
             |_, budget| known || budget.scope == ModelScope::All,
@@ -169,11 +190,12 @@ impl LlmCall {
             return Admission::Admitted;
         }
         let input = estimate_tokens(u64::try_from(seen).unwrap_or(u64::MAX));
-        let need = input.saturating_add(llm.default_max_tokens.max(self.least_output()));
+        let output = llm.default_max_tokens.max(self.least_output());
+        let need = input.saturating_add(output);
         if need <= held {
             return Admission::Admitted;
         }
-        let ask = Ask::Tokens(need);
+        let ask = Ask::Tokens(self.ask_for(policy, model.as_deref(), input, output));
         let outcome = self.raise_holds(policy, tier, model.as_deref(), ask, now, store);
         if outcome == Admission::Admitted {
             self.early = Some((need, model));
@@ -200,14 +222,18 @@ impl LlmCall {
                 r.holds
                     .iter()
                     .filter_map(|h| {
-                        let burst = tier.budgets.get(h.budget)?.rate.burst();
+                        let budget = tier.budgets.get(h.budget)?;
+                        let burst = budget.rate.burst();
+                        // Aimed at this budget only: the same number in every unit.
                         let more = match ask {
-                            Ask::Tokens(need) => {
-                                Ask::Tokens(need.min(burst).saturating_sub(h.reserved))
-                            }
-                            Ask::AllLeft { .. } => Ask::AllLeft { at_least: 0 },
+                            Ask::Tokens(need) => Ask::Tokens(Amount::each(
+                                need.of(budget.meter).min(burst).saturating_sub(h.reserved),
+                            )),
+                            Ask::AllLeft { .. } => Ask::AllLeft {
+                                at_least: Amount::ZERO,
+                            },
                         };
-                        (more != Ask::Tokens(0)).then_some((h.budget, more))
+                        (more != Ask::Tokens(Amount::ZERO)).then_some((h.budget, more))
                     })
                     .collect()
             })
@@ -245,7 +271,7 @@ impl LlmCall {
             }
         }
         if let (Some(mine), Ask::Tokens(need)) = (self.reservation.as_mut(), ask) {
-            mine.estimate = mine.estimate.max(need);
+            mine.estimate = mine.estimate.max(need.tokens);
         }
         Admission::Admitted
     }
@@ -261,12 +287,20 @@ impl LlmCall {
         store: &mut S,
     ) -> Admission {
         let model = self.model.clone();
-        let ask = if self.stored_input {
-            Ask::AllLeft {
-                at_least: self.estimate,
+        if let Some(unpriced) = self.unpriced(policy, tier, model.as_deref()) {
+            // Refused after an early admission: give that back.
+            if let Some(early) = self.reservation.take() {
+                policy.release_reservation(tier, &early, now, store);
             }
+            self.unpriced_model = Some(unpriced);
+            self.phase = Phase::Done;
+            return Admission::Unpriced;
+        }
+        let estimate = self.estimate_amount(policy);
+        let ask = if self.stored_input {
+            Ask::AllLeft { at_least: estimate }
         } else {
-            Ask::Tokens(self.estimate)
+            Ask::Tokens(estimate)
         };
         if let Some((_, early_model)) = self.early.clone() {
             // Admitted early on what the first chunk showed: raise those holds to what the

@@ -33,13 +33,14 @@ mod admission;
 mod body;
 mod request;
 mod response;
+mod spend;
 mod step;
 
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::budget::{LlmSettings, Reservation};
+use crate::budget::{Amount, LlmSettings, Reservation};
 use crate::decision::Decision;
 use crate::hash::Slot;
 use crate::headers::{self, ErrorStyle, Fields};
@@ -99,7 +100,7 @@ pub enum Phase {
     /// A response whose usage cannot be read; `charge` is what it will cost.
     Unreadable {
         /// What the call costs when the response ends.
-        charge: u64,
+        charge: Amount,
     },
     /// The store failed during admission and `on_store_failure` let the call through: what is
     /// left of its body still passes through the rewriter (so the upstream gets every byte, as
@@ -155,6 +156,8 @@ pub struct LlmCall {
     early: Option<(u64, Option<String>)>,
     /// The last byte of a passing body's output so far, kept back until the body ends.
     lagging: Vec<u8>,
+    /// The model an admission found unpriced (see [`Refusal::Unpriced`]).
+    unpriced_model: Option<String>,
 }
 
 impl LlmCall {
@@ -184,6 +187,7 @@ impl LlmCall {
             stored_input: false,
             early: None,
             lagging: Vec::new(),
+            unpriced_model: None,
         }
     }
 
@@ -413,7 +417,7 @@ impl LlmCall {
         if !self.awaits_response() {
             return ResponseStep::default();
         }
-        if self.follow_response(llm, head) {
+        if self.follow_response(env.policy, llm, head) {
             return ResponseStep {
                 hold: true,
                 ..ResponseStep::default()
@@ -501,7 +505,11 @@ impl LlmCall {
         let mut fields = headers::llm_fields(tier, Some(&self.requests), self.tokens.as_ref());
         if self.api == ApiKind::AnthropicMessages {
             let counted = headers::Counted::of(&llm.cost);
-            let (requests, tokens) = (Some(&self.requests), self.tokens.as_ref());
+            let token_budgets = self
+                .tokens
+                .as_ref()
+                .and_then(|d| headers::of_meter(tier, d, crate::budget::Meter::Tokens));
+            let (requests, tokens) = (Some(&self.requests), token_budgets.as_ref());
             fields.extend(headers::anthropic_fields(
                 tier,
                 requests,
@@ -521,6 +529,12 @@ impl LlmCall {
             Some(&self.requests),
             self.tokens.as_ref(),
         )
+    }
+
+    /// The body of the 400 refusing a model the price table does not price
+    /// ([`Refusal::Unpriced`]), in its API's error format.
+    pub fn unpriced_body(&self, model: &str) -> String {
+        headers::unpriced_body(self.style(), model)
     }
 
     /// When refused, how long until this call would pass.

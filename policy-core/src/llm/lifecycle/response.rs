@@ -2,26 +2,32 @@
 
 use alloc::boxed::Box;
 
-use crate::budget::{LlmSettings, OnMissingUsage};
+use crate::budget::{Amount, LlmSettings, Meter, OnMissingUsage};
 use crate::store::Store;
+use crate::Policy;
 
 use super::super::{
-    stream_charge, usage_from_json, usage_from_tail, AddedUsageRemover, ApiKind, Framing,
-    SseLimits, SseScanner, StreamSeen,
+    stream_charge, stream_charge_by, usage_from_json, usage_from_tail, AddedUsageRemover, ApiKind,
+    Framing, SseLimits, SseScanner, StreamSeen,
 };
 use super::{BodyCopy, Env, LlmCall, Phase, ResponseHead, Settlement};
 
 impl LlmCall {
     /// What a response whose usage cannot be read costs.
-    pub(super) fn missing_usage_charge(&self, llm: &LlmSettings) -> u64 {
+    pub(super) fn missing_usage_charge(&self, policy: &Policy, llm: &LlmSettings) -> Amount {
         match llm.on_missing_usage {
-            OnMissingUsage::Reservation => self.estimate,
-            OnMissingUsage::Nothing => 0,
+            OnMissingUsage::Reservation => self.estimate_amount(policy),
+            OnMissingUsage::Nothing => Amount::ZERO,
         }
     }
 
     /// Decides how to follow the response from its headers. Returns whether to hold them.
-    pub(super) fn follow_response(&mut self, llm: &LlmSettings, head: &ResponseHead<'_>) -> bool {
+    pub(super) fn follow_response(
+        &mut self,
+        policy: &Policy,
+        llm: &LlmSettings,
+        head: &ResponseHead<'_>,
+    ) -> bool {
         // Hold only what is known to fit in Envoy's buffer: a body that outgrows it while held
         // is answered 500 by Envoy.
         let fits = head
@@ -30,10 +36,12 @@ impl LlmCall {
         let ok = head.status.is_some_and(|s| s.first() == Some(&b'2'));
         self.phase = if !ok {
             // The API refused the request: providers do not bill for errors.
-            Phase::Unreadable { charge: 0 }
+            Phase::Unreadable {
+                charge: Amount::ZERO,
+            }
         } else if head.encoded || head.end_of_stream {
             Phase::Unreadable {
-                charge: self.missing_usage_charge(llm),
+                charge: self.missing_usage_charge(policy, llm),
             }
         } else if let Some(framing) = self.stream_framing(head.content_type) {
             if self.usage_added {
@@ -68,33 +76,38 @@ impl LlmCall {
     }
 
     /// What a JSON response costs, from the copy of its body.
-    pub(super) fn json_cost(&self, llm: &LlmSettings, copy: &BodyCopy) -> u64 {
+    pub(super) fn json_cost(&self, policy: &Policy, llm: &LlmSettings, copy: &BodyCopy) -> Amount {
         let usage = if copy.truncated {
             usage_from_tail(copy.bytes())
         } else {
             usage_from_json(copy.bytes())
         };
         match usage {
-            Ok(usage) => llm.cost.tokens(&usage),
-            Err(_) => self.missing_usage_charge(llm),
+            Ok(usage) => self.usage_amount(policy, llm, &usage),
+            Err(_) => self.missing_usage_charge(policy, llm),
         }
     }
 
     /// What the response has cost, now that it ends (`None`: nothing to settle). `complete` is
     /// false for a stream cut short (client gone, upstream reset).
-    pub(super) fn final_cost(&mut self, llm: &LlmSettings, complete: bool) -> Option<u64> {
+    pub(super) fn final_cost(
+        &mut self,
+        policy: &Policy,
+        llm: &LlmSettings,
+        complete: bool,
+    ) -> Option<Amount> {
         match core::mem::replace(&mut self.phase, Phase::Done) {
             // Admitted early, but the body never ended: an incomplete request is not served.
-            Phase::ReadingRequest { .. } if self.reservation.is_some() => Some(0),
+            Phase::ReadingRequest { .. } if self.reservation.is_some() => Some(Amount::ZERO),
             Phase::ReadingRequest { .. } | Phase::Unmetered | Phase::Done => None,
             Phase::Unreadable { charge } => Some(charge),
             // Nothing of the response was seen, or only part of a JSON body: what the client
             // received cannot be counted, so the reservation stands.
-            Phase::Admitted => Some(self.estimate),
+            Phase::Admitted => Some(self.estimate_amount(policy)),
             Phase::Json { copy, .. } => Some(if complete {
-                self.json_cost(llm, &copy)
+                self.json_cost(policy, llm, &copy)
             } else {
-                self.estimate
+                self.estimate_amount(policy)
             }),
             Phase::Streaming(mut scanner) => {
                 scanner.finish();
@@ -105,12 +118,22 @@ impl LlmCall {
                     received: scanner.usage_or_estimate(self.estimated_input),
                     estimate: self.estimate,
                 };
-                Some(stream_charge(
-                    &seen,
-                    &llm.cost,
-                    llm.on_incomplete,
-                    llm.on_missing_usage,
-                ))
+                let tokens =
+                    stream_charge(&seen, &llm.cost, llm.on_incomplete, llm.on_missing_usage);
+                // The same rule in money: each candidate usage priced, the estimate priced.
+                let spend = match self.price(policy, self.budget_model()) {
+                    Some(price) => stream_charge_by(
+                        &StreamSeen {
+                            estimate: self.estimate_amount(policy).spend,
+                            ..seen
+                        },
+                        |u| price.charge(u),
+                        llm.on_incomplete,
+                        llm.on_missing_usage,
+                    ),
+                    None => 0,
+                };
+                Some(Amount { tokens, spend })
             }
         }
     }
@@ -126,11 +149,16 @@ impl LlmCall {
     ) -> Option<Settlement> {
         let policy = env.policy;
         let (llm, tier) = (policy.llm()?, policy.tiers().get(self.tier)?);
-        let cost = self.final_cost(llm, complete)?;
+        let cost = self.final_cost(policy, llm, complete)?;
         let reservation = self.reservation.take()?;
         let reserved = reservation
             .holds
             .iter()
+            .filter(|h| {
+                tier.budgets
+                    .get(h.budget)
+                    .is_some_and(|b| b.meter == Meter::Tokens)
+            })
             .map(|h| h.reserved)
             .max()
             .unwrap_or(0);
@@ -148,7 +176,8 @@ impl LlmCall {
         };
         Some(Settlement {
             reserved,
-            charged: cost,
+            charged: cost.tokens,
+            spent: cost.spend,
             landed,
         })
     }

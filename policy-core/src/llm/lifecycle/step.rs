@@ -1,5 +1,6 @@
 //! What a call's events answer: the steps the filter applies.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::super::RewriteError;
@@ -27,6 +28,9 @@ pub enum Refusal {
     Unavailable,
     /// The body cannot be rewritten within the `content-length` announced: 400.
     BadBody(RewriteError),
+    /// The model has no price in `prices`, which refuses unpriced models, and a spend budget
+    /// applies to it: 400 naming the model.
+    Unpriced(String),
 }
 
 /// The event to count in the tier's metrics, at most one per step.
@@ -91,10 +95,13 @@ pub struct ResponseStep {
 /// A call's settlement: its hold replaced by what it cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settlement {
-    /// What was held for it (the largest hold over its budgets).
+    /// The tokens held for it (the largest hold over its token budgets).
     pub reserved: u64,
-    /// What it was charged.
+    /// The tokens it was charged.
     pub charged: u64,
+    /// What it was charged in money, in micro-units of the price table's currency (0 without
+    /// a price table).
+    pub spent: u64,
     /// The charge was written to the store. When it was not (the store failed or every CAS
     /// race was lost), the hold stays until it refills and the charge is not counted as charged.
     pub landed: bool,

@@ -77,7 +77,7 @@ fn len(body: &[u8]) -> Option<u64> {
 /// budget in debt has nothing left and refuses even that).
 fn left(policy: &Policy, store: &mut Flaky) -> u64 {
     let tier = &policy.tiers()[0];
-    match policy.admit_tokens(tier, USER, None, 0, T0, &mut store.inner) {
+    match policy.admit_tokens(tier, USER, None, Amount::tokens(0), T0, &mut store.inner) {
         TokenOutcome::Admitted { decision, .. } | TokenOutcome::Denied { decision } => {
             decision.limits[0].remaining
         }
@@ -166,9 +166,14 @@ impl<'a> Drive<'a> {
     /// at most a budget's burst, so room is taken away this way).
     fn spend(&mut self, n: u64) {
         let tier = &self.policy.tiers()[0];
-        let outcome = self
-            .policy
-            .admit_tokens(tier, USER, None, n, T0, &mut self.store.inner);
+        let outcome = self.policy.admit_tokens(
+            tier,
+            USER,
+            None,
+            Amount::tokens(n),
+            T0,
+            &mut self.store.inner,
+        );
         assert!(
             matches!(outcome, TokenOutcome::Admitted { .. }),
             "{outcome:?}"
@@ -651,6 +656,7 @@ fn a_settlement_that_loses_its_races_or_its_store_still_ends_the_call_once() {
             Some(Settlement {
                 reserved: held,
                 charged: 42,
+                spent: 0,
                 landed: refunded,
             })
         );
@@ -1218,4 +1224,125 @@ fn a_model_budget_cannot_be_escaped_through_another_apis_path() {
             None => assert_eq!(step.verdict, Verdict::Continue, "{path}: {step:?}"),
         }
     }
+}
+
+// ---- spend budgets -------------------------------------------------------------------------
+
+/// One tier with a spend budget of 0.001 USD (1,000 micro-units) per minute; model `m` costs
+/// 10 per million input tokens and 30 per million output tokens (10 and 30 micro-units per
+/// token); `unpriced` is the table's `unpriced`.
+fn spend_policy(unpriced: &str) -> (Policy, Flaky) {
+    let json = format!(
+        r#"{{"max_keys":64,"tiers":[{{"name":"free","identity":{{"header":"x-user-id"}},
+            "tokens":[{{"spend":"0.001","per":"minute"}}]}}],
+            "prices":{{"currency":"USD","unpriced":{unpriced},
+              "models":[{{"model":"m","input":"10","output":"30"}}]}}}}"#
+    );
+    let policy = Policy::from_json(json.as_bytes()).unwrap();
+    let mut store = Flaky::default();
+    policy.init_store(&mut store.inner).unwrap();
+    (policy, store)
+}
+
+const SPEND_CHAT: &[u8] =
+    br#"{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+
+#[test]
+fn a_spend_budget_reserves_the_priced_estimate_and_settles_the_priced_usage() {
+    let (p, s) = spend_policy(r#""refuse""#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    d.admitted(&mut c, SPEND_CHAT);
+    let input = c.estimate() - 10;
+    let reserved = input * 10 + 10 * 30;
+    assert_eq!(d.left(), 1_000 - reserved, "the estimate, priced");
+    let _ = d.response(&mut c, json_head(None));
+    let settled = d.chunk(&mut c, JSON_ANSWER, true).settled.unwrap();
+    // 30 input × 10 + 12 output × 30 micro-units.
+    assert_eq!((settled.charged, settled.spent), (42, 660));
+    assert_eq!(d.left(), 340);
+    let tier = &p.tiers()[0];
+    let fields = c.fields(tier, p.llm().unwrap(), || T0);
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("x-ratelimit-limit-spend"), Some("0.001000 USD"));
+    assert_eq!(get("x-ratelimit-remaining-spend"), Some("0.000340 USD"));
+    assert_eq!(get("x-ratelimit-limit-tokens"), None, "no token budget");
+
+    // The next call's estimate (its input and 10 output tokens at 30) no longer fits.
+    let mut next = chat();
+    let step = d.headers(&mut next, len(SPEND_CHAT), false);
+    assert_eq!(
+        step.verdict,
+        Verdict::Continue,
+        "340 left: something is left"
+    );
+    let step = d.body(&mut next, SPEND_CHAT, true);
+    assert_eq!(step.verdict, Verdict::Refuse(Refusal::Denied));
+    let body = next.denial_body(tier);
+    assert!(body.contains("0.000340 USD left of 0.001000 USD"), "{body}");
+    assert!(body.contains("\"code\":\"rate_limit_exceeded\""), "{body}");
+    assert_eq!(d.left(), 340, "the refusal held nothing");
+}
+
+#[test]
+fn an_unpriced_model_is_refused_or_charged_the_default() {
+    let body = br#"{"model":"gpt-x","max_tokens":10,"messages":[]}"#;
+    let (p, s) = spend_policy(r#""refuse""#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let _ = d.headers(&mut c, len(body), false);
+    let step = d.body(&mut c, body, true);
+    assert_eq!(
+        step.verdict,
+        Verdict::Refuse(Refusal::Unpriced("gpt-x".into()))
+    );
+    assert_eq!(d.left(), 1_000, "nothing held");
+    let text = c.unpriced_body("gpt-x");
+    assert!(text.contains("Model gpt-x has no price"), "{text}");
+    assert!(text.contains("\"code\":\"model_not_priced\""), "{text}");
+
+    let (p, s) = spend_policy(r#"{"input":"1","output":"2"}"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    d.admitted(&mut c, body);
+    let _ = d.response(&mut c, json_head(None));
+    let settled = d.chunk(&mut c, JSON_ANSWER, true).settled.unwrap();
+    assert_eq!(settled.spent, 30 + 12 * 2, "the default price");
+}
+
+#[test]
+fn a_stream_is_charged_its_reported_usage_in_money_and_a_cut_one_by_the_token_rules() {
+    let (p, s) = spend_policy(r#""refuse""#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let body = br#"{"model":"m","stream":true,"max_tokens":10,"messages":[]}"#;
+    let _ = d.headers(&mut c, len(body), false);
+    let _ = d.body(&mut c, body, true);
+    let _ = d.response(&mut c, sse(false));
+    let stream = chat_stream(true);
+    let _ = d.chunk(&mut c, stream.as_bytes(), true);
+    // Completed with usage 9 + 4: 9 × 10 + 4 × 30.
+    assert_eq!(d.left(), 1_000 - 210);
+
+    // Cut before its usage came, under `on_incomplete: "received"`: the input estimate and
+    // the streamed text / 4 as output, priced; as the token charge of the same stream is.
+    let (p, s) = spend_policy(r#""refuse""#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let _ = d.headers(&mut c, len(body), false);
+    let _ = d.body(&mut c, body, true);
+    let input = c.estimate() - 10;
+    let _ = d.response(&mut c, sse(false));
+    let cut = stream.find("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[]").unwrap();
+    let _ = d.chunk(&mut c, &stream.as_bytes()[..cut], false);
+    let settled = d.log(&mut c).unwrap();
+    let output = settled.charged - input;
+    assert!(output >= 1, "{settled:?}");
+    assert_eq!(settled.spent, input * 10 + output * 30, "{settled:?}");
+    assert_eq!(d.left(), 1_000 - settled.spent);
 }

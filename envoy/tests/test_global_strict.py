@@ -170,3 +170,61 @@ def _all_checked(stack, headers: dict[str, str]) -> bool:
         envoy.request(headers=headers)
     time.sleep(1.2)  # each worker flushes its counters once a second
     return counters(stack, "global_unavailable") == before
+
+
+def test_token_budget_calls_spread_over_two_envoys_spend_one_budget_exactly(global_stack, mock):
+    """2,000 tokens a day in strict mode, reserve mode: each call reserves its estimate (500
+    max_tokens plus the prompt's) with tollgate-sync before it goes upstream, and its settlement
+    gives the reservation back and charges what the LLM mock reported (100 prompt tokens plus a
+    completion chosen per call). One user's calls alternate between the two Envoys, each waiting
+    for its settlement to reach Redis: the calls that fit are admitted, the first that does not
+    is refused by the service on both Envoys, and the budget left in Redis is exactly 2,000 minus
+    the usage reported (43 s a token: nothing refills during the test)."""
+    from test_global_sync import global_stat, wait_synced
+    from test_llm import CHAT, body, post  # the LLM tests' helpers
+
+    policy = {
+        "global": {"cluster": "tollgate-sync", "mode": "strict", "sync_interval_ms": 250,
+                   "on_unavailable": "deny"},
+        "tiers": [{"name": "free", "identity": {"header": "x-user-id"},
+                   "tokens": [{"tokens": 2000, "per": "day"}]}],
+        "llm": {"mode": "reserve"},
+    }
+    a, b = global_stack.start_envoys(policy, upstreams={"v1": mock, "v2": mock})
+    user = {"x-user-id": unique("strict-tokens")}
+    data = body(max_tokens=500)
+    # Usage 300, 400, 350, 300, 250: 1,600 in all. Each call asks ~510–600 (its estimate): the
+    # fifth still fits (650 left), the sixth does not (400 left). Without the settlements'
+    # refunds the fourth would be refused (four reservations exceed 2,000); without the checks
+    # each Envoy would see only its own calls and admit the sixth.
+    completions = [200, 300, 250, 200, 150]
+    used = 0
+    for i, completion in enumerate(completions):
+        envoy = (a, b)[i % 2]
+        reply = post(envoy, CHAT, data, {**user, "x-mock-completion-tokens": str(completion)})
+        assert reply.status == 200, (i, reply.status, reply.body[:300])
+        usage = json.loads(reply.body)["usage"]
+        used += usage["prompt_tokens"] + usage["completion_tokens"]
+        # The settlement (refund the estimate, charge the usage) goes out with the next round.
+        wait_synced(global_stack, envoy)
+    assert used == 1600
+    # The call that no longer fits is refused on either Envoy, by the service (each Envoy's
+    # own calls leave it 1,100 or 900 locally), in OpenAI's error format, and the budget the
+    # service reports left is exactly what the usage left.
+    refused = [post(envoy, CHAT, data, user) for envoy in (a, b)]
+    assert [r.status for r in refused] == [429, 429], [r.body[:300] for r in refused]
+    for r in refused:
+        assert json.loads(r.body)["error"]["code"] == "rate_limit_exceeded", r.body
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(2000 - used), r.headers
+        assert int(r.headers["retry-after"]) > 0
+    def free(name: str) -> int:
+        """The sum over both Envoys of the tier's counter `name` (flushed once a second)."""
+        return sum(v for e in (a, b) for k, v in global_stack.stats(e).items()
+                   if k.endswith(f"tollgate.free.{name}"))
+
+    # Five checks answered OK, two OVER_LIMIT, none failed.
+    wait_until(lambda: free("global_checks") == 7, 10,
+               lambda: f"7 token checks counted (have {free('global_checks')})")
+    assert (free("global_over_limit"), free("global_unavailable")) == (2, 0)
+    assert (free("allowed"), free("denied")) == (5, 2)
+    assert sum(global_stat(global_stack, e, "sync_failures") for e in (a, b)) == 0

@@ -15,6 +15,12 @@
 //!   be resent with the next (at most counted twice: stricter, never looser); beyond
 //!   `max_pending_keys` buckets, new deltas are dropped and counted.
 //!
+//! Strict mode runs the same rounds when a strict tier has token budgets: they carry each
+//! settled call's correction (`tollgate.refund` = what its check reserved, `hits_addend` = the
+//! real charge, [`SyncRounds::settle`]), and the LLM tiers' request limits, which strict mode
+//! does not check per request, as sync mode would. A settlement that cannot reach the service
+//! is kept and resent like any delta.
+//!
 //! Keys (queue name, lease) carry a fingerprint of the policy text, so a reconfigured policy
 //! (whose tier numbers may mean other tiers) never reads the previous policy's deltas.
 
@@ -23,7 +29,8 @@ use std::time::Duration;
 
 use policy_core::global::descriptor::BucketKey;
 use policy_core::global::fold::{Folded, Round};
-use policy_core::global::ledger::{decode, Ledger};
+use policy_core::global::ledger::{decode, Delta, Ledger};
+use policy_core::global::strict_tokens;
 use policy_core::global::{proto, GlobalMode, GlobalSettings, MAX_DESCRIPTORS_PER_CALL};
 use policy_core::hash::Seed;
 use policy_core::{Cas, Nanos, Policy, Store, StoreError};
@@ -118,7 +125,8 @@ impl core::fmt::Display for StartError {
 
 impl SyncRounds {
     /// Sync mode for `policy` (whose text was `config`), when it has a `global` section in sync
-    /// mode and at least one global tier.
+    /// mode and at least one global tier, or in strict mode and a strict tier with token
+    /// budgets (whose settlements the rounds carry).
     pub fn start(
         policy: &Policy,
         config: &[u8],
@@ -127,7 +135,13 @@ impl SyncRounds {
         let Some(settings) = policy.global() else {
             return Ok(None);
         };
-        if settings.mode != GlobalMode::Sync || !policy.tiers().iter().any(|t| t.global) {
+        let needed = match settings.mode {
+            GlobalMode::Sync => policy.tiers().iter().any(|t| t.global),
+            GlobalMode::Strict => {
+                (0..policy.tiers().len()).any(|i| strict_tokens::applies(policy, i))
+            }
+        };
+        if !needed {
             return Ok(None);
         }
         let tag = Seed([0; 16]).slot(&[config], 1).fingerprint;
@@ -172,6 +186,20 @@ impl SyncRounds {
     /// Records `cells` admitted for `key` (request path: memory only, no host call).
     pub fn record(&self, key: BucketKey, cells: u64) {
         self.ledger.borrow_mut().record(key, cells);
+    }
+
+    /// Records strict mode's settlement corrections (request path: memory only). A bucket the
+    /// ledger has no room for is dropped and counted as any delta.
+    pub fn settle(&self, deltas: Vec<(BucketKey, Delta)>) {
+        let mut ledger = self.ledger.borrow_mut();
+        for (key, delta) in deltas {
+            ledger.add(key, delta);
+        }
+    }
+
+    /// The mode of the policy's `global` section.
+    pub fn mode(&self) -> GlobalMode {
+        self.settings.mode
     }
 
     fn add(&self, stat: Stat, n: u64) {

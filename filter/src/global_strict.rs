@@ -3,8 +3,14 @@
 //! `dispatch_grpc_call`; the answer admits it, refuses it with the tier's 429, or (an error, a
 //! timeout, an answer that cannot be read) hands it to the configured fallback. What the answer
 //! means is decided in [`policy_core::global::strict`]; this module sends and interprets.
+//!
+//! An LLM call on such a tier is checked once its local admission holds its tokens: the holds
+//! become one check ([`policy_core::global::strict_tokens`]), the request is held at its last
+//! event until the answer, and the settlement later goes to the service through the sync
+//! rounds ([`crate::global`]).
 
 use policy_core::global::strict::{self, Check, Verdict};
+use policy_core::global::strict_tokens::{self, TokenCheck};
 use policy_core::global::OnUnavailable;
 use policy_core::{Decision, Nanos};
 
@@ -18,6 +24,15 @@ pub struct Pending {
     pub token: u32,
     /// What was asked.
     pub check: Check,
+}
+
+/// A token check in flight for a held LLM call.
+#[derive(Debug)]
+pub struct PendingTokens {
+    /// The call's token.
+    pub token: u32,
+    /// What was asked.
+    pub check: TokenCheck,
 }
 
 /// What becomes of the held request.
@@ -40,11 +55,16 @@ pub enum Resolution {
 /// are); the call's token, or why it could not be sent, which the caller treats like a failed
 /// call. An unknown cluster is not such a case: it fails the call afterwards, with a gRPC status.
 pub fn send(plugin: &Plugin, check: &Check) -> Result<u32, String> {
+    send_message(plugin, &check.message)
+}
+
+/// Sends an encoded check (see [`send`]).
+pub fn send_message(plugin: &Plugin, message: &[u8]) -> Result<u32, String> {
     let settings = plugin
         .policy
         .global()
         .ok_or_else(|| String::from("the policy has no global section"))?;
-    global::dispatch(settings, &check.message).map_err(|e| {
+    global::dispatch(settings, message).map_err(|e| {
         format!(
             "the call to cluster `{}` could not start: {e}",
             settings.cluster
@@ -70,6 +90,25 @@ pub fn resolve(
     body: Option<&[u8]>,
     now: Nanos,
 ) -> Resolution {
+    resolution(plugin, status, || {
+        strict::verdict(&pending.check, body.unwrap_or_default(), now)
+    })
+}
+
+/// Reads the answer to a token check, as [`resolve`] reads a request check.
+pub fn resolve_tokens(
+    plugin: &Plugin,
+    pending: &PendingTokens,
+    status: u32,
+    body: Option<&[u8]>,
+    now: Nanos,
+) -> Resolution {
+    resolution(plugin, status, || {
+        strict_tokens::verdict(&pending.check, body.unwrap_or_default(), now)
+    })
+}
+
+fn resolution(plugin: &Plugin, status: u32, verdict: impl FnOnce() -> Verdict) -> Resolution {
     let unavailable = |reason: String| Resolution::Unavailable {
         reason,
         fallback: fallback(plugin),
@@ -79,7 +118,7 @@ pub fn resolve(
             "the rate limit service call ended with gRPC status {status}"
         ));
     }
-    match strict::verdict(&pending.check, body.unwrap_or_default(), now) {
+    match verdict() {
         Verdict::Admit(decision) => Resolution::Admit(decision),
         Verdict::Refuse(decision) => Resolution::Refuse(decision),
         Verdict::Unusable(why) => unavailable(format!("the rate limit service's answer: {why}")),

@@ -4,7 +4,8 @@
 use std::rc::Rc;
 
 use policy_core::global::descriptor::BucketKey;
-use policy_core::global::{strict, OnUnavailable};
+use policy_core::global::strict_tokens::TokenCheck;
+use policy_core::global::{strict, GlobalMode, OnUnavailable};
 use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
@@ -14,7 +15,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
 use crate::attributes::Request;
-use crate::global_strict::{self, Pending, Resolution};
+use crate::global_strict::{self, Pending, PendingTokens, Resolution};
 use crate::host;
 use crate::metrics::Event;
 use crate::plugin::Plugin;
@@ -35,6 +36,11 @@ pub struct Stream {
     pub(crate) grpc: bool,
     /// Strict global mode: the check the request is held for.
     strict: Option<Pending>,
+    /// Strict global mode, an LLM call: the token check the request is held for.
+    pub(crate) tokens_check: Option<PendingTokens>,
+    /// Strict global mode, an LLM call the service admitted: what it reserved, for the
+    /// settlement's correction.
+    pub(crate) tokens_reserved: Option<TokenCheck>,
     /// The request headers ended the stream (a request without a body), for a decision made
     /// after a strict check.
     headers_end: bool,
@@ -51,6 +57,8 @@ impl Stream {
             llm: None,
             grpc: false,
             strict: None,
+            tokens_check: None,
+            tokens_reserved: None,
             headers_end: false,
             record: None,
         }
@@ -136,8 +144,13 @@ impl Stream {
                     (&plugin.global, tier.global && !tier.limits.is_empty())
                 {
                     // Sync mode: what this Envoy admitted (the request's cost in cells), for the
-                    // next round.
-                    if let Some(key) = BucketKey::limits(&plugin.policy, i, &identity) {
+                    // next round. In strict mode, only an LLM tier's request limits (which are
+                    // not checked per request); a strict tier's limits decided here are its
+                    // `local` fallback, not sent.
+                    let synced = global.mode() == GlobalMode::Sync || !tier.budgets.is_empty();
+                    if let (true, Some(key)) =
+                        (synced, BucketKey::limits(&plugin.policy, i, &identity))
+                    {
                         global.record(key, cost);
                     }
                 }
@@ -281,6 +294,14 @@ impl Stream {
 impl Context for Stream {
     /// The answer to a strict check (or the call's end: a timeout is gRPC status 4).
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self
+            .tokens_check
+            .as_ref()
+            .is_some_and(|p| p.token == token_id)
+        {
+            self.llm_tokens_answer(token_id, status_code, response_size);
+            return;
+        }
         let Some(pending) = self.strict.take_if(|p| p.token == token_id) else {
             return;
         };
@@ -361,7 +382,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.strict.is_some() {
+        if self.strict.is_some() || self.tokens_check.is_some() {
             // Held for its strict check: a body chunk must not let the request go upstream
             // before the answer (with `allow_on_headers_stop_iteration`, Envoy would).
             return Action::Pause;

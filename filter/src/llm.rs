@@ -12,13 +12,17 @@ use std::rc::Rc;
 
 use policy_core::budget::Amount;
 use policy_core::global::descriptor::{BucketKey, TableId};
+use policy_core::global::strict_tokens;
+use policy_core::global::OnUnavailable;
 use policy_core::llm::lifecycle::{
     Count, Env, Refusal, RequestStep, ResponseHead, ResponseStep, Settlement, Verdict,
 };
 use policy_core::llm::LlmCall;
+use policy_core::tier::Enforcement;
 use policy_core::Nanos;
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
+use crate::global_strict::{self, PendingTokens, Resolution};
 use crate::host;
 use crate::http::Stream;
 use crate::metrics::{Event, ModelStat};
@@ -166,7 +170,12 @@ impl Stream {
         let Some(call) = self.llm.as_ref() else {
             return Action::Continue;
         };
-        if let Some(count) = step.count {
+        // Strict global mode: the call's last admission took its local holds; the service is
+        // asked for them too before the request goes on (counted once it answers).
+        let global_check = step.verdict == Verdict::Continue
+            && step.count == Some(Count::Allowed)
+            && strict_tokens::applies(&plugin.policy, call.tier);
+        if let (Some(count), false) = (step.count, global_check) {
             plugin.metrics.count(call.tier, event(count));
         }
         if let Some(bytes) = &step.replace {
@@ -178,6 +187,9 @@ impl Stream {
                 "content-length",
                 Some(&policy_core::decimal::number(length)),
             );
+        }
+        if global_check {
+            return self.start_tokens_check(now);
         }
         match step.verdict {
             Verdict::Continue => Action::Continue,
@@ -249,7 +261,8 @@ impl Stream {
         Action::Continue
     }
 
-    fn count_settlement(&self, settlement: Settlement) {
+    fn count_settlement(&mut self, settlement: Settlement) {
+        let reserved_globally = self.tokens_reserved.take();
         let Some(call) = self.llm.as_ref() else {
             return;
         };
@@ -262,7 +275,23 @@ impl Stream {
         } = settlement;
         let tier = self.tier(call.tier);
         let global_tier = tier.is_some_and(|t| t.global);
-        if let (Some(global), Some(tier), true) = (&self.plugin.global, tier, global_tier) {
+        let strict_tier = strict_tokens::applies(&self.plugin.policy, call.tier);
+        if let (Some(global), true) = (&self.plugin.global, strict_tier) {
+            // Strict mode: the correction of what the service reserved, through the next
+            // round. A call the service did not take (refused, or its check failed) sends
+            // nothing: nothing was reserved globally to correct.
+            if let Some(check) = reserved_globally {
+                let amount = Amount {
+                    tokens: charged,
+                    spend: spent,
+                };
+                global.settle(strict_tokens::settlement(
+                    &self.plugin.policy,
+                    &check,
+                    amount,
+                ));
+            }
+        } else if let (Some(global), Some(tier), true) = (&self.plugin.global, tier, global_tier) {
             // Global mode records the real charge, once per budget the call held (also when
             // the local write failed: the tokens were spent all the same), each in its unit.
             let amount = Amount {
@@ -316,6 +345,137 @@ impl Stream {
         });
         if let Some(fields) = fields {
             self.add_response_fields(fields);
+        }
+    }
+}
+
+/// Strict global mode for token budgets ([`global_strict`], [`strict_tokens`]).
+impl Stream {
+    /// Asks the service for the holds the call was just admitted with, holding the request
+    /// until the answer. A call with nothing to check goes on as admitted.
+    fn start_tokens_check(&mut self, now: &dyn Fn() -> Nanos) -> Action {
+        let plugin = Rc::clone(&self.plugin);
+        let Some(call) = self.llm.as_ref() else {
+            return Action::Continue;
+        };
+        let tier = call.tier;
+        let Some(check) = strict_tokens::check(&plugin.policy, tier, call.holds()) else {
+            plugin.metrics.count(tier, Event::Allowed);
+            return Action::Continue;
+        };
+        plugin.metrics.count(tier, Event::GlobalChecks);
+        match global_strict::send_message(&plugin, &check.message) {
+            Ok(token) => {
+                self.tokens_check = Some(PendingTokens { token, check });
+                Action::Pause
+            }
+            Err(reason) => {
+                let fallback = global_strict::fallback(&plugin);
+                self.tokens_unavailable(tier, &reason, fallback, now)
+            }
+        }
+    }
+
+    /// The answer to a token check (or the call's end: a timeout is gRPC status 4).
+    pub(crate) fn llm_tokens_answer(&mut self, token: u32, status: u32, size: usize) {
+        let Some(pending) = self.tokens_check.take_if(|p| p.token == token) else {
+            return;
+        };
+        let plugin = Rc::clone(&self.plugin);
+        let now = host::clock();
+        let clock = move || now;
+        let body = if status == 0 {
+            host::buffer(BufferType::GrpcReceiveBuffer, 0, size)
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let i = pending.check.tier;
+        let shadow = self
+            .tier(i)
+            .is_some_and(|t| t.enforcement == Enforcement::Shadow);
+        let resolution =
+            global_strict::resolve_tokens(&plugin, &pending, status, body.as_deref(), now);
+        // Unlike a request check's, the answer is not folded into the local budgets: it
+        // includes other replicas' reservations in flight, which their settlements give back
+        // later; kept in a local bucket (a fold only ever raises it) they would refuse calls
+        // the budget has room for. The local budgets count this replica's own calls only, so
+        // they never refuse what the service would take.
+        let action = match resolution {
+            Resolution::Admit(decision) => {
+                if let Some(call) = self.llm.as_mut() {
+                    call.admitted_globally(decision);
+                }
+                plugin.metrics.count(i, Event::Allowed);
+                self.tokens_reserved = Some(pending.check);
+                Action::Continue
+            }
+            Resolution::Refuse(_) if shadow => {
+                // Shadow mode: counted and let through, settled locally only (the service
+                // reserved nothing).
+                plugin.metrics.count(i, Event::WouldDeny);
+                Action::Continue
+            }
+            Resolution::Refuse(decision) => {
+                plugin.metrics.count(i, Event::Denied);
+                plugin.metrics.count(i, Event::GlobalOverLimit);
+                self.feed(&clock, |call, env| call.withdraw(env, Some(decision)));
+                self.refuse(Refusal::Denied, &clock);
+                Action::Pause
+            }
+            Resolution::Unavailable { reason, fallback } => {
+                self.tokens_unavailable(i, &reason, fallback, &clock)
+            }
+        };
+        if action == Action::Continue {
+            if let Err(e) = host::continue_request() {
+                let _ = host::log(
+                    LogLevel::Error,
+                    &format!("tollgate: could not resume the request: {e}"),
+                );
+            }
+        }
+    }
+
+    /// The token check of tier `tier` got no usable answer: applies `fallback` (counted, and
+    /// logged at most once a second per worker). `local` and `allow` keep the local admission
+    /// (its holds are settled locally only); `deny` gives them back and answers 503.
+    fn tokens_unavailable(
+        &mut self,
+        tier: usize,
+        reason: &str,
+        fallback: OnUnavailable,
+        now: &dyn Fn() -> Nanos,
+    ) -> Action {
+        let plugin = Rc::clone(&self.plugin);
+        plugin.metrics.count(tier, Event::GlobalUnavailable);
+        if plugin.warn_due(now()) {
+            let _ = host::log(
+                LogLevel::Warn,
+                &format!("tollgate: strict token check failed, on_unavailable {fallback:?} applies: {reason} (logged at most once a second per worker)"),
+            );
+        }
+        let shadow = self
+            .tier(tier)
+            .is_some_and(|t| t.enforcement == Enforcement::Shadow);
+        match fallback {
+            OnUnavailable::Local | OnUnavailable::Allow => {
+                plugin.metrics.count(tier, Event::Allowed);
+                Action::Continue
+            }
+            OnUnavailable::Deny if shadow => {
+                plugin.metrics.count(tier, Event::WouldDeny);
+                Action::Continue
+            }
+            OnUnavailable::Deny => {
+                self.feed(now, |call, env| call.withdraw(env, None));
+                if let Some(record) = &self.record {
+                    record.denied().publish();
+                }
+                reply::unavailable(self.grpc);
+                Action::Pause
+            }
         }
     }
 }

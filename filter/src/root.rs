@@ -81,13 +81,20 @@ impl RootContext for Root {
             let _ = host::log(
                 LogLevel::Info,
                 &match (g.mode, &global) {
+                    (policy_core::global::GlobalMode::Strict, Some(_)) => format!(
+                        "tollgate: global strict mode via cluster {}: one check per request or LLM call (timeout {} ms, on_unavailable {:?}); token settlements sent every {} ms",
+                        g.cluster,
+                        g.timeout.0 / 1_000_000,
+                        g.on_unavailable,
+                        g.sync_interval.0 / 1_000_000
+                    ),
                     (_, Some(_)) => format!(
                         "tollgate: global sync mode via cluster {} every {} ms",
                         g.cluster,
                         g.sync_interval.0 / 1_000_000
                     ),
                     (policy_core::global::GlobalMode::Strict, None) => format!(
-                        "tollgate: global strict mode via cluster {}: one check per request (timeout {} ms, on_unavailable {:?}; token budgets are decided locally)",
+                        "tollgate: global strict mode via cluster {}: one check per request (timeout {} ms, on_unavailable {:?})",
                         g.cluster,
                         g.timeout.0 / 1_000_000,
                         g.on_unavailable

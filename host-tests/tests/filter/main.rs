@@ -13,6 +13,7 @@ mod support;
 mod config;
 mod costs;
 mod global_strict;
+mod global_strict_tokens;
 mod global_sync;
 mod header_edges;
 mod host;

@@ -254,6 +254,21 @@ pub fn describe(policy: &Policy, key: &BucketKey, op: Op, hits: u64) -> Vec<Desc
         .collect()
 }
 
+/// The largest `tollgate.refund` tollgate-sync accepts (2^40 cells): a larger one, sent in one
+/// round, would be refused with the whole round and resent forever. Giving back less than was
+/// reserved is stricter, never looser.
+pub const MAX_REFUND: u64 = 1 << 40;
+
+/// Adds `tollgate.refund` = `refund` (at most [`MAX_REFUND`]) to `descriptor`: the service gives
+/// back that many cells of an earlier reservation before it adds the descriptor's hits. Nothing
+/// for 0.
+pub fn with_refund(descriptor: &mut RateLimitDescriptor, refund: u64) {
+    if refund > 0 {
+        let refund = refund.min(MAX_REFUND);
+        descriptor.entries.push(entry(REFUND, &refund.to_string()));
+    }
+}
+
 /// The service's default burst is `requests_per_unit`; say it only when it is not the rate's.
 fn rate_burst_differs(rate: &Rate, requests_per_unit: u32) -> bool {
     rate.burst() != u64::from(requests_per_unit)

@@ -18,7 +18,8 @@ use core::fmt;
 use prost::Message;
 
 use crate::bucket::{Rate, Tat};
-use crate::global::descriptor::{describe, BucketKey, Op, TableId};
+use crate::global::descriptor::{describe, with_refund, BucketKey, Op, TableId};
+use crate::global::ledger::Delta;
 use crate::global::proto::{Code, RateLimitRequest, RateLimitResponse};
 use crate::policy::Policy;
 use crate::store::Store;
@@ -41,7 +42,7 @@ pub fn fold_bucket(rate: &Rate, local: Tat, now: Nanos, reset: Nanos) -> (Tat, u
 #[derive(Debug)]
 pub struct Round {
     /// The deltas, to be put back into the ledger if the round fails.
-    pub batch: Vec<(BucketKey, u64)>,
+    pub batch: Vec<(BucketKey, Delta)>,
     /// The request.
     pub request: RateLimitRequest,
     /// For each descriptor, the bucket and cell it names.
@@ -102,7 +103,7 @@ impl core::error::Error for AnswerError {}
 impl Round {
     /// The round for `batch` under `policy` (whose `global` section gives the domain). Deltas of
     /// buckets the policy no longer has are left out of the request (and of `batch`).
-    pub fn new(policy: &Policy, batch: Vec<(BucketKey, u64)>) -> Round {
+    pub fn new(policy: &Policy, batch: Vec<(BucketKey, Delta)>) -> Round {
         let domain = policy
             .global()
             .map(|g| g.domain.clone())
@@ -110,16 +111,17 @@ impl Round {
         let mut kept = Vec::with_capacity(batch.len());
         let mut descriptors = Vec::new();
         let mut sent = Vec::new();
-        for (key, cells) in batch {
-            let described = describe(policy, &key, Op::Sync, cells);
+        for (key, delta) in batch {
+            let described = describe(policy, &key, Op::Sync, delta.cells);
             if described.is_empty() {
                 continue;
             }
-            for d in described {
+            for mut d in described {
+                with_refund(&mut d.descriptor, delta.refund);
                 sent.push((key, d.cell, d.rate));
                 descriptors.push(d.descriptor);
             }
-            kept.push((key, cells));
+            kept.push((key, delta));
         }
         Round {
             batch: kept,
@@ -433,7 +435,7 @@ mod tests {
     fn an_answer_in_debt_is_observed_as_overshoot() {
         let (p, mut s) = setup();
         let key = BucketKey::limits(&p, 0, b"dave").unwrap();
-        let round = Round::new(&p, vec![(key, 1)]);
+        let round = Round::new(&p, vec![(key, Delta::cells(1))]);
         let folded = round
             .fold(&p, &answer(&[secs(63.0), secs(10.0)]), T0, &mut s)
             .unwrap();
@@ -447,7 +449,7 @@ mod tests {
     fn a_wrong_answer_folds_nothing() {
         let (p, mut s) = setup();
         let key = BucketKey::limits(&p, 0, b"erin").unwrap();
-        let round = Round::new(&p, vec![(key, 1)]);
+        let round = Round::new(&p, vec![(key, Delta::cells(1))]);
         assert_eq!(
             round.fold(&p, &answer(&[secs(59.0)]), T0, &mut s),
             Err(AnswerError::Statuses { sent: 2, got: 1 })
@@ -479,7 +481,7 @@ mod tests {
             set: 0,
             fingerprint: 1,
         };
-        let round = Round::new(&p, vec![(gone, 3)]);
+        let round = Round::new(&p, vec![(gone, Delta::cells(3))]);
         assert_eq!((round.descriptors(), round.batch.len()), (0, 0));
     }
 }
@@ -512,7 +514,7 @@ mod bound {
         policy: Policy,
         store: MemoryStore,
         recorded: Ledger,
-        queued: Vec<(BucketKey, u64)>,
+        queued: Vec<(BucketKey, crate::global::ledger::Delta)>,
         next_tick: u64,
     }
 

@@ -10,6 +10,10 @@
 //! Memory is bounded by `max_pending_keys`: a delta for a bucket that is not pending yet, when
 //! the ledger is full, is dropped and counted ([`Ledger::take_dropped`]); deltas for pending
 //! buckets always add up.
+//!
+//! A delta may also give cells back ([`Delta::refund`]): strict mode's token budgets reserve an
+//! estimate with the service at admission and send the correction at settlement through the
+//! same rounds (`tollgate.refund` = the reservation, `hits_addend` = the real charge).
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -17,10 +21,43 @@ use core::fmt;
 
 use crate::global::descriptor::{BucketKey, TableId};
 
-/// Cells to add per bucket.
+/// What one bucket is owed: cells to give back first, then cells to add.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Cells admitted (or tokens charged), added unconditionally (`op=sync`).
+    pub cells: u64,
+    /// Cells of earlier reservations to give back first (`tollgate.refund`).
+    pub refund: u64,
+}
+
+impl Delta {
+    /// `cells` admitted, nothing given back.
+    pub fn cells(cells: u64) -> Delta {
+        Delta { cells, refund: 0 }
+    }
+
+    /// A settlement: `reserved` given back, `charged` added.
+    pub fn settlement(reserved: u64, charged: u64) -> Delta {
+        Delta {
+            cells: charged,
+            refund: reserved,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.cells == 0 && self.refund == 0
+    }
+
+    fn add(&mut self, other: Delta) {
+        self.cells = self.cells.saturating_add(other.cells);
+        self.refund = self.refund.saturating_add(other.refund);
+    }
+}
+
+/// Deltas per bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ledger {
-    cells: BTreeMap<BucketKey, u64>,
+    cells: BTreeMap<BucketKey, Delta>,
     max_keys: usize,
     dropped: u64,
 }
@@ -45,9 +82,9 @@ impl fmt::Display for DecodeError {
 
 impl core::error::Error for DecodeError {}
 
-const VERSION: u8 = 1;
-/// tier (2) + table (1) + set (4) + fingerprint (8) + cells (8).
-const RECORD: usize = 23;
+const VERSION: u8 = 2;
+/// tier (2) + table (1) + set (4) + fingerprint (8) + cells (8) + refund (8).
+const RECORD: usize = 31;
 const LIMITS: u8 = 0xff;
 
 impl Ledger {
@@ -63,25 +100,31 @@ impl Ledger {
     /// Adds `cells` to `key`. `false` when the ledger is full and `key` is not in it: the delta
     /// is dropped (and counted).
     pub fn record(&mut self, key: BucketKey, cells: u64) -> bool {
-        if cells == 0 {
+        self.add(key, Delta::cells(cells))
+    }
+
+    /// Adds `delta` to `key` (cells and refund alike). `false` when the ledger is full and
+    /// `key` is not in it: the delta is dropped (and counted).
+    pub fn add(&mut self, key: BucketKey, delta: Delta) -> bool {
+        if delta.is_empty() {
             return true;
         }
-        if let Some(n) = self.cells.get_mut(&key) {
-            *n = n.saturating_add(cells);
+        if let Some(pending) = self.cells.get_mut(&key) {
+            pending.add(delta);
             return true;
         }
         if self.cells.len() >= self.max_keys {
             self.dropped = self.dropped.saturating_add(1);
             return false;
         }
-        self.cells.insert(key, cells);
+        self.cells.insert(key, delta);
         true
     }
 
     /// Adds every entry of `batch` (a decoded message, or a failed round's batch).
-    pub fn restore(&mut self, batch: impl IntoIterator<Item = (BucketKey, u64)>) {
-        for (key, cells) in batch {
-            self.record(key, cells);
+    pub fn restore(&mut self, batch: impl IntoIterator<Item = (BucketKey, Delta)>) {
+        for (key, delta) in batch {
+            self.add(key, delta);
         }
     }
 
@@ -101,7 +144,7 @@ impl Ledger {
     }
 
     /// Removes and returns up to `max` buckets' deltas, in key order.
-    pub fn take(&mut self, max: usize) -> Vec<(BucketKey, u64)> {
+    pub fn take(&mut self, max: usize) -> Vec<(BucketKey, Delta)> {
         if max >= self.cells.len() {
             return core::mem::take(&mut self.cells).into_iter().collect();
         }
@@ -123,10 +166,10 @@ impl Ledger {
 }
 
 /// One queue message: a version byte, then fixed little-endian records.
-pub fn encode(batch: &[(BucketKey, u64)]) -> Vec<u8> {
+pub fn encode(batch: &[(BucketKey, Delta)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + batch.len() * RECORD);
     out.push(VERSION);
-    for (key, cells) in batch {
+    for (key, delta) in batch {
         out.extend_from_slice(&key.tier.to_le_bytes());
         out.push(match key.table {
             TableId::Limits => LIMITS,
@@ -134,14 +177,15 @@ pub fn encode(batch: &[(BucketKey, u64)]) -> Vec<u8> {
         });
         out.extend_from_slice(&key.set.to_le_bytes());
         out.extend_from_slice(&key.fingerprint.to_le_bytes());
-        out.extend_from_slice(&cells.to_le_bytes());
+        out.extend_from_slice(&delta.cells.to_le_bytes());
+        out.extend_from_slice(&delta.refund.to_le_bytes());
     }
     out
 }
 
 /// Reads a queue message written by [`encode`] (by any worker of this Envoy: same build, same
 /// policy, or the version byte says otherwise).
-pub fn decode(bytes: &[u8]) -> Result<Vec<(BucketKey, u64)>, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Vec<(BucketKey, Delta)>, DecodeError> {
     let Some((&VERSION, records)) = bytes.split_first() else {
         return Err(DecodeError::Version);
     };
@@ -155,14 +199,17 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(BucketKey, u64)>, DecodeError> {
             let mut set = [0u8; 4];
             let mut fp = [0u8; 8];
             let mut cells = [0u8; 8];
+            let mut refund = [0u8; 8];
             let (t, rest) = r.split_at(2);
             let (table, rest) = rest.split_at(1);
             let (s, rest) = rest.split_at(4);
-            let (f, c) = rest.split_at(8);
+            let (f, rest) = rest.split_at(8);
+            let (c, back) = rest.split_at(8);
             tier.copy_from_slice(t);
             set.copy_from_slice(s);
             fp.copy_from_slice(f);
             cells.copy_from_slice(c);
+            refund.copy_from_slice(back);
             let table = match table.first().copied().unwrap_or(LIMITS) {
                 LIMITS => TableId::Limits,
                 b => TableId::Budget(b),
@@ -173,7 +220,11 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(BucketKey, u64)>, DecodeError> {
                 set: u32::from_le_bytes(set),
                 fingerprint: u64::from_le_bytes(fp),
             };
-            (key, u64::from_le_bytes(cells))
+            let delta = Delta {
+                cells: u64::from_le_bytes(cells),
+                refund: u64::from_le_bytes(refund),
+            };
+            (key, delta)
         })
         .collect())
 }
@@ -206,7 +257,10 @@ mod tests {
         leader.restore(decode(&a.drain_encoded()).unwrap());
         leader.restore(decode(&b.drain_encoded()).unwrap());
         assert!(a.is_empty() && b.is_empty());
-        assert_eq!(leader.take(10), [(key(1), 9), (key(2), 1)]);
+        assert_eq!(
+            leader.take(10),
+            [(key(1), Delta::cells(9)), (key(2), Delta::cells(1))]
+        );
     }
 
     #[test]
@@ -218,7 +272,10 @@ mod tests {
         assert!(l.record(key(1), 1), "a pending bucket still adds up");
         assert_eq!(l.take_dropped(), 1);
         assert_eq!(l.take_dropped(), 0);
-        assert_eq!(l.take(10), [(key(1), 2), (key(2), 1)]);
+        assert_eq!(
+            l.take(10),
+            [(key(1), Delta::cells(2)), (key(2), Delta::cells(1))]
+        );
     }
 
     #[test]
@@ -228,7 +285,29 @@ mod tests {
         let batch = l.take(10);
         l.record(key(1), 1);
         l.restore(batch);
-        assert_eq!(l.take(10), [(key(1), 3)]);
+        assert_eq!(l.take(10), [(key(1), Delta::cells(3))]);
+    }
+
+    #[test]
+    fn settlements_add_up_their_refunds_and_charges_and_a_refund_alone_counts() {
+        let mut l = Ledger::new(1);
+        // Two calls on one budget settled: 500 and 300 reserved, 13 and 0 charged.
+        assert!(l.add(key(1), Delta::settlement(500, 13)));
+        assert!(l.add(key(1), Delta::settlement(300, 0)));
+        assert!(l.record(key(1), 2));
+        // Nothing owed: nothing recorded, not even against the bound.
+        assert!(l.add(key(2), Delta::default()));
+        assert_eq!(
+            l.take(10),
+            [(
+                key(1),
+                Delta {
+                    cells: 15,
+                    refund: 800
+                }
+            )]
+        );
+        assert_eq!(l.take_dropped(), 0);
     }
 
     #[test]
@@ -237,7 +316,10 @@ mod tests {
         for fp in 1..=5 {
             l.record(key(fp), fp);
         }
-        assert_eq!(l.take(2), [(key(1), 1), (key(2), 2)]);
+        assert_eq!(
+            l.take(2),
+            [(key(1), Delta::cells(1)), (key(2), Delta::cells(2))]
+        );
         assert_eq!(l.len(), 3);
         assert_eq!(l.take(0), []);
         assert_eq!(l.take(3).len(), 3);
@@ -254,15 +336,19 @@ mod tests {
                     set: u32::MAX,
                     fingerprint: u64::MAX,
                 },
-                u64::MAX,
+                Delta {
+                    cells: u64::MAX,
+                    refund: u64::MAX - 1,
+                },
             ),
-            (key(9), 1),
+            (key(9), Delta::cells(1)),
+            (key(10), Delta::settlement(500, 13)),
         ];
         let bytes = encode(&batch);
-        assert_eq!(bytes.len(), 1 + 2 * RECORD);
+        assert_eq!(bytes.len(), 1 + 3 * RECORD);
         assert_eq!(decode(&bytes).unwrap(), batch);
         assert_eq!(decode(&[]), Err(DecodeError::Version));
-        assert_eq!(decode(&[2]), Err(DecodeError::Version));
+        assert_eq!(decode(&[1]), Err(DecodeError::Version));
         assert_eq!(decode(&bytes[..10]), Err(DecodeError::Length(10)));
         assert_eq!(decode(&[VERSION]).unwrap(), []);
     }

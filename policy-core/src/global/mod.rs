@@ -13,6 +13,7 @@ pub mod fold;
 pub mod ledger;
 pub mod proto;
 pub mod strict;
+pub mod strict_tokens;
 
 use alloc::string::String;
 

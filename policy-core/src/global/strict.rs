@@ -158,12 +158,20 @@ impl fmt::Display for Unusable {
 /// fixed windows (envoyproxy/ratelimit, Limitador) answers the time until its window resets
 /// instead; the numbers then describe a GCRA bucket that is full at that instant.
 pub fn verdict(check: &Check, body: &[u8], now: Nanos) -> Verdict {
+    let asked: Vec<(Rate, u64)> = check.cells.iter().map(|(_, r)| (*r, check.cost)).collect();
+    read_answer(&asked, body, now)
+}
+
+/// Reads an answer to a plain check of `asked` (each descriptor's rate and the cells it asked,
+/// in the message's order) at `now`: request limits ([`verdict`]) and token budgets
+/// ([`crate::global::strict_tokens`]) alike.
+pub(crate) fn read_answer(asked: &[(Rate, u64)], body: &[u8], now: Nanos) -> Verdict {
     let Ok(response) = RateLimitResponse::decode(body) else {
         return Verdict::Unusable(Unusable::Malformed);
     };
-    if response.statuses.len() != check.cells.len() {
+    if response.statuses.len() != asked.len() {
         return Verdict::Unusable(Unusable::Statuses {
-            sent: check.cells.len(),
+            sent: asked.len(),
             received: response.statuses.len(),
         });
     }
@@ -171,11 +179,10 @@ pub fn verdict(check: &Check, body: &[u8], now: Nanos) -> Verdict {
     if overall == Code::Unknown {
         return Verdict::Unusable(Unusable::NoCode);
     }
-    let limits: Vec<LimitStatus> = check
-        .cells
+    let limits: Vec<LimitStatus> = asked
         .iter()
         .zip(&response.statuses)
-        .map(|((_, rate), status)| limit_status(rate, status, now, check.cost))
+        .map(|((rate, cost), status)| limit_status(rate, status, now, *cost))
         .collect();
     let decision = Decision::from_limits(limits);
     match (overall, decision.allowed) {

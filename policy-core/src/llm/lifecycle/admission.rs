@@ -14,7 +14,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::budget::{Amount, Ask, LlmSettings, ModelScope};
+use crate::budget::{Amount, Ask, Hold, LlmSettings, ModelScope};
 use crate::decision::Decision;
 use crate::policy::TokenOutcome;
 use crate::store::Store;
@@ -89,6 +89,36 @@ impl LlmCall {
         if let Some(held) = self.reservation.take() {
             policy.release_reservation(tier, &held, (env.now)(), env.store);
         }
+    }
+
+    /// The budgets held for the call (index, the caller's slot, tokens), once admitted; empty
+    /// before admission and after settlement. Strict global mode checks these with the service
+    /// ([`crate::global::strict_tokens`]).
+    pub fn holds(&self) -> &[Hold] {
+        self.reservation
+            .as_ref()
+            .map_or(&[], |r| r.holds.as_slice())
+    }
+
+    /// The service took the call's reservation too (strict global mode): the headers show the
+    /// budgets' global states (`decision`, naming the budgets in `applied`).
+    pub fn admitted_globally(&mut self, decision: Decision) {
+        self.tokens = Some(match self.tokens.take() {
+            Some(shown) => replace_status(shown, decision),
+            None => decision,
+        });
+    }
+
+    /// The call, admitted locally, is not admitted after all (strict global mode: the service
+    /// refused its reservation, or could not be asked and `on_unavailable` is `deny`): gives
+    /// back the local holds and ends the call without a settlement. `decision`: the budgets'
+    /// global states, for the 429 (`None`: the states of the local admission stay).
+    pub fn withdraw<S: Store>(&mut self, env: &mut Env<'_, S>, decision: Option<Decision>) {
+        self.give_back(env);
+        if let Some(decision) = decision {
+            self.tokens = Some(decision);
+        }
+        self.phase = Phase::Done;
     }
 
     /// Refuses at the request headers a caller whose budgets cannot pay even the least this

@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 use core::cell::Cell;
 
 use super::*;
+use crate::decision::LimitStatus;
 use crate::policy::TokenOutcome;
 use crate::store::{Cas, MemoryStore, StoreError, Versioned};
 
@@ -1345,4 +1346,54 @@ fn a_stream_is_charged_its_reported_usage_in_money_and_a_cut_one_by_the_token_ru
     assert!(output >= 1, "{settled:?}");
     assert_eq!(settled.spent, input * 10 + output * 30, "{settled:?}");
     assert_eq!(d.left(), 1_000 - settled.spent);
+}
+
+#[test]
+fn a_call_withdrawn_after_its_admission_gives_its_holds_back_and_is_never_settled() {
+    let (p, s) = policy(1_000, r#","default_max_tokens":100"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    d.admitted(&mut c, CHAT);
+    assert_eq!(c.holds().len(), 1);
+    let held = c.holds()[0].reserved;
+    assert_eq!(d.left(), 1_000 - held);
+    // The service refused the reservation: its budget is spent elsewhere, back in 90 s.
+    let spent = LimitStatus {
+        allowed: false,
+        remaining: 0,
+        reset_after: Nanos::from_secs(3_600),
+        retry_after: Nanos::from_secs(90),
+    };
+    let global = Decision::from_limits(vec![spent]).with_applied(vec![0]);
+    let now = || T0;
+    let mut env = Env {
+        policy: &p,
+        store: &mut d.store,
+        now: &now,
+    };
+    c.withdraw(&mut env, Some(global));
+    assert!(!c.awaits_response());
+    assert!(c.holds().is_empty());
+    assert_eq!(d.left(), 1_000, "the local hold is given back");
+    assert_eq!(c.retry_after(), Some(Nanos::from_secs(90)));
+    assert!(d.log(&mut c).is_none(), "nothing to settle");
+}
+
+#[test]
+fn a_call_admitted_globally_shows_the_global_budget() {
+    let (p, s) = policy(1_000, r#","default_max_tokens":100"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    d.admitted(&mut c, CHAT);
+    let global = LimitStatus {
+        allowed: true,
+        remaining: 42,
+        reset_after: Nanos::from_secs(3_000),
+        retry_after: Nanos::ZERO,
+    };
+    c.admitted_globally(Decision::from_limits(vec![global]).with_applied(vec![0]));
+    let shown = c.tokens().unwrap();
+    assert_eq!((shown.limits.len(), shown.limits[0].remaining), (1, 42));
+    assert!(c.awaits_response());
+    assert_eq!(c.holds().len(), 1, "the local hold stays until settlement");
 }

@@ -20,6 +20,7 @@ extern crate std;
 
 pub mod bucket;
 pub mod budget;
+pub mod calendar;
 pub mod config;
 pub mod decimal;
 pub mod decision;
@@ -31,6 +32,7 @@ pub mod llm;
 pub mod path;
 pub mod pattern;
 pub mod policy;
+pub mod quota;
 pub mod request;
 pub mod store;
 pub mod table;

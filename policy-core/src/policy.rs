@@ -186,6 +186,7 @@ impl Policy {
                             budget: i,
                             slot,
                             reserved: took,
+                            at: now,
                         });
                     } else {
                         denied = true;

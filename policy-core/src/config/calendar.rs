@@ -214,6 +214,26 @@ mod tests {
     }
 
     #[test]
+    fn a_global_tier_refuses_a_calendar_quota_and_a_local_one_keeps_it() {
+        let policy = |flag: &str| {
+            parse(
+                format!(
+                    r#"{{"global":{{"cluster":"tollgate-sync"}},"tiers":[{{"name":"u",{flag}
+                    "identity":{{"header":"x-user-id"}},"limits":[{{"requests":100,"reset":"day"}}]}}]}}"#
+                )
+                .as_bytes(),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let e = policy("").unwrap_err();
+        assert!(
+            e.starts_with("tiers[0].limits[0].reset: calendar quotas are not global yet"),
+            "{e}"
+        );
+        assert!(policy(r#""global":false,"#).is_ok());
+    }
+
+    #[test]
     fn switching_between_per_and_reset_starts_the_table_afresh() {
         let tag = |p: &crate::Policy| {
             crate::config::rates_tag(p.tiers()[0].limits.iter().map(|l| &l.rate))

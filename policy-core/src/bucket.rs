@@ -11,6 +11,8 @@
 //! scaled value fits in a `u128` with room to spare; all arithmetic saturates anyway, so extreme
 //! clocks cannot overflow.
 
+use crate::calendar::Calendar;
+use crate::quota::Quota;
 use crate::time::Nanos;
 
 /// The largest `amount` or `burst` a limit may have: large enough for a trillion tokens, small
@@ -24,12 +26,15 @@ pub const MAX_AMOUNT: u64 = 1 << 40;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Tat(pub u128);
 
-/// A validated rate: `amount` cells per `period`, with room for `burst` at once.
+/// A validated rate: `amount` cells per `period`, with room for `burst` at once; or, built by
+/// [`Rate::calendar`], a calendar quota of `amount` per calendar period (see [`crate::quota`]),
+/// which every method below then follows instead of GCRA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
     amount: u64,
     period: Nanos,
     burst: u64,
+    quota: Option<Quota>,
 }
 
 /// Why a [`Rate`] could not be built. Config parsing turns these into path-named errors.
@@ -75,7 +80,28 @@ impl Rate {
             amount,
             period,
             burst,
+            quota: None,
         })
+    }
+
+    /// A calendar quota: `amount` per period of `calendar`, no refill within a period, full
+    /// again at its end. Its [`period`](Rate::period) is the longest the calendar period can be
+    /// (what `RateLimit-Policy` shows as `w=`), its [`burst`](Rate::burst) the amount.
+    pub fn calendar(amount: u64, calendar: Calendar) -> Result<Rate, RateError> {
+        if amount == 0 || amount > MAX_AMOUNT {
+            return Err(RateError::Amount);
+        }
+        Ok(Rate {
+            amount,
+            period: Nanos::from_secs(calendar.period().longest_secs()),
+            burst: amount,
+            quota: Some(Quota { amount, calendar }),
+        })
+    }
+
+    /// The calendar of a calendar quota; `None` for a refilling (GCRA) rate.
+    pub fn calendar_of(&self) -> Option<Calendar> {
+        self.quota.map(|q| q.calendar)
     }
 
     /// Cells per period.
@@ -131,6 +157,9 @@ impl Rate {
     ///
     /// A clock that goes backwards only makes the bucket look emptier: the TAT never moves back.
     pub fn check(&self, tat: Tat, now: Nanos, cost: u64) -> Check {
+        if let Some(q) = &self.quota {
+            return q.check(tat, now, cost);
+        }
         let now_s = self.scaled(now);
         let start = tat.0.max(now_s);
         let next = start.saturating_add(self.cost(cost));
@@ -160,6 +189,9 @@ impl Rate {
     /// Used where the cost is only known after the fact (tokens an LLM already produced): the
     /// debt is paid back by refill before the next request is admitted.
     pub fn charge(&self, tat: Tat, now: Nanos, cost: u64) -> Tat {
+        if let Some(q) = &self.quota {
+            return q.charge(tat, now, cost);
+        }
         let start = tat.0.max(self.scaled(now));
         Tat(start.saturating_add(self.cost(cost)))
     }
@@ -168,12 +200,32 @@ impl Rate {
     ///
     /// Never fuller than full: a TAT at or before `now` already means a full bucket.
     pub fn refund(&self, tat: Tat, cells: u64) -> Tat {
+        if let Some(q) = &self.quota {
+            return q.refund(tat, cells);
+        }
         Tat(tat.0.saturating_sub(self.cost(cells)))
+    }
+
+    /// Replaces `reserved` cells held at `held_at` by the `actual` cost, at `now`: charges the
+    /// rest (into debt if need be) or refunds what was over-reserved. A calendar quota settles
+    /// into the period the hold was taken in, never into a later one.
+    pub fn settle(&self, tat: Tat, held_at: Nanos, now: Nanos, reserved: u64, actual: u64) -> Tat {
+        if let Some(q) = &self.quota {
+            return q.settle(tat, held_at, reserved, actual);
+        }
+        if actual >= reserved {
+            self.charge(tat, now, actual - reserved)
+        } else {
+            self.refund(tat, reserved - actual)
+        }
     }
 
     /// Whether at least one whole cell is left (used to admit in "charge after" mode): the
     /// same test as a one-cell [`check`](Rate::check), so a refusal's retry-after agrees.
     pub fn has_room(&self, tat: Tat, now: Nanos) -> bool {
+        if let Some(q) = &self.quota {
+            return q.check(tat, now, 1).allowed;
+        }
         let now_s = self.scaled(now);
         tat.0.saturating_sub(now_s).saturating_add(self.cost(1)) <= self.window()
     }
@@ -182,6 +234,9 @@ impl Rate {
     /// request would pass (exactly [`check`](Rate::check)`(tat, now, 1).allowed`), `retry_after`
     /// how long until one would.
     pub fn peek(&self, tat: Tat, now: Nanos) -> Check {
+        if let Some(q) = &self.quota {
+            return q.peek(tat, now);
+        }
         let now_s = self.scaled(now);
         let ahead = tat.0.saturating_sub(now_s);
         Check {
@@ -200,13 +255,25 @@ impl Rate {
     /// Whether a bucket in this state is full at `now`: such a slot may be reclaimed for another
     /// key without giving anyone more than a fresh bucket would.
     pub fn is_full(&self, tat: Tat, now: Nanos) -> bool {
+        if let Some(q) = &self.quota {
+            return q.is_full(tat, now);
+        }
         tat.0 <= self.scaled(now)
     }
 
     /// The state of a bucket that is full again `after` from `now`: how a global answer
     /// (`duration_until_reset`, measured on the service's clock) becomes a local state measured
     /// on this replica's clock, with no comparison between the two clocks.
+    ///
+    /// Calendar quotas are refused on global tiers (the config says so), so no global answer
+    /// reaches one; were one to, a wait reads as the period used up, never as room.
     pub fn full_after(&self, now: Nanos, after: Nanos) -> Tat {
+        if let Some(q) = &self.quota {
+            return match after {
+                Nanos::ZERO => Tat::default(),
+                _ => q.charge(Tat::default(), now, q.amount),
+            };
+        }
         Tat(self.scaled(Nanos(now.0.saturating_add(after.0))))
     }
 
@@ -214,6 +281,9 @@ impl Rate {
     /// admitted elsewhere, or charged after the fact, ran it into (0 for a bucket within its
     /// burst).
     pub fn overshoot(&self, tat: Tat, now: Nanos) -> u64 {
+        if let Some(q) = &self.quota {
+            return q.overshoot(tat, now);
+        }
         let ahead = tat.0.saturating_sub(self.scaled(now));
         let beyond = ahead.saturating_sub(self.window());
         u64::try_from(beyond / u128::from(self.period.0)).unwrap_or(u64::MAX)

@@ -278,6 +278,8 @@ pub struct Hold {
     pub slot: Slot,
     /// Tokens reserved (0 in charge-after mode).
     pub reserved: u64,
+    /// When it was taken: a calendar quota settles into the period of this instant.
+    pub at: Nanos,
 }
 
 impl Budget {
@@ -302,6 +304,13 @@ impl Budget {
     /// The state a budget showed before `took` tokens were held (for a refused request whose
     /// holds were given back).
     pub fn unheld(&self, status: LimitStatus, took: u64) -> LimitStatus {
+        if self.rate.calendar_of().is_some() {
+            // A quota resets at its period's end however much is held.
+            return LimitStatus {
+                remaining: status.remaining.saturating_add(took),
+                ..status
+            };
+        }
         let back = u128::from(took).saturating_mul(u128::from(self.rate.period().0))
             / u128::from(self.rate.amount());
         LimitStatus {
@@ -445,13 +454,11 @@ impl Budget {
     ) -> Result<LimitStatus, TableError> {
         let decide = |s: &[Tat], placement: Placement| {
             let tat = s.first().copied().unwrap_or_default();
-            let next = if actual >= hold.reserved {
-                self.rate.charge(tat, now, actual - hold.reserved)
-            } else if placement == Placement::Fresh {
+            let next = if actual < hold.reserved && placement == Placement::Fresh {
                 // Our entry was reclaimed while idle: the bucket is already full.
                 tat
             } else {
-                self.rate.refund(tat, hold.reserved - actual)
+                self.rate.settle(tat, hold.at, now, hold.reserved, actual)
             };
             let status = self.status(next, now, true, Nanos::ZERO);
             if next == tat {

@@ -20,6 +20,7 @@ extern crate std;
 
 pub mod bucket;
 pub mod budget;
+pub mod calendar;
 pub mod config;
 pub mod decimal;
 pub mod decision;
@@ -32,6 +33,7 @@ pub mod model_match;
 pub mod path;
 pub mod pattern;
 pub mod policy;
+pub mod quota;
 pub mod request;
 pub mod store;
 pub mod table;

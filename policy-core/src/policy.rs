@@ -199,6 +199,7 @@ impl Policy {
                             budget: i,
                             slot,
                             reserved: took,
+                            at: now,
                         });
                     } else {
                         denied = true;

@@ -10,6 +10,7 @@
 
 mod support;
 
+mod calendar;
 mod config;
 mod costs;
 mod global_strict;

@@ -159,6 +159,15 @@ pub(super) fn check_tier(tier: &Tier, path: &str) -> Result<(), ConfigError> {
 }
 
 fn expressible(rate: &Rate, path: &str, amount: &str) -> Result<(), ConfigError> {
+    if rate.calendar_of().is_some() {
+        return err(
+            format!("{path}.reset"),
+            Reason::Invalid {
+                why: "calendar quotas are not global yet (tollgate-sync counts refilling \
+                      windows only): set \"global\": false on the tier, or use \"per\"",
+            },
+        );
+    }
     if limit_of(rate).is_some() {
         return Ok(());
     }

@@ -20,7 +20,15 @@ use crate::model_match::ModelMatch;
 use crate::table::Table;
 use crate::time::Nanos;
 
-const BUDGET_FIELDS: &[&str] = &["tokens", "per", "burst", "name", "model"];
+const BUDGET_FIELDS: &[&str] = &[
+    "tokens",
+    "per",
+    "burst",
+    "name",
+    "model",
+    "reset",
+    "utc_offset",
+];
 const LLM_FIELDS: &[&str] = &[
     "mode",
     "count",

@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 
 use serde_json::Value;
 
+mod calendar;
 mod error;
 mod global;
 mod json;
@@ -19,6 +20,7 @@ mod llm;
 mod model;
 mod price;
 
+pub use calendar::RESET_WORDS;
 pub use error::{ConfigError, Reason};
 
 use error::err;
@@ -61,7 +63,8 @@ pub fn period(word: &str) -> Option<Nanos> {
 /// The window words a limit accepts.
 pub const PERIODS: &[&str] = &["second", "minute", "hour", "day", "week", "month"];
 
-/// Parses a `{ "<amount field>": N, "per": "minute", "burst": M, "name": "…" }` limit.
+/// Parses a `{ "<amount field>": N, "per": "minute", "burst": M, "name": "…" }` limit, or a
+/// calendar quota `{ "<amount field>": N, "reset": "month", "utc_offset": "+01:00" }`.
 pub fn rate(
     v: &Value,
     path: &str,
@@ -70,6 +73,10 @@ pub fn rate(
 ) -> Result<(Rate, Option<String>, &'static str), ConfigError> {
     let o = Obj::new(v, path, fields)?;
     let amount = positive(o.req(amount_field)?, &o.at(amount_field), MAX_AMOUNT)?;
+    let name = o.opt("name").map(|n| name(n, &o.at("name"))).transpose()?;
+    if let Some((quota, word)) = calendar::quota(&o, amount, amount_field)? {
+        return Ok((quota, name, word));
+    }
     let per_path = o.at("per");
     let per_word = string(o.req("per")?, &per_path)?;
     let Some(per) = PERIODS.iter().copied().find(|p| *p == per_word) else {
@@ -79,7 +86,6 @@ pub fn rate(
         Some(b) => positive(b, &o.at("burst"), MAX_AMOUNT)?,
         None => amount,
     };
-    let name = o.opt("name").map(|n| name(n, &o.at("name"))).transpose()?;
     let period = period(per).unwrap_or(Nanos::SECOND);
     let rate = Rate::new(amount, period, burst).map_err(|e| ConfigError {
         path: match e {
@@ -118,7 +124,7 @@ const COST_FIELDS: &[&str] = &["match", "cost"];
 pub const MAX_COST_RULES: usize = 32;
 const MATCH_FIELDS: &[&str] = &["headers", "path_prefix", "methods"];
 const HEADER_FIELDS: &[&str] = &["name", "present", "exact", "prefix", "regex"];
-const LIMIT_FIELDS: &[&str] = &["requests", "per", "burst", "name"];
+const LIMIT_FIELDS: &[&str] = &["requests", "per", "burst", "name", "reset", "utc_offset"];
 const IDENTITY_FIELDS: &[&str] = &["header", "case_sensitive", "metadata"];
 const METADATA_FIELDS: &[&str] = &["filter", "path"];
 const IDENTITY_WORDS: &[&str] = &["shared", "client_address"];
@@ -464,6 +470,9 @@ pub(super) fn rates_tag<'r>(rates: impl Iterator<Item = &'r Rate>) -> u64 {
         parts.extend_from_slice(&r.amount().to_le_bytes());
         parts.extend_from_slice(&r.period().0.to_le_bytes());
         parts.extend_from_slice(&r.burst().to_le_bytes());
+        if let Some(c) = r.calendar_of() {
+            parts.extend_from_slice(&c.tag());
+        }
     }
     Seed([0; 16]).slot(&[&parts], 1).fingerprint
 }

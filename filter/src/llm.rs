@@ -21,6 +21,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 use crate::host;
 use crate::http::Stream;
 use crate::metrics::Event;
+use crate::record::Record;
 use crate::reply;
 use crate::shared::SharedData;
 
@@ -46,6 +47,7 @@ fn event(count: Count) -> Event {
     match count {
         Count::Allowed => Event::Allowed,
         Count::Denied => Event::Denied,
+        Count::WouldDeny => Event::WouldDeny,
         Count::Contended => Event::Contended,
         Count::StoreFailure => Event::StoreFailure,
     }
@@ -167,6 +169,13 @@ impl Stream {
         };
         if let Some(count) = step.count {
             plugin.metrics.count(call.tier, event(count));
+        }
+        if step.count == Some(Count::WouldDeny) {
+            // A shadow tier's budget would have refused it: its record says so.
+            self.record = self.record.as_ref().map(Record::would_deny);
+            if let Some(record) = &self.record {
+                record.publish();
+            }
         }
         if let Some(bytes) = &step.replace {
             let _ = host::set_buffer(BufferType::HttpRequestBody, 0, body_size, bytes);

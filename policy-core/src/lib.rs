@@ -32,6 +32,7 @@ pub mod path;
 pub mod pattern;
 pub mod policy;
 pub mod request;
+pub mod scope;
 pub mod store;
 pub mod table;
 pub mod tier;

@@ -21,7 +21,15 @@ use crate::llm::ApiKind;
 use crate::table::Table;
 use crate::time::Nanos;
 
-const BUDGET_FIELDS: &[&str] = &["tokens", "per", "burst", "name", "model"];
+const BUDGET_FIELDS: &[&str] = &[
+    "tokens",
+    "per",
+    "burst",
+    "name",
+    "model",
+    "scope",
+    "on_missing",
+];
 const LLM_FIELDS: &[&str] = &[
     "mode",
     "count",

@@ -100,7 +100,7 @@ impl Stream {
                 index: i,
                 decision,
                 placement,
-                identity,
+                caller,
             } => {
                 if placement == Placement::Shared {
                     plugin.metrics.count(i, Event::Saturated);
@@ -110,14 +110,15 @@ impl Stream {
                 let cost = tier.cost_of(request);
                 let rec = Record::new(
                     &tier.name,
-                    plugin.policy.scope_hash(tier, &identity),
+                    plugin.policy.scope_hash(tier, &caller.id),
                     match verdict {
                         Verdict::Allow => record::Verdict::Allowed,
                         Verdict::Deny => record::Verdict::Denied,
                         Verdict::WouldDeny => record::Verdict::WouldDeny,
                     },
                     cost,
-                );
+                )
+                .with_scopes(plugin.policy.scope_hashes(tier, &caller));
                 rec.publish();
                 self.record = Some(rec);
                 if verdict == Verdict::WouldDeny {
@@ -130,7 +131,7 @@ impl Stream {
                     plugin.metrics.count(i, Event::Denied);
                     if let (true, Some(settings)) = (llm_tier, plugin.policy.llm()) {
                         let api = settings.api_of(&request.path());
-                        let stream = LlmCall::new(i, identity, api, decision);
+                        let stream = LlmCall::new(i, caller, api, decision);
                         let body = stream.denial_body(tier);
                         let fields = stream.fields(tier, settings, || now);
                         let (wait, max_wait) = (stream.retry_after(), settings.max_client_wait);
@@ -149,7 +150,7 @@ impl Stream {
                     // `local` fallback, not sent.
                     let synced = global.mode() == GlobalMode::Sync || !tier.budgets.is_empty();
                     if let (true, Some(key)) =
-                        (synced, BucketKey::limits(&plugin.policy, i, &identity))
+                        (synced, BucketKey::limits(&plugin.policy, i, &caller.id))
                     {
                         global.record(key, cost);
                     }
@@ -169,15 +170,22 @@ impl Stream {
                 let Some(settings) = plugin.policy.llm().filter(|_| api != ApiKind::Unknown) else {
                     // Not a completion API (e.g. listing models): request limits only.
                     plugin.metrics.count(i, Event::Allowed);
-                    self.pending = headers::llm_fields(tier, Some(&decision), None);
+                    if tier.enforcement == Enforcement::Enforce || tier.shadow_headers {
+                        self.pending = headers::llm_fields(tier, Some(&decision), None);
+                    }
                     return Action::Continue;
                 };
-                let call = LlmCall::new(i, identity, api, decision)
+                let call = LlmCall::new(i, caller, api, decision)
                     .with_path_model(settings.model_in_path(&path));
                 if settings.strip_accept_encoding {
                     let _ = host::set_header(MapType::HttpRequestHeaders, "accept-encoding", None);
                 }
                 self.start_llm(call, request.content_length(), end_of_stream, now)
+            }
+            Outcome::MissingScope { index, missing, .. } => {
+                plugin.metrics.count(index, Event::MissingScope);
+                reply::missing_scope(self.grpc, &missing);
+                Action::Pause
             }
             Outcome::Ambiguous { index, error, .. } => {
                 plugin.metrics.count(index, Event::Ambiguous);

@@ -26,6 +26,7 @@ use crate::global_strict::{self, PendingTokens, Resolution};
 use crate::host;
 use crate::http::Stream;
 use crate::metrics::{Event, ModelStat};
+use crate::record::Record;
 use crate::reply;
 use crate::shared::SharedData;
 
@@ -51,6 +52,7 @@ fn event(count: Count) -> Event {
     match count {
         Count::Allowed => Event::Allowed,
         Count::Denied => Event::Denied,
+        Count::WouldDeny => Event::WouldDeny,
         Count::Contended => Event::Contended,
         Count::StoreFailure => Event::StoreFailure,
     }
@@ -177,6 +179,13 @@ impl Stream {
             && strict_tokens::applies(&plugin.policy, call.tier);
         if let (Some(count), false) = (step.count, global_check) {
             plugin.metrics.count(call.tier, event(count));
+        }
+        if step.count == Some(Count::WouldDeny) {
+            // A shadow tier's budget would have refused it: its record says so.
+            self.record = self.record.as_ref().map(Record::would_deny);
+            if let Some(record) = &self.record {
+                record.publish();
+            }
         }
         if let Some(bytes) = &step.replace {
             let _ = host::set_buffer(BufferType::HttpRequestBody, 0, body_size, bytes);

@@ -55,6 +55,9 @@ tier_counters! {
     StoreFailure => "store_failures",
     /// A request refused for a repeated identity header.
     Ambiguous => "ambiguous_identity",
+    /// A request refused because it lacks the identity of a scope one of the tier's limits
+    /// refuses without (`"on_missing": "refuse"`).
+    MissingScope => "missing_scope",
     /// LLM tokens charged from real usage (or the configured fallback), once the charge is
     /// written to the store.
     TokensCharged => "tokens_charged",

@@ -42,6 +42,8 @@ pub struct Record {
     scope: u64,
     verdict: Verdict,
     cost: u64,
+    /// Each scope the request was counted in: its label and keyed hash (never the identity).
+    scopes: Vec<(String, u64)>,
     /// An LLM call's model, tokens reserved and charged, once settled.
     tokens: Option<(String, u64, u64)>,
     /// What it was charged in money (micro-units) and the currency, with a price table.
@@ -56,8 +58,22 @@ impl Record {
             scope,
             verdict,
             cost,
+            scopes: Vec::new(),
             tokens: None,
             spend: None,
+        }
+    }
+
+    /// The same record naming the scopes it was counted in: `scope.<label>=…` each.
+    pub fn with_scopes(self, scopes: Vec<(String, u64)>) -> Record {
+        Record { scopes, ..self }
+    }
+
+    /// The same record, which a token budget of a shadow tier would have refused.
+    pub fn would_deny(&self) -> Record {
+        Record {
+            verdict: Verdict::WouldDeny,
+            ..self.clone()
         }
     }
 
@@ -107,6 +123,9 @@ impl Record {
             self.verdict.word(),
             self.cost
         );
+        for (label, hash) in &self.scopes {
+            let _ = write!(text, " scope.{label}={hash:016x}");
+        }
         if let Some((model, reserved, charged)) = &self.tokens {
             let _ = write!(text, " model={model} reserved={reserved} charged={charged}");
         }

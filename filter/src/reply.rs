@@ -9,6 +9,7 @@ use policy_core::decision::Decision;
 use policy_core::headers::{self, Fields};
 use policy_core::identity::IdentityError;
 use policy_core::llm::ApiKind;
+use policy_core::scope::MissingScope;
 use policy_core::tier::Tier;
 use policy_core::Nanos;
 use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType};
@@ -118,6 +119,30 @@ pub fn ambiguous(grpc: bool, error: &IdentityError) {
     // backslashes to escape.
     let message = error.to_string();
     let body = format!("{{\"error\":\"ambiguous_identity\",\"message\":\"{message}\"}}");
+    send(
+        grpc,
+        400,
+        GrpcStatusCode::InvalidArgument,
+        Vec::new(),
+        &body,
+        &message,
+    );
+}
+
+/// 400 for a request without the identity of a scope one of its tier's limits counts against
+/// and refuses without.
+pub fn missing_scope(grpc: bool, missing: &MissingScope) {
+    // Header names are HTTP tokens; a metadata path is the operator's text: escaped.
+    let message: String = missing
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_control())
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    let body = format!("{{\"error\":\"missing_scope\",\"message\":\"{message}\"}}");
     send(
         grpc,
         400,

@@ -35,6 +35,7 @@ pub mod pattern;
 pub mod policy;
 pub mod quota;
 pub mod request;
+pub mod scope;
 pub mod store;
 pub mod table;
 pub mod tier;

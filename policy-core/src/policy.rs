@@ -10,6 +10,7 @@ use crate::hash::Seed;
 use crate::identity::IdentityError;
 use crate::llm::price::PriceTable;
 use crate::request::Attributes;
+use crate::scope::{Caller, CallerRef, MissingScope};
 use crate::store::{Store, StoreError};
 use crate::table::{Placement, Table, TableError, Update};
 use crate::tier::Tier;
@@ -70,8 +71,19 @@ pub enum Outcome<'p> {
         decision: Decision,
         /// How the caller's key found its slot (`Shared` means the table is saturated there).
         placement: Placement,
-        /// The caller's identity, for the token budgets settled later.
-        identity: Vec<u8>,
+        /// Who the caller is: the tier's identity and its scopes' (for the token budgets
+        /// admitted later, and the records).
+        caller: Caller,
+    },
+    /// The request lacks the identity of a scope that one of the tier's limits refuses
+    /// without (`"on_missing": "refuse"`): answer 400, count nothing.
+    MissingScope {
+        /// The tier.
+        tier: &'p Tier,
+        /// Its position in [`Policy::tiers`].
+        index: usize,
+        /// What is missing.
+        missing: MissingScope,
     },
     /// The request's identity is ambiguous (a repeated identity header).
     Ambiguous {
@@ -149,19 +161,36 @@ impl Policy {
             .fingerprint
     }
 
+    /// Each scope of the tier the caller was counted in, as its label and a 64-bit keyed hash
+    /// of the scope's source and identity (keyed by `hash_secret`): one team has one hash in
+    /// every tier, and the hash of a team `alice` is not the user `alice`'s (see
+    /// [`crate::scope`]). Scopes the request lacked are left out.
+    pub fn scope_hashes(&self, tier: &Tier, caller: &Caller) -> Vec<(alloc::string::String, u64)> {
+        tier.scoping
+            .scopes
+            .iter()
+            .zip(&caller.scopes)
+            .filter_map(|(scope, id)| {
+                let [a, b, c] = scope.key(id.as_deref()?);
+                let hash = self.seed.slot(&[b"record", a, b, c], 1).fingerprint;
+                Some((scope.label.clone(), hash))
+            })
+            .collect()
+    }
+
     /// Admits an LLM request against the tier's token budgets that apply to `model`.
     /// `estimate` is what reserve mode holds (see [`crate::budget`]).
-    pub fn admit_tokens<S: Store>(
+    pub fn admit_tokens<'c, S: Store>(
         &self,
         tier: &Tier,
-        identity: &[u8],
+        caller: impl Into<CallerRef<'c>>,
         model: Option<&str>,
         estimate: Amount,
         now: Nanos,
         store: &mut S,
     ) -> TokenOutcome {
         let ask = Ask::Tokens(estimate);
-        self.admit_tokens_where(tier, identity, model, ask, now, store, |_, _| true)
+        self.admit_tokens_where(tier, caller, model, ask, now, store, |_, _| true)
     }
 
     /// As [`admit_tokens`](Self::admit_tokens), asking `ask` of each budget that applies to
@@ -169,16 +198,17 @@ impl Policy {
     /// split in two: the budgets that count every model before the model is known, the others
     /// once it is.
     #[allow(clippy::too_many_arguments)] // each is one fact about the call; a struct would only rename them
-    pub fn admit_tokens_where<S: Store>(
+    pub fn admit_tokens_where<'c, S: Store>(
         &self,
         tier: &Tier,
-        identity: &[u8],
+        caller: impl Into<CallerRef<'c>>,
         model: Option<&str>,
         ask: Ask,
         now: Nanos,
         store: &mut S,
         pick: impl Fn(usize, &Budget) -> bool,
     ) -> TokenOutcome {
+        let caller = caller.into();
         let mode = self.llm.as_ref().map_or(Mode::Reserve, |l| l.mode);
         let estimate = match ask {
             Ask::Tokens(n) | Ask::AllLeft { at_least: n } => n.tokens,
@@ -190,7 +220,11 @@ impl Policy {
             if !budget.applies(model) || !pick(i, budget) {
                 continue;
             }
-            let slot = budget.slot(&self.seed, &tier.name, identity, model);
+            // A budget whose scope the request lacks (and skips) does not count it.
+            let Some(key) = tier.scoping.budget_key(i, caller) else {
+                continue;
+            };
+            let slot = budget.slot(&self.seed, &tier.name, &key, model);
             match budget.admit(store, slot, mode, ask, now) {
                 Ok((status, took)) => {
                     statuses.push((i, status, took));
@@ -239,14 +273,15 @@ impl Policy {
     ///
     /// # Errors
     /// The store failed.
-    pub fn peek_tokens<S: Store>(
+    pub fn peek_tokens<'c, S: Store>(
         &self,
         tier: &Tier,
-        identity: &[u8],
+        caller: impl Into<CallerRef<'c>>,
         cost: Amount,
         now: Nanos,
         store: &mut S,
     ) -> Result<Option<Decision>, TableError> {
+        let caller = caller.into();
         let mode = self.llm.as_ref().map_or(Mode::Reserve, |l| l.mode);
         let mut statuses = Vec::new();
         let mut applied = Vec::new();
@@ -254,7 +289,10 @@ impl Policy {
             if budget.scope != ModelScope::All {
                 continue;
             }
-            let slot = budget.slot(&self.seed, &tier.name, identity, None);
+            let Some(key) = tier.scoping.budget_key(i, caller) else {
+                continue;
+            };
+            let slot = budget.slot(&self.seed, &tier.name, &key, None);
             statuses.push(budget.peek(store, slot, mode, cost.of(budget.meter), now)?);
             applied.push(i);
         }
@@ -337,7 +375,8 @@ impl Policy {
     fn tables(&self) -> impl Iterator<Item = &Table> {
         self.tiers.iter().flat_map(|t| {
             core::iter::once(&t.table)
-                .filter(|_| !t.limits.is_empty())
+                .filter(|_| t.limits.len() > t.scoping.limits.iter().flatten().count())
+                .chain(t.scoping.limits.iter().flatten().map(|l| &l.table))
                 .chain(t.budgets.iter().map(|b| &b.table))
         })
     }
@@ -360,9 +399,22 @@ impl Policy {
                 Ok(None) => continue,
                 Err(error) => return Outcome::Ambiguous { tier, index, error },
             };
+            let scopes = match tier.scoping.derive(attrs) {
+                Ok(Ok(scopes)) => scopes,
+                Ok(Err(missing)) => {
+                    return Outcome::MissingScope {
+                        tier,
+                        index,
+                        missing,
+                    }
+                }
+                Err(error) => return Outcome::Ambiguous { tier, index, error },
+            };
+            let caller = Caller { id, scopes };
+            let id = &caller.id;
             let slot = self
                 .seed
-                .slot(&[tier.name.as_bytes(), &id], tier.table.sets());
+                .slot(&[tier.name.as_bytes(), id], tier.table.sets());
             let is_idle = |states: &[Tat]| {
                 tier.limits
                     .iter()
@@ -376,10 +428,23 @@ impl Policy {
                     index,
                     decision: Decision::from_limits(Vec::new()),
                     placement: Placement::Owned,
-                    identity: id,
+                    caller,
                 };
             }
             let cost = tier.cost_of(attrs);
+            if !tier.scoping.limits.is_empty() {
+                return match crate::scope::check_scoped(&self.seed, tier, &caller, cost, now, store)
+                {
+                    Ok((decision, placement)) => Outcome::Decided {
+                        tier,
+                        index,
+                        decision,
+                        placement,
+                        caller,
+                    },
+                    Err(error) => Outcome::StoreFailed { tier, index, error },
+                };
+            }
             let decide = |states: &[Tat], _: Placement| decide(tier, states, now, cost);
             return match tier.table.update(store, slot, is_idle, decide) {
                 Ok((decision, placement)) => Outcome::Decided {
@@ -387,7 +452,7 @@ impl Policy {
                     index,
                     decision,
                     placement,
-                    identity: id,
+                    caller,
                 },
                 Err(error) => Outcome::StoreFailed { tier, index, error },
             };

@@ -44,6 +44,9 @@ pub struct Tier {
     /// In shadow mode, whether responses carry the tier's rate-limit headers (never
     /// `Retry-After`: nothing is refused, so no client should wait).
     pub shadow_headers: bool,
+    /// The scopes its limits and budgets count against besides its identity
+    /// ([`crate::scope`]); empty when they all count the identity.
+    pub scoping: crate::scope::Scoping,
 }
 
 /// Whether a tier's refusals are carried out.

@@ -34,6 +34,7 @@ mod records;
 mod refill;
 mod regex_corpus;
 mod replies;
+mod scopes;
 mod shadow;
 mod store;
 mod streams;

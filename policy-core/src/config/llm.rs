@@ -28,6 +28,8 @@ const BUDGET_FIELDS: &[&str] = &[
     "model",
     "reset",
     "utc_offset",
+    "scope",
+    "on_missing",
 ];
 const LLM_FIELDS: &[&str] = &[
     "mode",

@@ -19,6 +19,7 @@ mod json;
 mod llm;
 mod model;
 mod price;
+mod scope;
 
 pub use calendar::RESET_WORDS;
 pub use error::{ConfigError, Reason};
@@ -124,7 +125,16 @@ const COST_FIELDS: &[&str] = &["match", "cost"];
 pub const MAX_COST_RULES: usize = 32;
 const MATCH_FIELDS: &[&str] = &["headers", "path_prefix", "methods"];
 const HEADER_FIELDS: &[&str] = &["name", "present", "exact", "prefix", "regex"];
-const LIMIT_FIELDS: &[&str] = &["requests", "per", "burst", "name", "reset", "utc_offset"];
+const LIMIT_FIELDS: &[&str] = &[
+    "requests",
+    "per",
+    "burst",
+    "name",
+    "reset",
+    "utc_offset",
+    "scope",
+    "on_missing",
+];
 const IDENTITY_FIELDS: &[&str] = &["header", "case_sensitive", "metadata"];
 const METADATA_FIELDS: &[&str] = &["filter", "path"];
 const IDENTITY_WORDS: &[&str] = &["shared", "client_address"];
@@ -366,9 +376,9 @@ fn parse_tier(
         Some(c) => parse_costs(c, &o.at("costs"), &limits)?,
         None => Vec::new(),
     };
-    let (enforcement, mode_path) = match o.opt("mode") {
-        Some(m) => (parse_mode(m, &o.at("mode"))?, o.at("mode")),
-        None => (default_mode, "mode".to_owned()),
+    let enforcement = match o.opt("mode") {
+        Some(m) => parse_mode(m, &o.at("mode"))?,
+        None => default_mode,
     };
     let shadow_headers = match o.opt("shadow_headers") {
         Some(v) => boolean(v, &o.at("shadow_headers"))?,
@@ -382,18 +392,7 @@ fn parse_tier(
             },
         );
     }
-    if enforcement == Enforcement::Shadow && !budgets.is_empty() {
-        // A would-be token refusal would have to run through the LLM call's lifecycle
-        // (reservation, settlement) without refusing; until it does, say so rather than
-        // enforce a limit the operator believes is only watched.
-        return err(
-            mode_path,
-            Reason::Invalid {
-                why: "shadow mode applies to request limits only; this tier has token budgets",
-            },
-        );
-    }
-    Ok(Tier {
+    let mut tier = Tier {
         name,
         matchers,
         path_prefix,
@@ -406,7 +405,14 @@ fn parse_tier(
         costs,
         enforcement,
         shadow_headers,
-    })
+        scoping: crate::scope::Scoping::default(),
+    };
+    let tokens_raw = match o.opt("tokens") {
+        Some(t) => array(t, &o.at("tokens"))?.as_slice(),
+        None => &[],
+    };
+    scope::attach(&mut tier, path, raw, tokens_raw, max_keys)?;
+    Ok(tier)
 }
 
 /// Parses a tier's `costs`: ordered `{"match": {…}, "cost": N}` rules. A cost must fit in every
@@ -858,7 +864,7 @@ mod tests {
     }
 
     #[test]
-    fn shadow_mode_is_set_per_policy_or_tier_and_refused_on_token_budgets() {
+    fn shadow_mode_is_set_per_policy_or_tier() {
         use crate::tier::Enforcement::{Enforce, Shadow};
         let modes = |json: &str| -> Vec<Enforcement> {
             parse(json.as_bytes())
@@ -885,11 +891,12 @@ mod tests {
             error(&two("", r#""mode":"dry-run","#)),
             "tiers[0].mode: must be one of: enforce, shadow"
         );
+        // Token budgets too (see llm/lifecycle/shadow_tests.rs).
         assert_eq!(
-            error(
+            modes(
                 r#"{"mode":"shadow","tiers":[{"name":"a","identity":"shared","tokens":[{"tokens":10,"per":"day"}]}]}"#
             ),
-            "mode: shadow mode applies to request limits only; this tier has token budgets"
+            [Shadow]
         );
         assert_eq!(
             error(&two("", r#""shadow_headers":true,"#)),

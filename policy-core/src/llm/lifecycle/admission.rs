@@ -19,7 +19,7 @@ use crate::decision::Decision;
 use crate::policy::TokenOutcome;
 use crate::store::Store;
 use crate::table::TableError;
-use crate::tier::Tier;
+use crate::tier::{Enforcement, Tier};
 use crate::{Nanos, Policy};
 
 use super::super::estimate_tokens;
@@ -32,6 +32,7 @@ pub enum Admission {
     Admitted,
     /// A budget had no room.
     Denied,
+
     /// Every CAS race was lost.
     Contended,
     /// The store failed.
@@ -74,6 +75,16 @@ impl LlmCall {
         };
         if admission == Admission::StoreFailed && verdict == Verdict::Continue {
             self.phase = Phase::Unmetered;
+        }
+        if admission == Admission::Denied && tier.enforcement == Enforcement::Shadow {
+            // Shadow mode: what enforcing would refuse goes on. Everything held was given
+            // back with the refusal, so, as a would-be refusal of a request limit, it takes
+            // nothing and is charged nothing: the budgets stay as enforcing would leave them.
+            self.would_deny = true;
+            self.phase = Phase::Unmetered;
+            let mut step = RequestStep::verdict(Verdict::Continue);
+            step.count = Some(Count::WouldDeny);
+            return step;
         }
         let mut step = RequestStep::verdict(verdict);
         step.count = count;

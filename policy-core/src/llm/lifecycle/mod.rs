@@ -46,7 +46,7 @@ use crate::hash::Slot;
 use crate::headers::{self, ErrorStyle, Fields};
 use crate::policy::OnStoreFailure;
 use crate::store::Store;
-use crate::tier::Tier;
+use crate::tier::{Enforcement, Tier};
 use crate::{Nanos, Policy};
 
 use super::{AddedUsageRemover, ApiKind, SseScanner, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
@@ -115,8 +115,8 @@ pub enum Phase {
 pub struct LlmCall {
     /// Index of its tier in the policy.
     pub tier: usize,
-    /// The caller, as the tier identifies it.
-    pub identity: Vec<u8>,
+    /// The caller, as the tier identifies it, and its scopes ([`crate::scope`]).
+    pub identity: crate::scope::Caller,
     /// The API, from the path.
     pub api: ApiKind,
     /// The request limits' decision (already made at the headers).
@@ -158,14 +158,22 @@ pub struct LlmCall {
     lagging: Vec<u8>,
     /// The model an admission found unpriced (see [`Refusal::Unpriced`]).
     unpriced_model: Option<String>,
+    /// A budget would have refused the call, but its tier is in shadow mode: it went on
+    /// holding nothing (`Phase::Unmetered`), counted `would_deny`.
+    would_deny: bool,
 }
 
 impl LlmCall {
     /// A call on tier `tier` by `identity`, whose request limits decided `requests`.
-    pub fn new(tier: usize, identity: Vec<u8>, api: ApiKind, requests: Decision) -> LlmCall {
+    pub fn new(
+        tier: usize,
+        identity: impl Into<crate::scope::Caller>,
+        api: ApiKind,
+        requests: Decision,
+    ) -> LlmCall {
         LlmCall {
             tier,
-            identity,
+            identity: identity.into(),
             api,
             requests,
             phase: Phase::ReadingRequest {
@@ -188,6 +196,7 @@ impl LlmCall {
             early: None,
             lagging: Vec::new(),
             unpriced_model: None,
+            would_deny: false,
         }
     }
 
@@ -267,7 +276,9 @@ impl LlmCall {
             return self.admission_step(env, None);
         }
         self.content_length = content_length;
-        if self.refuse_early(policy, tier, (env.now)(), env.store) {
+        if tier.enforcement == Enforcement::Enforce
+            && self.refuse_early(policy, tier, (env.now)(), env.store)
+        {
             let mut step = RequestStep::verdict(Verdict::Refuse(Refusal::Denied));
             step.count = Some(Count::Denied);
             return step;
@@ -415,7 +426,11 @@ impl LlmCall {
             return ResponseStep::default();
         };
         if !self.awaits_response() {
-            return ResponseStep::default();
+            // A shadow tier's would-be refusal shows its budgets' state if the tier asks.
+            return ResponseStep {
+                decorate: self.would_deny,
+                ..ResponseStep::default()
+            };
         }
         if self.follow_response(env.policy, llm, head) {
             return ResponseStep {
@@ -501,7 +516,31 @@ impl LlmCall {
 
     /// The rate-limit fields of this call's response (or refusal), plus Anthropic's own on
     /// `/v1/messages`, whose resets are instants: `now` is only called for those.
+    /// A tier in shadow mode shows none unless it sets `shadow_headers`, and then never a
+    /// wait (`retry-after`, `retry-after-ms`): nothing was refused.
     pub fn fields(&self, tier: &Tier, llm: &LlmSettings, now: impl FnOnce() -> Nanos) -> Fields {
+        if tier.enforcement == Enforcement::Shadow {
+            if !tier.shadow_headers {
+                return Fields::new();
+            }
+            let mut fields = self.enforced_fields(tier, llm, now);
+            fields.retain(|(name, _)| !name.starts_with("retry-after"));
+            return fields;
+        }
+        self.enforced_fields(tier, llm, now)
+    }
+
+    /// Whether a budget would have refused this call in a shadow tier (it went on unmetered).
+    pub fn would_deny(&self) -> bool {
+        self.would_deny
+    }
+
+    fn enforced_fields(
+        &self,
+        tier: &Tier,
+        llm: &LlmSettings,
+        now: impl FnOnce() -> Nanos,
+    ) -> Fields {
         let mut fields = headers::llm_fields(tier, Some(&self.requests), self.tokens.as_ref());
         if self.api == ApiKind::AnthropicMessages {
             let counted = headers::Counted::of(&llm.cost);
@@ -560,5 +599,7 @@ enum Early {
     More(usize),
 }
 
+#[cfg(test)]
+mod shadow_tests;
 #[cfg(test)]
 mod tests;

@@ -40,6 +40,8 @@ pub enum Count {
     Allowed,
     /// A budget refused it.
     Denied,
+    /// A budget would have refused it, but its tier is in shadow mode: it went on.
+    WouldDeny,
     /// Every CAS race was lost.
     Contended,
     /// The store failed (whatever `on_store_failure` then decided).

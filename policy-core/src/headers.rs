@@ -360,6 +360,20 @@ pub enum ErrorStyle {
     Gemini,
     /// Ollama's `{"error": "…"}`.
     Ollama,
+    /// AWS's `{"message": "…"}`, with the error's name in the `x-amzn-ErrorType` header
+    /// ([`ErrorStyle::headers`]): botocore raises it as `ThrottlingException` (Bedrock).
+    Bedrock,
+}
+
+impl ErrorStyle {
+    /// The headers a refusal in this style carries beside the rate-limit fields: AWS SDKs
+    /// read the error's name from `x-amzn-ErrorType` (botocore's REST-JSON error parser).
+    pub fn headers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ErrorStyle::Bedrock => &[("x-amzn-errortype", "ThrottlingException")],
+            _ => &[],
+        }
+    }
 }
 
 /// The body of an LLM 429, in the format the client's SDK parses, so that it backs off.
@@ -420,7 +434,14 @@ pub fn llm_denial_body(
             &message,
             &[T("\",\"status\":\"RESOURCE_EXHAUSTED\"}}")],
         ]),
-        ErrorStyle::Ollama => text(&[&[T("{\"error\":\"")], &message, &[T("\"}")]]),
+        ErrorStyle::Ollama | ErrorStyle::Bedrock => {
+            let key = if style == ErrorStyle::Ollama {
+                "{\"error\":\""
+            } else {
+                "{\"message\":\""
+            };
+            text(&[&[T(key)], &message, &[T("\"}")]])
+        }
     }
 }
 

@@ -257,6 +257,15 @@ def test_boto3_reads_converse_and_converse_stream_and_tollgate_charges_the_same(
     assert converse_cost(usage) == 1059
     assert charged(envoy, user, 2107 + 1059) == 2107 + 1059
 
+    # InvokeModelWithResponseStream: botocore decodes each chunk's base64 itself.
+    client = bedrock_client(envoy, user, "bedrock-invoke-stream.eventstream")
+    response = client.invoke_model_with_response_stream(modelId=SONNET,
+                                                         body=json.dumps(INVOKE_BODY))
+    chunks = [json.loads(e["chunk"]["bytes"]) for e in response["body"]]
+    assert [c["type"] for c in chunks][::6] == ["message_start", "message_stop"]
+    assert chunks[5]["usage"]["output_tokens"] == 15
+    assert charged(envoy, user, 2107 + 1059 + 40) == 2107 + 1059 + 40
+
 
 def test_an_exhausted_model_budget_is_refused_in_bedrocks_format_whichever_path_names_it(envoy):
     """One Converse call spends the haiku budget (the model only in the path, as an inference

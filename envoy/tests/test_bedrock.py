@@ -226,7 +226,8 @@ def bedrock_client(envoy: Envoy, user: str, fixture_name: str):
         "bedrock-runtime", region_name="us-east-1",
         endpoint_url=f"http://127.0.0.1:{envoy.port}{PREFIX}",
         aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="not-a-secret",
-        config=Config(retries={"max_attempts": 1}, read_timeout=10, connect_timeout=5))
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=10,
+                      connect_timeout=5))
 
     def add_headers(request, **_):
         request.headers["x-user-id"] = user

@@ -434,14 +434,8 @@ pub fn llm_denial_body(
             &message,
             &[T("\",\"status\":\"RESOURCE_EXHAUSTED\"}}")],
         ]),
-        ErrorStyle::Ollama | ErrorStyle::Bedrock => {
-            let key = if style == ErrorStyle::Ollama {
-                "{\"error\":\""
-            } else {
-                "{\"message\":\""
-            };
-            text(&[&[T(key)], &message, &[T("\"}")]])
-        }
+        ErrorStyle::Ollama => text(&[&[T("{\"error\":\"")], &message, &[T("\"}")]]),
+        ErrorStyle::Bedrock => text(&[&[T("{\"message\":\"")], &message, &[T("\"}")]]),
     }
 }
 

@@ -133,7 +133,9 @@ impl Stream {
                         let api = settings.api_of(&request.path());
                         let stream = LlmCall::new(i, caller, api, decision);
                         let body = stream.denial_body(tier);
-                        let fields = stream.fields(tier, settings, || now);
+                        let mut fields = stream.fields(tier, settings, || now);
+                        let style = stream.style().headers();
+                        fields.extend(style.iter().map(|&(n, v)| (n, v.into())));
                         let (wait, max_wait) = (stream.retry_after(), settings.max_client_wait);
                         reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);
                     } else {

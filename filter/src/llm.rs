@@ -225,7 +225,8 @@ impl Stream {
                 let Some(tier) = self.tier(call.tier) else {
                     return;
                 };
-                let fields = call.fields(tier, settings, now);
+                let mut fields = call.fields(tier, settings, now);
+                fields.extend(call.style().headers().iter().map(|&(n, v)| (n, v.into())));
                 let body = call.denial_body(tier);
                 let (wait, max_wait) = (call.retry_after(), settings.max_client_wait);
                 reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);

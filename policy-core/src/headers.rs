@@ -392,6 +392,20 @@ pub enum ErrorStyle {
     Gemini,
     /// Ollama's `{"error": "…"}`.
     Ollama,
+    /// AWS's `{"message": "…"}`, with the error's name in the `x-amzn-ErrorType` header
+    /// ([`ErrorStyle::headers`]): botocore raises it as `ThrottlingException` (Bedrock).
+    Bedrock,
+}
+
+impl ErrorStyle {
+    /// The headers a refusal in this style carries beside the rate-limit fields: AWS SDKs
+    /// read the error's name from `x-amzn-ErrorType` (botocore's REST-JSON error parser).
+    pub fn headers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ErrorStyle::Bedrock => &[("x-amzn-errortype", "ThrottlingException")],
+            _ => &[],
+        }
+    }
 }
 
 /// The body of an LLM 429, in the format the client's SDK parses, so that it backs off.
@@ -545,6 +559,7 @@ fn error_body(style: ErrorStyle, message: &[Piece<'_>], kind: Kind) -> String {
             &[T(gemini)],
         ]),
         ErrorStyle::Ollama => text(&[&[T("{\"error\":\"")], message, &[T("\"}")]]),
+        ErrorStyle::Bedrock => text(&[&[T("{\"message\":\"")], message, &[T("\"}")]]),
     }
 }
 

@@ -8,7 +8,8 @@
 //!    [`UsageRewriter`] rewrites the body as it passes (held or not) so the stream reports its
 //!    usage.
 //! 2. A JSON response is read whole with [`usage_from_json`]; a streamed one (SSE, Ollama's
-//!    NDJSON or Gemini's JSON array: [`Framing`]) is observed chunk by chunk with an
+//!    NDJSON, Gemini's JSON array or Bedrock's binary event stream: [`Framing`]) is observed
+//!    chunk by chunk with an
 //!    [`SseScanner`], which never holds a chunk back. Where tollgate
 //!    added `include_usage`, an [`AddedUsageRemover`] takes what that added out of the stream
 //!    before the client sees it.
@@ -23,6 +24,7 @@
 pub mod added_usage;
 pub mod charge;
 pub mod cost;
+pub mod eventstream;
 mod gemini;
 mod json;
 mod json_array;
@@ -40,7 +42,7 @@ pub use charge::{stream_charge, stream_charge_by, StreamSeen};
 pub use cost::{Cost, CostError, CostSpec, Weight, WeightError, WeightsSpec};
 pub use json::FieldError;
 pub use lifecycle::LlmCall;
-pub use request::{estimate_tokens, ApiKind, LlmRequest, RequestError};
+pub use request::{bedrock_model_name, estimate_tokens, ApiKind, LlmRequest, RequestError};
 pub use rewrite::{ensure_stream_usage, RewriteError, UsageRewriter, MAX_STREAM_USAGE_GROWTH};
 // Its path before it moved into `sse/`.
 pub use sse::frame as sse_frame;

@@ -43,6 +43,17 @@ pub enum ApiKind {
     OllamaChat,
     /// Ollama's native completion: `…/api/generate`.
     OllamaGenerate,
+    /// AWS Bedrock Converse: `…/model/{modelId}/converse` (usage in `usage.inputTokens`…).
+    BedrockConverse,
+    /// AWS Bedrock ConverseStream: `…/model/{modelId}/converse-stream`, an
+    /// `application/vnd.amazon.eventstream` stream, usage in its `metadata` event.
+    BedrockConverseStream,
+    /// AWS Bedrock InvokeModel: `…/model/{modelId}/invoke`, the model's own body (Anthropic's
+    /// Messages body and usage for Claude).
+    BedrockInvoke,
+    /// AWS Bedrock InvokeModelWithResponseStream: `…/model/{modelId}/invoke-with-response-stream`,
+    /// an event stream of `chunk` events, each an Anthropic stream event in base64.
+    BedrockInvokeStream,
     /// Anything else.
     Unknown,
 }
@@ -55,6 +66,16 @@ impl ApiKind {
         let path = normalized.as_str();
         let path = path.split(['?', '#']).next().unwrap_or(path);
         let path = path.strip_suffix('/').unwrap_or(path);
+        let bedrock = bedrock_model_method(path).and_then(|(_, operation)| match operation {
+            "converse" => Some(ApiKind::BedrockConverse),
+            "converse-stream" => Some(ApiKind::BedrockConverseStream),
+            "invoke" => Some(ApiKind::BedrockInvoke),
+            "invoke-with-response-stream" => Some(ApiKind::BedrockInvokeStream),
+            _ => None,
+        });
+        if let Some(kind) = bedrock {
+            return kind;
+        }
         if let Some((_, method)) = model_method(path) {
             return match method {
                 "generatecontent" => ApiKind::GeminiGenerate,
@@ -86,15 +107,22 @@ impl ApiKind {
     }
 
     /// The model a request path names, for the APIs that name it there: Gemini and Vertex AI
-    /// (`…/models/{model}:method`) and Azure OpenAI (`/openai/deployments/{deployment}/…`: the
-    /// deployment's name is the model for budgets). Case is kept; the name is the path
-    /// segment as the upstream routes it (percent-decoded). `None` when the path names none,
-    /// or names one longer than [`MAX_MODEL_LEN`].
+    /// (`…/models/{model}:method`), Azure OpenAI (`/openai/deployments/{deployment}/…`: the
+    /// deployment's name is the model for budgets) and AWS Bedrock (`…/model/{modelId}/…`,
+    /// reduced to the model's own name by [`bedrock_model_name`]). Case is kept; the name is
+    /// the path segment as the upstream routes it (percent-decoded). `None` when the path
+    /// names none, or names one longer than [`MAX_MODEL_LEN`].
     pub fn model_in_path(path: &str) -> Option<String> {
         let normalized = crate::path::normalize_str(path);
         let path = normalized.split(['?', '#']).next().unwrap_or(&normalized);
         let path = path.strip_suffix('/').unwrap_or(path);
-        let model = if let Some((model, _)) = model_method(path) {
+        let lower = path.to_ascii_lowercase();
+        let bedrock = bedrock_model_method(path)
+            .filter(|_| ApiKind::from_path(&lower).is_bedrock())
+            .map(|(id, _)| id);
+        let model = if let Some(id) = bedrock {
+            bedrock_model_name(id)
+        } else if let Some((model, _)) = model_method(path) {
             model
         } else {
             let lower = path.to_ascii_lowercase();
@@ -116,6 +144,10 @@ impl ApiKind {
         "gemini_embed",
         "ollama_chat",
         "ollama_generate",
+        "bedrock_converse",
+        "bedrock_converse_stream",
+        "bedrock_invoke",
+        "bedrock_invoke_stream",
     ];
     /// The kinds [`ApiKind::NAMES`] name.
     pub const NAMED: &'static [ApiKind] = &[
@@ -129,6 +161,10 @@ impl ApiKind {
         ApiKind::GeminiEmbed,
         ApiKind::OllamaChat,
         ApiKind::OllamaGenerate,
+        ApiKind::BedrockConverse,
+        ApiKind::BedrockConverseStream,
+        ApiKind::BedrockInvoke,
+        ApiKind::BedrockInvokeStream,
     ];
 
     /// Whether this is one of Gemini's methods (the Gemini API or Vertex AI), whose refusals
@@ -137,6 +173,18 @@ impl ApiKind {
         matches!(
             self,
             ApiKind::GeminiGenerate | ApiKind::GeminiStream | ApiKind::GeminiEmbed
+        )
+    }
+
+    /// Whether this is one of Bedrock's operations, whose refusals use AWS's error format
+    /// (`x-amzn-ErrorType: ThrottlingException`).
+    pub fn is_bedrock(self) -> bool {
+        matches!(
+            self,
+            ApiKind::BedrockConverse
+                | ApiKind::BedrockConverseStream
+                | ApiKind::BedrockInvoke
+                | ApiKind::BedrockInvokeStream
         )
     }
 
@@ -162,6 +210,61 @@ fn model_method(path: &str) -> Option<(&str, &str)> {
         return None;
     }
     last.rsplit_once(':')
+}
+
+/// `(model id, operation)` of a Bedrock runtime path, `…/model/{modelId}/{operation}` (the
+/// caller lowercases the path to match the operation). The model id is everything between the
+/// first `/model/` and the last segment: the SDKs percent-encode an ARN's `/`
+/// (`foundation-model%2Fanthropic.…`), which the path's normalisation decodes, so an ARN spans
+/// several segments here.
+fn bedrock_model_method(path: &str) -> Option<(&str, &str)> {
+    let at = path.to_ascii_lowercase().find("/model/")? + "/model/".len();
+    let rest = path.get(at..)?;
+    let (id, operation) = rest.rsplit_once('/')?;
+    (!id.is_empty()).then_some((id, operation))
+}
+
+/// The cross-region inference profiles' geography prefixes (`us.anthropic.claude-…`).
+const BEDROCK_GEOGRAPHIES: &[&str] = &[
+    "us-gov.", "us.", "eu.", "apac.", "jp.", "au.", "ca.", "global.",
+];
+
+/// The name a Bedrock model id stands for in budgets: the model's own name, so that a budget
+/// written for `claude-sonnet-4-20250514` holds whether the model is called through
+/// Anthropic's API, Vertex AI or Bedrock, and whatever form of id the Bedrock caller uses.
+///
+/// In order: an ARN keeps only its resource id (after the last `/`:
+/// `arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-…` or
+/// `…:inference-profile/us.anthropic.claude-…`); a cross-region inference profile's
+/// geography prefix goes (`us.`, `eu.`, `apac.`, …); the provider's namespace goes (up to the
+/// first `.`: `anthropic.`, `meta.`, `amazon.`); a version suffix `-v{N}:{M}` or `:{M}` goes.
+/// `anthropic.claude-3-5-sonnet-20241022-v2:0` is `claude-3-5-sonnet-20241022`. An id
+/// without a namespace (an application inference profile, a provisioned or custom model) is
+/// kept as it is.
+pub fn bedrock_model_name(id: &str) -> &str {
+    let id = id.rsplit('/').next().unwrap_or(id);
+    let lower = id.to_ascii_lowercase();
+    let geo = BEDROCK_GEOGRAPHIES
+        .iter()
+        .find(|g| lower.starts_with(**g))
+        .map_or(0, |g| g.len());
+    let id = id.get(geo..).unwrap_or(id);
+    let Some((_, name)) = id.split_once('.') else {
+        return id;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let name = match name.rsplit_once(':') {
+        Some((before, minor)) if digits(minor) => match before.rsplit_once("-v") {
+            Some((base, major)) if digits(major) && !base.is_empty() => base,
+            _ => before,
+        },
+        _ => name,
+    };
+    if name.is_empty() {
+        id
+    } else {
+        name
+    }
 }
 
 /// Tokens estimated from a byte count: bytes / 4, rounded up.
@@ -193,8 +296,9 @@ pub struct LlmRequest {
     pub max_tokens: Option<u64>,
     /// `max_completion_tokens` (OpenAI chat, newer models).
     pub max_completion_tokens: Option<u64>,
-    /// `max_output_tokens` (OpenAI Responses); Gemini's `generationConfig.maxOutputTokens` and
-    /// Ollama's `options.num_predict` (when not negative: -1 and -2 mean no cap) land here too.
+    /// `max_output_tokens` (OpenAI Responses); Gemini's `generationConfig.maxOutputTokens`,
+    /// Bedrock Converse's `inferenceConfig.maxTokens` and Ollama's `options.num_predict` (when
+    /// not negative: -1 and -2 mean no cap) land here too.
     pub max_output_tokens: Option<u64>,
     /// `n`: how many choices to generate (OpenAI chat and legacy completions; Gemini's
     /// `generationConfig.candidateCount`), each up to the output limit.
@@ -295,15 +399,18 @@ keys!(
         Conversation = "conversation",
         GenerationConfig = "generationConfig",
         Options = "options",
+        InferenceConfig = "inferenceConfig",
     }
 );
 
 keys!(
-    /// The output caps of Gemini's `generationConfig` and Ollama's `options`.
+    /// The output caps of Gemini's `generationConfig`, Ollama's `options` and Bedrock
+    /// Converse's `inferenceConfig`.
     CapKey {
         MaxOutputTokens = "maxOutputTokens",
         CandidateCount = "candidateCount",
         NumPredict = "num_predict",
+        MaxTokens = "maxTokens",
     }
 );
 
@@ -335,6 +442,7 @@ fn request_key_name(key: RequestKey) -> &'static str {
         RequestKey::Conversation => "conversation",
         RequestKey::GenerationConfig => "generationConfig",
         RequestKey::Options => "options",
+        RequestKey::InferenceConfig => "inferenceConfig",
         RequestKey::Other => "",
     }
 }
@@ -377,8 +485,9 @@ impl<'de> Deserialize<'de> for Model {
     }
 }
 
-/// Gemini's `generationConfig` (`maxOutputTokens`, `candidateCount`) or Ollama's `options`
-/// (`num_predict`): the output cap and the number of candidates, or the first problem.
+/// Gemini's `generationConfig` (`maxOutputTokens`, `candidateCount`), Ollama's `options`
+/// (`num_predict`) or Bedrock Converse's `inferenceConfig` (`maxTokens`): the output cap and
+/// the number of candidates, or the first problem.
 #[derive(Default)]
 struct Caps {
     max_output: Option<u64>,
@@ -406,6 +515,7 @@ impl<'de> Deserialize<'de> for Caps {
                         CapKey::MaxOutputTokens => "generationConfig.maxOutputTokens",
                         CapKey::CandidateCount => "generationConfig.candidateCount",
                         CapKey::NumPredict => "options.num_predict",
+                        CapKey::MaxTokens => "inferenceConfig.maxTokens",
                     };
                     if !seen.first(key.bit()) {
                         map.next_value::<IgnoredAny>()?;
@@ -540,7 +650,9 @@ impl<'de> Deserialize<'de> for Parsed {
                             }
                             Flag::Bad(reason) => Some(("stream", reason)),
                         },
-                        RequestKey::GenerationConfig | RequestKey::Options => {
+                        RequestKey::GenerationConfig
+                        | RequestKey::Options
+                        | RequestKey::InferenceConfig => {
                             let caps = map.next_value::<Caps>()?;
                             // Gemini's cap per candidate, like OpenAI's per choice.
                             request.max_output_tokens =
@@ -549,6 +661,9 @@ impl<'de> Deserialize<'de> for Parsed {
                             // The visitor names the container Gemini's way.
                             caps.bad.map(|(field, reason)| match (key, field) {
                                 (RequestKey::Options, "generationConfig") => ("options", reason),
+                                (RequestKey::InferenceConfig, "generationConfig") => {
+                                    ("inferenceConfig", reason)
+                                }
                                 _ => (field, reason),
                             })
                         }
@@ -666,6 +781,27 @@ mod tests {
             ("/ollama/api/generate", ApiKind::OllamaGenerate),
             ("/api/tags", ApiKind::Unknown),
             ("/v1/chat/completions?vllm", ApiKind::OpenAiChat),
+            // AWS Bedrock: a model id, or an ARN whose `/` the SDKs percent-encode.
+            (
+                "/model/anthropic.claude-3-5-sonnet-20241022-v2:0/converse",
+                ApiKind::BedrockConverse,
+            ),
+            (
+                "/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/converse-stream",
+                ApiKind::BedrockConverseStream,
+            ),
+            (
+                "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A%3Afoundation-model%2Fanthropic.claude-3-haiku-20240307-v1%3A0/invoke",
+                ApiKind::BedrockInvoke,
+            ),
+            (
+                "/bedrock/model/m/Invoke-With-Response-Stream",
+                ApiKind::BedrockInvokeStream,
+            ),
+            ("/model/m/converse/x", ApiKind::Unknown),
+            ("/model//converse", ApiKind::Unknown),
+            ("/model/converse", ApiKind::Unknown),
+            ("/api/model/v1/chat/completions", ApiKind::OpenAiChat),
         ];
         for (path, kind) in cases {
             assert_eq!(ApiKind::from_path(path), kind, "{path}");
@@ -700,6 +836,31 @@ mod tests {
             ("/v1/chat/completions", None),
             ("/api/chat", None),
             ("/v1beta/models/:generateContent", None),
+            (
+                "/model/anthropic.claude-3-5-sonnet-20241022-v2:0/converse",
+                Some("claude-3-5-sonnet-20241022"),
+            ),
+            (
+                "/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/converse-stream",
+                Some("claude-sonnet-4-20250514"),
+            ),
+            (
+                "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A%3Afoundation-model%2Fanthropic.claude-3-haiku-20240307-v1%3A0/invoke",
+                Some("claude-3-haiku-20240307"),
+            ),
+            (
+                "/model/arn:aws:bedrock:eu-west-1:123456789012:inference-profile/eu.meta.llama3-2-1b-instruct-v1:0/converse",
+                Some("llama3-2-1b-instruct"),
+            ),
+            (
+                "/model/arn:aws:bedrock:us-east-1:123456789012:application-inference-profile%2Fa1b2c3/converse",
+                Some("a1b2c3"),
+            ),
+            ("/model/US-GOV.amazon.nova-pro-v1:0/converse", Some("nova-pro")),
+            ("/model/cohere.command-r-plus-v1:0/invoke", Some("command-r-plus")),
+            ("/model/my-custom-model/converse", Some("my-custom-model")),
+            ("/model/anthropic./converse", Some("anthropic.")),
+            ("/model/m/tags", None),
         ];
         for (path, model) in cases {
             assert_eq!(ApiKind::model_in_path(path).as_deref(), model, "{path}");
@@ -766,6 +927,27 @@ mod tests {
         assert_eq!(
             (r.max_output(), r.max_output_all_choices()),
             (Some(300), Some(600))
+        );
+        // Bedrock Converse: the model is in the path, the cap in `inferenceConfig`.
+        let r = parse(
+            r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}],
+                "inferenceConfig":{"maxTokens":512,"temperature":0.5}}"#,
+        )
+        .unwrap();
+        assert_eq!((r.model.as_deref(), r.max_output()), (None, Some(512)));
+        assert_eq!(
+            parse(r#"{"inferenceConfig":{"maxTokens":"5"}}"#),
+            Err(RequestError::BadField {
+                field: "inferenceConfig.maxTokens",
+                reason: FieldError::WrongType
+            })
+        );
+        assert_eq!(
+            parse(r#"{"inferenceConfig":3}"#),
+            Err(RequestError::BadField {
+                field: "inferenceConfig",
+                reason: FieldError::WrongType
+            })
         );
         let r = parse(r#"{"model":"llama3.2","options":{"num_predict":128}}"#).unwrap();
         assert_eq!(r.max_output(), Some(128));

@@ -1,7 +1,7 @@
 //! `x-mock-fixture: NAME`: answer with the recorded transcript `fixtures/llm/NAME` exactly as it
 //! is stored, so the transcripts policy-core's unit tests read (`include_str!`) also reach a
-//! proxy through the mock: JSON with a `content-length`, a stream (`.sse`, `.ndjson`) one event
-//! (or line) per write — or in `x-mock-chunk-bytes` pieces — cut by `x-mock-cut-after` and paced
+//! proxy through the mock: JSON with a `content-length`, a stream (`.sse`, `.ndjson`, AWS's
+//! binary `.eventstream`, byte for byte) one event (line, message) per write — or in `x-mock-chunk-bytes` pieces — cut by `x-mock-cut-after` and paced
 //! by `x-mock-delay-ms` like the generated streams. The status is `x-mock-status` (200 unless it
 //! says otherwise: the error transcripts want their own).
 //!
@@ -27,6 +27,8 @@ pub enum Kind {
     Sse,
     /// `.ndjson`: JSON lines, written a line at a time.
     Ndjson,
+    /// `.eventstream`: AWS's binary event stream (Bedrock), written a message at a time.
+    EventStream,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Kind::Json => "application/json",
             Kind::Sse => "text/event-stream; charset=utf-8",
             Kind::Ndjson => "application/x-ndjson",
+            Kind::EventStream => "application/vnd.amazon.eventstream",
         }
     }
 }
@@ -68,11 +71,13 @@ pub fn load(name: &str) -> Result<Fixture, BadRequest> {
         Some((_, "json")) => Some(Kind::Json),
         Some((_, "sse")) => Some(Kind::Sse),
         Some((_, "ndjson")) => Some(Kind::Ndjson),
+        Some((_, "eventstream")) => Some(Kind::EventStream),
         _ => None,
     };
     let (true, Some(kind)) = (plain, kind) else {
         return Err(BadRequest(
-            "x-mock-fixture must be a file name ending in .json, .sse or .ndjson".into(),
+            "x-mock-fixture must be a file name ending in .json, .sse, .ndjson or .eventstream"
+                .into(),
         ));
     };
     let bytes = std::fs::read(dir().join(name))
@@ -93,6 +98,7 @@ pub fn pieces(fixture: &Fixture, chunk_bytes: Option<usize>) -> Vec<Bytes> {
     // An event ends at a blank line (either line ending); an NDJSON line at its newline.
     let ends: &[&[u8]] = match fixture.kind {
         Kind::Json => return vec![bytes.clone()],
+        Kind::EventStream => return messages(bytes),
         Kind::Sse => &[b"\r\n\r\n", b"\n\n"],
         Kind::Ndjson => &[b"\n"],
     };
@@ -131,6 +137,26 @@ pub fn array_pieces(bytes: &Bytes, chunk_bytes: Option<usize>) -> Vec<Bytes> {
         let end = start + at + SEPARATOR.len();
         out.push(bytes.slice(start..end));
         start = end;
+    }
+    if start < bytes.len() {
+        out.push(bytes.slice(start..));
+    }
+    out
+}
+
+/// An event stream cut into its messages, each as long as its first 4 bytes say (big-endian);
+/// whatever does not make a whole message (a corrupt length) is one last piece as stored.
+fn messages(bytes: &Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while let Some(len) = bytes
+        .get(start..start + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(|b| u32::from_be_bytes(b) as usize)
+        .filter(|&len| len > 0 && start + len <= bytes.len())
+    {
+        out.push(bytes.slice(start..start + len));
+        start += len;
     }
     if start < bytes.len() {
         out.push(bytes.slice(start..));
@@ -178,5 +204,17 @@ mod tests {
         let events = pieces(&sse, None);
         assert!(events.len() > 2);
         assert!(events.iter().all(|e| e.ends_with(b"\n\n")));
+        // Binary, byte for byte, a message a write.
+        let stream = load("bedrock-converse-stream.eventstream").unwrap();
+        let file = std::fs::read(format!("{DEFAULT_DIR}/bedrock-converse-stream.eventstream"));
+        assert_eq!(stream.bytes.to_vec(), file.unwrap());
+        let messages = pieces(&stream, None);
+        assert_eq!(messages.len(), 7);
+        for m in &messages {
+            assert_eq!(
+                u32::from_be_bytes(m[..4].try_into().unwrap()) as usize,
+                m.len()
+            );
+        }
     }
 }

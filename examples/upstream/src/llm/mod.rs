@@ -40,6 +40,9 @@
 //! with the names tollgate's `llm.routes` uses (`openai_chat`, `gemini_stream`,
 //! `ollama_generate`, …).
 //!
+//! A fixture is served on any POST path (also the APIs the mock does not otherwise speak, such
+//! as Bedrock's `/model/{id}/…`).
+//!
 //! Stream shape, by request header (a proxy must give the client the same bytes whatever the
 //! chunking; these let a test choose it):
 //! - `x-mock-chunk-bytes: N`: write the stream in pieces of N bytes (splitting events, lines
@@ -237,6 +240,13 @@ impl Handler for LlmMock {
                 },
             ),
             (_, Some(api)) if request.method == Method::POST => Self::answer(api, request),
+            // A transcript is served as stored whatever the path (Bedrock's `/model/{id}/…`,
+            // which the mock does not otherwise speak).
+            (_, None)
+                if request.method == Method::POST && request.header("x-mock-fixture").is_some() =>
+            {
+                Self::answer(Api::Chat, request)
+            }
             (_, Some(api)) => Response::json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 error_body(api, 405, "use POST"),

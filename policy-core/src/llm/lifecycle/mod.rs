@@ -245,6 +245,7 @@ impl LlmCall {
         match self.api {
             ApiKind::AnthropicMessages => ErrorStyle::Anthropic,
             api if api.is_gemini() => ErrorStyle::Gemini,
+            api if api.is_bedrock() => ErrorStyle::Bedrock,
             ApiKind::OllamaChat | ApiKind::OllamaGenerate => ErrorStyle::Ollama,
             _ => ErrorStyle::OpenAi,
         }

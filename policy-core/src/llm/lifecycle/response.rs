@@ -60,7 +60,8 @@ impl LlmCall {
         matches!(self.phase, Phase::Json { holding: true, .. })
     }
 
-    /// How a response with this `content-type` streams, if it does: SSE; NDJSON (Ollama); or,
+    /// How a response with this `content-type` streams, if it does: SSE; NDJSON (Ollama);
+    /// AWS's event stream (Bedrock); or,
     /// for Gemini's `:streamGenerateContent` without `alt=sse`, a JSON array.
     fn stream_framing(&self, content_type: Option<&[u8]>) -> Option<Framing> {
         let content_type = content_type.unwrap_or(b"");
@@ -68,6 +69,8 @@ impl LlmCall {
             Some(Framing::Sse)
         } else if content_type.starts_with(b"application/x-ndjson") {
             Some(Framing::Ndjson)
+        } else if content_type.starts_with(b"application/vnd.amazon.eventstream") {
+            Some(Framing::EventStream)
         } else if self.api == ApiKind::GeminiStream {
             Some(Framing::JsonArray)
         } else {

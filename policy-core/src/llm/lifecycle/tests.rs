@@ -1397,3 +1397,109 @@ fn a_call_admitted_globally_shows_the_global_budget() {
     assert!(c.awaits_response());
     assert_eq!(c.holds().len(), 1, "the local hold stays until settlement");
 }
+
+/// Bedrock's ConverseStream transcripts: binary event streams.
+const BEDROCK_STREAM: &[u8] =
+    include_bytes!("../../../../fixtures/llm/bedrock-converse-stream.eventstream");
+const BEDROCK_STREAM_BAD_CRC: &[u8] =
+    include_bytes!("../../../../fixtures/llm/bedrock-converse-stream-bad-crc.eventstream");
+
+#[test]
+fn bedrock_event_streams_are_charged_their_usage_or_as_missing_usage_when_corrupt() {
+    let path = "/model/us.anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream";
+    let body = br#"{"messages":[{"role":"user","content":[{"text":"Say hi"}]}],"inferenceConfig":{"maxTokens":100}}"#;
+    for (missing, stream, charged) in [
+        ("reservation", BEDROCK_STREAM, Some(1045 + 14)),
+        ("nothing", BEDROCK_STREAM, Some(1045 + 14)),
+        // Not trusted: the reservation under "reservation", what was received under "nothing"
+        // (the prompt estimate and 36 bytes of text / 4).
+        ("reservation", BEDROCK_STREAM_BAD_CRC, None),
+        (
+            "nothing",
+            BEDROCK_STREAM_BAD_CRC,
+            Some(body.len().div_ceil(4) as u64 + 9),
+        ),
+    ] {
+        let (p, s) = policy(100_000, &format!(r#","on_missing_usage":"{missing}""#));
+        let mut d = Drive::new(&p, s);
+        let mut c = call(ApiKind::from_path(path)).with_path_model(ApiKind::model_in_path(path));
+        d.admitted(&mut c, body);
+        assert_eq!(c.model(), Some("claude-3-5-haiku-20241022"));
+        let estimate = c.estimate();
+        assert_eq!(estimate, body.len().div_ceil(4) as u64 + 100);
+        let head = ResponseHead {
+            content_type: Some(b"application/vnd.amazon.eventstream"),
+            ..sse(false)
+        };
+        let _ = d.response(&mut c, head);
+        for piece in stream.chunks(5) {
+            assert_eq!(d.chunk(&mut c, piece, false).settled, None);
+        }
+        let settled = d.chunk(&mut c, b"", true).settled.expect("settled");
+        let charged = charged.unwrap_or(estimate);
+        assert_eq!(settled.charged, charged, "{missing}");
+        assert_eq!(d.left(), 100_000 - charged, "{missing}");
+    }
+}
+
+#[test]
+fn a_bedrock_model_meets_its_budget_whatever_id_names_it_and_is_refused_the_aws_way() {
+    let json = r#"{"tiers":[{"name":"free","identity":{"header":"x-user-id"},
+        "tokens":[{"tokens":100000,"per":"minute"},
+                  {"tokens":50,"per":"minute","model":"claude-sonnet-4-20250514","name":"sonnet"}]}],
+        "llm":{"mode":"reserve"}}"#;
+    let p = Policy::from_json(json.as_bytes()).unwrap();
+    let mut store = Flaky::default();
+    p.init_store(&mut store.inner).unwrap();
+    let mut d = Drive::new(&p, store);
+    d.spend(50);
+    let converse = br#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+    let anthropic = br#"{"model":"claude-sonnet-4-20250514","max_tokens":10,"messages":[]}"#;
+    let invoke = br#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"messages":[]}"#;
+    for (path, body, refused) in [
+        (
+            "/model/anthropic.claude-sonnet-4-20250514-v1:0/converse",
+            &converse[..],
+            true,
+        ),
+        (
+            "/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/converse-stream",
+            &converse[..],
+            true,
+        ),
+        (
+            "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Feu.anthropic.claude-sonnet-4-20250514-v1%3A0/invoke",
+            &invoke[..],
+            true,
+        ),
+        ("/v1/messages", &anthropic[..], true),
+        (
+            "/model/anthropic.claude-3-5-haiku-20241022-v1:0/invoke-with-response-stream",
+            &invoke[..],
+            false,
+        ),
+    ] {
+        let api = ApiKind::from_path(path);
+        let mut c = call(api).with_path_model(ApiKind::model_in_path(path));
+        let _ = d.headers(&mut c, len(body), false);
+        let step = d.body(&mut c, body, true);
+        assert_eq!(
+            step.verdict == Verdict::Refuse(Refusal::Denied),
+            refused,
+            "{path}: {step:?}"
+        );
+        if refused && api.is_bedrock() {
+            let denial = c.denial_body(&p.tiers()[0]);
+            assert!(
+                denial.starts_with(
+                    r#"{"message":"Rate limit reached for tokens in tier free (policy sonnet). Please try again in "#
+                ) && denial.ends_with(r#"."}"#),
+                "{denial}"
+            );
+            assert_eq!(
+                c.style().headers(),
+                &[("x-amzn-errortype", "ThrottlingException")]
+            );
+        }
+    }
+}

@@ -35,11 +35,13 @@
 
 use alloc::vec::Vec;
 
+use super::eventstream::EventStreamDecoder;
 use super::json_array::ArrayLines;
 use super::request::estimate_tokens;
 use super::usage::{RawUsage, Usage};
 use event::{read_event, read_oversize_event, EventOutcome};
 
+mod bedrock;
 mod chat;
 mod delta;
 mod event;
@@ -101,6 +103,11 @@ pub enum Framing {
     /// A streamed JSON array (Gemini's `:streamGenerateContent` without `alt=sse`): every
     /// element is one event's data.
     JsonArray,
+    /// AWS's binary event stream (`application/vnd.amazon.eventstream`, Bedrock's
+    /// ConverseStream and InvokeModelWithResponseStream): every message is one event, read by
+    /// its `:event-type` (see [`crate::llm::eventstream`]). A message that fails its CRC or
+    /// cannot be read makes the stream [untrusted](SseScanner::untrusted).
+    EventStream,
 }
 
 /// Watches an SSE response body go by and keeps what the budget needs: the usage reported so
@@ -111,6 +118,10 @@ pub struct SseScanner {
     framing: Framing,
     /// For [`Framing::JsonArray`]: turns the array into one element a line.
     array: Option<ArrayLines>,
+    /// For [`Framing::EventStream`]: the binary framing's decoder.
+    eventstream: Option<EventStreamDecoder>,
+    /// A message of an event stream could not be trusted: nothing more is read from it.
+    untrusted: bool,
     /// The start of a line whose end has not arrived yet (empty when none).
     line: Vec<u8>,
     /// The current line outgrew the limit: its bytes are dropped up to its end.
@@ -158,6 +169,9 @@ impl SseScanner {
             limits,
             framing,
             array: (framing == Framing::JsonArray).then(ArrayLines::default),
+            eventstream: (framing == Framing::EventStream)
+                .then(|| EventStreamDecoder::new(limits.max_event_bytes)),
+            untrusted: false,
             line: Vec::new(),
             discarding_line: false,
             pending_cr: false,
@@ -184,7 +198,18 @@ impl SseScanner {
         if self.finished || chunk.is_empty() {
             return;
         }
-        if let Some(mut array) = self.array.take() {
+        if let Some(mut decoder) = self.eventstream.take() {
+            let mut outcomes = Vec::new();
+            let decoded = decoder.push(chunk, |m| outcomes.push(bedrock::read_message(&m)));
+            for outcome in outcomes {
+                self.events = self.events.saturating_add(1);
+                self.apply(outcome);
+            }
+            if decoded.is_err() {
+                self.distrust();
+            }
+            self.eventstream = Some(decoder);
+        } else if let Some(mut array) = self.array.take() {
             let mut lines = Vec::with_capacity(chunk.len().saturating_add(1));
             array.push(chunk, &mut lines);
             self.array = Some(array);
@@ -219,6 +244,21 @@ impl SseScanner {
             };
         }
         self.partial_line(rest);
+    }
+
+    /// A message of an event stream failed its CRC or could not be read: the stream's usage is
+    /// not believed (what it reported so far is dropped, and it never completes), so it is
+    /// charged as a stream without usage (`on_missing_usage`, and at least what was received).
+    fn distrust(&mut self) {
+        self.untrusted = true;
+        self.usage = RawUsage::default();
+        self.completed = false;
+    }
+
+    /// Whether an event-stream message failed its CRC or could not be read (see
+    /// [`Framing::EventStream`]). The bytes still reach the client unchanged.
+    pub fn untrusted(&self) -> bool {
+        self.untrusted
     }
 
     /// Marks the end of the stream. A last event without its closing blank line is still
@@ -491,6 +531,9 @@ impl SseScanner {
     }
 
     fn apply(&mut self, outcome: EventOutcome) {
+        if self.untrusted {
+            return;
+        }
         match outcome {
             EventOutcome::Skipped => {}
             EventOutcome::Done => self.completed = true,

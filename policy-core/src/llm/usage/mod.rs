@@ -8,6 +8,7 @@
 //! | OpenAI chat / completions / embeddings | `prompt_tokens` | `completion_tokens` | `prompt_tokens_details.cached_tokens` | `completion_tokens_details.reasoning_tokens` | — |
 //! | OpenAI Responses | `input_tokens` | `output_tokens` | `input_tokens_details.cached_tokens` | `output_tokens_details.reasoning_tokens` | — |
 //! | Anthropic messages | `input_tokens` + `cache_read_input_tokens` + `cache_creation_input_tokens` | `output_tokens` | `cache_read_input_tokens` | — | `cache_creation_input_tokens` |
+//! | Bedrock Converse | `inputTokens` + `cacheReadInputTokens` + `cacheWriteInputTokens` | `outputTokens` | `cacheReadInputTokens` | — | `cacheWriteInputTokens` |
 //!
 //! Anthropic's `input_tokens` counts only the tokens that were neither read from nor written to
 //! the cache, while OpenAI's input counts include cached ones; [`Usage`] uses OpenAI's meaning

@@ -38,8 +38,30 @@ keys!(
         CompletionTokensDetails = "completion_tokens_details",
         InputTokensDetails = "input_tokens_details",
         OutputTokensDetails = "output_tokens_details",
+        InputTokensCamel = "inputTokens",
+        OutputTokensCamel = "outputTokens",
+        TotalTokensCamel = "totalTokens",
+        CacheReadInputTokensCamel = "cacheReadInputTokens",
+        CacheWriteInputTokens = "cacheWriteInputTokens",
     }
 );
+
+impl UsageKey {
+    /// The key Bedrock's camelCase name stands for: `inputTokens` has Anthropic's meaning
+    /// (the tokens neither read from nor written to the cache: Bedrock's `totalTokens` is the
+    /// sum of all four counts), so it lands where `input_tokens` does. One object naming a
+    /// count both ways is a duplicate.
+    fn canonical(self) -> UsageKey {
+        match self {
+            UsageKey::InputTokensCamel => UsageKey::InputTokens,
+            UsageKey::OutputTokensCamel => UsageKey::OutputTokens,
+            UsageKey::TotalTokensCamel => UsageKey::TotalTokens,
+            UsageKey::CacheReadInputTokensCamel => UsageKey::CacheReadInputTokens,
+            UsageKey::CacheWriteInputTokens => UsageKey::CacheCreationInputTokens,
+            other => other,
+        }
+    }
+}
 
 keys!(
     /// The keys of a `*_details` object that we read.
@@ -88,10 +110,11 @@ impl<'de> Visitor<'de> for UsageVisitor {
         let mut raw = RawUsage::default();
         let mut seen = Seen::default();
         let mut bad = FirstBad(None);
-        while let Some(key) = map.next_key::<UsageKey>()? {
+        while let Some(named) = map.next_key::<UsageKey>()? {
+            let key = named.canonical();
             if !seen.first(key.bit()) {
                 map.next_value::<IgnoredAny>()?;
-                bad.note(usage_key_name(key), Err(FieldError::Duplicate));
+                bad.note(usage_key_name(named), Err(FieldError::Duplicate));
                 continue;
             }
             match key {
@@ -156,7 +179,7 @@ impl<'de> Visitor<'de> for UsageVisitor {
                         _ => &mut raw.cache_creation_input_tokens,
                     };
                     let result = map.next_value::<Count>()?.store(slot);
-                    bad.note(usage_key_name(plain), result);
+                    bad.note(usage_key_name(named), result);
                 }
             }
         }
@@ -182,6 +205,11 @@ fn usage_key_name(key: UsageKey) -> &'static str {
         UsageKey::CompletionTokensDetails => "usage.completion_tokens_details",
         UsageKey::InputTokensDetails => "usage.input_tokens_details",
         UsageKey::OutputTokensDetails => "usage.output_tokens_details",
+        UsageKey::InputTokensCamel => "usage.inputTokens",
+        UsageKey::OutputTokensCamel => "usage.outputTokens",
+        UsageKey::TotalTokensCamel => "usage.totalTokens",
+        UsageKey::CacheReadInputTokensCamel => "usage.cacheReadInputTokens",
+        UsageKey::CacheWriteInputTokens => "usage.cacheWriteInputTokens",
         UsageKey::Other => "usage",
     }
 }

@@ -206,11 +206,11 @@ impl Stream {
                 let fields = call.fields(tier, settings, now);
                 let body = call.denial_body(tier);
                 let (wait, max_wait) = (call.retry_after(), settings.max_client_wait);
-                reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);
+                reply::llm_rate_limited(self.client(None), fields, &body, wait, max_wait);
             }
-            Refusal::Contended => reply::contended(self.grpc),
-            Refusal::Unavailable => reply::unavailable(self.grpc),
-            Refusal::BadBody(error) => reply::bad_request(self.grpc, &error.to_string()),
+            Refusal::Contended => reply::contended(self.client(None)),
+            Refusal::Unavailable => reply::unavailable(self.client(None)),
+            Refusal::BadBody(error) => reply::bad_request(self.client(None), &error.to_string()),
         }
     }
 

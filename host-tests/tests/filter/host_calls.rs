@@ -4,8 +4,9 @@
 //! purpose, with its measurement.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use host_tests::{Harness, Request};
+use host_tests::{Harness, Request, Response};
 
 use crate::support::{tollgate_with, users_policy};
 
@@ -77,4 +78,41 @@ fn a_refusal_at_the_request_headers_takes_the_request_id_from_the_headers_it_rea
             ("proxy_send_local_response", 1),
         ])
     );
+}
+
+#[test]
+fn an_llm_call_reads_the_response_fields_it_needs_in_one_crossing() {
+    let policy = r#"{"tiers":[{"name":"free","identity":{"header":"x-user-id"},
+        "limits":[{"requests":10,"per":"minute"}],"tokens":[{"tokens":100000,"per":"hour"}]}],
+        "llm":{"mode":"reserve"}}"#;
+    let h = tollgate_with(1, policy);
+    let body =
+        r#"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+    let answer = r#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+    let request = Request::new("POST", "/v1/chat/completions")
+        .header("x-user-id", "alice")
+        .header("content-type", "application/json")
+        .header("content-length", body.len().to_string())
+        .body_chunk(body)
+        .respond_with(
+            Response::ok()
+                .header("content-type", "application/json")
+                .header("content-length", answer.len().to_string())
+                .header("x-upstream", "1")
+                .body_chunk(answer),
+        );
+    let mut outcome = None;
+    let calls = calls_of(&h, || outcome = Some(h.send(0, &request).unwrap()));
+    let outcome = outcome.unwrap();
+    assert!(outcome.is_continue());
+    // Charged from the answer's usage: the response fields were read (status, content type).
+    h.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(h.metrics().value("tollgate.free.tokens_charged"), Some(8));
+    // The request map and the response map, once each; no per-name reads.
+    assert_eq!(
+        calls.get("proxy_get_header_map_pairs"),
+        Some(&2),
+        "{calls:?}"
+    );
+    assert_eq!(calls.get("proxy_get_header_map_value"), None, "{calls:?}");
 }

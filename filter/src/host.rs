@@ -276,6 +276,20 @@ pub fn header_map(map: MapType) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(bytes.map_or_else(Vec::new, |b| decode_map(&b)))
 }
 
+/// The first value of each of `names` in a header map, from one `proxy_get_header_map_pairs`
+/// call instead of one `proxy_get_header_map_value` call per name; only the values found are
+/// copied out of the host's answer. Names compare without regard to ASCII case.
+pub fn header_values<const N: usize>(
+    map: MapType,
+    names: [&str; N],
+) -> Result<[Option<Vec<u8>>; N]> {
+    let bytes = returned("proxy_get_header_map_pairs", |data, size| {
+        // SAFETY: the out-pointers are valid locals of `returned`.
+        unsafe { proxy_get_header_map_pairs(map as u32, data, size) }
+    })?;
+    Ok(first_values(bytes.as_deref().unwrap_or_default(), names))
+}
+
 /// One header's value (the first, if repeated, as Envoy answers), or `None`.
 pub fn header(map: MapType, name: &str) -> Result<Option<Vec<u8>>> {
     returned("proxy_get_header_map_value", |data, size| {
@@ -463,16 +477,17 @@ fn encode_map(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-fn decode_map(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+/// Walks a serialised header map, calling `each` with every (name, value) pair in order; a
+/// malformed serialisation ends the walk where it breaks.
+fn walk_map<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a [u8], &'a [u8])) {
     let word = |at: usize| -> Option<usize> {
         let b = bytes.get(at..at.checked_add(4)?)?;
         let arr: [u8; 4] = b.try_into().ok()?;
         usize::try_from(u32::from_le_bytes(arr)).ok()
     };
     let Some(count) = word(0) else {
-        return Vec::new();
+        return;
     };
-    let mut pairs = Vec::with_capacity(count.min(256));
     let mut data = count.saturating_mul(8).saturating_add(4);
     for i in 0..count {
         let at = 4 + i * 8;
@@ -487,9 +502,33 @@ fn decode_map(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
         else {
             break;
         };
-        pairs.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+        each(name, value);
         data = value_end.saturating_add(1);
     }
+}
+
+/// The first value of each of `names` in a serialised header map.
+fn first_values<const N: usize>(bytes: &[u8], names: [&str; N]) -> [Option<Vec<u8>>; N] {
+    let mut found: [Option<Vec<u8>>; N] = core::array::from_fn(|_| None);
+    walk_map(bytes, |name, value| {
+        for (wanted, slot) in names.iter().zip(found.iter_mut()) {
+            if slot.is_none() && name.eq_ignore_ascii_case(wanted.as_bytes()) {
+                *slot = Some(value.to_vec());
+            }
+        }
+    });
+    found
+}
+
+fn decode_map(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let count = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes);
+    let mut pairs = Vec::with_capacity(usize::try_from(count.min(256)).unwrap_or(0));
+    walk_map(bytes, |name, value| {
+        pairs.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
+    });
     pairs
 }
 
@@ -519,6 +558,26 @@ mod tests {
         huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_map(&huge).len() <= 2);
         assert_eq!(decode_map(&[]), Vec::new());
+    }
+
+    #[test]
+    fn first_values_takes_the_first_of_each_name_from_one_map() {
+        let map = encode_map(&[
+            (":status", b"200"),
+            ("Content-Type", b"application/json"),
+            ("content-type", b"text/plain"),
+            ("x-other", b"1"),
+        ]);
+        let [status, content_type, encoding] =
+            first_values(&map, [":status", "content-type", "content-encoding"]);
+        assert_eq!(status.as_deref(), Some(&b"200"[..]));
+        assert_eq!(content_type.as_deref(), Some(&b"application/json"[..]));
+        assert_eq!(encoding, None);
+        let good = encode_map(&[("a", b"1"), ("b", b"2")]);
+        for cut in 0..good.len() {
+            let _ = first_values(&good[..cut], ["a", "b"]);
+        }
+        assert_eq!(first_values(&[], ["a"]), [None]);
     }
 
     #[test]

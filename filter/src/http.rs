@@ -10,7 +10,7 @@ use policy_core::headers;
 use policy_core::policy::OnStoreFailure;
 use policy_core::table::{Placement, TableError};
 use policy_core::tier::{Enforcement, Tier, Verdict};
-use policy_core::{Nanos, Outcome};
+use policy_core::{Attributes, Nanos, Outcome};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
@@ -70,6 +70,15 @@ impl Stream {
 
     fn log(&self, level: LogLevel, msg: &str) {
         let _ = host::log(level, &format!("tollgate[{}]: {msg}", self.id));
+    }
+
+    /// Whom a local reply answers: with `request`, the reply takes the request's id from the
+    /// headers already read instead of asking the host again.
+    pub(crate) fn client<'a>(&self, request: Option<&'a Request>) -> reply::Client<'a> {
+        reply::Client {
+            grpc: self.grpc,
+            headers: request.map(Attributes::headers),
+        }
     }
 
     pub(crate) fn tier(&self, index: usize) -> Option<&Tier> {
@@ -137,9 +146,15 @@ impl Stream {
                         let style = stream.style().headers();
                         fields.extend(style.iter().map(|&(n, v)| (n, v.into())));
                         let (wait, max_wait) = (stream.retry_after(), settings.max_client_wait);
-                        reply::llm_rate_limited(self.grpc, fields, &body, wait, max_wait);
+                        reply::llm_rate_limited(
+                            self.client(Some(request)),
+                            fields,
+                            &body,
+                            wait,
+                            max_wait,
+                        );
                     } else {
-                        reply::rate_limited(self.grpc, tier, &decision);
+                        reply::rate_limited(self.client(Some(request)), tier, &decision);
                     }
                     return Action::Pause;
                 }
@@ -186,12 +201,12 @@ impl Stream {
             }
             Outcome::MissingScope { index, missing, .. } => {
                 plugin.metrics.count(index, Event::MissingScope);
-                reply::missing_scope(self.grpc, &missing);
+                reply::missing_scope(self.client(Some(request)), &missing);
                 Action::Pause
             }
             Outcome::Ambiguous { index, error, .. } => {
                 plugin.metrics.count(index, Event::Ambiguous);
-                reply::ambiguous(self.grpc, &error);
+                reply::ambiguous(self.client(Some(request)), &error);
                 Action::Pause
             }
             Outcome::StoreFailed {
@@ -202,7 +217,7 @@ impl Stream {
                 // Lost every CAS race: the key is being written as fast as we can read it. That
                 // is heavy traffic on one key, which must not turn into unmetered traffic.
                 plugin.metrics.count(index, Event::Contended);
-                reply::contended(self.grpc);
+                reply::contended(self.client(Some(request)));
                 Action::Pause
             }
             Outcome::StoreFailed { tier, index, error } => {
@@ -219,7 +234,7 @@ impl Stream {
                 match plugin.policy.on_store_failure() {
                     OnStoreFailure::Allow => Action::Continue,
                     OnStoreFailure::Deny => {
-                        reply::unavailable(self.grpc);
+                        reply::unavailable(self.client(Some(request)));
                         Action::Pause
                     }
                 }
@@ -293,7 +308,7 @@ impl Stream {
                 Action::Continue
             }
             OnUnavailable::Deny => {
-                reply::unavailable(self.grpc);
+                reply::unavailable(self.client(None));
                 Action::Pause
             }
             OnUnavailable::Local => self.decide(&Request::read(), self.headers_end, now),
@@ -360,7 +375,7 @@ impl Context for Stream {
             Resolution::Refuse(decision) => {
                 plugin.metrics.count(i, Event::Denied);
                 plugin.metrics.count(i, Event::GlobalOverLimit);
-                reply::rate_limited(self.grpc, tier, &decision);
+                reply::rate_limited(self.client(None), tier, &decision);
                 Action::Pause
             }
             Resolution::Unavailable { reason, fallback } => {

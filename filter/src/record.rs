@@ -7,7 +7,7 @@
 //! revealing who it is. Values are tier names (`[A-Za-z0-9._-]`), numbers, fixed words and a
 //! model name sanitised to the same characters, so a record never needs quoting.
 
-use std::fmt::Write;
+use policy_core::decimal;
 
 use crate::host;
 
@@ -114,25 +114,37 @@ impl Record {
         }
     }
 
-    /// The line as the access log prints it.
+    /// The line as the access log prints it. Written without `core::fmt`: it is built for every
+    /// decided request, and the formatting machinery costs more than the text (BENCHMARKS.md §2).
     pub fn line(&self) -> String {
-        let mut text = format!(
-            "tier={} scope={:016x} decision={} cost={}",
-            self.tier,
-            self.scope,
-            self.verdict.word(),
-            self.cost
-        );
+        let mut text = String::with_capacity(64 + self.tier.len());
+        text.push_str("tier=");
+        text.push_str(&self.tier);
+        text.push_str(" scope=");
+        push_hex16(&mut text, self.scope);
+        text.push_str(" decision=");
+        text.push_str(self.verdict.word());
+        text.push_str(" cost=");
+        decimal::push_u64(&mut text, self.cost);
         for (label, hash) in &self.scopes {
-            let _ = write!(text, " scope.{label}={hash:016x}");
+            text.push_str(" scope.");
+            text.push_str(label);
+            text.push('=');
+            push_hex16(&mut text, *hash);
         }
         if let Some((model, reserved, charged)) = &self.tokens {
-            let _ = write!(text, " model={model} reserved={reserved} charged={charged}");
+            text.push_str(" model=");
+            text.push_str(model);
+            text.push_str(" reserved=");
+            decimal::push_u64(&mut text, *reserved);
+            text.push_str(" charged=");
+            decimal::push_u64(&mut text, *charged);
         }
         if let Some((micros, currency)) = &self.spend {
             text.push_str(" spend=");
             policy_core::llm::price::push_money(&mut text, *micros);
-            let _ = write!(text, " currency={currency}");
+            text.push_str(" currency=");
+            text.push_str(currency);
         }
         text
     }
@@ -141,6 +153,14 @@ impl Record {
     /// request is decided either way), so the error is dropped.
     pub fn publish(&self) {
         let _ = host::set_property(&[PROPERTY], self.line().as_bytes());
+    }
+}
+
+/// Appends `n` as 16 lowercase hex digits (as `format!("{n:016x}")` would).
+fn push_hex16(out: &mut String, n: u64) {
+    for shift in (0..16u32).rev() {
+        let nibble = u32::try_from((n >> (shift * 4)) & 0xf).unwrap_or(0);
+        out.push(char::from_digit(nibble, 16).unwrap_or('0'));
     }
 }
 
@@ -167,5 +187,26 @@ mod tests {
             "{}",
             r.line()
         );
+    }
+
+    #[test]
+    fn scopes_and_numbers_are_written_as_format_would() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            0xab,
+            0xdead_beef,
+            u64::MAX / 3,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let r = Record::new("t", n, Verdict::WouldDeny, n).with_tokens(None, n, n);
+            assert_eq!(
+                r.line(),
+                format!("tier=t scope={n:016x} decision=would_deny cost={n} model=- reserved={n} charged={n}")
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@ use policy_core::identity::IdentityError;
 use policy_core::llm::ApiKind;
 use policy_core::scope::MissingScope;
 use policy_core::tier::Tier;
-use policy_core::Nanos;
+use policy_core::{HeaderList, Nanos};
 use proxy_wasm::types::{GrpcStatusCode, LogLevel, MapType};
 
 use crate::host;
@@ -21,11 +21,32 @@ const JSON: (&str, &[u8]) = ("content-type", b"application/json");
 /// Request ids longer than this, or not visible ASCII, are not echoed (Envoy's own are 36 bytes).
 const MAX_REQUEST_ID: usize = 128;
 
-/// Adds the request's id under the names the SDKs read. Two host calls, on refusals only.
-fn add_request_id(fields: &mut Fields) {
-    let id = host::header(MapType::HttpRequestHeaders, "x-request-id")
-        .ok()
-        .flatten()
+/// Who a reply answers: a gRPC client (a gRPC status instead of an HTTP one) or not, and the
+/// request's headers when the filter holds them. A refusal at the request headers finds the
+/// request's id and path in the headers it decided on (no host call); a refusal at a body
+/// callback, when they are no longer held, asks the host (two calls).
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    pub grpc: bool,
+    pub headers: Option<&'a HeaderList>,
+}
+
+impl Client<'_> {
+    /// The first value of request header `name` (as Envoy's `proxy_get_header_map_value` gives).
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        match self.headers {
+            Some(headers) => headers.values(name).next().map(<[u8]>::to_vec),
+            None => host::header(MapType::HttpRequestHeaders, name)
+                .ok()
+                .flatten(),
+        }
+    }
+}
+
+/// Adds the request's id under the names the SDKs read.
+fn add_request_id(client: Client<'_>, fields: &mut Fields) {
+    let id = client
+        .header("x-request-id")
         .filter(|v| {
             !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(u8::is_ascii_graphic)
         })
@@ -33,9 +54,8 @@ fn add_request_id(fields: &mut Fields) {
     let Some(id) = id else {
         return;
     };
-    let anthropic = host::header(MapType::HttpRequestHeaders, ":path")
-        .ok()
-        .flatten()
+    let anthropic = client
+        .header(":path")
         .and_then(|p| String::from_utf8(p).ok())
         .is_some_and(|p| ApiKind::from_path(&p) == ApiKind::AnthropicMessages);
     if anthropic {
@@ -45,16 +65,16 @@ fn add_request_id(fields: &mut Fields) {
 }
 
 fn send(
-    grpc: bool,
+    client: Client<'_>,
     status: u32,
     grpc_status: GrpcStatusCode,
     mut fields: Fields,
     body: &str,
     grpc_message: &str,
 ) {
-    add_request_id(&mut fields);
+    add_request_id(client, &mut fields);
     let mut list: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
-    let sent = if grpc {
+    let sent = if client.grpc {
         host::send_grpc_response(grpc_status, grpc_message, &list)
     } else {
         list.push(JSON);
@@ -73,15 +93,15 @@ fn send(
 /// 429 with the rate-limit headers, or gRPC RESOURCE_EXHAUSTED for a gRPC client (Envoy would
 /// otherwise map 429 to UNAVAILABLE, which gRPC clients retry at once) with
 /// `grpc-retry-pushback-ms`.
-pub fn rate_limited(grpc: bool, tier: &Tier, decision: &Decision) {
+pub fn rate_limited(client: Client<'_>, tier: &Tier, decision: &Decision) {
     let mut fields = headers::fields(tier, decision);
     if let Some(wait) = decision.retry_after() {
-        fields.extend(headers::retry_hints(wait, None, grpc));
+        fields.extend(headers::retry_hints(wait, None, client.grpc));
     }
     let body = headers::denial_body(tier, decision);
     let message = headers::denial_grpc_message(tier, decision);
     send(
-        grpc,
+        client,
         429,
         GrpcStatusCode::ResourceExhausted,
         fields,
@@ -94,17 +114,17 @@ pub fn rate_limited(grpc: bool, tier: &Tier, decision: &Decision) {
 /// until the request would pass, `max_wait` the longest the client should be told to wait
 /// (`llm.max_client_wait_seconds`).
 pub fn llm_rate_limited(
-    grpc: bool,
+    client: Client<'_>,
     mut fields: Fields,
     body: &str,
     wait: Option<Nanos>,
     max_wait: Nanos,
 ) {
     if let Some(wait) = wait {
-        fields.extend(headers::retry_hints(wait, Some(max_wait), grpc));
+        fields.extend(headers::retry_hints(wait, Some(max_wait), client.grpc));
     }
     send(
-        grpc,
+        client,
         429,
         GrpcStatusCode::ResourceExhausted,
         fields,
@@ -114,13 +134,13 @@ pub fn llm_rate_limited(
 }
 
 /// 400 for a request whose identity is ambiguous.
-pub fn ambiguous(grpc: bool, error: &IdentityError) {
+pub fn ambiguous(client: Client<'_>, error: &IdentityError) {
     // The message names a header from the policy, whose names are HTTP tokens: no quotes or
     // backslashes to escape.
     let message = error.to_string();
     let body = format!("{{\"error\":\"ambiguous_identity\",\"message\":\"{message}\"}}");
     send(
-        grpc,
+        client,
         400,
         GrpcStatusCode::InvalidArgument,
         Vec::new(),
@@ -131,7 +151,7 @@ pub fn ambiguous(grpc: bool, error: &IdentityError) {
 
 /// 400 for a request without the identity of a scope one of its tier's limits counts against
 /// and refuses without.
-pub fn missing_scope(grpc: bool, missing: &MissingScope) {
+pub fn missing_scope(client: Client<'_>, missing: &MissingScope) {
     // Header names are HTTP tokens; a metadata path is the operator's text: escaped.
     let message: String = missing
         .to_string()
@@ -144,7 +164,7 @@ pub fn missing_scope(grpc: bool, missing: &MissingScope) {
         .collect();
     let body = format!("{{\"error\":\"missing_scope\",\"message\":\"{message}\"}}");
     send(
-        grpc,
+        client,
         400,
         GrpcStatusCode::InvalidArgument,
         Vec::new(),
@@ -155,12 +175,12 @@ pub fn missing_scope(grpc: bool, missing: &MissingScope) {
 
 /// 400 for a request body tollgate cannot pass on as its headers announced. `message` is one
 /// of tollgate's own error texts (no quotes or backslashes to escape).
-pub fn bad_request(grpc: bool, message: &str) {
+pub fn bad_request(client: Client<'_>, message: &str) {
     let body = format!(
         "{{\"error\":{{\"type\":\"invalid_request_error\",\"code\":\"invalid_request_body\",\"message\":\"{message}\"}}}}"
     );
     send(
-        grpc,
+        client,
         400,
         GrpcStatusCode::InvalidArgument,
         Vec::new(),
@@ -171,9 +191,9 @@ pub fn bad_request(grpc: bool, message: &str) {
 
 /// 400 for an LLM call whose model the price table does not price (and refuses unpriced
 /// models) while a spend budget applies: `body` is in the API's own error format.
-pub fn unpriced(grpc: bool, body: &str) {
+pub fn unpriced(client: Client<'_>, body: &str) {
     send(
-        grpc,
+        client,
         400,
         GrpcStatusCode::InvalidArgument,
         Vec::new(),
@@ -183,11 +203,11 @@ pub fn unpriced(grpc: bool, body: &str) {
 }
 
 /// 503 when the state store failed and the policy says to refuse.
-pub fn unavailable(grpc: bool) {
+pub fn unavailable(client: Client<'_>) {
     let body =
         "{\"error\":\"rate_limiter_unavailable\",\"message\":\"rate limiter state unavailable\"}";
     send(
-        grpc,
+        client,
         503,
         GrpcStatusCode::Unavailable,
         Vec::new(),
@@ -197,12 +217,12 @@ pub fn unavailable(grpc: bool) {
 }
 
 /// 429 with `Retry-After: 1` when every compare-and-swap attempt lost to other workers.
-pub fn contended(grpc: bool) {
+pub fn contended(client: Client<'_>) {
     let mut fields = vec![("retry-after", String::from("1"))];
-    fields.extend(headers::retry_hints(Nanos::SECOND, None, grpc));
+    fields.extend(headers::retry_hints(Nanos::SECOND, None, client.grpc));
     let body = "{\"error\":\"rate_limited\",\"message\":\"rate limiter state is contended; retry shortly\",\"retry_after_seconds\":1}";
     send(
-        grpc,
+        client,
         429,
         GrpcStatusCode::ResourceExhausted,
         fields,

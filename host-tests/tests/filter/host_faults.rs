@@ -43,6 +43,19 @@ fn llm_call(path: &str, user: &str, stream: bool) -> Request {
         .respond_with(response)
 }
 
+/// A chat stream whose body cannot be rewritten within the length its headers announced: refused
+/// with 400 at its body (the refusal that asks the host for the request's id, the headers being no
+/// longer held there).
+fn unfit_body_call(user: &str) -> Request {
+    let body = r#"{"stream":true,"stream_options":{"a":1},"stream_options":{"b":2}}"#;
+    Request::new("POST", "/v1/chat/completions")
+        .header("x-llm-user", user)
+        .header("x-request-id", "id-2")
+        .header("content-type", "application/json")
+        .header("content-length", body.len().to_string())
+        .body_chunk(body)
+}
+
 /// Drives every path tollgate has, as `tag`'s users; returns the first host error.
 fn traffic(h: &Harness, tag: &str) -> Result<(), HostError> {
     let user = format!("u-{tag}");
@@ -64,6 +77,7 @@ fn traffic(h: &Harness, tag: &str) -> Result<(), HostError> {
             &llm_call("/v1/chat/completions", &format!("s-{tag}"), true),
         )?;
         h.send(0, &llm_call("/v1/messages", &format!("a-{tag}"), false))?;
+        h.send(0, &unfit_body_call(&format!("b-{tag}")))?;
     }
     h.advance(Duration::from_secs(2)) // the tick: metrics flushed
 }

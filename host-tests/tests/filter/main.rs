@@ -18,6 +18,7 @@ mod global_strict_tokens;
 mod global_sync;
 mod header_edges;
 mod host;
+mod host_calls;
 mod host_faults;
 mod identity_case;
 mod imports;

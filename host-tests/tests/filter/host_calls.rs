@@ -1,0 +1,118 @@
+//! The host calls of the request path, per request: every crossing of the VM boundary costs
+//! Envoy CPU (BENCHMARKS.md §2), so the paths are pinned here as `benches/count-hostcalls`
+//! counts them in real Envoy. A change that adds a call to a path changes these lists on
+//! purpose, with its measurement.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use host_tests::{Harness, Request, Response};
+
+use crate::support::{tollgate_with, users_policy};
+
+/// The host calls `run` makes on `h`, by import, without the zeros.
+fn calls_of(h: &Harness, run: impl FnOnce()) -> BTreeMap<&'static str, u64> {
+    let calls = h.shared().calls();
+    let before = calls.snapshot();
+    run();
+    calls
+        .snapshot()
+        .into_iter()
+        .map(|(name, n)| (name, n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+fn list(calls: &[(&'static str, u64)]) -> BTreeMap<&'static str, u64> {
+    calls.iter().copied().collect()
+}
+
+#[test]
+fn an_allowed_request_reads_its_headers_once_and_the_clock_once() {
+    let h = tollgate_with(1, &users_policy(2, "minute", ""));
+    let calls = calls_of(&h, || {
+        let ok = h
+            .request(0, &[("x-user-id", "alice"), ("x-request-id", "r1")])
+            .unwrap();
+        assert!(ok.is_continue());
+    });
+    assert_eq!(
+        calls,
+        list(&[
+            ("proxy_get_header_map_pairs", 1),
+            ("proxy_get_current_time_nanoseconds", 1),
+            ("proxy_get_shared_data", 1),
+            ("proxy_set_shared_data", 1),
+            // The access-log record (filter state `wasm.tollgate`).
+            ("proxy_set_property", 1),
+            // ratelimit-policy, ratelimit, x-ratelimit-limit, -remaining, -reset.
+            ("proxy_replace_header_map_value", 5),
+        ])
+    );
+}
+
+#[test]
+fn a_refusal_at_the_request_headers_takes_the_request_id_from_the_headers_it_read() {
+    let h = tollgate_with(1, &users_policy(1, "minute", ""));
+    let ask = |id| {
+        let request = Request::get("/v1/messages")
+            .header("x-user-id", "alice")
+            .header("x-request-id", id);
+        h.send(0, &request).unwrap()
+    };
+    assert!(ask("first").is_continue());
+    let mut refused = None;
+    let calls = calls_of(&h, || refused = Some(ask("second")));
+    let refused = refused.unwrap();
+    assert_eq!(refused.status(), 429);
+    // Still echoed, under both names on Anthropic's route: read from the headers already held.
+    assert_eq!(refused.header("x-request-id"), Some("second"));
+    assert_eq!(refused.header("request-id"), Some("second"));
+    assert_eq!(
+        calls,
+        list(&[
+            ("proxy_get_header_map_pairs", 1),
+            ("proxy_get_current_time_nanoseconds", 1),
+            ("proxy_get_shared_data", 1),
+            ("proxy_set_property", 1),
+            ("proxy_send_local_response", 1),
+        ])
+    );
+}
+
+#[test]
+fn an_llm_call_reads_the_response_fields_it_needs_in_one_crossing() {
+    let policy = r#"{"tiers":[{"name":"free","identity":{"header":"x-user-id"},
+        "limits":[{"requests":10,"per":"minute"}],"tokens":[{"tokens":100000,"per":"hour"}]}],
+        "llm":{"mode":"reserve"}}"#;
+    let h = tollgate_with(1, policy);
+    let body =
+        r#"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+    let answer = r#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+    let request = Request::new("POST", "/v1/chat/completions")
+        .header("x-user-id", "alice")
+        .header("content-type", "application/json")
+        .header("content-length", body.len().to_string())
+        .body_chunk(body)
+        .respond_with(
+            Response::ok()
+                .header("content-type", "application/json")
+                .header("content-length", answer.len().to_string())
+                .header("x-upstream", "1")
+                .body_chunk(answer),
+        );
+    let mut outcome = None;
+    let calls = calls_of(&h, || outcome = Some(h.send(0, &request).unwrap()));
+    let outcome = outcome.unwrap();
+    assert!(outcome.is_continue());
+    // Charged from the answer's usage: the response fields were read (status, content type).
+    h.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(h.metrics().value("tollgate.free.tokens_charged"), Some(8));
+    // The request map and the response map, once each; no per-name reads.
+    assert_eq!(
+        calls.get("proxy_get_header_map_pairs"),
+        Some(&2),
+        "{calls:?}"
+    );
+    assert_eq!(calls.get("proxy_get_header_map_value"), None, "{calls:?}");
+}

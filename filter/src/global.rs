@@ -11,9 +11,13 @@
 //! - **Every `sync_interval`, the lease holder:** drains the queue into its own ledger, sends the
 //!   merged deltas as one `ShouldRateLimit` (`tollgate.op=sync`) and folds each answer into the
 //!   shared table (`tat = max(local, now + duration_until_reset)`), so every worker of this Envoy
-//!   sees what the other replicas admitted. A failed or timed-out round puts its deltas back, to
-//!   be resent with the next (at most counted twice: stricter, never looser); beyond
-//!   `max_pending_keys` buckets, new deltas are dropped and counted.
+//!   sees what the other replicas admitted. Each round carries an id (`tollgate.round`: this
+//!   holder's random base and a counter) that `tollgate-sync` applies once; a failed or timed-out
+//!   round is kept whole and resent verbatim, same id, at the next due time (Redis may have
+//!   executed the first attempt: the id makes the resend count once), while new deltas wait in
+//!   the ledger for the round after it. Beyond `max_pending_keys` buckets, new deltas are
+//!   dropped and counted. The call's timeout grows with the round's size
+//!   ([`policy_core::global::round_timeout`]), so a round of 10,000 keys finishes too.
 //!
 //! Strict mode runs the same rounds when a strict tier has token budgets: they carry each
 //! settled call's correction (`tollgate.refund` = what its check reserved, `hits_addend` = the
@@ -31,7 +35,9 @@ use policy_core::global::descriptor::BucketKey;
 use policy_core::global::fold::{Folded, Round};
 use policy_core::global::ledger::{decode, Delta, Ledger};
 use policy_core::global::strict_tokens;
-use policy_core::global::{proto, GlobalMode, GlobalSettings, MAX_DESCRIPTORS_PER_CALL};
+use policy_core::global::{
+    proto, round_timeout, GlobalMode, GlobalSettings, MAX_DESCRIPTORS_PER_CALL,
+};
 use policy_core::hash::Seed;
 use policy_core::{Cas, Nanos, Policy, Store, StoreError};
 use proxy_wasm::types::{BufferType, LogLevel, MetricType};
@@ -85,7 +91,8 @@ const STATS: [(Stat, &str, MetricType); 9] = [
 struct InFlight {
     token: u32,
     round: Round,
-    sent: Nanos,
+    /// When it is given up on if no reply comes (its timeout plus two ticks).
+    deadline: Nanos,
 }
 
 /// What only the lease holder uses.
@@ -93,7 +100,42 @@ struct InFlight {
 struct Leader {
     pending: Ledger,
     in_flight: Option<InFlight>,
+    /// A round that failed, to be resent as it is (same id, same deltas) before any new one:
+    /// the service may have applied it already, and only the same id lets it tell.
+    retry: Option<Round>,
     last_round: Option<Nanos>,
+    /// This holder's round ids: `base` (hex) `-` `next` (hex).
+    ids: RoundIds,
+}
+
+/// Round ids unique per lease holder and round: a base drawn once per worker from what differs
+/// between workers and Envoys (the wall clock in ns at start, the worker's number, the policy's
+/// fingerprint; a VM has no random source), and a counter.
+#[derive(Debug)]
+struct RoundIds {
+    base: u64,
+    next: u64,
+}
+
+impl RoundIds {
+    fn new(now: Nanos, worker: u64, tag: u64) -> RoundIds {
+        let base = Seed([0; 16])
+            .slot(
+                &[
+                    &now.0.to_le_bytes(),
+                    &worker.to_le_bytes(),
+                    &tag.to_le_bytes(),
+                ],
+                1,
+            )
+            .fingerprint;
+        RoundIds { base, next: 0 }
+    }
+
+    fn take(&mut self) -> String {
+        self.next = self.next.wrapping_add(1);
+        format!("{:016x}-{:x}", self.base, self.next)
+    }
 }
 
 /// One worker's part of sync mode.
@@ -166,7 +208,9 @@ impl SyncRounds {
             leader: RefCell::new(Leader {
                 pending: Ledger::new(settings.max_pending_keys),
                 in_flight: None,
+                retry: None,
                 last_round: None,
+                ids: RoundIds::new(now, worker, tag),
             }),
             settings: settings.clone(),
             queue: Some(queue),
@@ -231,24 +275,20 @@ impl SyncRounds {
         }
         if let Some(f) = &leader.in_flight {
             // Envoy closes a callout at its timeout; this is for a reply that never comes.
-            let deadline = f
-                .sent
-                .0
-                .saturating_add(self.settings.timeout.0)
-                .saturating_add(self.tick.0.saturating_mul(2));
-            if now.0 < deadline {
+            if now < f.deadline {
                 return;
             }
             if let Some(f) = leader.in_flight.take() {
-                leader.pending.restore(f.round.batch);
+                leader.retry = Some(f.round);
                 self.add(Stat::Failures, 1);
             }
         }
         self.drain_queue(&mut leader.pending);
         let dropped = leader.pending.take_dropped();
         self.add(Stat::Dropped, dropped);
-        self.gauge(Stat::Pending, leader.pending.len() as u64);
-        if leader.pending.is_empty() {
+        let retrying = leader.retry.as_ref().map_or(0, |r| r.batch.len());
+        self.gauge(Stat::Pending, (leader.pending.len() + retrying) as u64);
+        if leader.pending.is_empty() && leader.retry.is_none() {
             // Nothing waits to be sent: an idle Envoy is not lagging.
             self.last_ok.set(now);
         }
@@ -259,25 +299,38 @@ impl SyncRounds {
         let due = leader
             .last_round
             .is_none_or(|last| now.0 >= last.0.saturating_add(self.settings.sync_interval.0));
-        if !due || leader.pending.is_empty() {
+        if !due || (leader.pending.is_empty() && leader.retry.is_none()) {
             return;
         }
         leader.last_round = Some(now);
-        let max_keys = MAX_DESCRIPTORS_PER_CALL / cells_per_key(policy).max(1);
-        let round = Round::new(policy, leader.pending.take(max_keys));
+        let round = match leader.retry.take() {
+            // Resent verbatim: new deltas stay in `pending` for the round after it.
+            Some(round) => round,
+            None => {
+                let max_keys = MAX_DESCRIPTORS_PER_CALL / cells_per_key(policy).max(1);
+                let mut round = Round::new(policy, leader.pending.take(max_keys));
+                round.set_id(&leader.ids.take());
+                round
+            }
+        };
         if round.descriptors() == 0 {
             return;
         }
-        match dispatch(&self.settings, &round.encode()) {
+        let timeout = round_timeout(self.settings.timeout, round.descriptors());
+        match dispatch_within(&self.settings, &round.encode(), timeout) {
             Ok(token) => {
                 leader.in_flight = Some(InFlight {
                     token,
                     round,
-                    sent: now,
+                    deadline: Nanos(
+                        now.0
+                            .saturating_add(timeout.0)
+                            .saturating_add(self.tick.0.saturating_mul(2)),
+                    ),
                 })
             }
             Err(e) => {
-                leader.pending.restore(round.batch);
+                leader.retry = Some(round);
                 self.add(Stat::Failures, 1);
                 let _ = host::log(
                     LogLevel::Warn,
@@ -310,7 +363,7 @@ impl SyncRounds {
         match answer {
             Ok(folded) => self.folded(folded, now),
             Err(why) => {
-                leader.pending.restore(f.round.batch);
+                leader.retry = Some(f.round);
                 self.add(Stat::Failures, 1);
                 let _ = host::log(
                     LogLevel::Warn,
@@ -416,12 +469,21 @@ fn cells_per_key(policy: &Policy) -> usize {
 /// instead it does not look the cluster up at dispatch, and an unknown cluster fails the call
 /// asynchronously (a gRPC status, counted as a failed round), so that is what is passed.
 pub fn dispatch(settings: &GlobalSettings, message: &[u8]) -> Result<u32, String> {
+    dispatch_within(settings, message, settings.timeout)
+}
+
+/// [`dispatch`] with a timeout of its own (a sync round's grows with its size).
+pub fn dispatch_within(
+    settings: &GlobalSettings,
+    message: &[u8],
+    timeout: Nanos,
+) -> Result<u32, String> {
     let service = proto::grpc_service(&settings.cluster);
     // ASCII by construction (config caps the cluster name at 120 characters, so every length
     // byte is below 0x80); refuse rather than pass a name Envoy would read differently.
     let upstream = core::str::from_utf8(&service)
         .map_err(|_| String::from("the cluster name does not encode as ASCII"))?;
-    let timeout = Duration::from_nanos(settings.timeout.0);
+    let timeout = Duration::from_nanos(timeout.0);
     proxy_wasm::hostcalls::dispatch_grpc_call(
         upstream,
         proto::SERVICE,

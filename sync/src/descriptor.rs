@@ -74,6 +74,17 @@ pub enum RequestError {
         /// The service's `--max-descriptors`.
         max: usize,
     },
+    /// Two descriptors give different `tollgate.round` ids.
+    RoundMismatch {
+        /// The index of the descriptor whose id differs from the first one's.
+        index: usize,
+    },
+    /// A round id on a request with a `check`: a replayed check could not be answered honestly
+    /// (whether it fitted the first time is not kept), so round ids are for syncs only.
+    RoundWithCheck {
+        /// The index of the check.
+        index: usize,
+    },
     /// One descriptor was malformed.
     Descriptor {
         /// Its index in `descriptors`.
@@ -120,6 +131,14 @@ impl fmt::Display for RequestError {
             RequestError::TooManyDescriptors { count, max } => {
                 write!(f, "descriptors: {count} in one request, at most {max}")
             }
+            RequestError::RoundMismatch { index } => write!(
+                f,
+                "descriptors[{index}]: tollgate.round differs from the request's first round id"
+            ),
+            RequestError::RoundWithCheck { index } => write!(
+                f,
+                "descriptors[{index}]: a request with a tollgate.round id may only sync (op=check is not replayable)"
+            ),
             RequestError::Descriptor { index, reason } => {
                 write!(f, "descriptors[{index}]: {reason}")
             }
@@ -143,7 +162,7 @@ impl fmt::Display for DescriptorError {
             ),
             DescriptorError::UnknownParameter(key) => write!(
                 f,
-                "entries: unknown parameter '{key}' (tollgate.op, tollgate.burst, tollgate.refund)"
+                "entries: unknown parameter '{key}' (tollgate.op, tollgate.burst, tollgate.refund, tollgate.round)"
             ),
             DescriptorError::DuplicateParameter(key) => {
                 write!(f, "entries: parameter '{key}' given twice")
@@ -201,6 +220,7 @@ fn bucket(
     let mut op = None;
     let mut burst = None;
     let mut refund = None;
+    let mut round = None;
     let mut key = format!(
         "tollgate:{{{domain}}}:{}/{}",
         limit.requests_per_unit,
@@ -224,6 +244,14 @@ fn bucket(
                     _ => return Err(bad(entry.key.as_str(), &entry.value, "check or sync")),
                 };
                 set_once(&mut op, value, &entry.key)?;
+                continue;
+            }
+            "round" => {
+                // Read for the whole request by [`round_key`]; only checked here.
+                if round_id(&entry.value).is_none() {
+                    return Err(bad(&entry.key, &entry.value, ROUND_ID_EXPECTED));
+                }
+                set_once(&mut round, (), &entry.key)?;
                 continue;
             }
             "burst" => &mut burst,
@@ -264,6 +292,52 @@ fn bucket(
         cost,
         refund: refund.unwrap_or(0),
     })
+}
+
+/// How long an applied round id is remembered: a resend later than this (a service unreachable
+/// for longer, while the first attempt had been applied) would count again.
+pub const ROUND_TTL_MS: u64 = 600_000;
+
+const ROUND_ID_EXPECTED: &str = "1 to 64 of A-Z a-z 0-9 . _ -";
+
+fn round_id(value: &str) -> Option<&str> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    ok.then_some(value)
+}
+
+/// The Redis key that marks `request`'s round as applied, `tollgate:{DOMAIN}:round:ID`, when it
+/// carries a `tollgate.round` id (on any of its descriptors; every one given must agree), for
+/// `buckets` as [`parse`] read them. A round id on a request with a `check` is refused.
+pub fn round_key(
+    request: &RateLimitRequest,
+    buckets: &[Bucket],
+) -> Result<Option<String>, RequestError> {
+    let mut id: Option<&str> = None;
+    for (index, descriptor) in request.descriptors.iter().enumerate() {
+        for entry in &descriptor.entries {
+            if entry.key.strip_prefix(PARAM_PREFIX) != Some("round") {
+                continue;
+            }
+            match id {
+                None => id = Some(entry.value.as_str()),
+                Some(first) if first == entry.value => {}
+                Some(_) => return Err(RequestError::RoundMismatch { index }),
+            }
+        }
+    }
+    let Some(id) = id.and_then(round_id) else {
+        return Ok(None);
+    };
+    if let Some(index) = buckets.iter().position(|b| b.op == Op::Check) {
+        return Err(RequestError::RoundWithCheck { index });
+    }
+    Ok(Some(format!(
+        "tollgate:{{{}}}:round:{id}",
+        escape(&request.domain)
+    )))
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T, key: &str) -> Result<(), DescriptorError> {

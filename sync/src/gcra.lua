@@ -6,12 +6,16 @@
 -- strings in Redis and as little-endian arrays of base-10^7 limbs here (a limb product is below
 -- 10^14, well inside a double's exact range).
 --
--- KEYS[i]  the bucket's key (one per descriptor; a key may repeat)
--- ARGV     five per descriptor: op ('c' check | 's' sync), cost, window (= burst x period),
+-- KEYS[i]  the bucket's key (one per descriptor; a key may repeat), then, when ARGV[1] is not
+--          '0', the round's key (tollgate:{DOMAIN}:round:ID)
+-- ARGV[1]  how long (ms) to remember the round id, or '0' for a request without one
+-- ARGV     then five per descriptor: op ('c' check | 's' sync), cost, window (= burst x period),
 --          amount (requests_per_unit), refund; cost, window and refund in scaled units
 --          (cells x period in ns), all decimal.
--- Returns  { now_sec, now_usec, then per descriptor: before, after, fits ('1'/'0') }, all
---          strings; `before` is the key's value when the batch began ('0' when absent).
+-- Returns  { now_sec, now_usec, applied ('1', or '0' for a round id applied before: nothing
+--          was added and each row is the key's current state), then per descriptor: before,
+--          after, fits ('1'/'0') }, all strings; `before` is the key's value when the batch
+--          began ('0' when absent).
 
 local BASE = 10000000
 
@@ -99,11 +103,13 @@ local now_ns = parse(sec .. string.format('%06d', tonumber(usec)) .. '000')
 local now_ms = tonumber(sec) * 1000 + math.floor(tonumber(usec) / 1000)
 local sub_ms_ns = (tonumber(usec) % 1000) * 1000
 
+local round_ttl = ARGV[1]
 local n = #KEYS
+if round_ttl ~= '0' then n = n - 1 end
 local op, cost, window, amount, refund, now_s = {}, {}, {}, {}, {}, {}
 local scaled_now = {}
 for i = 1, n do
-  local base = (i - 1) * 5
+  local base = 1 + (i - 1) * 5
   op[i] = ARGV[base + 1]
   cost[i] = parse(ARGV[base + 2])
   window[i] = parse(ARGV[base + 3])
@@ -126,6 +132,21 @@ for i = 1, n do
     end
     before_str[k] = v
     before[k] = parse(v)
+  end
+end
+
+-- A round id applied before: add nothing, answer the current state of its keys. Set in the
+-- same script as the writes below, so an id is marked exactly when its batch is applied.
+if round_ttl ~= '0' then
+  if not redis.call('SET', KEYS[n + 1], '1', 'NX', 'PX', round_ttl) then
+    local out = { sec, usec, '0' }
+    for i = 1, n do
+      local current = before_str[KEYS[i]]
+      out[#out + 1] = current
+      out[#out + 1] = current
+      out[#out + 1] = '1'
+    end
+    return out
   end
 end
 
@@ -189,7 +210,7 @@ for i = n, 1, -1 do
   end
 end
 
-local out = { sec, usec }
+local out = { sec, usec, '1' }
 for i = 1, n do
   out[#out + 1] = before_str[KEYS[i]]
   out[#out + 1] = tostr(after[i])

@@ -33,6 +33,8 @@ pub struct Stats {
     pub unavailable: AtomicU64,
     /// Batches Redis answered with something unexpected (`INTERNAL`).
     pub internal: AtomicU64,
+    /// Batches whose round id had been applied before (answered, nothing added).
+    pub replays: AtomicU64,
     /// Descriptors where the script's result differed from policy-core's (must stay 0).
     pub model_mismatches: AtomicU64,
 }
@@ -52,6 +54,7 @@ impl Stats {
             invalid = get(&self.invalid),
             unavailable = get(&self.unavailable),
             internal = get(&self.internal),
+            replays = get(&self.replays),
             model_mismatches = get(&self.model_mismatches),
             "stats"
         );
@@ -61,8 +64,15 @@ impl Stats {
 /// The service's settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Bound on each call's Redis round trip; past it the call is answered `UNAVAILABLE`.
+    /// Bound on each call's Redis round trip for one descriptor; past it the call is answered
+    /// `UNAVAILABLE`.
     pub timeout: Duration,
+    /// What each further descriptor adds to that bound: Redis runs a batch in ~30–40 µs per key
+    /// on a small machine, so a fixed bound that suits a strict check of one key would fail
+    /// every sync round of thousands (and, the batch having been sent, Redis would still apply
+    /// it). The filter's own call timeout grows faster (150 µs per descriptor), so the service
+    /// answers first.
+    pub per_descriptor: Duration,
     /// The most descriptors one request may carry.
     pub max_descriptors: usize,
 }
@@ -91,9 +101,19 @@ impl SyncService {
             tracing::debug!(domain = %request.domain, error = %e, "invalid request");
             Status::invalid_argument(e.to_string())
         })?;
+        let round = descriptor::round_key(request, &buckets).map_err(|e| {
+            self.stats.invalid.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(domain = %request.domain, error = %e, "invalid request");
+            Status::invalid_argument(e.to_string())
+        })?;
+        let timeout = self.limits.timeout.saturating_add(
+            self.limits
+                .per_descriptor
+                .saturating_mul(u32::try_from(buckets.len()).unwrap_or(u32::MAX)),
+        );
         let started = Instant::now();
-        let reply = match tokio::time::timeout(self.limits.timeout, self.store.run(&buckets)).await
-        {
+        let run = self.store.run_round(&buckets, round.as_deref());
+        let reply = match tokio::time::timeout(timeout, run).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) if e.is_unavailable() => {
                 self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
@@ -107,14 +127,19 @@ impl SyncService {
             }
             Err(_) => {
                 self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(domain = %request.domain, keys = buckets.len(), timeout_ms = self.limits.timeout.as_millis(), "redis timed out");
+                tracing::warn!(domain = %request.domain, keys = buckets.len(), timeout_ms = timeout.as_millis(), "redis timed out");
                 return Err(Status::unavailable(format!(
-                    "redis did not answer within {} ms (the batch may or may not have been applied)",
-                    self.limits.timeout.as_millis()
+                    "redis did not answer within {} ms (the batch may or may not have been applied; resent with its tollgate.round id, it counts once)",
+                    timeout.as_millis()
                 )));
             }
         };
-        self.check_against_model(&buckets, &reply, &request.domain);
+        if reply.applied {
+            self.check_against_model(&buckets, &reply, &request.domain);
+        } else {
+            self.stats.replays.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(domain = %request.domain, keys = buckets.len(), "round applied before: answered, nothing added");
+        }
         let response = respond(&buckets, &reply);
         let over = response
             .statuses

@@ -14,7 +14,7 @@ use policy_core::Nanos;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisError, Script};
 
-use crate::descriptor::{Bucket, Op};
+use crate::descriptor::{Bucket, Op, ROUND_TTL_MS};
 
 /// The batch script (see the file for its argument layout).
 pub const SCRIPT: &str = include_str!("gcra.lua");
@@ -35,6 +35,9 @@ pub struct Row {
 pub struct Reply {
     /// Redis's clock when the script ran (`TIME`, microsecond resolution).
     pub now: Nanos,
+    /// `false` when the batch's round id had been applied before: nothing was added, and each
+    /// row holds its key's current state (`before` = `after`).
+    pub applied: bool,
     /// One row per descriptor, in order.
     pub rows: Vec<Row>,
 }
@@ -92,6 +95,9 @@ pub struct RedisConfig {
     pub info: ConnectionInfo,
     /// Bound on connecting and on each reply.
     pub timeout: Duration,
+    /// Bound on each reply at the connection (default: `timeout`); the service bounds each
+    /// call itself, so this is set to the largest call's bound (which grows with its size).
+    pub reply_timeout: Duration,
 }
 
 /// Why a Redis configuration was refused.
@@ -139,7 +145,11 @@ impl RedisConfig {
             }
             None => info,
         };
-        Ok(RedisConfig { info, timeout })
+        Ok(RedisConfig {
+            info,
+            timeout,
+            reply_timeout: timeout,
+        })
     }
 }
 
@@ -164,7 +174,7 @@ impl Store {
         let client = Client::open(config.info.clone()).map_err(StoreError::Redis)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.reply_timeout.max(config.timeout)))
             // Reconnection is retried on the next call, so one call never waits through a
             // long backoff.
             .set_number_of_retries(1)
@@ -179,7 +189,24 @@ impl Store {
 
     /// Runs one batch atomically. The caller bounds it with its own timeout too.
     pub async fn run(&self, buckets: &[Bucket]) -> Result<Reply, StoreError> {
+        self.run_round(buckets, None).await
+    }
+
+    /// Runs one batch atomically, once per `round` key ([`crate::descriptor::round_key`]): a
+    /// batch whose round key was set by an earlier run adds nothing and answers its keys'
+    /// current state ([`Reply::applied`] false). The key is set in the same script as the
+    /// writes, remembered for [`ROUND_TTL_MS`].
+    pub async fn run_round(
+        &self,
+        buckets: &[Bucket],
+        round: Option<&str>,
+    ) -> Result<Reply, StoreError> {
         let mut invocation = self.script.prepare_invoke();
+        invocation.arg(if round.is_some() {
+            ROUND_TTL_MS.to_string()
+        } else {
+            String::from("0")
+        });
         for b in buckets {
             let period = u128::from(b.rate.period().0);
             invocation
@@ -197,6 +224,9 @@ impl Store {
                 .arg(b.rate.amount())
                 .arg(u128::from(b.refund).saturating_mul(period).to_string());
         }
+        if let Some(round) = round {
+            invocation.key(round);
+        }
         let mut connection = self.connection.clone();
         let reply: Vec<String> = invocation
             .invoke_async(&mut connection)
@@ -213,8 +243,13 @@ impl Store {
 
 fn parse_reply(reply: &[String], descriptors: usize) -> Result<Reply, StoreError> {
     let bad = |why: &str| StoreError::Reply(why.to_owned());
-    let [sec, usec, rows @ ..] = reply else {
+    let [sec, usec, applied, rows @ ..] = reply else {
         return Err(bad("no TIME"));
+    };
+    let applied = match applied.as_str() {
+        "1" => true,
+        "0" => false,
+        _ => return Err(bad("applied")),
     };
     if rows.len() != descriptors * 3 {
         return Err(StoreError::Reply(format!(
@@ -239,7 +274,7 @@ fn parse_reply(reply: &[String], descriptors: usize) -> Result<Reply, StoreError
             _ => Err(bad("row")),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Reply { now, rows })
+    Ok(Reply { now, applied, rows })
 }
 
 /// A decimal TAT; one beyond `u128` (only reachable by centuries of debt) saturates, as
@@ -280,11 +315,12 @@ mod tests {
 
     #[test]
     fn replies_parse_and_malformed_ones_are_errors() {
-        let ok: Vec<String> = ["1700000000", "000123", "0", "42", "1"]
+        let ok: Vec<String> = ["1700000000", "000123", "1", "0", "42", "1"]
             .map(String::from)
             .to_vec();
         let r = parse_reply(&ok, 1).unwrap();
         assert_eq!(r.now, Nanos(1_700_000_000_000_123_000));
+        assert!(r.applied);
         assert_eq!(
             r.rows,
             [Row {
@@ -295,9 +331,25 @@ mod tests {
         );
         assert!(parse_reply(&ok, 2).is_err());
         let huge = "9".repeat(50);
-        let sat = vec!["1".into(), "0".into(), "0".into(), huge, "0".into()];
-        assert_eq!(parse_reply(&sat, 1).unwrap().rows[0].after, Tat(u128::MAX));
-        let bad = vec!["1".into(), "0".into(), "-1".into(), "0".into(), "0".into()];
+        let sat = vec![
+            "1".into(),
+            "0".into(),
+            "0".into(),
+            "0".into(),
+            huge,
+            "0".into(),
+        ];
+        let replay = parse_reply(&sat, 1).unwrap();
+        assert_eq!(replay.rows[0].after, Tat(u128::MAX));
+        assert!(!replay.applied);
+        let bad = vec![
+            "1".into(),
+            "0".into(),
+            "1".into(),
+            "-1".into(),
+            "0".into(),
+            "0".into(),
+        ];
         assert!(parse_reply(&bad, 1).is_err());
     }
 }

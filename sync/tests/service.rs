@@ -776,3 +776,194 @@ async fn the_binary_talks_tls_to_redis() {
     drop(redis);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A sync round of alice (4 cells) and bob (3) of 10/minute, tagged with round `id` when given.
+fn sync_round(
+    id: Option<&str>,
+) -> Vec<envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor> {
+    let mut alice = vec![("user", "alice"), ("tollgate.op", "sync")];
+    if let Some(id) = id {
+        alice.push(("tollgate.round", id));
+    }
+    vec![
+        d(&alice, 10, Minute, Some(4)),
+        d(
+            &[("user", "bob"), ("tollgate.op", "sync")],
+            10,
+            Minute,
+            Some(3),
+        ),
+    ]
+}
+
+fn remaining(r: &envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse) -> Vec<u32> {
+    r.statuses.iter().map(|s| s.limit_remaining).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_applied_twice_counts_once() {
+    let redis = redis_or_skip!();
+    let svc = Service::start(&redis.url(), None, TIMEOUT).await;
+    let mut c = svc.client().await;
+    let dom = domain("round");
+    let first = call(&mut c, &dom, sync_round(Some("0123abcd-1")))
+        .await
+        .unwrap();
+    assert_eq!(remaining(&first), [6, 7]);
+    // The same round again (a resend after a lost answer): nothing added, the current state
+    // answered, every status OK.
+    let again = call(&mut c, &dom, sync_round(Some("0123abcd-1")))
+        .await
+        .unwrap();
+    assert_eq!(remaining(&again), [6, 7]);
+    assert_eq!(again.overall_code, OK);
+    assert!(until_reset(&again, 0) <= until_reset(&first, 0));
+    assert!(until_reset(&again, 0) + Duration::from_secs(1) > until_reset(&first, 0));
+    assert_eq!(
+        svc.stats.replays.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        svc.stats
+            .model_mismatches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // The next round (a new id) adds again; so does a request without an id, every time.
+    let next = call(&mut c, &dom, sync_round(Some("0123abcd-2")))
+        .await
+        .unwrap();
+    assert_eq!(remaining(&next), [2, 4]);
+    let plain = call(&mut c, &dom, sync_round(None)).await.unwrap();
+    assert_eq!(remaining(&plain), [0, 1]);
+    // The id is remembered under the domain's hash tag, for ten minutes.
+    let mut conn = svc.store.connection();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("tollgate:{{{dom}}}:round:0123abcd-1"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((590_000..=600_000).contains(&pttl), "{pttl}");
+    // Ids that disagree, a round id on a check, and a malformed id are refused.
+    let mut mixed = sync_round(Some("a"));
+    mixed[1] = d(
+        &[
+            ("user", "bob"),
+            ("tollgate.op", "sync"),
+            ("tollgate.round", "b"),
+        ],
+        10,
+        Minute,
+        Some(1),
+    );
+    let err = call(&mut c, &dom, mixed).await.unwrap_err();
+    assert_eq!(err.code(), GrpcCode::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("descriptors[1]: tollgate.round differs"),
+        "{err:?}"
+    );
+    let check = vec![d(
+        &[("user", "carol"), ("tollgate.round", "c")],
+        10,
+        Minute,
+        None,
+    )];
+    let err = call(&mut c, &dom, check).await.unwrap_err();
+    assert_eq!(err.code(), GrpcCode::InvalidArgument);
+    assert!(
+        err.message().contains("op=check is not replayable"),
+        "{err:?}"
+    );
+    let bad = vec![d(
+        &[
+            ("user", "carol"),
+            ("tollgate.op", "sync"),
+            ("tollgate.round", "a b"),
+        ],
+        10,
+        Minute,
+        None,
+    )];
+    let err = call(&mut c, &dom, bad).await.unwrap_err();
+    assert!(err.message().contains("tollgate.round='a b'"), "{err:?}");
+    assert_eq!(
+        remaining(
+            &call(&mut c, &dom, sync_round(Some("0123abcd-2")))
+                .await
+                .unwrap()
+        ),
+        [0, 1]
+    );
+}
+
+/// Freezes Redis for `secs` with DEBUG SLEEP (commands queue behind it), returning at once.
+async fn freeze(redis: &Redis, secs: &str) -> tokio::task::JoinHandle<()> {
+    let url = redis.url();
+    let secs = secs.to_owned();
+    let sleeper = tokio::spawn(async move {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _ = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(secs)
+            .query_async::<()>(&mut conn)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sleeper
+}
+
+/// Calls until the service answers (Redis woke up), at most 5 s.
+async fn call_until_answered(
+    c: &mut envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient<
+        tonic::transport::Channel,
+    >,
+    dom: &str,
+    descriptors: Vec<
+        envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor,
+    >,
+) -> envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match call(c, dom, descriptors.clone()).await {
+            Ok(r) => return r,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.code(), GrpcCode::Unavailable, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no answer after Redis woke up: {e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_round_resent_with_its_id_counts_once() {
+    let redis = redis_or_skip!("--enable-debug-command", "local");
+    let svc = Service::start(&redis.url(), None, TIMEOUT).await;
+    let mut c = svc.client().await;
+    let dom = domain("resent");
+    // Redis frozen past the service's timeout: UNAVAILABLE, but the batch was sent, and Redis
+    // runs it when it wakes up.
+    let sleeper = freeze(&redis, "1").await;
+    let err = call(&mut c, &dom, sync_round(Some("feed-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), GrpcCode::Unavailable, "{err:?}");
+    sleeper.await.unwrap();
+    let resent = call_until_answered(&mut c, &dom, sync_round(Some("feed-1"))).await;
+    assert_eq!(remaining(&resent), [6, 7], "applied once, not twice");
+    // Without an id (as before round ids), the same fault counts the round twice or more.
+    let dom = domain("resent-plain");
+    let sleeper = freeze(&redis, "1").await;
+    let err = call(&mut c, &dom, sync_round(None)).await.unwrap_err();
+    assert_eq!(err.code(), GrpcCode::Unavailable, "{err:?}");
+    sleeper.await.unwrap();
+    let resent = call_until_answered(&mut c, &dom, sync_round(None)).await;
+    // (Every attempt that timed out while Redis slept was applied when it woke: twice at least.)
+    assert!(
+        resent.statuses[0].limit_remaining <= 2,
+        "the timed-out batch was applied too: {:?}",
+        remaining(&resent)
+    );
+}

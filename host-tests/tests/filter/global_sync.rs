@@ -199,11 +199,45 @@ fn an_answer_is_folded_so_the_next_request_on_any_worker_sees_the_global_state()
     assert_eq!(h.metrics().value("tollgate.global.keys_changed"), Some(1));
 }
 
+/// The round's `tollgate.round` id (on its first descriptor).
+fn round_id(request: &RateLimitRequest) -> String {
+    let ids: Vec<&str> = request
+        .descriptors
+        .iter()
+        .flat_map(|d| &d.entries)
+        .filter(|e| e.key == "tollgate.round")
+        .map(|e| e.value.as_str())
+        .collect();
+    assert_eq!(ids.len(), 1, "one round id per round: {request:?}");
+    assert!(
+        request.descriptors[0]
+            .entries
+            .iter()
+            .any(|e| e.key == "tollgate.round"),
+        "on the first descriptor"
+    );
+    ids[0].to_owned()
+}
+
+/// The bytes of the one round on the wire other than `old`'s.
+fn round_bytes(h: &Harness, old: Option<u32>) -> Vec<u8> {
+    let mut all: Vec<GrpcCallout> = callouts(h)
+        .into_iter()
+        .map(|(_, c)| c)
+        .filter(|c| Some(c.token) != old)
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.remove(0).messages.remove(0).0
+}
+
 #[test]
-fn a_failed_round_keeps_its_deltas_and_resends_them_with_the_new_ones() {
+fn a_failed_round_is_resent_verbatim_with_its_id_and_new_deltas_wait_for_the_next() {
     let h = four_workers_with_traffic();
-    let (holder, token, _) = the_round(&h);
-    // UNAVAILABLE, as Envoy reports a dead cluster.
+    let (holder, token, first) = the_round(&h);
+    let first_bytes = round_bytes(&h, None);
+    let id = round_id(&first);
+    // UNAVAILABLE, as Envoy reports a dead cluster (or a service whose Redis timed out: Redis may
+    // have applied the batch all the same, which is why it must come back with the same id).
     h.worker(holder)
         .unwrap()
         .deliver_grpc_reply(token, 14, b"no healthy upstream")
@@ -211,23 +245,23 @@ fn a_failed_round_keeps_its_deltas_and_resends_them_with_the_new_ones() {
     admit(&h, 0, "alice", 4);
     h.advance(SECOND).unwrap();
     let (_, token, request) = the_round(&h);
-    let mut sent: Vec<u64> = hits(&request).iter().map(|(_, n)| *n).collect();
-    sent.sort();
     assert_eq!(
-        sent,
-        [2, 30],
-        "26 resent + 4 new for alice, 2 resent for bob"
+        round_bytes(&h, None),
+        first_bytes,
+        "the same round, byte for byte: the 4 new ones are not merged into it"
     );
+    assert_eq!(round_id(&request), id);
     // A reply that is not a RateLimitResponse fails the round the same way.
     h.worker(holder)
         .unwrap()
         .deliver_grpc_reply(token, 0, b"\xff\xff\xff")
         .unwrap();
     h.advance(SECOND).unwrap();
-    let (_, _, request) = the_round(&h);
+    let (_, token, request) = the_round(&h);
+    assert_eq!(round_bytes(&h, None), first_bytes);
     let mut sent: Vec<u64> = hits(&request).iter().map(|(_, n)| *n).collect();
     sent.sort();
-    assert_eq!(sent, [2, 30]);
+    assert_eq!(sent, [2, 26], "alice's 26 and bob's 2, as first sent");
     assert_eq!(h.metrics().value("tollgate.global.sync_failures"), Some(2));
     // No answer folded, and deltas waiting, since the start 4 s ago.
     assert_eq!(
@@ -239,17 +273,45 @@ fn a_failed_round_keeps_its_deltas_and_resends_them_with_the_new_ones() {
             && l.message.contains("deltas kept")
     });
     assert!(warned);
+    // Answered at last: the next round is a new one, with a new id, carrying only the 4.
+    h.worker(holder)
+        .unwrap()
+        .deliver_grpc_reply(token, 0, &answer(&[SECOND; 2]))
+        .unwrap();
+    assert_eq!(h.metrics().value("tollgate.global.sync_rounds"), Some(1));
+    h.advance(SECOND).unwrap();
+    let (_, _, next) = the_round(&h);
+    assert_ne!(round_id(&next), id);
+    assert_eq!(hits(&next).iter().map(|(_, n)| *n).collect::<Vec<_>>(), [4]);
 }
 
 #[test]
-fn a_round_never_answered_is_given_up_and_resent() {
+fn a_round_never_answered_is_given_up_and_resent_with_the_same_id() {
     let h = four_workers_with_traffic();
-    let (_, first, _) = the_round(&h);
+    let (_, first, request) = the_round(&h);
+    let bytes = round_bytes(&h, None);
     // No reply at all (not even Envoy's timeout): given up after the timeout and two ticks.
     h.advance(SECOND * 3).unwrap();
-    let (_, second, request) = the_round_ignoring(&h, first);
+    let (_, second, again) = the_round_ignoring(&h, first);
     assert_ne!(first, second);
-    assert_eq!(hits(&request).iter().map(|(_, n)| *n).sum::<u64>(), 28);
+    assert_eq!(round_id(&again), round_id(&request));
+    assert_eq!(round_bytes(&h, Some(first)), bytes);
+    assert_eq!(hits(&again).iter().map(|(_, n)| *n).sum::<u64>(), 28);
+}
+
+#[test]
+fn a_rounds_timeout_grows_with_its_size() {
+    let h = tollgate_with(1, &global_policy());
+    for i in 0..400 {
+        admit(&h, 0, &format!("user-{i}"), 1);
+    }
+    h.advance(SECOND * 2).unwrap();
+    let all = callouts(&h);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let request = RateLimitRequest::decode(all[0].1.messages[0].0.as_slice()).unwrap();
+    assert_eq!(request.descriptors.len(), 400);
+    // timeout_ms 250 + 150 µs for each of 400 descriptors.
+    assert_eq!(all[0].1.timeout_ms, Some(310));
 }
 
 /// The round in flight other than the abandoned `old` one (the host keeps unanswered callouts).

@@ -40,7 +40,11 @@ fn teammates_spend_one_team_limit_together_and_another_team_is_not_refused() {
     assert!(get(&h, "alice", Some("red")).is_continue());
     let last = get(&h, "bob", Some("red"));
     assert!(last.is_continue());
-    assert_eq!(number(&last, "x-ratelimit-remaining-requests"), 0, "{last:?}");
+    assert_eq!(
+        number(&last, "x-ratelimit-remaining-requests"),
+        0,
+        "{last:?}"
+    );
     for user in ["alice", "bob"] {
         let out = get(&h, user, Some("red"));
         assert_eq!(out.status(), 429, "{out:?}");

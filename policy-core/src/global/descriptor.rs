@@ -28,6 +28,9 @@ pub const OP: &str = "tollgate.op";
 pub const BURST: &str = "tollgate.burst";
 /// See [`OP`].
 pub const REFUND: &str = "tollgate.refund";
+/// The id of a sync round (on the request's first descriptor): `tollgate-sync` applies a round id
+/// once, so a round resent after a timeout whose first attempt Redis did execute counts once.
+pub const ROUND: &str = "tollgate.round";
 
 /// A unit of `envoy.type.v3.RateLimitUnit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,15 +12,16 @@
 //! A bucket whose key the local table no longer holds (its way was reclaimed while it was full
 //! locally) gets a way again with the global state: another replica's traffic makes it active.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
 use prost::Message;
 
 use crate::bucket::{Rate, Tat};
-use crate::global::descriptor::{describe, with_refund, BucketKey, Op, TableId};
+use crate::global::descriptor::{describe, with_refund, BucketKey, Op, TableId, ROUND};
 use crate::global::ledger::Delta;
-use crate::global::proto::{Code, RateLimitRequest, RateLimitResponse};
+use crate::global::proto::{Code, Entry, RateLimitRequest, RateLimitResponse};
 use crate::policy::Policy;
 use crate::store::Store;
 use crate::table::{TableError, Update};
@@ -132,6 +133,30 @@ impl Round {
             },
             sent,
         }
+    }
+
+    /// Tags the round with `id` (a [`ROUND`] entry on its first descriptor), so that
+    /// `tollgate-sync` applies it once however often it is sent. A second call replaces the id.
+    pub fn set_id(&mut self, id: &str) {
+        let Some(first) = self.request.descriptors.first_mut() else {
+            return;
+        };
+        first.entries.retain(|e| e.key != ROUND);
+        first.entries.push(Entry {
+            key: String::from(ROUND),
+            value: String::from(id),
+        });
+    }
+
+    /// The id [`Round::set_id`] gave the round.
+    pub fn id(&self) -> Option<&str> {
+        self.request
+            .descriptors
+            .first()?
+            .entries
+            .iter()
+            .find(|e| e.key == ROUND)
+            .map(|e| e.value.as_str())
     }
 
     /// Descriptors in the request.
@@ -429,6 +454,39 @@ mod tests {
             panic!()
         };
         assert!(!decision.allowed);
+    }
+
+    #[test]
+    fn a_round_id_rides_on_the_first_descriptor_only_and_is_replaced_not_repeated() {
+        let (p, _) = setup();
+        let alice = BucketKey::limits(&p, 0, b"alice").unwrap();
+        let bob = BucketKey::limits(&p, 0, b"bob").unwrap();
+        let mut round = Round::new(&p, vec![(alice, Delta::cells(1)), (bob, Delta::cells(2))]);
+        assert_eq!(round.id(), None);
+        round.set_id("00000000000000ab-1");
+        round.set_id("00000000000000ab-2");
+        assert_eq!(round.id(), Some("00000000000000ab-2"));
+        let tagged: Vec<usize> = round
+            .request
+            .descriptors
+            .iter()
+            .map(|d| d.entries.iter().filter(|e| e.key == ROUND).count())
+            .collect();
+        assert_eq!(tagged, [1, 0, 0, 0], "one entry, on the first descriptor");
+        // The id is not a bucket: the descriptors' other entries are as before.
+        let plain = Round::new(&p, vec![(alice, Delta::cells(1)), (bob, Delta::cells(2))]);
+        for (a, b) in round
+            .request
+            .descriptors
+            .iter()
+            .zip(&plain.request.descriptors)
+        {
+            let kept: Vec<_> = a.entries.iter().filter(|e| e.key != ROUND).collect();
+            assert_eq!(kept, b.entries.iter().collect::<Vec<_>>());
+        }
+        let mut empty = Round::new(&p, Vec::new());
+        empty.set_id("x");
+        assert_eq!(empty.id(), None);
     }
 
     #[test]

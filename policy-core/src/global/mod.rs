@@ -70,3 +70,45 @@ pub const MAX_PENDING_KEYS: (u32, u32) = (10_000, 1_000_000);
 /// The most descriptors one round sends: `tollgate-sync`'s default `--max-descriptors`. Deltas
 /// beyond it wait for the next round (they are kept, not dropped).
 pub const MAX_DESCRIPTORS_PER_CALL: usize = 10_000;
+
+/// What each descriptor adds to a sync round's call timeout (`timeout_ms` bounds a round of one
+/// key): 150 µs.
+///
+/// A round is one Lua script over all its keys, and Redis runs it in ~30–40 µs per key on a small
+/// machine (BENCHMARKS.md §8): 0.3–0.4 s for 10,000 keys, which no fixed timeout suited to a
+/// round of ten keys would let finish. Splitting a round into several calls does not help when
+/// they are sent together (Redis runs them one after another, so the last one waits for all) and
+/// delays the keys of the later calls by whole intervals when they are not. So the call stays one
+/// and its bound grows with it: `timeout_ms` + 150 µs per descriptor (1.75 s for 10,000 with the
+/// default 250 ms), about four times what Redis needs, and above what `tollgate-sync` allows the
+/// same batch in Redis (`--timeout-ms` + `--timeout-per-descriptor-us`, 100 µs by default), so that
+/// the service answers (`UNAVAILABLE` if Redis is slow) before Envoy gives up on the call.
+pub const TIMEOUT_PER_DESCRIPTOR: Nanos = Nanos(150_000);
+
+/// The bound on one sync round's call of `descriptors` descriptors: `base` (the policy's
+/// `timeout_ms`) plus [`TIMEOUT_PER_DESCRIPTOR`] for each.
+pub fn round_timeout(base: Nanos, descriptors: usize) -> Nanos {
+    let per = u64::try_from(descriptors).unwrap_or(u64::MAX);
+    Nanos(
+        base.0
+            .saturating_add(TIMEOUT_PER_DESCRIPTOR.0.saturating_mul(per)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn a_rounds_timeout_grows_with_its_descriptors() {
+        let base = Nanos(250_000_000);
+        assert_eq!(round_timeout(base, 0), base);
+        assert_eq!(round_timeout(base, 1), Nanos(250_150_000));
+        // 10,000 keys: 1.75 s, well above the 0.3–0.4 s Redis needs for them.
+        assert_eq!(round_timeout(base, 10_000), Nanos(1_750_000_000));
+        assert_eq!(round_timeout(Nanos(u64::MAX), usize::MAX), Nanos(u64::MAX));
+    }
+}

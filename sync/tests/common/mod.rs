@@ -133,6 +133,7 @@ impl Service {
         let (stop, stopped) = oneshot::channel::<()>();
         let limits = Limits {
             timeout,
+            per_descriptor: Duration::from_micros(100),
             max_descriptors: 10_000,
         };
         tokio::spawn(tollgate_sync::serve(

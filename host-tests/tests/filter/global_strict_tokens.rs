@@ -181,12 +181,15 @@ fn a_call_is_held_for_its_reservation_and_its_settlement_is_sent_with_the_refund
     let e = entries(&round);
     assert_eq!(e[..3], entries(&check)[..3], "the same bucket as the check");
     assert_eq!(
-        e[3..],
+        e[3..5],
         [
             ("tollgate.op".into(), "sync".into()),
             ("tollgate.refund".into(), reserved.to_string())
         ]
     );
+    // The round's id (sent once per round, on its first descriptor), then nothing else.
+    assert_eq!(e.len(), 6, "{e:?}");
+    assert_eq!(e[5].0, "tollgate.round");
     assert_eq!(hits(&round), 13);
     // Answered, nothing more is sent.
     h.worker(worker)

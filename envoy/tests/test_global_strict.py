@@ -224,7 +224,8 @@ def test_token_budget_calls_spread_over_two_envoys_spend_one_budget_exactly(glob
 
     # Five checks answered OK, two OVER_LIMIT, none failed.
     wait_until(lambda: free("global_checks") == 7, 10,
-               lambda: f"7 token checks counted (have {free('global_checks')})")
+               lambda: f"7 token checks counted (have {free('global_checks')}; "
+               f"{[{k: v for k, v in global_stack.stats(e).items() if 'tollgate.' in k} for e in (a, b)]})")
     assert (free("global_over_limit"), free("global_unavailable")) == (2, 0)
     assert (free("allowed"), free("denied")) == (5, 2)
     assert sum(global_stat(global_stack, e, "sync_failures") for e in (a, b)) == 0

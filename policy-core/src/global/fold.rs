@@ -22,6 +22,7 @@ use crate::bucket::{Rate, Tat};
 use crate::global::descriptor::{describe, with_refund, BucketKey, Op, TableId, ROUND};
 use crate::global::ledger::Delta;
 use crate::global::proto::{Code, Entry, RateLimitRequest, RateLimitResponse};
+use crate::global::strict_tokens;
 use crate::policy::Policy;
 use crate::store::Store;
 use crate::table::{TableError, Update};
@@ -209,6 +210,15 @@ impl Round {
                 continue;
             };
             folded.keys += 1;
+            // Strict mode's token budgets are not folded: the service's state includes other
+            // replicas' reservations in flight, which their settlements give back later, and a
+            // fold only ever raises a bucket, so they would stay and refuse calls that fit
+            // (README "Strict mode"). Their settlements ride the rounds; every call is checked.
+            if matches!(key.table, TableId::Budget(_))
+                && strict_tokens::applies(policy, usize::from(key.tier))
+            {
+                continue;
+            }
             match fold_key(policy, key, group, now, store) {
                 Ok((changed, overshoot)) => {
                     folded.changed += u64::from(changed);

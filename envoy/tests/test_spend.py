@@ -135,7 +135,9 @@ def test_a_spend_budget_refuses_with_the_amounts_in_its_currency(envoy_and_log):
         return [line for line in log.read_text().splitlines() if "tier=trial" in line] \
             if log.exists() else []
 
-    lines = wait_until(lambda: len(records()) >= 5 and records(), 5, "five access-log records")
+    # Envoy writes the access log out every 10 s (its default file flush interval).
+    lines = wait_until(lambda: len(records()) >= 5 and records(), 15,
+                       lambda: f"five access-log records: {log.read_text()[-1500:] if log.exists() else None}")
     charged_lines = [r for r in lines if " 200 [" in r]
     assert len(charged_lines) == 4, lines
     for line in charged_lines:

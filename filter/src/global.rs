@@ -51,6 +51,9 @@ const LEASE_TICKS: u64 = 3;
 /// one tick, the rest is read next round.
 const MAX_MESSAGES_PER_ROUND: usize = 4_096;
 
+/// gRPC status INVALID_ARGUMENT: the service refused the round itself, not just this attempt.
+const GRPC_INVALID_ARGUMENT: u32 = 3;
+
 /// The global counters and gauges (`wasmcustom.tollgate.global.*`).
 #[derive(Debug, Clone, Copy)]
 enum Stat {
@@ -362,6 +365,23 @@ impl SyncRounds {
         };
         match answer {
             Ok(folded) => self.folded(folded, now),
+            Err(_) if status == GRPC_INVALID_ARGUMENT => {
+                // The service can never apply this round (it names what it refused in its
+                // log): resent verbatim it would block every later round, so it is dropped
+                // and its deltas counted as dropped.
+                self.add(Stat::Failures, 1);
+                self.add(Stat::Dropped, f.round.batch.len() as u64);
+                let _ = host::log(
+                    LogLevel::Error,
+                    &format!(
+                        "tollgate: global sync to cluster {}: the service refused the round as \
+                         invalid (INVALID_ARGUMENT: is tollgate-sync older than the filter?); \
+                         its {} deltas are dropped",
+                        self.settings.cluster,
+                        f.round.batch.len()
+                    ),
+                );
+            }
             Err(why) => {
                 leader.retry = Some(f.round);
                 self.add(Stat::Failures, 1);

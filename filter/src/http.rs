@@ -201,6 +201,14 @@ impl Stream {
             }
             Outcome::MissingScope { index, missing, .. } => {
                 plugin.metrics.count(index, Event::MissingScope);
+                // A shadow tier refuses nothing, a missing scope included: counted, let through.
+                let shadow = self
+                    .tier(index)
+                    .is_some_and(|t| t.enforcement == Enforcement::Shadow);
+                if shadow {
+                    plugin.metrics.count(index, Event::WouldDeny);
+                    return Action::Continue;
+                }
                 reply::missing_scope(self.client(Some(request)), &missing);
                 Action::Pause
             }

@@ -443,6 +443,7 @@ mod tests {
     use alloc::format;
     use alloc::string::ToString;
 
+    #[cfg(not(target_arch = "wasm32"))]
     use proptest::prelude::*;
 
     use super::*;
@@ -730,6 +731,7 @@ mod tests {
         assert_eq!(b.footprint().0, a.footprint().0 + 1);
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 

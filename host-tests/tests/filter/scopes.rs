@@ -161,3 +161,17 @@ fn a_shadow_token_budget_lets_a_spent_caller_through_counted_would_deny() {
     assert_eq!(counter(&h, "watch", "denied"), 0);
     assert_eq!(counter(&h, "watch", "tokens_charged"), 300);
 }
+
+#[test]
+fn a_shadow_tier_lets_a_request_without_its_scope_through_counted() {
+    // Shadow mode refuses nothing, a missing scope included: the request goes on, counted
+    // `missing_scope` and `would_deny`.
+    let policy = r#"{"mode":"shadow","tiers":[{"name":"users","identity":{"header":"x-user-id"},
+        "limits":[{"requests":3,"per":"minute","name":"team","scope":{"header":"x-team-id"}}]}]}"#;
+    let h = tollgate_with(1, policy);
+    let out = get(&h, "alice", None);
+    assert!(out.is_continue(), "{out:?}");
+    assert_eq!(counter(&h, "users", "missing_scope"), 1);
+    assert_eq!(counter(&h, "users", "would_deny"), 1);
+    assert_eq!(counter(&h, "users", "denied"), 0);
+}

@@ -172,6 +172,19 @@ mod tests {
 
     #[test]
     fn mistakes_are_refused_with_their_paths() {
+        let charge_after = parse(
+            br#"{"tiers":[{"name":"u","identity":{"header":"x-user-id"},
+                "tokens":[{"tokens":10,"per":"day"},{"tokens":99,"reset":"day","name":"q"}]}],
+                "llm":{"mode":"charge_after"}}"#,
+        )
+        .map_err(|e| e.to_string())
+        .unwrap_err();
+        assert!(
+            charge_after.starts_with(
+                "tiers[0].tokens[1].reset: a calendar quota needs llm.mode \"reserve\""
+            ),
+            "{charge_after}"
+        );
         assert_eq!(
             limit(r#""per":"month","reset":"month""#).unwrap_err(),
             "tiers[0].limits[0].reset: cannot be combined with \"per\": \"per\" is a \

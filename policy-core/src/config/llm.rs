@@ -135,11 +135,13 @@ pub(super) fn parse_budgets(
     }
     // A model two budgets take goes to the one that takes it more strongly (an exact name, then
     // a snapshot of a name, then the longest prefix): each budget knows the others' `model`.
-    let named: Vec<(usize, ModelMatch)> = budgets
+    // Only budgets of one meter compete: a per-minute token cap naming `gpt-4o-mini` must not
+    // lift a money budget for the prefix `gpt-4o` off that model.
+    let named: Vec<(usize, Meter, ModelMatch)> = budgets
         .iter()
         .enumerate()
         .filter_map(|(i, b)| match &b.scope {
-            ModelScope::Only(m) => Some((i, m.clone())),
+            ModelScope::Only(m) => Some((i, b.meter, m.clone())),
             _ => None,
         })
         .collect();
@@ -147,8 +149,8 @@ pub(super) fn parse_budgets(
         if matches!(b.scope, ModelScope::Only(_)) {
             b.rivals = named
                 .iter()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, m)| m.clone())
+                .filter(|(j, meter, _)| *j != i && *meter == b.meter)
+                .map(|(_, _, m)| m.clone())
                 .collect();
         }
     }

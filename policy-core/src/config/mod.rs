@@ -29,6 +29,7 @@ use json::{array, boolean, header_name, name, positive, string, Obj};
 use llm::{default_llm, parse_budgets, parse_llm};
 
 use crate::bucket::{Rate, RateError, MAX_AMOUNT};
+use crate::budget::Mode;
 use crate::hash::Seed;
 use crate::identity::IdentitySource;
 use crate::pattern::{Pattern, PatternError};
@@ -280,6 +281,26 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
         None if any_budget => Some(default_llm()),
         None => None,
     };
+    if llm.as_ref().is_some_and(|l| l.mode == Mode::ChargeAfter) {
+        // Charge-after holds nothing at admission, so a call whose settlement comes after its
+        // period rolled over would be charged to a period that is over: nowhere.
+        for (i, tier) in tiers.iter().enumerate() {
+            if let Some(j) = tier
+                .budgets
+                .iter()
+                .position(|b| b.rate.calendar_of().is_some())
+            {
+                return err(
+                    format!("{tiers_path}[{i}].tokens[{j}].reset"),
+                    Reason::Invalid {
+                        why:
+                            "a calendar quota needs llm.mode \"reserve\" (with \"charge_after\" a \
+                              call settled after its period ended would be charged nowhere)",
+                    },
+                );
+            }
+        }
+    }
     Ok(
         Policy::new(tiers, on_store_failure, Seed::derive(secret), llm)
             .with_global(global)

@@ -264,6 +264,31 @@ mod tests {
         r#","prices":{"currency":"EUR","models":[{"model":"m","input":"0.15","output":"0.6"}]}"#;
 
     #[test]
+    fn a_token_budget_naming_a_model_does_not_lift_a_spend_budget_off_it() {
+        // Only budgets of one meter compete for a model: the exact token cap on `m-mini` takes
+        // it from the token budget for the prefix `m`, never from the spend budget for it.
+        let p = with(
+            r#"{"spend":"10","per":"day","model":{"prefix":"m"}},
+               {"tokens":50,"per":"minute","model":"m-mini"},
+               {"tokens":500,"per":"minute","model":{"prefix":"m"},"name":"m-tokens"}"#,
+            PRICES,
+        )
+        .unwrap();
+        let budgets = &p.tiers()[0].budgets;
+        assert_eq!(budgets[1].meter, Meter::Spend);
+        assert!(
+            budgets[1].applies(Some("m-mini")),
+            "the spend budget still counts m-mini"
+        );
+        assert!(budgets[2].applies(Some("m-mini")));
+        assert!(
+            !budgets[3].applies(Some("m-mini")),
+            "the token prefix yields to the exact name"
+        );
+        assert!(budgets[3].applies(Some("m-large")));
+    }
+
+    #[test]
     fn a_spend_budget_is_a_budget_of_micro_units_in_the_tables_currency() {
         let p = with(r#"{"spend":"50","per":"month"}"#, PRICES).unwrap();
         let b = &p.tiers()[0].budgets[1];

@@ -114,7 +114,11 @@ impl Round {
         let mut descriptors = Vec::new();
         let mut sent = Vec::new();
         for (key, delta) in batch {
-            let described = describe(policy, &key, Op::Sync, delta.cells);
+            // The service refuses a cost above the buckets' range (and with it the whole
+            // round, which would then be resent for ever): a larger charge (an upstream
+            // reporting absurd usage) is sent as the most a bucket can owe, as refunds are.
+            let cells = delta.cells.min(crate::bucket::MAX_AMOUNT);
+            let described = describe(policy, &key, Op::Sync, cells);
             if described.is_empty() {
                 continue;
             }

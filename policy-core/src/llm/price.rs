@@ -259,6 +259,7 @@ mod tests {
     use alloc::string::ToString;
     use alloc::vec;
 
+    #[cfg(not(target_arch = "wasm32"))]
     use proptest::prelude::*;
 
     use super::*;
@@ -391,6 +392,7 @@ mod tests {
         assert_eq!(t.dearest.parts()[0], 20_000_000, "the default counts too");
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(8))]
 

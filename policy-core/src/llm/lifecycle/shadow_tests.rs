@@ -7,6 +7,7 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 use alloc::format;
 use alloc::vec::Vec;
 
+#[cfg(not(target_arch = "wasm32"))]
 use proptest::prelude::*;
 
 use super::*;
@@ -14,6 +15,7 @@ use crate::policy::TokenOutcome;
 use crate::store::MemoryStore;
 
 const T0: Nanos = Nanos(1_700_000_000_000_000_000);
+#[cfg(not(target_arch = "wasm32"))]
 const SEC: u64 = 1_000_000_000;
 
 /// One tier with a budget of 1000 tokens a minute; `tier` is spliced into the tier.
@@ -161,6 +163,7 @@ fn shadow_headers_show_the_budget_but_never_a_wait() {
     assert!(one_call(&p, &mut s, 900, 10, T0).refused);
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 

@@ -360,6 +360,32 @@ def start_envoy_from_template(template: str, policy: dict, upstreams: dict[str, 
         time.sleep(0.1)
 
 
+ACCESS_LOG_FORMAT = "%REQ(:PATH)% %RESPONSE_CODE% [%FILTER_STATE(wasm.tollgate:PLAIN)%]\\n"
+"""The access-log line the record tests read: path, status and tollgate's record in brackets."""
+
+
+def start_envoy_with_access_log(policy: dict, upstreams: dict[str, str], tmp: Path,
+                                log: Path) -> Envoy:
+    """start_envoy_from_template with the listener writing an access log to `log` in
+    ACCESS_LOG_FORMAT (README "Access-log records"). Envoy writes the file out every 10 s."""
+    import render  # envoy/render.py (on sys.path above)
+
+    template = render.TEMPLATE.read_text()
+    anchor = "          stat_prefix: http-${listen_port}\n"
+    assert template.count(anchor) == 1, "bootstrap changed: update start_envoy_with_access_log"
+    access_log = (
+        "          access_log:\n"
+        "          - name: envoy.access_loggers.file\n"
+        "            typed_config:\n"
+        '              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n'
+        f"              path: {log}\n"
+        "              log_format:\n"
+        f'                text_format_source: {{inline_string: "{ACCESS_LOG_FORMAT}"}}\n'
+    )
+    return start_envoy_from_template(template.replace(anchor, anchor + access_log), policy,
+                                     upstreams, tmp)
+
+
 @pytest.fixture(scope="module")
 def mock(artifacts, tmp_path_factory) -> str:
     """The LLM mock (`tollgate-upstream --app llm`) for the whole test module; its HOST:PORT."""

@@ -11,9 +11,8 @@ import json
 import re
 from pathlib import Path
 
-import render  # envoy/render.py (conftest puts envoy/ on sys.path)
 import client
-from conftest import start_envoy_from_template, unique, wait_until
+from conftest import start_envoy_with_access_log, unique, wait_until
 
 POLICY = {
     "tiers": [
@@ -25,25 +24,12 @@ POLICY = {
          "identity": {"header": "x-user-id"}, "tokens": [{"tokens": 10000, "per": "week"}]},
     ]
 }
-FORMAT = "%REQ(:PATH)% %RESPONSE_CODE% [%FILTER_STATE(wasm.tollgate:PLAIN)%]\\n"
 RECORD = re.compile(r"^(\S+) (\d+) \[(.*)\]$")
 
 
 def start(mock: str, tmp: Path, log: Path):
-    template = render.TEMPLATE.read_text()
-    anchor = "          stat_prefix: http-${listen_port}\n"
-    assert template.count(anchor) == 1, "bootstrap changed: update test_records"
-    access_log = (
-        "          access_log:\n"
-        "          - name: envoy.access_loggers.file\n"
-        "            typed_config:\n"
-        '              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n'
-        f"              path: {log}\n"
-        "              log_format:\n"
-        f'                text_format_source: {{inline_string: "{FORMAT}"}}\n'
-    )
-    template = template.replace(anchor, anchor + access_log)
-    return start_envoy_from_template(template, POLICY, {"v1": mock, "v2": mock}, tmp)
+    """Envoy in front of the mock (both routes), with an access log printing the record."""
+    return start_envoy_with_access_log(POLICY, {"v1": mock, "v2": mock}, tmp, log)
 
 
 def fields(record: str) -> dict[str, str]:

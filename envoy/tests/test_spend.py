@@ -12,18 +12,15 @@ from __future__ import annotations
 import http.client
 import json
 import re
-from pathlib import Path
 
 import openai
 import pytest
 
-import render  # envoy/render.py (conftest puts envoy/ on sys.path)
-from conftest import ROOT, Envoy, start_envoy_from_template, unique, wait_until
+from conftest import ROOT, Envoy, start_envoy_with_access_log, unique, wait_until
 
 POLICY = json.loads((ROOT / "examples" / "team-spend-policy.json").read_text())
 CALL = 100 * 2_500_000 // 1_000_000 + 200 * 10  # micro-units a mock call of gpt-4o costs: 2,250
 BUDGET = 10_000  # the trial tier's 0.01 USD a day, in micro-units
-FORMAT = "%REQ(:PATH)% %RESPONSE_CODE% [%FILTER_STATE(wasm.tollgate:PLAIN)%]\\n"
 
 
 def usd(micros: int) -> str:
@@ -35,20 +32,7 @@ def envoy_and_log(mock, tmp_path_factory):
     """Envoy (2 workers) with the example policy and an access log printing tollgate's record."""
     tmp = tmp_path_factory.mktemp("spend-envoy")
     log = tmp / "access.log"
-    template = render.TEMPLATE.read_text()
-    anchor = "          stat_prefix: http-${listen_port}\n"
-    assert template.count(anchor) == 1, "bootstrap changed: update test_spend"
-    access_log = (
-        "          access_log:\n"
-        "          - name: envoy.access_loggers.file\n"
-        "            typed_config:\n"
-        '              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n'
-        f"              path: {log}\n"
-        "              log_format:\n"
-        f'                text_format_source: {{inline_string: "{FORMAT}"}}\n'
-    )
-    template = template.replace(anchor, anchor + access_log)
-    envoy = start_envoy_from_template(template, POLICY, {"v1": mock, "v2": mock}, tmp)
+    envoy = start_envoy_with_access_log(POLICY, {"v1": mock, "v2": mock}, tmp, log)
     yield envoy, log
     envoy.process.stop()
 

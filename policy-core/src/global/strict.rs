@@ -247,7 +247,7 @@ fn limit_status(rate: &Rate, status: &DescriptorStatus, now: Nanos, cost: u64) -
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -286,7 +286,8 @@ mod tests {
         [("x-user-id", id)].into_iter().collect()
     }
 
-    fn status(code: i32, remaining: u32, until_full_ms: u64) -> DescriptorStatus {
+    /// One descriptor's answer: `code`, `remaining` left, full again in `until_full_ms`.
+    pub(crate) fn status(code: i32, remaining: u32, until_full_ms: u64) -> DescriptorStatus {
         DescriptorStatus {
             code,
             current_limit: None,
@@ -298,7 +299,8 @@ mod tests {
         }
     }
 
-    fn answer(overall: i32, statuses: Vec<DescriptorStatus>) -> Vec<u8> {
+    /// A `RateLimitResponse`'s bytes.
+    pub(crate) fn answer(overall: i32, statuses: Vec<DescriptorStatus>) -> Vec<u8> {
         RateLimitResponse {
             overall_code: overall,
             statuses,

@@ -144,7 +144,7 @@ mod tests {
     use super::*;
     use crate::budget::Ask;
     use crate::global::fold::Round;
-    use crate::global::proto::{DescriptorStatus, Duration, RateLimitResponse};
+    use crate::global::strict::tests::{answer, status};
     use crate::global::strict::Unusable;
     use crate::policy::TokenOutcome;
     use crate::MemoryStore;
@@ -206,26 +206,6 @@ mod tests {
             .iter()
             .map(|e| (e.key.clone(), e.value.clone()))
             .collect()
-    }
-
-    fn status(code: i32, remaining: u32, until_full_ms: u64) -> DescriptorStatus {
-        DescriptorStatus {
-            code,
-            current_limit: None,
-            limit_remaining: remaining,
-            duration_until_reset: Some(Duration {
-                seconds: (until_full_ms / 1000) as i64,
-                nanos: ((until_full_ms % 1000) * MS) as i32,
-            }),
-        }
-    }
-
-    fn answer(overall: i32, statuses: Vec<DescriptorStatus>) -> Vec<u8> {
-        RateLimitResponse {
-            overall_code: overall,
-            statuses,
-        }
-        .encode_to_vec()
     }
 
     #[test]

@@ -239,7 +239,8 @@ impl Stream {
             Refusal::BadBody(error) => reply::bad_request(self.client(None), &error.to_string()),
             Refusal::Unpriced(model) => {
                 if let Some(call) = self.llm.as_ref() {
-                    reply::unpriced(self.client(None), &call.unpriced_body(&model));
+                    let headers = call.style().bad_request_headers();
+                    reply::unpriced(self.client(None), headers, &call.unpriced_body(&model));
                 }
             }
         }
@@ -426,8 +427,12 @@ impl Stream {
             }
             Resolution::Refuse(_) if shadow => {
                 // Shadow mode: counted and let through, settled locally only (the service
-                // reserved nothing).
+                // reserved nothing); its record says what enforcing would have done.
                 plugin.metrics.count(i, Event::WouldDeny);
+                self.record = self.record.as_ref().map(Record::would_deny);
+                if let Some(record) = &self.record {
+                    record.publish();
+                }
                 Action::Continue
             }
             Resolution::Refuse(decision) => {

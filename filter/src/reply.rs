@@ -191,12 +191,12 @@ pub fn bad_request(client: Client<'_>, message: &str) {
 
 /// 400 for an LLM call whose model the price table does not price (and refuses unpriced
 /// models) while a spend budget applies: `body` is in the API's own error format.
-pub fn unpriced(client: Client<'_>, body: &str) {
+pub fn unpriced(client: Client<'_>, headers: &[(&'static str, &'static str)], body: &str) {
     send(
         client,
         400,
         GrpcStatusCode::InvalidArgument,
-        Vec::new(),
+        headers.iter().map(|&(n, v)| (n, v.into())).collect(),
         body,
         "the model has no price in the gateway's price table",
     );

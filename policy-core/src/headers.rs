@@ -406,6 +406,15 @@ impl ErrorStyle {
             _ => &[],
         }
     }
+
+    /// The headers a 400 in this style carries (a model the price table does not price):
+    /// botocore names the error from `x-amzn-ErrorType`.
+    pub fn bad_request_headers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ErrorStyle::Bedrock => &[("x-amzn-errortype", "ValidationException")],
+            _ => &[],
+        }
+    }
 }
 
 /// The body of an LLM 429, in the format the client's SDK parses, so that it backs off.

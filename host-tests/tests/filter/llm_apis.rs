@@ -184,3 +184,23 @@ fn refusals_speak_gemini_and_ollama() {
     );
     assert!(out.header("retry-after").is_some(), "{:?}", out.headers());
 }
+
+#[test]
+fn an_unpriced_bedrock_model_is_a_validation_exception_botocore_can_name() {
+    // A spend budget and a price table without the called model (`unpriced` refuses): the 400
+    // carries `x-amzn-errortype: ValidationException`, whence botocore takes the error's name.
+    let policy = r#"{"prices":{"currency":"USD","models":[{"model":"m","input":"1","output":"2"}]},
+        "tiers":[{"name":"free","identity":{"header":"x-user-id"},
+            "tokens":[{"spend":"5","per":"day"}]}]}"#;
+    let h = tollgate_with(1, policy);
+    let body = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+    let call = Request::new("POST", "/model/amazon.nova-pro-v1:0/converse")
+        .header("x-user-id", "alice")
+        .header("content-type", "application/json")
+        .header("content-length", body.len().to_string())
+        .body_chunk(body);
+    let out: Outcome = h.send(0, &call).unwrap();
+    assert_eq!(out.status(), 400, "{out:?}");
+    assert_eq!(out.header("x-amzn-errortype"), Some("ValidationException"));
+    assert!(json(&out)["message"].is_string(), "{out:?}");
+}

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::error::{err, ConfigError, Reason};
 use super::json::{positive, string, Obj};
 use crate::bucket::Rate;
+use crate::budget::Meter;
 use crate::global::descriptor::limit_of;
 use crate::global::{
     GlobalMode, GlobalSettings, OnUnavailable, MAX_PENDING_KEYS, SYNC_INTERVAL_MS, TIMEOUT_MS,
@@ -153,7 +154,13 @@ pub(super) fn check_tier(tier: &Tier, path: &str) -> Result<(), ConfigError> {
         expressible(&l.rate, &format!("{path}.limits[{i}]"), "requests")?;
     }
     for (i, b) in tier.budgets.iter().enumerate() {
-        expressible(&b.rate, &format!("{path}.tokens[{i}]"), "tokens")?;
+        // A spend budget's cells are micro-units: its limit is about 4,294.97 of the currency
+        // per unit of time, named at the field the operator wrote.
+        let amount = match b.meter {
+            Meter::Tokens => "tokens",
+            Meter::Spend => "spend",
+        };
+        expressible(&b.rate, &format!("{path}.tokens[{i}]"), amount)?;
     }
     Ok(())
 }
@@ -176,8 +183,9 @@ fn expressible(rate: &Rate, path: &str, amount: &str) -> Result<(), ConfigError>
         Reason::Invalid {
             why: "cannot be global: no rate limit service unit (second, minute, hour, day, \
                   month = 30 days, year = 365 days) holds this rate as a whole number of at most \
-                  4294967295 (for a week: make it a multiple of 7), or set \"global\": false on \
-                  the tier",
+                  4294967295 (for a week: make it a multiple of 7; a spend budget counts \
+                  micro-units, so at most 4294.967295 of its currency per unit), or set \
+                  \"global\": false on the tier",
         },
     )
 }

@@ -373,7 +373,12 @@ impl Stream {
             return Action::Continue;
         };
         let tier = call.tier;
-        let Some(check) = strict_tokens::check(&plugin.policy, tier, call.holds()) else {
+        let Some(check) = strict_tokens::check(
+            &plugin.policy,
+            tier,
+            call.holds(),
+            call.global_ask_cap(&plugin.policy),
+        ) else {
             plugin.metrics.count(tier, Event::Allowed);
             return Action::Continue;
         };

@@ -67,17 +67,29 @@ pub fn applies(policy: &Policy, tier: usize) -> bool {
 
 /// The check of the local `holds` a call on tier `tier` was admitted with; `None` when the tier
 /// does not reserve globally ([`applies`]) or nothing held can be expressed (no hold).
-pub fn check(policy: &Policy, tier: usize, holds: &[Hold]) -> Option<TokenCheck> {
+///
+/// `cap`, when given, bounds what is asked of each budget (in its unit): a call whose input is
+/// stored upstream holds all that is left locally, and asks the service for its estimate
+/// ([`crate::llm::lifecycle::LlmCall::global_ask_cap`]); the settlement refunds what was asked.
+pub fn check(
+    policy: &Policy,
+    tier: usize,
+    holds: &[Hold],
+    cap: Option<Amount>,
+) -> Option<TokenCheck> {
     if !applies(policy, tier) {
         return None;
     }
     let settings = policy.global()?;
+    let budgets = &policy.tiers().get(tier)?.budgets;
     let mut held = Vec::with_capacity(holds.len());
     let mut descriptors = Vec::with_capacity(holds.len());
     for hold in holds {
         let table = TableId::Budget(u8::try_from(hold.budget).ok()?);
         let key = BucketKey::new(tier, table, hold.slot);
-        let reserved = hold.reserved.max(1);
+        let meter = budgets.get(hold.budget)?.meter;
+        let asked = cap.map_or(hold.reserved, |c| hold.reserved.min(c.of(meter)));
+        let reserved = asked.max(1);
         for d in descriptor::describe(policy, &key, Op::Check, reserved) {
             held.push(Held {
                 budget: hold.budget,
@@ -209,11 +221,34 @@ mod tests {
     }
 
     #[test]
+    fn a_cap_bounds_what_is_asked_of_the_service_and_what_the_settlement_refunds() {
+        // A call whose input is stored upstream holds all that is left here (500 of `big`'s
+        // budgets); the service is asked for its estimate only, and refunded that.
+        let p = policy("strict", "reserve");
+        let mut s = store(&p);
+        let holds = hold(&p, &mut s, 0, "dave", "big", 500);
+        let c = check(&p, 0, &holds, Some(Amount::tokens(120))).unwrap();
+        assert!(c.held.iter().all(|h| h.reserved == 120), "{:?}", c.held);
+        let request = RateLimitRequest::decode(c.message.as_slice()).unwrap();
+        assert!(request
+            .descriptors
+            .iter()
+            .all(|d| d.hits_addend.map(|h| h.value) == Some(120)));
+        let settled = settlement(&p, &c, Amount::tokens(90));
+        assert!(settled
+            .iter()
+            .all(|(_, d)| *d == Delta::settlement(120, 90)));
+        // A cap above the hold asks the hold.
+        let c = check(&p, 0, &holds, Some(Amount::tokens(10_000))).unwrap();
+        assert!(c.held.iter().all(|h| h.reserved == 500));
+    }
+
+    #[test]
     fn one_descriptor_per_budget_held_asking_its_hold_as_a_plain_check() {
         let p = policy("strict", "reserve");
         let mut s = store(&p);
         let holds = hold(&p, &mut s, 0, "alice", "big", 500);
-        let c = check(&p, 0, &holds).unwrap();
+        let c = check(&p, 0, &holds, None).unwrap();
         let request = RateLimitRequest::decode(c.message.as_slice()).unwrap();
         assert_eq!(request.domain, "api");
         assert_eq!(request.descriptors.len(), 2, "both budgets apply to `big`");
@@ -255,7 +290,7 @@ mod tests {
         );
         // Another model: only the budget counting every model applies.
         let holds = hold(&p, &mut s, 0, "alice", "small", 200);
-        let c = check(&p, 0, &holds).unwrap();
+        let c = check(&p, 0, &holds, None).unwrap();
         assert_eq!(c.held.len(), 1);
         // The descriptor names the same bucket a sync round would (same `id`).
         let synced = Round::new(&p, vec![(c.held[0].key, Delta::cells(1))]);
@@ -272,15 +307,15 @@ mod tests {
         let mut s = store(&p);
         let holds = hold(&p, &mut s, 0, "bob", "small", 300);
         assert_eq!(holds[0].reserved, 0, "charge-after holds nothing locally");
-        let c = check(&p, 0, &holds).unwrap();
+        let c = check(&p, 0, &holds, None).unwrap();
         assert_eq!(c.held[0].reserved, 1);
         // A tier that opts out, a tier without budgets, sync mode, no holds: no check.
         let local = hold(&p, &mut s, 1, "bob", "small", 10);
-        assert!(check(&p, 1, &local).is_none());
+        assert!(check(&p, 1, &local, None).is_none());
         assert!(!applies(&p, 2));
-        assert!(check(&p, 0, &[]).is_none());
+        assert!(check(&p, 0, &[], None).is_none());
         let sync = policy("sync", "reserve");
-        assert!(check(&sync, 0, &holds).is_none());
+        assert!(check(&sync, 0, &holds, None).is_none());
         assert!(applies(&p, 0) && !applies(&sync, 0));
     }
 
@@ -289,7 +324,7 @@ mod tests {
         let p = policy("strict", "reserve");
         let mut s = store(&p);
         let holds = hold(&p, &mut s, 0, "carol", "big", 500);
-        let c = check(&p, 0, &holds).unwrap();
+        let c = check(&p, 0, &holds, None).unwrap();
         // OK: 300 left of the hour's 1,000 (full again in 42 min), 100 of the day's 600.
         let body = answer(
             1,
@@ -325,7 +360,7 @@ mod tests {
         let p = policy("strict", "reserve");
         let mut s = store(&p);
         let holds = hold(&p, &mut s, 0, "erin", "big", 500);
-        let c = check(&p, 0, &holds).unwrap();
+        let c = check(&p, 0, &holds, None).unwrap();
         let settled = settlement(&p, &c, Amount::tokens(13));
         assert_eq!(
             settled.iter().map(|(_, d)| *d).collect::<Vec<_>>(),

@@ -102,6 +102,14 @@ impl LlmCall {
         }
     }
 
+    /// What strict global mode asks the service for on this call's behalf, when that is less
+    /// than its local holds: a call whose input is stored upstream holds all its budgets have
+    /// left on this Envoy ([`Ask::AllLeft`]), which says nothing of what is left globally, so
+    /// the service is asked for the estimate the request itself shows.
+    pub fn global_ask_cap(&self, policy: &Policy) -> Option<Amount> {
+        self.stored_input.then(|| self.estimate_amount(policy))
+    }
+
     /// The budgets held for the call (index, the caller's slot, tokens), once admitted; empty
     /// before admission and after settlement. Strict global mode checks these with the service
     /// ([`crate::global::strict_tokens`]).

@@ -136,3 +136,11 @@ def test_a_denied_row_that_admitted_is_flagged(sbs):
     c = concurrency(22.0, 21.0, 50_000, 40_000, 75.0, 95.0, denied_rejected=0.95)
     text = sbs.render(run(c, c))
     assert "- **Check:** c=1: tollgate-denied refused only 95.0%" in text
+
+
+def test_compare_lines_up_runs_row_by_row(sbs):
+    before = run(*[concurrency(30.0, 29.0, 50_000, 30_000, 100.0, 130.0)] * 2)
+    after = run(*[concurrency(21.0, 20.0, 50_000, 41_000, 70.0, 90.0)] * 2)
+    text = sbs.compare([before, after])
+    assert "| tollgate, allowed (`tollgate`) | 1 | 30.0 / 21.0 | +15.0 / +6.0 | 0.600 / 0.820 |" in text
+    assert "| tollgate, LLM JSON call (`tollgate-llm`) | 2 | 100.0 / 70.0 | +55.0 / +25.0 | – / – |" in text

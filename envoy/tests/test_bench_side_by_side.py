@@ -144,3 +144,21 @@ def test_compare_lines_up_runs_row_by_row(sbs):
     text = sbs.compare([before, after])
     assert "| tollgate, allowed (`tollgate`) | 1 | 30.0 / 21.0 | +15.0 / +6.0 | 0.600 / 0.820 |" in text
     assert "| tollgate, LLM JSON call (`tollgate-llm`) | 2 | 100.0 / 70.0 | +55.0 / +25.0 | – / – |" in text
+
+
+def test_also_rows_and_targets_for_a_second_module(sbs):
+    c = concurrency(22.0, 21.0, 50_000, 40_000, 75.0, 95.0)
+    c["tollgate@before"] = row(30_000, 30.0)
+    c["tollgate-denied@before"] = row(30_000, 31.0, rejected=0.5)
+    c["tollgate-llm@before"] = row(8_000, 103.0)
+    c["tollgate-llm-stream@before"] = row(6_000, 130.0)
+    r = run(c, c)
+    r["meta"]["also"] = {"before": {"path": "/x.wasm", "bytes": 950_000, "sha256": "1" * 16}}
+    text = sbs.render(r)
+    assert "| tollgate, allowed, `before` (`tollgate@before`) | 1 | 30,000 | 0.600 | 30.0 | +15.0 (nofilter) |" in text
+    assert "| +15.0 µs: **missed** by 8.0 µs |" in target_line(text, "allowed request ≤ +7 µs Envoy CPU over no filter, `before`")
+    assert "| +7.0 µs: met |" in target_line(text, "allowed request ≤ +7 µs Envoy CPU over no filter |")
+    assert "31.0 vs 30.0 µs: **missed** by 1.0 µs" in target_line(text, "denied request no dearer than allowed (Envoy CPU µs/req), `before`")
+    assert "+58.0 µs: **missed** by 28.0 µs" in target_line(text, "LLM JSON call ≤ +30 µs over no filter, `before`")
+    assert "c=1: tollgate-denied@before refused only 50.0%" in text
+    assert "| +15.0 / +15.0 |" in sbs.compare([r, r])

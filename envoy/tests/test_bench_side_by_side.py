@@ -129,7 +129,8 @@ def test_rows_added_cpu_is_over_the_matching_baseline(sbs):
     stream = target_line(text, "tollgate, LLM streamed call")
     assert "| +45.0 (nofilter-llm-stream) |" in stream
     allowed = target_line(text, "tollgate, allowed")
-    assert "| 0.800 | 22.0 | +7.0 (nofilter) |" in allowed
+    assert "| 0.800 | 22.0 | +7.0 (nofilter) | +7.0 / +7.0 / +7.0 |" in allowed
+    assert "| 15.0 / 15.0 / 15.0 |" in target_line(text, "no filter (router only)")
 
 
 def test_a_denied_row_that_admitted_is_flagged(sbs):

@@ -4,11 +4,13 @@ tollgate-sync. In strict mode two teammates on different Envoys spend one team l
 and are refused together, while a member of another team is not; in sync mode what one Envoy
 admitted for a team refuses the team's members on the other. Redis keeps the team's bucket under
 its own key, named by the scope and a hashed id, never the team's name. Real Redis, the real
-tollgate-sync, two Envoys with two workers each (envoy/tests/global_stack.py).
+tollgate-sync, two Envoys with two workers each (envoy/tests/global_stack.py); a team token
+budget in strict mode is spent by teammates' LLM calls on both Envoys together.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 
 from client import status_counts
@@ -22,29 +24,33 @@ TEAM_PER_HOUR = 20
 
 
 def team_policy(mode: str) -> dict:
-    """One global tier: each user 50 requests an hour, each team (`x-team-id`) 20; a request
-    without a team is refused (the default `on_missing`)."""
-    glob = {"cluster": "tollgate-sync", "mode": mode}
-    if mode == "sync":
-        glob["sync_interval_ms"] = INTERVAL_MS
-    else:
+    """Two global tiers. `llm` (requests with `x-llm`): each user 5,000 tokens a day, each team
+    1,200 (reserve mode). `members`: each user 50 requests an hour, each team (`x-team-id`) 20.
+    A request without a team is refused (the default `on_missing`). Sync rounds every 250 ms, in
+    strict mode too (they carry the LLM calls' settlements)."""
+    glob = {"cluster": "tollgate-sync", "mode": mode, "sync_interval_ms": INTERVAL_MS}
+    if mode == "strict":
         glob["on_unavailable"] = "deny"
+    team = {"header": "x-team-id"}
     return {
         "global": glob,
-        "tiers": [{
-            "name": "members",
-            "identity": {"header": "x-user-id"},
-            "limits": [
-                {"requests": USER_PER_HOUR, "per": "hour", "name": "user"},
-                {"requests": TEAM_PER_HOUR, "per": "hour", "name": "team",
-                 "scope": {"header": "x-team-id"}},
-            ],
-        }],
+        "tiers": [
+            {"name": "llm", "match": {"headers": [{"name": "x-llm", "present": True}]},
+             "identity": {"header": "x-user-id"},
+             "tokens": [{"tokens": 5000, "per": "day", "name": "user-tokens"},
+                        {"tokens": 1200, "per": "day", "name": "team-tokens", "scope": team}]},
+            {"name": "members", "identity": {"header": "x-user-id"},
+             "limits": [{"requests": USER_PER_HOUR, "per": "hour", "name": "user"},
+                        {"requests": TEAM_PER_HOUR, "per": "hour", "name": "team",
+                         "scope": team}]},
+        ],
+        "llm": {"mode": "reserve"},
     }
 
 
-def member(team: str) -> dict[str, str]:
-    return {"x-user-id": unique("user"), "x-team-id": team}
+def member(team: str, llm: bool = False) -> dict[str, str]:
+    """A new user of `team`; on the `llm` tier when `llm`."""
+    return {"x-user-id": unique("user"), "x-team-id": team, **({"x-llm": "1"} if llm else {})}
 
 
 def redis_keys(port: int) -> list[str]:
@@ -63,8 +69,17 @@ def redis_keys(port: int) -> list[str]:
             assert chunk, f"Redis closed the connection: {data!r}"
 
 
-def test_strict_teammates_on_two_envoys_share_one_team_limit(global_stack):
-    a, b = global_stack.start_envoys(team_policy("strict"))
+def test_strict_teammates_on_two_envoys_share_one_team_limit_and_one_team_budget(global_stack,
+                                                                                  mock):
+    # The LLM mock serves every route (404 for the Task API's: the request went through tollgate).
+    a, b = global_stack.start_envoys(team_policy("strict"), upstreams={"v1": mock, "v2": mock})
+    team_limit(global_stack, a, b)
+    team_budget(global_stack, a, b)
+
+
+def team_limit(global_stack, a, b) -> None:
+    """Two teammates alternating between the Envoys spend the team's 20 requests exactly, are
+    refused together, and another team is not."""
     team = unique("team")
     alice, bob = member(team), member(team)
     # Alternating between the Envoys, 12 requests each: the team's 20 are spent together,
@@ -73,21 +88,21 @@ def test_strict_teammates_on_two_envoys_share_one_team_limit(global_stack):
     for _ in range(12):
         replies.append(("alice", a.request(headers=alice)))
         replies.append(("bob", b.request(headers=bob)))
-    assert status_counts([r for _, r in replies]) == {200: 20, 429: 4}
+    assert status_counts([r for _, r in replies]) == {404: 20, 429: 4}
     assert [r.status for _, r in replies[-4:]] == [429] * 4, "refused together, at the end"
     # The team decides the 429: its limit, nothing left, one request back in 180 s.
     refused = [r for _, r in replies if r.status == 429]
     assert {r.header("x-ratelimit-limit") for r in refused} == {str(TEAM_PER_HOUR)}
     assert {r.header("x-ratelimit-remaining") for r in refused} == {"0"}
     assert {r.header("retry-after") for r in refused} == {"180"}
-    admitted = [r for _, r in replies if r.status == 200]
+    admitted = [r for _, r in replies if r.status == 404]
     # The team had the fewest left: its count in the headers, down to 0, across both Envoys.
     assert sorted(int(r.header("x-ratelimit-remaining")) for r in admitted) == list(range(20))
     # Each teammate is refused on either Envoy; a member of another team is not.
     assert [e.request(headers=alice).status for e in (a, b)] == [429, 429]
     assert [e.request(headers=bob).status for e in (a, b)] == [429, 429]
     other = member(unique("team"))
-    assert [e.request(headers=other).status for e in (a, b)] == [200, 200]
+    assert [e.request(headers=other).status for e in (a, b)] == [404, 404]
     # No team: 400 missing_scope before anything is counted.
     missing = a.request(headers={"x-user-id": unique("user")})
     assert missing.status == 400 and "missing_scope" in missing.text(), missing.head()
@@ -122,3 +137,39 @@ def test_sync_what_one_envoy_admitted_for_a_team_refuses_its_members_on_the_othe
     assert [e.request(headers=other).status for e in (a, b)] == [200, 200]
     wait_until(lambda: any(":scope=x-team-id:" in k for k in redis_keys(global_stack.redis.port)),
                5, "the team's key in Redis")
+
+
+def team_budget(global_stack, a, b) -> None:
+    """Each user 5,000 tokens a day, each team 1,200, in strict mode (reserve): two teammates'
+    calls alternate between the Envoys, each call reserving its estimate on both buckets with
+    tollgate-sync and settling its usage (the mock reports 100 prompt + 200 completion tokens).
+    Four calls spend the team's 1,200; the fifth is refused by the service on either Envoy (each
+    Envoy's own calls leave the team 600 there), and another team's member is admitted."""
+    from test_llm import CHAT, body, post  # the LLM tests' helpers
+
+    team = unique("team")
+    alice, bob = member(team, llm=True), member(team, llm=True)
+    data = body(max_tokens=200)
+    completion = {"x-mock-completion-tokens": "200"}
+    used = 0
+    for i in range(4):
+        envoy, who = ((a, alice), (b, bob))[i % 2]
+        reply = post(envoy, CHAT, data, {**who, **completion})
+        assert reply.status == 200, (i, reply.status, reply.body[:300])
+        usage = json.loads(reply.body)["usage"]
+        used += usage["prompt_tokens"] + usage["completion_tokens"]
+        # The settlement (refund the estimate, charge the usage) reaches Redis with the next round.
+        wait_synced(global_stack, envoy)
+    assert used == 1200
+    refused = [post(e, CHAT, data, {**w, **completion}) for e, w in ((a, alice), (b, bob))]
+    assert [r.status for r in refused] == [429, 429], [r.body[:300] for r in refused]
+    for r in refused:
+        assert json.loads(r.body)["error"]["code"] == "rate_limit_exceeded", r.body
+        # The team's budget decides: nothing left of its 1,200 (each user has 4,400 of his own).
+        assert r.headers["x-ratelimit-limit-tokens"] == "1200", r.headers
+        assert r.headers["x-ratelimit-remaining-tokens"] == "0", r.headers
+    other = member(unique("team"), llm=True)
+    assert [post(e, CHAT, data, {**other, **completion}).status for e in (a, b)] == [200, 200]
+    keys = redis_keys(global_stack.redis.port)
+    assert any(":budget=team-tokens:scope=x-team-id:" in k for k in keys), keys
+    assert all(team not in k for k in keys), keys

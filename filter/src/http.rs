@@ -164,8 +164,8 @@ impl Stream {
                     // Sync mode: what this Envoy admitted (the request's cost in cells), for the
                     // next round. In strict mode, only an LLM tier's request limits (which are
                     // not checked per request); a strict tier's limits decided here are its
-                    // `local` fallback, not sent.
-                    // Every bucket the request counted in: the tier's own and each scope's.
+                    // `local` fallback, not sent. Every bucket the request counted in is
+                    // recorded: the tier's own and each scope's (README "Scopes").
                     let synced = global.mode() == GlobalMode::Sync || !tier.budgets.is_empty();
                     if synced {
                         for key in scoped::limit_keys(&plugin.policy, i, (&caller).into()) {

@@ -209,9 +209,9 @@ pub struct Described {
 
 /// The descriptors of `key`'s buckets under `policy`, each costing `hits`: one per limit of a
 /// tier's request table (a scoped limit's table: its one limit, with a `scope` entry), one for a
-/// token budget (with a `scope` entry when the budget is scoped). Empty when the policy has no such tier or table
-/// (a key recorded under an earlier policy) or when a rate has no exact unit (refused at load
-/// for global tiers, so only for a tier that is not global).
+/// token budget (with a `scope` entry when the budget is scoped). Empty when the policy has no
+/// such tier or table (a key recorded under an earlier policy) or when a rate has no exact unit
+/// (refused at load for global tiers, so only for a tier that is not global).
 pub fn describe(policy: &Policy, key: &BucketKey, op: Op, hits: u64) -> Vec<Described> {
     let Some(tier) = policy.tiers().get(usize::from(key.tier)) else {
         return Vec::new();

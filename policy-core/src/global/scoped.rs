@@ -233,6 +233,47 @@ mod tests {
     }
 
     #[test]
+    fn a_team_spend_budget_is_global_in_micro_units_under_its_scope() {
+        // $2 a day per team, in micro-units per day: within what the protocol carries.
+        let p = Policy::from_json(
+            br#"{"global":{"cluster":"rls","mode":"sync"},
+                "prices":{"currency":"USD","models":[{"model":"m","input":"1","output":"1"}]},
+                "tiers":[{"name":"llm","identity":{"header":"x-user-id"},
+                  "tokens":[{"spend":"2","per":"day","name":"team-spend",
+                             "scope":{"header":"x-team-id"}}]}]}"#,
+        )
+        .unwrap();
+        let tier = &p.tiers()[0];
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        let c = caller("alice", Some("red"));
+        let holds = match p.admit_tokens(tier, &c, None, Amount::tokens(100), T0, &mut s) {
+            TokenOutcome::Admitted { reservation, .. } => reservation.holds,
+            other => panic!("{other:?}"),
+        };
+        let key = BucketKey::new(0, TableId::Budget(0), holds[0].slot);
+        let d = describe(&p, &key, Op::Sync, 1);
+        assert_eq!(d.len(), 1);
+        let e = entries(&d[0].descriptor);
+        assert_eq!(
+            &e[..3],
+            ["tier=llm", "budget=team-spend", "scope=x-team-id"]
+        );
+        assert_eq!(
+            d[0].descriptor.limit.map(|l| l.requests_per_unit),
+            Some(2_000_000)
+        );
+        // A teammate's hold names the same bucket.
+        let bob = caller("bob", Some("red"));
+        let TokenOutcome::Admitted { reservation, .. } =
+            p.admit_tokens(tier, &bob, None, Amount::tokens(100), T0, &mut s)
+        else {
+            panic!("bob")
+        };
+        assert_eq!(reservation.holds[0].slot, holds[0].slot);
+    }
+
+    #[test]
     fn strict_asks_every_scope_and_the_team_refuses_for_all_its_members() {
         let p = policy("strict", "");
         let mut s = MemoryStore::new();

@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use policy_core::global::descriptor::BucketKey;
+use policy_core::global::scoped;
 use policy_core::global::strict_tokens::TokenCheck;
 use policy_core::global::{strict, GlobalMode, OnUnavailable};
 use policy_core::headers;
@@ -164,12 +164,13 @@ impl Stream {
                     // Sync mode: what this Envoy admitted (the request's cost in cells), for the
                     // next round. In strict mode, only an LLM tier's request limits (which are
                     // not checked per request); a strict tier's limits decided here are its
-                    // `local` fallback, not sent.
+                    // `local` fallback, not sent. Every bucket the request counted in is
+                    // recorded: the tier's own and each scope's (README "Scopes").
                     let synced = global.mode() == GlobalMode::Sync || !tier.budgets.is_empty();
-                    if let (true, Some(key)) =
-                        (synced, BucketKey::limits(&plugin.policy, i, &caller.id))
-                    {
-                        global.record(key, cost);
+                    if synced {
+                        for key in scoped::limit_keys(&plugin.policy, i, (&caller).into()) {
+                            global.record(key, cost);
+                        }
                     }
                 }
                 if !llm_tier {
@@ -268,9 +269,9 @@ impl Stream {
     /// such a tier (then it is decided locally).
     fn start_strict(&mut self, request: &Request, now: Nanos) -> Option<Action> {
         let plugin = Rc::clone(&self.plugin);
-        let (tier, identity) = strict::select(&plugin.policy, request)?;
+        let (tier, caller) = strict::select(&plugin.policy, request)?;
         let cost = plugin.policy.tiers().get(tier)?.cost_of(request);
-        let check = strict::check(&plugin.policy, tier, &identity, cost)?;
+        let check = strict::check(&plugin.policy, tier, &caller, cost)?;
         plugin.metrics.count(tier, Event::GlobalChecks);
         match global_strict::send(&plugin, &check) {
             Ok(token) => {

@@ -700,13 +700,13 @@ mod tests {
             err(&tier(r#"{"requests":1,"per":"minute","scope":"everyone"}"#))
                 .starts_with("tiers[0].limits[0].scope: ")
         );
+        // Global tiers take scopes (see `global::scoped`); their rates must still be global.
         let global = r#"{"global":{"cluster":"rls"},"tiers":[{"name":"u","identity":{"header":"x-user-id"},
             "limits":[{"requests":1,"per":"minute","scope":"shared"}]}]}"#;
-        assert!(
-            err(global).starts_with("tiers[0].global: a tier whose limits or budgets have a scope"),
-            "{}",
-            err(global)
-        );
+        assert!(Policy::from_json(global.as_bytes()).unwrap().tiers()[0].global);
+        let weekly = r#"{"global":{"cluster":"rls"},"tiers":[{"name":"u","identity":{"header":"x-user-id"},
+            "limits":[{"requests":1000,"per":"week","scope":"shared"}]}]}"#;
+        assert!(err(weekly).starts_with("tiers[0].limits[0].requests: cannot be global"));
     }
 
     #[test]

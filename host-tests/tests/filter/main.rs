@@ -13,6 +13,7 @@ mod support;
 mod calendar;
 mod config;
 mod costs;
+mod global_scopes;
 mod global_strict;
 mod global_strict_tokens;
 mod global_sync;

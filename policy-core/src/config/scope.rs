@@ -41,15 +41,6 @@ pub(super) fn attach(
     if scopes.is_empty() {
         return Ok(());
     }
-    if tier.global {
-        return err(
-            format!("{path}.global"),
-            Reason::Invalid {
-                why: "a tier whose limits or budgets have a scope cannot be global yet: set \
-                      \"global\": false on it",
-            },
-        );
-    }
     let sets_for = |scope: &Scope| {
         if scope.source.is_shared() {
             1

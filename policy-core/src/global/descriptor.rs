@@ -18,6 +18,7 @@ use alloc::vec::Vec;
 
 use crate::bucket::Rate;
 use crate::global::proto::{Entry, RateLimitDescriptor, RateLimitOverride, UInt64Value};
+use crate::global::scoped;
 use crate::hash::Slot;
 use crate::policy::Policy;
 use crate::time::Nanos;
@@ -114,8 +115,11 @@ fn per_unit(rate: &Rate, unit: Unit) -> Option<u32> {
 /// Which table of a tier a bucket lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TableId {
-    /// The tier's request limits (one cell per limit).
+    /// The tier's request limits (one cell per limit that has no scope of its own).
     Limits,
+    /// The table of the tier's request limit of this index, which counts against a scope of its
+    /// own (one cell; see [`crate::global::scoped`]).
+    ScopedLimit(u8),
     /// The tier's token budget of this index (one cell).
     Budget(u8),
 }
@@ -204,18 +208,20 @@ pub struct Described {
 }
 
 /// The descriptors of `key`'s buckets under `policy`, each costing `hits`: one per limit of a
-/// tier's request table, one for a token budget. Empty when the policy has no such tier or table
-/// (a key recorded under an earlier policy) or when a rate has no exact unit (refused at load
-/// for global tiers, so only for a tier that is not global).
+/// tier's request table (a scoped limit's table: its one limit, with a `scope` entry), one for a
+/// token budget (with a `scope` entry when the budget is scoped). Empty when the policy has no
+/// such tier or table (a key recorded under an earlier policy) or when a rate has no exact unit
+/// (refused at load for global tiers, so only for a tier that is not global).
 pub fn describe(policy: &Policy, key: &BucketKey, op: Op, hits: u64) -> Vec<Described> {
     let Some(tier) = policy.tiers().get(usize::from(key.tier)) else {
         return Vec::new();
     };
     let id = hex(key.fingerprint);
+    let scope = scoped::scope_label(tier, key.table);
     let named: Vec<(&str, &str, &Rate)> = match key.table {
-        TableId::Limits => tier
-            .limits
-            .iter()
+        TableId::Limits | TableId::ScopedLimit(_) => scoped::table_limits(tier, key.table)
+            .into_iter()
+            .filter_map(|i| tier.limits.get(i))
             .map(|l| ("limit", l.name.as_str(), &l.rate))
             .collect(),
         TableId::Budget(b) => tier
@@ -230,11 +236,12 @@ pub fn describe(policy: &Policy, key: &BucketKey, op: Op, hits: u64) -> Vec<Desc
         .enumerate()
         .filter_map(|(cell, (kind, name, rate))| {
             let (requests_per_unit, unit) = limit_of(rate)?;
-            let mut entries = alloc::vec![
-                entry("tier", &tier.name),
-                entry(kind, name),
-                entry("id", &id),
-            ];
+            let mut entries = alloc::vec![entry("tier", &tier.name), entry(kind, name)];
+            if let Some(label) = scope {
+                // Part of the key: a scope's bucket is never a user's, whatever the names.
+                entries.push(entry("scope", label));
+            }
+            entries.push(entry("id", &id));
             if rate_burst_differs(rate, requests_per_unit) {
                 entries.push(entry(BURST, &rate.burst().to_string()));
             }

@@ -247,7 +247,11 @@ pub(crate) fn fold_key<S: Store>(
         return Ok((false, 0));
     };
     let (table, rates): (_, Vec<Rate>) = match key.table {
-        TableId::Limits => (&tier.table, tier.limits.iter().map(|l| l.rate).collect()),
+        TableId::Limits => (&tier.table, limit_rates(tier, key.table)),
+        TableId::ScopedLimit(i) => match tier.scoping.limits.get(usize::from(i)) {
+            Some(Some(ls)) => (&ls.table, limit_rates(tier, key.table)),
+            _ => return Ok((false, 0)),
+        },
         TableId::Budget(b) => match tier.budgets.get(usize::from(b)) {
             Some(budget) => (&budget.table, alloc::vec![budget.rate]),
             None => return Ok((false, 0)),
@@ -276,6 +280,14 @@ pub(crate) fn fold_key<S: Store>(
         }
     })?;
     Ok((changed, overshoot))
+}
+
+/// The rates of the request limits whose cells `table` of `tier` holds, in cell order.
+fn limit_rates(tier: &crate::tier::Tier, table: TableId) -> Vec<Rate> {
+    crate::global::scoped::table_limits(tier, table)
+        .into_iter()
+        .filter_map(|i| tier.limits.get(i).map(|l| l.rate))
+        .collect()
 }
 
 #[cfg(test)]

@@ -86,6 +86,9 @@ const VERSION: u8 = 2;
 /// tier (2) + table (1) + set (4) + fingerprint (8) + cells (8) + refund (8).
 const RECORD: usize = 31;
 const LIMITS: u8 = 0xff;
+/// The table byte of a scoped limit's table: this bit and the limit's index (a tier has at most
+/// 8 limits and 8 budgets, so budget indices never set it).
+const SCOPED: u8 = 0x80;
 
 impl Ledger {
     /// An empty ledger holding at most `max_keys` buckets.
@@ -173,6 +176,7 @@ pub fn encode(batch: &[(BucketKey, Delta)]) -> Vec<u8> {
         out.extend_from_slice(&key.tier.to_le_bytes());
         out.push(match key.table {
             TableId::Limits => LIMITS,
+            TableId::ScopedLimit(i) => SCOPED | (i & !SCOPED),
             TableId::Budget(b) => b,
         });
         out.extend_from_slice(&key.set.to_le_bytes());
@@ -212,6 +216,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<(BucketKey, Delta)>, DecodeError> {
             refund.copy_from_slice(back);
             let table = match table.first().copied().unwrap_or(LIMITS) {
                 LIMITS => TableId::Limits,
+                b if b & SCOPED != 0 => TableId::ScopedLimit(b & !SCOPED),
                 b => TableId::Budget(b),
             };
             let key = BucketKey {

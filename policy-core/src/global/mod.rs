@@ -12,6 +12,7 @@ pub mod descriptor;
 pub mod fold;
 pub mod ledger;
 pub mod proto;
+pub mod scoped;
 pub mod strict;
 pub mod strict_tokens;
 

@@ -16,14 +16,16 @@ use core::fmt;
 
 use prost::Message;
 
-use crate::bucket::Rate;
+use crate::bucket::{Rate, Tat};
 use crate::decision::{Decision, LimitStatus};
 use crate::global::descriptor::{self, BucketKey, Op};
 use crate::global::fold::fold_key;
 use crate::global::proto::{Code, DescriptorStatus, RateLimitRequest, RateLimitResponse};
+use crate::global::scoped;
 use crate::global::GlobalMode;
 use crate::policy::Policy;
 use crate::request::Attributes;
+use crate::scope::{Caller, CallerRef};
 use crate::store::Store;
 use crate::table::TableError;
 use crate::time::Nanos;
@@ -33,14 +35,28 @@ use crate::time::Nanos;
 pub struct Check {
     /// The tier's index in the policy.
     pub tier: usize,
-    /// The caller's buckets (request limits) in the tier's table.
-    pub key: BucketKey,
     /// Cells asked of each bucket.
     pub cost: u64,
-    /// Each descriptor's limit (the tier's limit index) and rate, in the message's order.
-    pub cells: Vec<(usize, Rate)>,
+    /// Each descriptor, in the message's order: which limit and bucket it asks.
+    pub cells: Vec<Cell>,
+    /// The rates of all the tier's limits, in the tier's order: a limit whose scope the request
+    /// lacks and skips is not asked, and shows as untouched.
+    pub rates: Vec<Rate>,
     /// The encoded `RateLimitRequest`.
     pub message: Vec<u8>,
+}
+
+/// One descriptor of a check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cell {
+    /// The tier's limit index.
+    pub limit: usize,
+    /// Its rate.
+    pub rate: Rate,
+    /// The caller's bucket it names: the tier's table, or a scoped limit's table.
+    pub key: BucketKey,
+    /// The limit's cell in that key's way.
+    pub cell: usize,
 }
 
 /// Whether the tier at `tier` is checked globally on every request: the policy's `global`
@@ -52,10 +68,11 @@ pub fn is_strict(policy: &Policy, tier: usize) -> bool {
     strict && policy.tiers().get(tier).is_some_and(|t| t.global)
 }
 
-/// The tier that [`Policy::check`] would decide `attrs` with, and the caller's identity in it,
-/// when that tier is global-strict and has request limits only; `None` otherwise (a local or
-/// sync tier, an LLM tier, no tier, or an ambiguous identity, which `check` answers).
-pub fn select<A: Attributes>(policy: &Policy, attrs: &A) -> Option<(usize, Vec<u8>)> {
+/// The tier that [`Policy::check`] would decide `attrs` with, and the caller in it (its identity
+/// and its scopes' identities), when that tier is global-strict and has request limits only;
+/// `None` otherwise (a local or sync tier, an LLM tier, no tier, an ambiguous identity or a
+/// missing scope the tier refuses without, which `check` answers locally before counting).
+pub fn select<A: Attributes>(policy: &Policy, attrs: &A) -> Option<(usize, Caller)> {
     policy.global().filter(|g| g.mode == GlobalMode::Strict)?;
     for (index, tier) in policy.tiers().iter().enumerate() {
         if !tier.matches(attrs) {
@@ -65,7 +82,15 @@ pub fn select<A: Attributes>(policy: &Policy, attrs: &A) -> Option<(usize, Vec<u
         return match tier.identity.derive(attrs) {
             Ok(Some(id)) => {
                 let strict = is_strict(policy, index) && tier.budgets.is_empty();
-                (strict && !tier.limits.is_empty()).then_some((index, id))
+                if !strict || tier.limits.is_empty() {
+                    return None;
+                }
+                let scopes = if tier.scoping.is_empty() {
+                    Vec::new()
+                } else {
+                    tier.scoping.derive(attrs).ok()?.ok()?
+                };
+                Some((index, Caller { id, scopes }))
             }
             Ok(None) => continue,
             Err(_) => None,
@@ -74,30 +99,49 @@ pub fn select<A: Attributes>(policy: &Policy, attrs: &A) -> Option<(usize, Vec<u
     None
 }
 
-/// The check of `cost` cells from the request limits of the caller `identity` (as the tier
-/// derived it) on the strict tier `tier`; `None` when the tier is not strict or has no limit the
-/// service can express (then the local decision stands).
-pub fn check(policy: &Policy, tier: usize, identity: &[u8], cost: u64) -> Option<Check> {
+/// The check of `cost` cells from the request limits of `caller` (as the tier derived it: a
+/// bare identity, or a [`Caller`] with its scopes) on the strict tier `tier`: one descriptor per
+/// limit that applies, each in its scope's bucket, so the service takes from all or from none;
+/// `None` when the tier is not strict or has no limit the service can express (then the local
+/// decision stands).
+pub fn check<'c>(
+    policy: &Policy,
+    tier: usize,
+    caller: impl Into<CallerRef<'c>>,
+    cost: u64,
+) -> Option<Check> {
     if !is_strict(policy, tier) {
         return None;
     }
     let settings = policy.global()?;
-    let key = BucketKey::limits(policy, tier, identity)?;
-    let described = descriptor::describe(policy, &key, Op::Check, cost);
-    if described.is_empty() {
+    let t = policy.tiers().get(tier)?;
+    let mut cells = Vec::new();
+    let mut descriptors = Vec::new();
+    for key in scoped::limit_keys(policy, tier, caller.into()) {
+        let limits = scoped::table_limits(t, key.table);
+        for d in descriptor::describe(policy, &key, Op::Check, cost) {
+            cells.push(Cell {
+                limit: limits.get(d.cell).copied()?,
+                rate: d.rate,
+                key,
+                cell: d.cell,
+            });
+            descriptors.push(d.descriptor);
+        }
+    }
+    if cells.is_empty() {
         return None;
     }
-    let cells = described.iter().map(|d| (d.cell, d.rate)).collect();
     let request = RateLimitRequest {
         domain: settings.domain.clone(),
-        descriptors: described.into_iter().map(|d| d.descriptor).collect(),
+        descriptors,
         hits_addend: 0,
     };
     Some(Check {
         tier,
-        key,
         cost,
         cells,
+        rates: t.limits.iter().map(|l| l.rate).collect(),
         message: request.encode_to_vec(),
     })
 }
@@ -158,8 +202,34 @@ impl fmt::Display for Unusable {
 /// fixed windows (envoyproxy/ratelimit, Limitador) answers the time until its window resets
 /// instead; the numbers then describe a GCRA bucket that is full at that instant.
 pub fn verdict(check: &Check, body: &[u8], now: Nanos) -> Verdict {
-    let asked: Vec<(Rate, u64)> = check.cells.iter().map(|(_, r)| (*r, check.cost)).collect();
-    read_answer(&asked, body, now)
+    let asked: Vec<(Rate, u64)> = check.cells.iter().map(|c| (c.rate, check.cost)).collect();
+    match read_answer(&asked, body, now) {
+        Verdict::Admit(d) => Verdict::Admit(in_tier_order(check, d, now)),
+        Verdict::Refuse(d) => Verdict::Refuse(in_tier_order(check, d, now)),
+        unusable => unusable,
+    }
+}
+
+/// The answer's limits (in the message's order) in the tier's order, as the headers name them;
+/// a limit the check did not ask (its scope skipped) shows as an untouched bucket. The most
+/// restrictive limit decides, as locally.
+fn in_tier_order(check: &Check, answered: Decision, now: Nanos) -> Decision {
+    let unchanged = check.cells.iter().enumerate().all(|(i, c)| c.limit == i)
+        && check.cells.len() == check.rates.len();
+    if unchanged {
+        return answered;
+    }
+    let mut limits: Vec<LimitStatus> = check
+        .rates
+        .iter()
+        .map(|r| LimitStatus::from(r.peek(Tat::default(), now)))
+        .collect();
+    for (cell, status) in check.cells.iter().zip(answered.limits) {
+        if let Some(slot) = limits.get_mut(cell.limit) {
+            *slot = status;
+        }
+    }
+    Decision::from_limits(limits)
 }
 
 /// Reads an answer to a plain check of `asked` (each descriptor's rate and the cells it asked,
@@ -211,10 +281,21 @@ pub fn fold<S: Store>(
     let cells: Vec<(BucketKey, usize, Rate, Nanos)> = check
         .cells
         .iter()
-        .zip(&decision.limits)
-        .map(|((cell, rate), limit)| (check.key, *cell, *rate, limit.reset_after))
+        .filter_map(|c| {
+            let limit = decision.limits.get(c.limit)?;
+            Some((c.key, c.cell, c.rate, limit.reset_after))
+        })
         .collect();
-    fold_key(policy, &check.key, &cells, now, store).map(|_| ())
+    // `check` puts a key's descriptors next to each other: one table update per key.
+    let mut result = Ok(());
+    for group in cells.chunk_by(|a, b| a.0 == b.0) {
+        if let Some((key, ..)) = group.first() {
+            if let Err(e) = fold_key(policy, key, group, now, store) {
+                result = Err(e);
+            }
+        }
+    }
+    result
 }
 
 /// One descriptor's answer as a limit's state.
@@ -317,7 +398,10 @@ pub(crate) mod tests {
     fn only_a_strict_tier_with_request_limits_only_is_checked() {
         let p = strict();
         // The tier `Policy::check` would pick, with the caller's identity.
-        assert_eq!(select(&p, &user("alice")), Some((2, b"alice".to_vec())));
+        assert_eq!(
+            select(&p, &user("alice")),
+            Some((2, Caller::from(b"alice".to_vec())))
+        );
         let mut store = MemoryStore::new();
         p.init_store(&mut store).unwrap();
         match p.check(&user("alice"), T0, &mut store) {

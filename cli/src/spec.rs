@@ -385,6 +385,14 @@ const TOKEN_HEADERS: &[&str] = &[
     "x-ratelimit-limit-tokens",
     "x-ratelimit-remaining-tokens",
     "x-ratelimit-reset-tokens",
+    "x-should-retry",
+];
+
+/// Response headers tollgate writes for spend budgets (besides the token budgets' own).
+const SPEND_HEADERS: &[&str] = &[
+    "x-ratelimit-limit-spend",
+    "x-ratelimit-remaining-spend",
+    "x-ratelimit-reset-spend",
 ];
 
 /// Response headers any response may be checked for.
@@ -417,8 +425,12 @@ impl Vocabulary {
             for m in &tier.matchers {
                 v.request_headers.insert(m.header.clone());
             }
-            if let policy_core::identity::IdentitySource::Header { name, .. } = &tier.identity {
-                v.request_headers.insert(name.clone());
+            // The tier's identity and its limits' and budgets' scopes (a team's `x-team-id`).
+            let scopes = tier.scoping.scopes.iter().map(|s| &s.source);
+            for source in std::iter::once(&tier.identity).chain(scopes) {
+                if let policy_core::identity::IdentitySource::Header { name, .. } = source {
+                    v.request_headers.insert(name.clone());
+                }
             }
             for l in &tier.limits {
                 v.quota_tier.insert(l.name.clone(), tier.name.clone());
@@ -433,6 +445,14 @@ impl Vocabulary {
             if !tier.budgets.is_empty() {
                 v.response_headers
                     .extend(TOKEN_HEADERS.iter().map(|s| (*s).to_owned()));
+            }
+            if tier
+                .budgets
+                .iter()
+                .any(|b| b.meter == policy_core::budget::Meter::Spend)
+            {
+                v.response_headers
+                    .extend(SPEND_HEADERS.iter().map(|s| (*s).to_owned()));
             }
         }
         v
@@ -663,5 +683,38 @@ mod tests {
                                          "limits": [{ "requests": 1, "per": "second" }] }] });
         let e = plan(&file, &policy, Path::new(".")).unwrap_err();
         assert_eq!(e.at, "cases[0].steps[0]");
+    }
+
+    #[test]
+    fn a_scope_header_may_be_sent_and_spend_headers_checked() {
+        let file = parse(concat!(
+            "cases:\n  - name: x\n    steps:\n",
+            "      - llm: { model: m, headers: { x-user-id: a, x-team-id: t } }\n",
+            "        expect: { last: { headers: { x-ratelimit-remaining-spend: 1.000000 USD,\n",
+            "                                     x-should-retry: 'false' } } }\n",
+        ))
+        .unwrap();
+        let policy = json!({
+            "tiers": [{ "name": "t", "identity": { "header": "x-user-id" },
+                        "tokens": [{ "spend": "1", "per": "day",
+                                     "scope": { "header": "x-team-id" } }] }],
+            "prices": { "currency": "USD",
+                        "models": [{ "model": "m", "input": "1", "output": "1" }] }
+        });
+        plan(&file, &policy, Path::new(".")).unwrap();
+        // Without the scope, the team header is a typo the policy never reads.
+        let mut unscoped = policy.clone();
+        unscoped["tiers"][0]["tokens"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("scope");
+        let e = plan(&file, &unscoped, Path::new(".")).unwrap_err();
+        assert_eq!(e.at, "cases[0].steps[0].llm.headers.x-team-id");
+        // A token budget's tier writes no spend headers.
+        let tokens = json!({ "tiers": [{ "name": "t", "identity": { "header": "x-user-id" },
+                                         "tokens": [{ "tokens": 1, "per": "day",
+                                                      "scope": { "header": "x-team-id" } }] }] });
+        let e = plan(&file, &tokens, Path::new(".")).unwrap_err();
+        assert!(e.at.ends_with("x-ratelimit-remaining-spend"), "{e}");
     }
 }

@@ -95,6 +95,36 @@ fn llm_example_passes() {
 }
 
 #[test]
+fn team_spend_example_passes() {
+    let out = tollgate(&[
+        "test",
+        "examples/team-spend-policy.json",
+        "examples/team-spend-policy.tests.yaml",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l == "5 passed, 0 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_team_budget_a_call_larger_fails_the_team_spend_example() {
+    // 55 USD a team instead of 50: Bob's call after the team's ten is admitted.
+    let policy = wrong_copy("team-55", "team-spend-policy.json", |p| {
+        p["tiers"][1]["tokens"][1]["spend"] = json!("55");
+    });
+    let out = tollgate(&["test", &policy, "examples/team-spend-policy.tests.yaml"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("teammates spend the team's month together"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn a_limit_off_by_one_fails_naming_the_case_and_the_numbers() {
     let policy = wrong_copy("off-by-one", "task-api-policy.json", |p| {
         p["tiers"][1]["limits"][0]["requests"] = json!(101);

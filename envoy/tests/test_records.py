@@ -94,3 +94,45 @@ def test_the_access_log_prints_each_calls_record(mock, tmp_path):
     assert spent == {"tier": "tiny", "scope": first["scope"], "decision": "denied", "cost": "1"}
     assert user not in log.read_text(), "the raw identity is never logged"
     assert "/healthz 200 [-]" in log.read_text(), "an undecided request has no record"
+
+
+def test_a_dear_call_and_a_shadow_refusal_are_recorded_as_such(mock, tmp_path):
+    """The record's `cost` is the request's cost by the tier's `costs` (not always 1), and a
+    shadow tier's would-be refusal is `decision=would_deny` while the request goes on."""
+    policy = {"tiers": [
+        {"name": "bulk", "match": {"headers": [{"name": "x-bulk", "present": True}]},
+         "identity": {"header": "x-user-id"}, "limits": [{"requests": 10, "per": "hour"}],
+         "costs": [{"match": {"path_prefix": "/api/tasks/bulk", "methods": ["POST"]}, "cost": 10}]},
+        {"name": "trial", "mode": "shadow", "identity": {"header": "x-user-id"},
+         "limits": [{"requests": 1, "per": "hour"}]},
+    ]}
+    log = tmp_path / "access.log"
+    envoy = start_envoy_with_access_log(policy, {"v1": mock, "v2": mock}, tmp_path, log)
+    try:
+        user = unique("records-user")
+        bulk = {"x-user-id": user, "x-bulk": "1"}
+        # The mock answers 404 to these paths: a 404 went through tollgate, a 429 did not.
+        statuses = [client.request(envoy.port, "/api/tasks/bulk", bulk, "POST").status,
+                    client.request(envoy.port, "/api/tasks/bulk", bulk, "POST").status,
+                    client.request(envoy.port, "/api/tasks", bulk).status,
+                    client.request(envoy.port, "/api/tasks", {"x-user-id": user}).status,
+                    client.request(envoy.port, "/api/tasks", {"x-user-id": user}).status]
+        assert statuses == [404, 429, 429, 404, 404], statuses
+
+        def five_lines():
+            text = log.read_text() if log.exists() else ""
+            lines = [line for line in text.splitlines() if line.startswith("/api/")]
+            return lines if len(lines) >= 5 else None
+
+        lines = wait_until(five_lines, 15, "five access-log lines")
+    finally:
+        envoy.process.stop()
+    records = [fields(RECORD.match(line)[3]) for line in lines]
+    assert [(r["tier"], r["decision"], r["cost"]) for r in records] == [
+        ("bulk", "allowed", "10"),   # 10 of 10 cells
+        ("bulk", "denied", "10"),    # nothing left for another 10
+        ("bulk", "denied", "1"),     # nor for 1: no rule matches a GET, it costs 1
+        ("trial", "allowed", "1"),
+        ("trial", "would_deny", "1"),  # shadow: refused by the limit, let through
+    ], lines
+    assert user not in log.read_text()

@@ -5,13 +5,23 @@ mock (100 prompt + 200 completion tokens a call). A trial key has 0.01 USD a day
 way. Four calls pass, the fifth is refused with a 429 whose headers and body (as the official
 `openai` SDK's RateLimitError shows it) give the amounts in USD; a model the table does not
 price is refused with a 400 naming it; the counters and the access-log record carry the spend.
+
+The members tier is the example's team-and-user policy: each user 20 USD and each team
+(`x-team-id`) 50 USD per calendar month, each user 12 USD a UTC day on Claude Sonnet 4. The mock
+reports the usage a test asks for (`x-mock-prompt-tokens`), so a gpt-4o call costs exactly
+5.000000 USD and a claude-sonnet-4 call 3.000000 USD: a user is refused by their own month while
+a teammate still has room, the team's month spent by three teammates together refuses them all
+while another team goes on, each 429 naming the budget and its amounts and pointing to the
+period's end.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import json
 import re
+import time
 
 import openai
 import pytest
@@ -21,6 +31,11 @@ from conftest import ROOT, Envoy, start_envoy_with_access_log, unique, wait_unti
 POLICY = json.loads((ROOT / "examples" / "team-spend-policy.json").read_text())
 CALL = 100 * 2_500_000 // 1_000_000 + 200 * 10  # micro-units a mock call of gpt-4o costs: 2,250
 BUDGET = 10_000  # the trial tier's 0.01 USD a day, in micro-units
+# Usage the mock reports (its 200 completion tokens besides): 1,999,200 × 2.50 + 200 × 10.00 per
+# million = 5.000000 USD on gpt-4o; 999,000 × 3.00 + 200 × 15.00 = 3.000000 USD on Claude Sonnet 4.
+FIVE_USD_GPT_4O = {"x-mock-prompt-tokens": "1999200"}
+THREE_USD_CLAUDE = {"x-mock-prompt-tokens": "999000"}
+CLAUDE = "claude-sonnet-4-20250514"
 
 
 def usd(micros: int) -> str:
@@ -47,6 +62,64 @@ def post(envoy: Envoy, doc: dict, headers: dict[str, str]):
         return reply.status, {k.lower(): v for k, v in reply.getheaders()}, body
     finally:
         conn.close()
+
+
+def go_seconds(text: str) -> float:
+    """A Go duration as tollgate prints it (`719h59m5.2s`, `350ms`) in seconds."""
+    parts = re.findall(r"([\d.]+)(h|ms|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, text
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def until(period: str) -> float:
+    """Seconds from now to the end of the current UTC day or calendar month."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        end = day + datetime.timedelta(days=1)
+    else:
+        first = day.replace(day=1)
+        end = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
+    return (end - now).total_seconds()
+
+
+def clear_of_midnight(margin: float = 90) -> None:
+    """Waits out a UTC midnight less than `margin` seconds away: a test of a day or month quota
+    must not see its period end half-way."""
+    left = 86_400 - time.time() % 86_400
+    if left < margin:
+        time.sleep(left + 1)
+
+
+def member_call(envoy: Envoy, user: str, team: str | None, model: str = "gpt-4o",
+                usage: dict[str, str] | None = None):
+    """One chat completion of the members tier as `user` of `team` (none: no `x-team-id`)."""
+    headers = {"x-user-id": user, **(usage if usage is not None else FIVE_USD_GPT_4O)}
+    if team is not None:
+        headers["x-team-id"] = team
+    doc = {"model": model, "max_tokens": 300, "messages": [{"role": "user", "content": "hi"}]}
+    return post(envoy, doc, headers)
+
+
+def assert_spend_refusal(reply, policy: str, of: str, period: str) -> None:
+    """`reply` is a 429 of the members tier's spend budget `policy` (`of` USD), spent to nothing,
+    whose body and headers give the amounts and point to the end of the `period`."""
+    status, head, body = reply
+    assert status == 429, (status, head, body)
+    message = json.loads(body)["error"]["message"]
+    amounts = re.fullmatch(
+        rf"Spend budget reached in tier members \(policy {policy}\): 0\.000000 USD left of "
+        rf"{re.escape(of)} USD, full again in (\S+)\. Please try again in (\S+)\.", message)
+    assert amounts, message
+    assert head["x-ratelimit-limit-spend"] == f"{of} USD", head
+    assert head["x-ratelimit-remaining-spend"] == "0.000000 USD", head
+    # A calendar quota is whole again at the period's end, and every field says so.
+    end = until(period)
+    for text in (amounts[1], amounts[2], head["x-ratelimit-reset-spend"]):
+        assert end - 5 <= go_seconds(text) <= end + 1, (text, end, message)
+    assert end - 5 <= int(head["retry-after"]) <= end + 2, (head["retry-after"], end)
+    assert head["x-should-retry"] == "false", head  # longer than max_client_wait_seconds
 
 
 def reservation(doc: dict) -> int:
@@ -141,16 +214,88 @@ def test_a_model_without_a_price_is_refused_with_a_400_naming_it(envoy_and_log):
     envoy, _ = envoy_and_log
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{envoy.port}/api/v1", api_key="test",
                            max_retries=0, timeout=30,
-                           default_headers={"x-user-id": unique("team-user")})
+                           default_headers={"x-user-id": unique("team-user"),
+                                            "x-team-id": unique("team")})
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model="gpt-9-preview", max_tokens=16,
                                        messages=[{"role": "user", "content": "hi"}])
     assert raised.value.status_code == 400
     assert raised.value.body["code"] == "model_not_priced"
     assert "Model gpt-9-preview has no price" in raised.value.body["message"]
-    # A priced model passes for the same user, its team budgets in money and tokens both shown.
+    # A priced model passes for the same user; the headers show the budget with least left, the
+    # user's month (20 USD) rather than the team's (50 USD).
     reply = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
     assert reply.http_request is not None and reply.status_code == 200
-    assert reply.headers["x-ratelimit-limit-spend"] == "50.000000 USD"
-    assert reply.headers["x-ratelimit-limit-tokens"] == "2000000"
+    assert reply.headers["x-ratelimit-limit-spend"] == "20.000000 USD"
+    assert "x-ratelimit-limit-tokens" not in reply.headers, "no token budget in the tier"
+
+
+def test_a_user_runs_out_alone_then_the_team_runs_out_for_everyone_in_it(envoy_and_log):
+    envoy, _ = envoy_and_log
+    clear_of_midnight()
+    red, blue = unique("red"), unique("blue")
+    alice, bob, dave, carol = (unique(n) for n in ("alice", "bob", "dave", "carol"))
+
+    # Alice spends her own 20 USD of the month in four 5 USD calls; the fifth is refused by her
+    # own budget, with the amounts and the month's end.
+    for i in range(4):
+        status, head, _ = member_call(envoy, alice, red)
+        assert status == 200, (i, head)
+    # Her budget has least left (a reservation of about 0.003 USD held beside 15 USD charged).
+    assert head["x-ratelimit-limit-spend"] == "20.000000 USD", head
+    assert re.fullmatch(r"4\.99\d{4} USD", head["x-ratelimit-remaining-spend"]), head
+    assert_spend_refusal(member_call(envoy, alice, red), "user-month", "20.000000", "month")
+
+    # Her teammate Bob still has room: his own month and the team's (30 USD of 50 left).
+    for i in range(3):
+        status, head, _ = member_call(envoy, bob, red)
+        assert status == 200, (i, head)
+    # Dave, a third teammate, spends the team's last 15 USD; the headers show the team's budget
+    # once it is the one with least left.
+    for i in range(3):
+        status, head, _ = member_call(envoy, dave, red)
+        assert status == 200, (i, head)
+    assert head["x-ratelimit-limit-spend"] == "50.000000 USD", head
+    assert re.fullmatch(r"4\.99\d{4} USD", head["x-ratelimit-remaining-spend"]), head
+
+    # The team's 50 USD are spent: Bob (5 USD of his own left) and Dave (5 USD) are refused
+    # together, by the team's budget.
+    assert_spend_refusal(member_call(envoy, bob, red), "team-month", "50.000000", "month")
+    assert_spend_refusal(member_call(envoy, dave, red), "team-month", "50.000000", "month")
+    # Another team is not affected, nor is a user of it who shares nothing with team red.
+    status, head, _ = member_call(envoy, carol, blue)
+    assert status == 200, head
+    assert head["x-ratelimit-limit-spend"] == "20.000000 USD", head
+    # Alice in another team is still Alice: her own month is spent whatever team she names.
+    assert_spend_refusal(member_call(envoy, alice, blue), "user-month", "20.000000", "month")
+
+
+def test_a_member_without_a_team_is_refused_before_anything_is_counted(envoy_and_log):
+    envoy, _ = envoy_and_log
+    user = unique("teamless")
+    status, _, body = member_call(envoy, user, None)
+    assert status == 400, body
+    assert json.loads(body)["error"] == "missing_scope", body
+    assert "x-team-id" in json.loads(body)["message"], body
+    # Nothing was charged: the user's whole month is there with a team.
+    status, head, _ = member_call(envoy, user, unique("team"), model="gpt-4o-mini", usage={})
+    assert status == 200, head
+    assert re.fullmatch(r"19\.99\d{4} USD", head["x-ratelimit-remaining-spend"]), head
+
+
+def test_claude_sonnet_has_a_daily_cap_beside_the_month(envoy_and_log):
+    envoy, _ = envoy_and_log
+    clear_of_midnight()
+    user, team = unique("erin"), unique("green")
+    for i in range(4):
+        status, head, _ = member_call(envoy, user, team, CLAUDE, THREE_USD_CLAUDE)
+        assert status == 200, (i, head)
+    # 12 USD of Claude Sonnet 4 today: refused until 00:00 UTC, though 8 USD of her month are left.
+    assert_spend_refusal(member_call(envoy, user, team, CLAUDE, THREE_USD_CLAUDE),
+                         "user-claude-sonnet-day", "12.000000", "day")
+    # Other models still pass, against the month: 8 USD of it left (less this call's reservation).
+    status, head, _ = member_call(envoy, user, team)
+    assert status == 200, head
+    assert head["x-ratelimit-limit-spend"] == "20.000000 USD", head
+    assert re.fullmatch(r"7\.99\d{4} USD", head["x-ratelimit-remaining-spend"]), head

@@ -807,4 +807,57 @@ mod tests {
         assert_eq!((count(Verdict::Allow), count(Verdict::WouldDeny)), (11, 6));
         assert_eq!(seen[15], Verdict::Allow, "a would-be refusal took nothing");
     }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Shadow mode never refuses, and what it counts `would_deny` is exactly what enforcing
+        /// refuses: one policy in both modes fed the same traffic (users across teams, a user
+        /// limit and a team limit, time moving on) gives `WouldDeny` where the enforcing copy
+        /// gives `Deny` and `Allow` where it allows, because a would-be refusal takes nothing
+        /// from any scope, as a refusal does.
+        #[test]
+        fn shadow_never_refuses_and_would_deny_is_what_enforcing_denies(
+            user in 1u64..5,
+            team in 1u64..8,
+            traffic in proptest::collection::vec((0usize..4, 0usize..2, 0u64..1_500), 1..80),
+        ) {
+            use crate::tier::Verdict;
+            let policy = |mode: &str| {
+                Policy::from_json(
+                    format!(
+                        r#"{{"mode":"{mode}","max_keys":64,"tiers":[{{"name":"u",
+                        "identity":{{"header":"x-user-id"}},
+                        "limits":[{{"requests":{user},"per":"second","name":"user"}},
+                                  {{"requests":{team},"per":"minute","name":"team",
+                                    "scope":{{"header":"x-team-id"}}}}]}}]}}"#
+                    )
+                    .as_bytes(),
+                )
+                .unwrap()
+            };
+            let (shadow, enforce) = (policy("shadow"), policy("enforce"));
+            let (mut in_shadow, mut enforcing) = (MemoryStore::new(), MemoryStore::new());
+            shadow.init_store(&mut in_shadow).unwrap();
+            enforce.init_store(&mut enforcing).unwrap();
+            let mut now = T0;
+            for (u, t, ms) in traffic {
+                now = Nanos(now.0 + ms * 1_000_000);
+                let (uid, tid) = (format!("u{u}"), format!("t{t}"));
+                let h: HeaderList = [("x-user-id", uid.as_str()), ("x-team-id", tid.as_str())]
+                    .into_iter()
+                    .collect();
+                let verdict = |p: &Policy, s: &mut MemoryStore| match p.check(&h, now, s) {
+                    Outcome::Decided { tier, decision, .. } => tier.verdict(&decision),
+                    other => panic!("{other:?}"),
+                };
+                let seen = verdict(&shadow, &mut in_shadow);
+                let want = verdict(&enforce, &mut enforcing);
+                proptest::prop_assert_ne!(seen, Verdict::Deny);
+                let want = if want == Verdict::Deny { Verdict::WouldDeny } else { want };
+                proptest::prop_assert_eq!(seen, want);
+            }
+        }
+    }
 }

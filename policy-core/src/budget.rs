@@ -5,7 +5,7 @@
 //!   prompt estimate — and denies if it does not fit, so concurrent requests overshoot the
 //!   budget by at most what their real usage exceeds their estimates (a call whose input is
 //!   stored upstream has no estimate worth the name and asks for all that is left,
-//!   [`Ask::AllLeft`]); [`Budget::settle`] later replaces the estimate by the real usage
+//!   [`Ask::AllLeft`]); [`Budget::settle_state`] later replaces the estimate by the real usage
 //!   (refund or debit);
 //! - *charge after* only checks that something is left and charges the real usage at the end,
 //!   letting the budget go into debt, as most gateways do.
@@ -255,7 +255,7 @@ impl LlmSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ask {
     /// This estimate, each budget in its own unit (capped at the burst, see
-    /// [`Budget::admit`]).
+    /// [`Budget::admit_state`]).
     Tokens(Amount),
     /// Everything the budget has left, and at least `at_least`: for a call whose input is stored
     /// upstream (`previous_response_id`, `conversation`), which nothing in the request bounds.

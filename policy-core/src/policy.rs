@@ -289,7 +289,7 @@ impl Policy {
     }
 
     /// Whether the caller's budgets that count every model leave room for `cost`, the least this
-    /// call can cost (see [`Budget::peek`]); nothing is taken or written. Budgets for one model
+    /// call can cost (see [`Budget::peek_state`]); nothing is taken or written. Budgets for one model
     /// (or one each) are not looked at: the model is not known yet. `Ok(Some(decision))` when
     /// one has no room: refuse now, before anything goes upstream.
     ///

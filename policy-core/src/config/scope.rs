@@ -1,8 +1,8 @@
 //! Parsing the `scope` and `on_missing` of a tier's limits and token budgets ([`crate::scope`]).
 //!
 //! Kept apart from the rest of the tier's parsing: it runs once the tier is built, reads the
-//! same JSON entries again for these two fields, and gives each scoped limit or budget a table
-//! of its own.
+//! same JSON entries again for these two fields, and gives each scoped limit a table of its own
+//! (a scope's budgets share a budget set: `budget_sets.rs`, which runs after this).
 
 use alloc::format;
 use alloc::vec::Vec;

@@ -5,7 +5,7 @@
 //!   prompt estimate — and denies if it does not fit, so concurrent requests overshoot the
 //!   budget by at most what their real usage exceeds their estimates (a call whose input is
 //!   stored upstream has no estimate worth the name and asks for all that is left,
-//!   [`Ask::AllLeft`]); [`Budget::settle`] later replaces the estimate by the real usage
+//!   [`Ask::AllLeft`]); [`Budget::settle_state`] later replaces the estimate by the real usage
 //!   (refund or debit);
 //! - *charge after* only checks that something is left and charges the real usage at the end,
 //!   letting the budget go into debt, as most gateways do.
@@ -20,7 +20,7 @@ use crate::llm::cost::Cost;
 use crate::llm::ApiKind;
 use crate::model_match::ModelMatch;
 use crate::store::Store;
-use crate::table::{Placement, Table, TableError, Update};
+use crate::table::{BudgetTable, Placement, TableError, Update};
 use crate::time::Nanos;
 
 /// Which requests a budget counts, and whether models share it.
@@ -153,8 +153,6 @@ pub struct Budget {
     pub scope: ModelScope,
     /// Tokens per period.
     pub rate: Rate,
-    /// Where its buckets live.
-    pub table: Table,
     /// The `model` of the tier's other budgets that name models: a model one of them takes more
     /// strongly (an exact name over a snapshot of this budget's, a longer prefix, …) counts
     /// against that budget, not this one (see [`crate::model_match`]).
@@ -257,7 +255,7 @@ impl LlmSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ask {
     /// This estimate, each budget in its own unit (capped at the burst, see
-    /// [`Budget::admit`]).
+    /// [`Budget::admit_state`]).
     Tokens(Amount),
     /// Everything the budget has left, and at least `at_least`: for a call whose input is stored
     /// upstream (`previous_response_id`, `conversation`), which nothing in the request bounds.
@@ -274,7 +272,7 @@ pub enum Ask {
 pub struct Hold {
     /// Index of the budget in its tier.
     pub budget: usize,
-    /// The caller's slot in the budget's table.
+    /// The caller's slot in the table of the budget's [`BudgetSet`].
     pub slot: Slot,
     /// Tokens reserved (0 in charge-after mode).
     pub reserved: u64,
@@ -325,24 +323,6 @@ impl Budget {
         }
     }
 
-    /// The caller's slot: per model when the budget is.
-    pub fn slot(&self, seed: &Seed, tier: &str, identity: &[u8], model: Option<&str>) -> Slot {
-        let model = match self.scope {
-            // A snapshot shares its base model's budget, so naming snapshots cannot multiply
-            // a per-model budget.
-            ModelScope::Each => base_model(model.unwrap_or("")).as_bytes(),
-            _ => b"",
-        };
-        seed.slot(
-            &[tier.as_bytes(), self.name.as_bytes(), identity, model],
-            self.table.sets(),
-        )
-    }
-
-    fn is_idle(&self, now: Nanos) -> impl Fn(&[Tat]) -> bool + '_ {
-        move |s: &[Tat]| s.first().is_none_or(|t| self.rate.is_full(*t, now))
-    }
-
     fn status(&self, tat: Tat, now: Nanos, allowed: bool, retry_after: Nanos) -> LimitStatus {
         let p = self.rate.peek(tat, now);
         LimitStatus {
@@ -353,136 +333,276 @@ impl Budget {
         }
     }
 
-    /// Admits a request: in reserve mode takes `estimate` (capped at the burst, so a large
-    /// `max_tokens` needs the whole budget rather than being refused forever); in charge-after
-    /// mode only checks that something is left.
-    pub fn admit<S: Store>(
+    /// Admits a request on the caller's state `tat` of this budget: in reserve mode takes the
+    /// ask (capped at the burst, so a large `max_tokens` needs the whole budget rather than
+    /// being refused forever); in charge-after mode only checks that something is left. Returns
+    /// the state to show, what it took, and the new state when it took something.
+    pub fn admit_state(
         &self,
-        store: &mut S,
-        slot: Slot,
+        tat: Tat,
         mode: Mode,
         ask: Ask,
         now: Nanos,
-    ) -> Result<(LimitStatus, u64), TableError> {
-        let decide = |s: &[Tat], _: Placement| {
-            let tat = s.first().copied().unwrap_or_default();
-            let take = match ask {
-                Ask::Tokens(estimate) => estimate.of(self.meter),
-                Ask::AllLeft { at_least } => self
-                    .rate
-                    .peek(tat, now)
-                    .remaining
-                    .max(at_least.of(self.meter)),
-            }
-            .min(self.rate.burst());
-            match mode {
-                Mode::Reserve => {
-                    let c = self.rate.check(tat, now, take);
-                    let status = LimitStatus::from(c);
-                    if c.allowed {
-                        Update::Write(alloc::vec![c.tat], (status, take))
-                    } else {
-                        Update::Keep((status, 0))
-                    }
-                }
-                Mode::ChargeAfter => {
-                    let room = self.rate.has_room(tat, now);
-                    let wait = if room {
-                        Nanos::ZERO
-                    } else {
-                        self.rate.peek(tat, now).retry_after
-                    };
-                    Update::Keep((self.status(tat, now, room, wait), 0))
+    ) -> (LimitStatus, u64, Option<Tat>) {
+        let take = match ask {
+            Ask::Tokens(estimate) => estimate.of(self.meter),
+            Ask::AllLeft { at_least } => self
+                .rate
+                .peek(tat, now)
+                .remaining
+                .max(at_least.of(self.meter)),
+        }
+        .min(self.rate.burst());
+        match mode {
+            Mode::Reserve => {
+                let c = self.rate.check(tat, now, take);
+                let status = LimitStatus::from(c);
+                if c.allowed {
+                    (status, take, Some(c.tat))
+                } else {
+                    (status, 0, None)
                 }
             }
-        };
-        self.table
-            .update(store, slot, self.is_idle(now), decide)
-            .map(|(out, _)| out)
+            Mode::ChargeAfter => {
+                let room = self.rate.has_room(tat, now);
+                let wait = if room {
+                    Nanos::ZERO
+                } else {
+                    self.rate.peek(tat, now).retry_after
+                };
+                (self.status(tat, now, room, wait), 0, None)
+            }
+        }
     }
 
-    /// Whether the budget has room for `cost` now (reserve mode; capped at the burst as
-    /// [`admit`](Self::admit) caps it) or for anything at all (charge-after), without taking or
-    /// writing anything: for refusing a call before any of it goes upstream.
-    pub fn peek<S: Store>(
-        &self,
-        store: &mut S,
-        slot: Slot,
-        mode: Mode,
-        cost: u64,
-        now: Nanos,
-    ) -> Result<LimitStatus, TableError> {
+    /// Whether the state `tat` has room for `cost` now (reserve mode; capped at the burst as
+    /// [`admit_state`](Self::admit_state) caps it) or for anything at all (charge-after),
+    /// taking nothing: for refusing a call before any of it goes upstream.
+    pub fn peek_state(&self, tat: Tat, mode: Mode, cost: u64, now: Nanos) -> LimitStatus {
         let take = cost.min(self.rate.burst());
-        let decide = |s: &[Tat], _: Placement| {
-            let tat = s.first().copied().unwrap_or_default();
-            let status = match mode {
-                Mode::Reserve => {
-                    let c = self.rate.check(tat, now, take);
-                    if c.allowed {
-                        self.status(tat, now, true, Nanos::ZERO)
-                    } else {
-                        LimitStatus {
-                            allowed: false,
-                            remaining: c.remaining,
-                            reset_after: c.reset_after,
-                            retry_after: c.retry_after,
-                        }
+        match mode {
+            Mode::Reserve => {
+                let c = self.rate.check(tat, now, take);
+                if c.allowed {
+                    self.status(tat, now, true, Nanos::ZERO)
+                } else {
+                    LimitStatus {
+                        allowed: false,
+                        remaining: c.remaining,
+                        reset_after: c.reset_after,
+                        retry_after: c.retry_after,
                     }
                 }
-                Mode::ChargeAfter => {
-                    let p = self.rate.peek(tat, now);
-                    let room = self.rate.has_room(tat, now);
-                    let wait = if room { Nanos::ZERO } else { p.retry_after };
-                    self.status(tat, now, room, wait)
-                }
-            };
-            Update::<LimitStatus>::Keep(status)
-        };
-        self.table
-            .update(store, slot, self.is_idle(now), decide)
-            .map(|(out, _)| out)
+            }
+            Mode::ChargeAfter => {
+                let p = self.rate.peek(tat, now);
+                let room = self.rate.has_room(tat, now);
+                let wait = if room { Nanos::ZERO } else { p.retry_after };
+                self.status(tat, now, room, wait)
+            }
+        }
     }
 
-    /// Replaces a hold by the real cost: refunds what was over-reserved, charges the rest (into
-    /// debt if need be). Returns the budget's state after the charge.
-    pub fn settle<S: Store>(
+    /// Replaces a hold by the real cost on the state `tat`: refunds what was over-reserved,
+    /// charges the rest (into debt if need be). Returns the state to show and the new state.
+    pub fn settle_state(
         &self,
-        store: &mut S,
+        tat: Tat,
+        placement: Placement,
         hold: &Hold,
         actual: u64,
         now: Nanos,
-    ) -> Result<LimitStatus, TableError> {
-        let decide = |s: &[Tat], placement: Placement| {
-            let tat = s.first().copied().unwrap_or_default();
-            let next = if actual < hold.reserved && placement == Placement::Fresh {
-                // Our entry was reclaimed while idle: the bucket is already full.
-                tat
-            } else {
-                self.rate.settle(tat, hold.at, now, hold.reserved, actual)
+    ) -> (LimitStatus, Tat) {
+        let next = if actual < hold.reserved && placement == Placement::Fresh {
+            // Our entry was reclaimed while idle: the bucket is already full.
+            tat
+        } else {
+            self.rate.settle(tat, hold.at, now, hold.reserved, actual)
+        };
+        (self.status(next, now, true, Nanos::ZERO), next)
+    }
+}
+
+/// Budgets of a tier that count the same key, side by side in one shared-data value per caller
+/// ([`BudgetTable`]): the tier's own budgets, or one scope's, and apart from them the budgets
+/// kept per model (`"model": "*"`, whose key includes the model). A call reads and writes each
+/// set it uses once at admission and once at settlement, however many of its budgets apply.
+#[derive(Debug)]
+pub struct BudgetSet {
+    /// The budgets it holds (their indices in [`crate::tier::Tier::budgets`]), in column order.
+    pub members: Vec<usize>,
+    /// Whether a caller's slot is per model (a snapshot shares its base model's).
+    pub per_model: bool,
+    /// Where the values live.
+    pub table: BudgetTable,
+}
+
+/// What a set's budgets showed at one admission (see [`BudgetSet::admit`]).
+#[derive(Debug, Default)]
+pub struct SetAdmission {
+    /// Each asked budget's index, state to show and tokens taken, in the order asked.
+    pub statuses: Vec<(usize, LimitStatus, u64)>,
+    /// Whether the set holds what they took: every asked budget admitted (a refusal by one
+    /// leaves the whole set as it was).
+    pub held: bool,
+}
+
+impl BudgetSet {
+    /// The caller's slot, for a call for `model` when the set is per model.
+    pub fn slot(&self, seed: &Seed, tier: &str, identity: &[u8], model: Option<&str>) -> Slot {
+        let model = if self.per_model {
+            // A snapshot shares its base model's budget, so naming snapshots cannot multiply
+            // a per-model budget.
+            base_model(model.unwrap_or("")).as_bytes()
+        } else {
+            b""
+        };
+        seed.slot(
+            &[tier.as_bytes(), b"budgets", identity, model],
+            self.table.sets(),
+        )
+    }
+
+    /// The column of budget number `budget` of the tier, when this set holds it.
+    pub fn column_of(&self, budget: usize) -> Option<usize> {
+        self.members.iter().position(|&b| b == budget)
+    }
+
+    /// A way is reclaimable when every budget in it is full again.
+    pub fn is_idle<'a>(
+        &'a self,
+        budgets: &'a [Budget],
+        now: Nanos,
+    ) -> impl Fn(&[Tat]) -> bool + 'a {
+        move |states: &[Tat]| {
+            self.members
+                .iter()
+                .zip(states)
+                .all(|(&b, t)| budgets.get(b).is_none_or(|b| b.rate.is_full(*t, now)))
+        }
+    }
+
+    /// Admits a call in the budgets `asked` (the tier's `budgets` indices, members of this set)
+    /// in one read and at most one write: all of them take their share, or none does.
+    ///
+    /// # Errors
+    /// The store failed, or every compare-and-swap attempt lost.
+    #[allow(clippy::too_many_arguments)] // each is one fact about the call, as in Policy::admit_tokens_where
+    pub fn admit<S: Store>(
+        &self,
+        budgets: &[Budget],
+        store: &mut S,
+        slot: Slot,
+        asked: &[usize],
+        mode: Mode,
+        ask: Ask,
+        now: Nanos,
+    ) -> Result<SetAdmission, TableError> {
+        let decide = |states: &[Tat], _: Placement| {
+            let mut next = states.to_vec();
+            let mut out = SetAdmission {
+                statuses: Vec::with_capacity(asked.len()),
+                held: true,
             };
-            let status = self.status(next, now, true, Nanos::ZERO);
-            if next == tat {
-                Update::Keep(status)
+            let mut changed = false;
+            for &i in asked {
+                let (Some(budget), Some(c)) = (budgets.get(i), self.column_of(i)) else {
+                    continue;
+                };
+                let tat = states.get(c).copied().unwrap_or_default();
+                let (status, took, new) = budget.admit_state(tat, mode, ask, now);
+                out.held &= status.allowed;
+                if let (Some(new), Some(cell)) = (new, next.get_mut(c)) {
+                    changed |= *cell != new;
+                    *cell = new;
+                }
+                out.statuses.push((i, status, took));
+            }
+            if out.held && changed {
+                Update::Write(next, out)
             } else {
-                Update::Write(alloc::vec![next], status)
+                Update::Keep(out)
             }
         };
         self.table
-            .update(store, hold.slot, self.is_idle(now), decide)
+            .update(store, slot, self.is_idle(budgets, now), decide)
             .map(|(out, _)| out)
     }
 
-    /// Gives a whole hold back (the request was refused elsewhere before it ran).
-    pub fn release<S: Store>(
+    /// Each of `asked` (a budget index and the cost to check for) as
+    /// [`Budget::peek_state`] sees it, in one read and no write.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn peek<S: Store>(
         &self,
+        budgets: &[Budget],
         store: &mut S,
-        hold: &Hold,
+        slot: Slot,
+        asked: &[(usize, u64)],
+        mode: Mode,
         now: Nanos,
-    ) -> Result<(), TableError> {
-        if hold.reserved == 0 {
-            return Ok(());
-        }
-        self.settle(store, hold, 0, now).map(|_| ())
+    ) -> Result<Vec<LimitStatus>, TableError> {
+        let decide = |states: &[Tat], _: Placement| {
+            let shown = asked
+                .iter()
+                .filter_map(|&(i, cost)| {
+                    let budget = budgets.get(i)?;
+                    let tat = states.get(self.column_of(i)?).copied().unwrap_or_default();
+                    Some(budget.peek_state(tat, mode, cost, now))
+                })
+                .collect();
+            Update::<Vec<LimitStatus>>::Keep(shown)
+        };
+        self.table
+            .update(store, slot, self.is_idle(budgets, now), decide)
+            .map(|(out, _)| out)
+    }
+
+    /// Replaces `holds` (of this set, all at one slot) by the real cost `actual` in one read
+    /// and at most one write. Returns each hold's budget state after it, aligned with `holds`.
+    ///
+    /// # Errors
+    /// The store failed, or every compare-and-swap attempt lost.
+    pub fn settle<S: Store>(
+        &self,
+        budgets: &[Budget],
+        store: &mut S,
+        holds: &[&Hold],
+        actual: Amount,
+        now: Nanos,
+    ) -> Result<Vec<LimitStatus>, TableError> {
+        let Some(slot) = holds.first().map(|h| h.slot) else {
+            return Ok(Vec::new());
+        };
+        let decide = |states: &[Tat], placement: Placement| {
+            let mut next = states.to_vec();
+            let mut shown = Vec::with_capacity(holds.len());
+            let mut changed = false;
+            for hold in holds {
+                let (Some(budget), Some(c)) =
+                    (budgets.get(hold.budget), self.column_of(hold.budget))
+                else {
+                    continue;
+                };
+                let tat = states.get(c).copied().unwrap_or_default();
+                let (status, new) =
+                    budget.settle_state(tat, placement, hold, actual.of(budget.meter), now);
+                if let Some(cell) = next.get_mut(c) {
+                    changed |= *cell != new;
+                    *cell = new;
+                }
+                shown.push(status);
+            }
+            if changed {
+                Update::Write(next, shown)
+            } else {
+                Update::Keep(shown)
+            }
+        };
+        self.table
+            .update(store, slot, self.is_idle(budgets, now), decide)
+            .map(|(out, _)| out)
     }
 }
 
@@ -830,6 +950,99 @@ mod tests {
         let (p, mut s) = policy("reserve");
         assert!(call(&p, &mut s, "gpt-4o", 0, 500), "gpt-4o's 500 spent");
         assert_eq!(peek(&p, &mut s, 1), None, "another model may still run");
+    }
+
+    /// A store that counts reads and writes.
+    #[derive(Default)]
+    struct Counted {
+        store: MemoryStore,
+        gets: u32,
+        sets: u32,
+    }
+
+    impl Store for Counted {
+        fn get(&mut self, key: &str) -> Result<Option<crate::store::Versioned>, crate::StoreError> {
+            self.gets += 1;
+            self.store.get(key)
+        }
+        fn set(
+            &mut self,
+            key: &str,
+            value: &[u8],
+            cas: Option<crate::Cas>,
+        ) -> Result<(), crate::StoreError> {
+            self.sets += 1;
+            self.store.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_call_reads_and_writes_each_budget_set_once_to_admit_and_once_to_settle() {
+        let (p, s) = policy("reserve");
+        let mut s = Counted {
+            store: s,
+            ..Counted::default()
+        };
+        let id = identity(&p, &mut s.store, "alice");
+        let tier = &p.tiers()[0];
+        // gpt-4o: all three budgets apply, in two sets (the two counting the caller, and the
+        // one kept per model).
+        assert_eq!(tier.budget_sets.len(), 2);
+        let TokenOutcome::Admitted { reservation, .. } =
+            p.admit_tokens(tier, &id, Some("gpt-4o"), Amount::tokens(100), T0, &mut s)
+        else {
+            panic!("admitted");
+        };
+        assert_eq!(reservation.holds.len(), 3);
+        assert_eq!(
+            (s.gets, s.sets),
+            (2, 2),
+            "one get and one set per budget set"
+        );
+        let d = p
+            .settle_tokens(tier, &reservation, Amount::tokens(60), T0, &mut s)
+            .unwrap();
+        assert_eq!((s.gets, s.sets), (4, 4));
+        assert_eq!(d.applied, [0, 1, 2]);
+        let left: Vec<u64> = d.limits.iter().map(|l| l.remaining).collect();
+        assert_eq!(left, [940, 440, 340], "each budget charged on its own");
+        // Peeking reads the set of the budgets counting every model: one get, no set.
+        assert_eq!(
+            p.peek_tokens(tier, &id, Amount::tokens(1), T0, &mut s),
+            Ok(None)
+        );
+        assert_eq!((s.gets, s.sets), (5, 4));
+    }
+
+    #[test]
+    fn a_refusal_by_one_budget_of_a_set_writes_nothing() {
+        let (p, s) = policy("reserve");
+        let mut s = Counted {
+            store: s,
+            ..Counted::default()
+        };
+        assert!(
+            call(&p, &mut s.store, "gpt-4o", 0, 450),
+            "gpt-4o's 500: 50 left"
+        );
+        let id = identity(&p, &mut s.store, "alice");
+        let tier = &p.tiers()[0];
+        let (gets, sets) = (s.gets, s.sets);
+        let refused = p.admit_tokens(tier, &id, Some("gpt-4o"), Amount::tokens(100), T0, &mut s);
+        let TokenOutcome::Denied { decision } = refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(
+            (s.gets - gets, s.sets - sets),
+            (2, 0),
+            "read; nothing taken, so nothing to give back"
+        );
+        assert_eq!(decision.applied, [0, 1, 2]);
+        assert_eq!(decision.limits[0].remaining, 550, "shown as it is");
+        assert!(
+            call(&p, &mut s.store, "x", 550, 550),
+            "and it is: the shared 1000 still has 550"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use alloc::vec::Vec;
 
 use crate::bucket::Tat;
-use crate::budget::{Amount, Ask, Budget, Hold, LlmSettings, Mode, ModelScope, Reservation};
+use crate::budget::{
+    Amount, Ask, Budget, BudgetSet, Hold, LlmSettings, Mode, ModelScope, Reservation,
+};
 use crate::decision::{Decision, LimitStatus};
 use crate::global::GlobalSettings;
 use crate::hash::Seed;
@@ -213,38 +215,58 @@ impl Policy {
         let estimate = match ask {
             Ask::Tokens(n) | Ask::AllLeft { at_least: n } => n.tokens,
         };
-        let mut holds: Vec<Hold> = Vec::new();
-        let mut statuses = Vec::new();
+        // Per budget, in the tier's order (a set may hold budgets 0 and 2, another 1).
+        let mut held: Vec<Option<Hold>> = alloc::vec![None; tier.budgets.len()];
+        let mut shown: Vec<Option<(usize, LimitStatus, u64)>> =
+            alloc::vec![None; tier.budgets.len()];
         let mut denied = false;
-        for (i, budget) in tier.budgets.iter().enumerate() {
-            if !budget.applies(model) || !pick(i, budget) {
-                continue;
-            }
-            // A budget whose scope the request lacks (and skips) does not count it.
-            let Some(key) = tier.scoping.budget_key(i, caller) else {
+        // One pass per budget set: a read and at most one write for all of its budgets.
+        for set in &tier.budget_sets {
+            let asked: Vec<usize> = set
+                .members
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    tier.budgets
+                        .get(i)
+                        .is_some_and(|b| b.applies(model) && pick(i, b))
+                })
+                .collect();
+            // A set's budgets count one key: the first tells whether the request has it (a
+            // budget whose scope the request lacks, and skips, does not count it).
+            let Some(key) = asked
+                .first()
+                .and_then(|&i| tier.scoping.budget_key(i, caller))
+            else {
                 continue;
             };
-            let slot = budget.slot(&self.seed, &tier.name, &key, model);
-            match budget.admit(store, slot, mode, ask, now) {
-                Ok((status, took)) => {
-                    statuses.push((i, status, took));
-                    if status.allowed {
-                        holds.push(Hold {
-                            budget: i,
-                            slot,
-                            reserved: took,
-                            at: now,
-                        });
-                    } else {
-                        denied = true;
+            let slot = set.slot(&self.seed, &tier.name, &key, model);
+            match set.admit(&tier.budgets, store, slot, &asked, mode, ask, now) {
+                Ok(admission) => {
+                    for (i, status, took) in admission.statuses {
+                        denied |= !status.allowed;
+                        if let (true, Some(h)) = (admission.held, held.get_mut(i)) {
+                            *h = Some(Hold {
+                                budget: i,
+                                slot,
+                                reserved: took,
+                                at: now,
+                            });
+                        }
+                        if let Some(s) = shown.get_mut(i) {
+                            *s = Some((i, status, took));
+                        }
                     }
                 }
                 Err(e) => {
+                    let holds: Vec<Hold> = held.into_iter().flatten().collect();
                     self.release_tokens(tier, &holds, now, store);
                     return TokenOutcome::StoreFailed(e);
                 }
             }
         }
+        let holds: Vec<Hold> = held.into_iter().flatten().collect();
+        let statuses: Vec<(usize, LimitStatus, u64)> = shown.into_iter().flatten().collect();
         let applied = statuses.iter().map(|(i, _, _)| *i).collect();
         if denied {
             self.release_tokens(tier, &holds, now, store);
@@ -267,7 +289,7 @@ impl Policy {
     }
 
     /// Whether the caller's budgets that count every model leave room for `cost`, the least this
-    /// call can cost (see [`Budget::peek`]); nothing is taken or written. Budgets for one model
+    /// call can cost (see [`Budget::peek_state`]); nothing is taken or written. Budgets for one model
     /// (or one each) are not looked at: the model is not known yet. `Ok(Some(decision))` when
     /// one has no room: refuse now, before anything goes upstream.
     ///
@@ -283,19 +305,36 @@ impl Policy {
     ) -> Result<Option<Decision>, TableError> {
         let caller = caller.into();
         let mode = self.llm.as_ref().map_or(Mode::Reserve, |l| l.mode);
-        let mut statuses = Vec::new();
-        let mut applied = Vec::new();
-        for (i, budget) in tier.budgets.iter().enumerate() {
-            if budget.scope != ModelScope::All {
-                continue;
-            }
-            let Some(key) = tier.scoping.budget_key(i, caller) else {
+        // Per budget, in the tier's order.
+        let mut shown: Vec<Option<LimitStatus>> = alloc::vec![None; tier.budgets.len()];
+        for set in &tier.budget_sets {
+            let asked: Vec<(usize, u64)> = set
+                .members
+                .iter()
+                .filter_map(|&i| {
+                    let budget = tier.budgets.get(i)?;
+                    (budget.scope == ModelScope::All).then(|| (i, cost.of(budget.meter)))
+                })
+                .collect();
+            let Some(key) = asked
+                .first()
+                .and_then(|&(i, _)| tier.scoping.budget_key(i, caller))
+            else {
                 continue;
             };
-            let slot = budget.slot(&self.seed, &tier.name, &key, None);
-            statuses.push(budget.peek(store, slot, mode, cost.of(budget.meter), now)?);
-            applied.push(i);
+            let slot = set.slot(&self.seed, &tier.name, &key, None);
+            let peeked = set.peek(&tier.budgets, store, slot, &asked, mode, now)?;
+            for (&(i, _), status) in asked.iter().zip(peeked) {
+                if let Some(s) = shown.get_mut(i) {
+                    *s = Some(status);
+                }
+            }
         }
+        let (applied, statuses): (Vec<usize>, Vec<LimitStatus>) = shown
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s?)))
+            .unzip();
         if statuses.iter().all(|s| s.allowed) {
             return Ok(None);
         }
@@ -322,24 +361,40 @@ impl Policy {
         now: Nanos,
         store: &mut S,
     ) -> Result<Decision, TableError> {
-        let mut statuses = Vec::with_capacity(reservation.holds.len());
-        let mut applied = Vec::with_capacity(reservation.holds.len());
-        for hold in &reservation.holds {
-            if let Some(budget) = tier.budgets.get(hold.budget) {
-                statuses.push(budget.settle(store, hold, actual.of(budget.meter), now)?);
-                applied.push(hold.budget);
+        let holds = &reservation.holds;
+        let mut settled: Vec<Option<LimitStatus>> = alloc::vec![None; holds.len()];
+        for_each_set(tier, holds, |set, at| {
+            let mine: Vec<&Hold> = at.iter().filter_map(|&h| holds.get(h)).collect();
+            let shown = set.settle(&tier.budgets, store, &mine, actual, now)?;
+            for (&h, status) in at.iter().zip(shown) {
+                if let Some(slot) = settled.get_mut(h) {
+                    *slot = Some(status);
+                }
             }
-        }
+            Ok(())
+        })?;
+        let (applied, statuses): (Vec<usize>, Vec<LimitStatus>) = holds
+            .iter()
+            .zip(settled)
+            .filter_map(|(h, s)| Some((h.budget, s?)))
+            .unzip();
         Ok(Decision::from_limits(statuses).with_applied(applied))
     }
 
     fn release_tokens<S: Store>(&self, tier: &Tier, holds: &[Hold], now: Nanos, store: &mut S) {
-        for hold in holds {
-            if let Some(budget) = tier.budgets.get(hold.budget) {
-                // Best effort: a failed release leaves tokens held until they refill.
-                let _ = budget.release(store, hold, now);
+        // Best effort, each set on its own: a failed release leaves tokens held until they
+        // refill.
+        let _ = for_each_set::<core::convert::Infallible>(tier, holds, |set, at| {
+            let mine: Vec<&Hold> = at
+                .iter()
+                .filter_map(|&h| holds.get(h))
+                .filter(|h| h.reserved > 0)
+                .collect();
+            if !mine.is_empty() {
+                let _ = set.settle(&tier.budgets, store, &mine, Amount::ZERO, now);
             }
-        }
+            Ok(())
+        });
     }
 
     /// The tiers in match order.
@@ -359,26 +414,40 @@ impl Policy {
         for table in self.tables() {
             created += table.init(store)?;
         }
+        for set in self.budget_sets() {
+            created += set.table.init(store)?;
+        }
         Ok(created)
     }
 
     /// The shared-data keys this policy will ever create, and their total value bytes: the
     /// memory bound, before Envoy's per-entry overhead.
     pub fn footprint(&self) -> (u64, u64) {
-        self.tables().fold((0, 0), |(keys, bytes), t| {
-            let sets = u64::from(t.sets());
-            (keys + sets, bytes + sets * t.set_bytes() as u64)
-        })
+        let requests = self
+            .tables()
+            .map(|t| (u64::from(t.sets()), t.set_bytes() as u64));
+        let budgets = self
+            .budget_sets()
+            .map(|s| (u64::from(s.table.sets()), s.table.set_bytes() as u64));
+        requests
+            .chain(budgets)
+            .fold((0, 0), |(keys, bytes), (sets, len)| {
+                (keys + sets, bytes + sets * len)
+            })
     }
 
-    /// Every table of the policy: each tier's request limits and each of its token budgets.
+    /// Every request table of the policy: each tier's own and its scoped limits'.
     fn tables(&self) -> impl Iterator<Item = &Table> {
         self.tiers.iter().flat_map(|t| {
             core::iter::once(&t.table)
                 .filter(|_| t.limits.len() > t.scoping.limits.iter().flatten().count())
                 .chain(t.scoping.limits.iter().flatten().map(|l| &l.table))
-                .chain(t.budgets.iter().map(|b| &b.table))
         })
+    }
+
+    /// Every budget set of the policy (where its token and spend budgets live).
+    fn budget_sets(&self) -> impl Iterator<Item = &BudgetSet> {
+        self.tiers.iter().flat_map(|t| t.budget_sets.iter())
     }
 
     /// Picks the tier, derives the key and decides: the request's cost ([`Tier::cost_of`], 1
@@ -462,6 +531,38 @@ impl Policy {
 }
 
 /// Checks every limit of the tier; takes from all of them only if all allow.
+/// Calls `f` once per budget set and slot that `holds` use, with the positions in `holds` of
+/// the holds there: one call's holds in a set share its slot (a set's budgets count one key),
+/// so this is one pass per set.
+fn for_each_set<E>(
+    tier: &Tier,
+    holds: &[Hold],
+    mut f: impl FnMut(&BudgetSet, &[usize]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut done = alloc::vec![false; holds.len()];
+    for (h, hold) in holds.iter().enumerate() {
+        if done.get(h).copied().unwrap_or(true) {
+            continue;
+        }
+        let Some((set, _)) = tier.budget_set(hold.budget) else {
+            continue;
+        };
+        let at: Vec<usize> = holds
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.slot == hold.slot && set.column_of(o.budget).is_some())
+            .map(|(o, _)| o)
+            .collect();
+        for &o in &at {
+            if let Some(d) = done.get_mut(o) {
+                *d = true;
+            }
+        }
+        f(set, &at)?;
+    }
+    Ok(())
+}
+
 fn decide(tier: &Tier, states: &[Tat], now: Nanos, cost: u64) -> Update<Decision> {
     let mut next = Vec::with_capacity(tier.limits.len());
     let mut statuses = Vec::with_capacity(tier.limits.len());

@@ -619,7 +619,11 @@ mod tests {
         let mut s = MemoryStore::new();
         p.init_store(&mut s).unwrap();
         let tier = &p.tiers()[0];
-        assert_eq!(tier.budgets[2].table.sets(), 1, "one organisation: one set");
+        assert_eq!(
+            tier.budget_set(2).unwrap().0.table.sets(),
+            1,
+            "one organisation: one set"
+        );
         let caller = |user: &str, team: &str| Caller {
             id: user.as_bytes().to_vec(),
             scopes: alloc::vec![Some(team.as_bytes().to_vec()), Some(Vec::new())],

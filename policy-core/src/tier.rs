@@ -8,7 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::bucket::Rate;
-use crate::budget::Budget;
+use crate::budget::{Budget, BudgetSet};
 use crate::identity::IdentitySource;
 use crate::pattern::Pattern;
 use crate::request::Attributes;
@@ -34,6 +34,9 @@ pub struct Tier {
     pub table: Table,
     /// LLM token budgets (empty for plain request limits).
     pub budgets: Vec<Budget>,
+    /// Where the budgets' buckets live: each budget in exactly one set, side by side with the
+    /// budgets that count the same key.
+    pub budget_sets: Vec<BudgetSet>,
     /// Whether its buckets are global ([`crate::global`]): the policy has a `global` section and
     /// the tier did not opt out with `"global": false`.
     pub global: bool,
@@ -137,6 +140,13 @@ impl Matcher {
 }
 
 impl Tier {
+    /// The set holding budget number `budget`, and its column there.
+    pub fn budget_set(&self, budget: usize) -> Option<(&BudgetSet, usize)> {
+        self.budget_sets
+            .iter()
+            .find_map(|set| Some((set, set.column_of(budget)?)))
+    }
+
     /// Whether the tier's match rules hold for the request (identity is checked separately).
     pub fn matches<A: Attributes>(&self, attrs: &A) -> bool {
         holds(

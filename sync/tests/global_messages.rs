@@ -28,8 +28,9 @@ fn batch(policy: &Policy) -> (proto::RateLimitRequest, u64) {
         .seed()
         .slot(&[user.name.as_bytes(), b"alice"], user.table.sets());
     let llm = &policy.tiers()[1];
-    let budget = &llm.budgets[0];
-    let tokens = budget.slot(policy.seed(), &llm.name, b"alice", None);
+    // Budget 0's slot: its budget set's.
+    let (set, _) = llm.budget_set(0).expect("budget 0 has a set");
+    let tokens = set.slot(policy.seed(), &llm.name, b"alice", None);
     let mut descriptors: Vec<proto::RateLimitDescriptor> = describe(
         policy,
         &BucketKey::new(0, TableId::Limits, slot),

@@ -116,3 +116,98 @@ fn an_llm_call_reads_the_response_fields_it_needs_in_one_crossing() {
     );
     assert_eq!(calls.get("proxy_get_header_map_value"), None, "{calls:?}");
 }
+
+/// `benches/count-hostcalls --llm`'s policy: a request limit and two token budgets of the
+/// caller (one per model, one for every model).
+const LLM_POLICY: &str = r#"{"tiers":[{"name":"users","identity":{"header":"x-user-id"},
+    "limits":[{"requests":6000,"per":"minute","burst":100}],
+    "tokens":[{"tokens":1000000000,"per":"hour","model":"gpt-4o-mini"},
+              {"tokens":1000000000,"per":"day"}]}],
+    "llm":{"mode":"reserve","count":"total","default_max_tokens":1024}}"#;
+
+/// A chat completion as Envoy delivers it: the body, then an empty chunk ending each side.
+fn chat_call(stream: bool, answer: Response) -> Request {
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini",{}"max_tokens":256,"messages":[{{"role":"user","content":"hi"}}]}}"#,
+        if stream { r#""stream":true,"# } else { "" }
+    );
+    Request::new("POST", "/v1/chat/completions")
+        .header("x-user-id", "alice")
+        .header("accept-encoding", "identity")
+        .header("content-type", "application/json")
+        .header("content-length", body.len().to_string())
+        .body_chunk(body)
+        .body_chunk("")
+        .respond_with(answer)
+}
+
+#[test]
+fn an_llm_call_settles_its_budgets_in_one_read_and_one_write() {
+    let h = tollgate_with(1, LLM_POLICY);
+    let answer = r#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+    let request = chat_call(
+        false,
+        Response::ok()
+            .header("content-type", "application/json")
+            .header("content-length", answer.len().to_string())
+            .body_chunk(answer)
+            .body_chunk(""),
+    );
+    let mut outcome = None;
+    let calls = calls_of(&h, || outcome = Some(h.send(0, &request).unwrap()));
+    assert!(outcome.unwrap().is_continue());
+    h.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(h.metrics().value("tollgate.users.tokens_charged"), Some(8));
+    assert_eq!(
+        calls,
+        list(&[
+            // The request map, the response map.
+            ("proxy_get_header_map_pairs", 2),
+            // The request limit, admission (the body's end), settlement (the response's end).
+            ("proxy_get_current_time_nanoseconds", 3),
+            // The request limit's set: a get and a set. The caller's budget set (both budgets):
+            // a peek at the headers, then a get and a set to admit, a get and a set to settle.
+            ("proxy_get_shared_data", 4),
+            ("proxy_set_shared_data", 3),
+            // The access-log record: at the decision and at settlement.
+            ("proxy_set_property", 2),
+            // accept-encoding.
+            ("proxy_remove_header_map_value", 1),
+            // content-length of the request; 8 response fields.
+            ("proxy_replace_header_map_value", 9),
+            // The request body and the answer; not the empty chunks.
+            ("proxy_get_buffer_bytes", 2),
+            // The request body as announced at the headers.
+            ("proxy_set_buffer_bytes", 1),
+        ])
+    );
+}
+
+#[test]
+fn a_streamed_llm_call_reads_each_chunk_once_and_no_empty_one() {
+    let h = tollgate_with(1, LLM_POLICY);
+    let mut answer = Response::ok().header("content-type", "text/event-stream");
+    for i in 0..19 {
+        answer = answer.body_chunk(format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{i} \"}}}}]}}\n\n"
+        ));
+    }
+    answer = answer
+        .body_chunk(
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":19,\
+             \"total_tokens\":22}}\n\ndata: [DONE]\n\n",
+        )
+        .body_chunk("");
+    let request = chat_call(true, answer);
+    let mut outcome = None;
+    let calls = calls_of(&h, || outcome = Some(h.send(0, &request).unwrap()));
+    assert!(outcome.unwrap().is_continue());
+    h.advance(Duration::from_secs(1)).unwrap();
+    assert_eq!(h.metrics().value("tollgate.users.tokens_charged"), Some(22));
+    // The 20 chunks are one read each; the empty last one and the request's are not read.
+    assert_eq!(calls.get("proxy_get_buffer_bytes"), Some(&21), "{calls:?}");
+    assert_eq!(calls.get("proxy_get_shared_data"), Some(&4), "{calls:?}");
+    assert_eq!(calls.get("proxy_set_shared_data"), Some(&3), "{calls:?}");
+    let total: u64 = calls.values().sum();
+    assert_eq!(total, 48, "{calls:?}");
+}

@@ -9,15 +9,13 @@ use serde_json::Value;
 
 use super::error::{err, ConfigError, Reason};
 use super::json::{array, boolean, positive, string, Obj};
-use super::{rate, rates_tag, MAX_LIMITS};
+use super::{rate, MAX_LIMITS};
 use crate::bucket::MAX_AMOUNT;
 use crate::budget::{Budget, LlmSettings, Meter, Mode, ModelScope, OnIncomplete, OnMissingUsage};
-use crate::identity::IdentitySource;
 use crate::llm::cost::{Cost, CostSpec};
 use crate::llm::request::MAX_MODEL_LEN;
 use crate::llm::ApiKind;
 use crate::model_match::ModelMatch;
-use crate::table::Table;
 use crate::time::Nanos;
 
 const BUDGET_FIELDS: &[&str] = &[
@@ -70,13 +68,7 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-pub(super) fn parse_budgets(
-    v: &Value,
-    path: &str,
-    tier: &str,
-    identity: &IdentitySource,
-    max_keys: u32,
-) -> Result<Vec<Budget>, ConfigError> {
+pub(super) fn parse_budgets(v: &Value, path: &str, tier: &str) -> Result<Vec<Budget>, ConfigError> {
     let raw = array(v, path)?;
     if raw.is_empty() {
         return err(path, Reason::Empty);
@@ -112,24 +104,12 @@ pub(super) fn parse_budgets(
         if budgets.iter().any(|x| x.name == bname) {
             return err(format!("{bpath}.name"), Reason::Duplicate { name: bname });
         }
-        let keys = if identity.is_shared() && scope != ModelScope::Each {
-            1
-        } else {
-            max_keys
-        };
-        let table = Table::new(
-            format!("tollgate/t/{tier}/{bname}/"),
-            keys,
-            1,
-            rates_tag(core::iter::once(&rate)),
-        );
         budgets.push(Budget {
             name: bname,
             meter,
             currency: String::new(),
             scope,
             rate,
-            table,
             rivals: Vec::new(),
         });
     }

@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 
 use serde_json::Value;
 
+mod budget_sets;
 mod calendar;
 mod error;
 mod global;
@@ -390,7 +391,7 @@ fn parse_tier(
         layout_tag(&limits),
     );
     let budgets = match o.opt("tokens") {
-        Some(b) => parse_budgets(b, &o.at("tokens"), &name, &identity, max_keys)?,
+        Some(b) => parse_budgets(b, &o.at("tokens"), &name)?,
         None => Vec::new(),
     };
     let costs = match o.opt("costs") {
@@ -422,6 +423,7 @@ fn parse_tier(
         limits,
         table,
         budgets,
+        budget_sets: Vec::new(),
         global,
         costs,
         enforcement,
@@ -433,6 +435,7 @@ fn parse_tier(
         None => &[],
     };
     scope::attach(&mut tier, path, raw, tokens_raw, max_keys)?;
+    budget_sets::group(&mut tier, max_keys);
     Ok(tier)
 }
 

@@ -1,8 +1,8 @@
 //! Parsing the `scope` and `on_missing` of a tier's limits and token budgets ([`crate::scope`]).
 //!
 //! Kept apart from the rest of the tier's parsing: it runs once the tier is built, reads the
-//! same JSON entries again for these two fields, and gives each scoped limit or budget a table
-//! of its own.
+//! same JSON entries again for these two fields, and gives each scoped limit a table of its own
+//! (a scope's budgets share a budget set: `budget_sets.rs`, which runs after this).
 
 use alloc::format;
 use alloc::vec::Vec;
@@ -12,7 +12,6 @@ use serde_json::Value;
 use super::error::{err, ConfigError, Reason};
 use super::json::string;
 use super::{parse_identity, rates_tag};
-use crate::budget::ModelScope;
 use crate::scope::{LimitScope, OnMissing, Scope, ScopeUse, Scoping};
 use crate::table::Table;
 use crate::tier::Tier;
@@ -86,23 +85,6 @@ pub(super) fn attach(
             keys,
             own.len(),
             rates_tag(own.iter().copied()),
-        );
-    }
-    for (budget, using) in tier.budgets.iter_mut().zip(&budget_uses) {
-        let Some(using) = using else { continue };
-        let Some(scope) = scopes.get(using.scope) else {
-            continue;
-        };
-        let keys = if scope.source.is_shared() && budget.scope != ModelScope::Each {
-            1
-        } else {
-            max_keys
-        };
-        budget.table = Table::new(
-            format!("tollgate/t/{}/{}@{}/", tier.name, budget.name, scope.label),
-            keys,
-            1,
-            rates_tag(core::iter::once(&budget.rate)),
         );
     }
     tier.scoping = Scoping {

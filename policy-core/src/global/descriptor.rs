@@ -160,7 +160,7 @@ impl BucketKey {
     }
 
     /// The key of `identity`'s token budget number `budget` of tier number `tier`, for `model`
-    /// (the slot the budget's admission and settlement used).
+    /// (the slot the budget's admission and settlement used: its budget set's).
     pub fn budget(
         policy: &Policy,
         tier: usize,
@@ -169,8 +169,8 @@ impl BucketKey {
         model: Option<&str>,
     ) -> Option<BucketKey> {
         let t = policy.tiers().get(tier)?;
-        let b = t.budgets.get(budget)?;
-        let slot = b.slot(policy.seed(), &t.name, identity, model);
+        let (set, _) = t.budget_set(budget)?;
+        let slot = set.slot(policy.seed(), &t.name, identity, model);
         Some(BucketKey::new(
             tier,
             TableId::Budget(u8::try_from(budget).ok()?),

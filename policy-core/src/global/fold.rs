@@ -246,24 +246,14 @@ pub(crate) fn fold_key<S: Store>(
     let Some(tier) = policy.tiers().get(usize::from(key.tier)) else {
         return Ok((false, 0));
     };
-    let (table, rates): (_, Vec<Rate>) = match key.table {
-        TableId::Limits => (&tier.table, limit_rates(tier, key.table)),
-        TableId::ScopedLimit(i) => match tier.scoping.limits.get(usize::from(i)) {
-            Some(Some(ls)) => (&ls.table, limit_rates(tier, key.table)),
-            _ => return Ok((false, 0)),
-        },
-        TableId::Budget(b) => match tier.budgets.get(usize::from(b)) {
-            Some(budget) => (&budget.table, alloc::vec![budget.rate]),
-            None => return Ok((false, 0)),
-        },
-    };
-    let is_idle = |states: &[Tat]| rates.iter().zip(states).all(|(r, s)| r.is_full(*s, now));
     let mut overshoot = 0;
-    let (changed, _) = table.update(store, key.slot(), is_idle, |states, _| {
+    // The answers' cells, folded into the way's states; `base` is where they start in the way
+    // (a budget's one cell is its column in its budget set).
+    let mut fold = |states: &[Tat], base: usize| {
         let mut next = states.to_vec();
         let mut changed = false;
         for (_, cell, rate, reset) in cells {
-            let Some(state) = next.get_mut(*cell) else {
+            let Some(state) = next.get_mut(base + *cell) else {
                 continue;
             };
             let (tat, over) = fold_bucket(rate, *state, now, *reset);
@@ -278,7 +268,33 @@ pub(crate) fn fold_key<S: Store>(
         } else {
             Update::Keep(false)
         }
-    })?;
+    };
+    let (changed, _) = match key.table {
+        TableId::Limits | TableId::ScopedLimit(_) => {
+            let table = match key.table {
+                TableId::ScopedLimit(i) => match tier.scoping.limits.get(usize::from(i)) {
+                    Some(Some(ls)) => &ls.table,
+                    _ => return Ok((false, 0)),
+                },
+                _ => &tier.table,
+            };
+            let rates = limit_rates(tier, key.table);
+            let is_idle =
+                |states: &[Tat]| rates.iter().zip(states).all(|(r, s)| r.is_full(*s, now));
+            table.update(store, key.slot(), is_idle, |states, _| fold(states, 0))?
+        }
+        TableId::Budget(b) => {
+            let Some((set, column)) = tier.budget_set(usize::from(b)) else {
+                return Ok((false, 0));
+            };
+            set.table.update(
+                store,
+                key.slot(),
+                set.is_idle(&tier.budgets, now),
+                |states, _| fold(states, column),
+            )?
+        }
+    };
     Ok((changed, overshoot))
 }
 

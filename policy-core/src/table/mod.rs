@@ -11,6 +11,7 @@
 //! newcomer *shares* a way chosen by its fingerprint: limits get stricter for the two keys that
 //! share, never looser, and the caller is told so it can count it.
 
+mod budgets;
 mod set;
 
 use alloc::string::String;
@@ -21,6 +22,7 @@ use crate::decimal::push_u64;
 use crate::hash::{Seed, Slot};
 use crate::store::{Store, StoreError};
 
+pub use budgets::{budget_set_len, column_tag, columns_in, BudgetSetValue, BudgetTable};
 pub use set::{set_len, SetValue, Way, WrongLength, MAX_CELLS, WAYS};
 
 /// Compare-and-swap attempts before giving up. Under Envoy's per-process lock a conflict means
@@ -194,8 +196,8 @@ impl Table {
 }
 
 /// The way a key uses: its own, else the first empty or idle one, else one it shares.
-fn place(
-    set: &SetValue<Vec<u8>>,
+fn place<B: AsRef<[u8]>>(
+    set: &SetValue<B>,
     fingerprint: u64,
     is_idle: &impl Fn(&[Tat]) -> bool,
 ) -> (Way, Placement) {

@@ -118,6 +118,16 @@ impl<T: AsRef<[u8]>> SetValue<T> {
         }
     }
 
+    /// Views `buffer` as a set whose ways hold `cells` cells, without the length check, for a
+    /// layout that embeds a set ([`super::budgets`]) and has checked its own length. Accessors
+    /// never reach outside the buffer whatever its length (a miss reads as 0, writes nothing).
+    pub(super) fn view(buffer: T, cells: usize) -> SetValue<T> {
+        SetValue {
+            buffer,
+            cells: cells.clamp(1, MAX_CELLS),
+        }
+    }
+
     /// The cells each way holds.
     pub fn cells(&self) -> usize {
         self.cells

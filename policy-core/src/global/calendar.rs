@@ -49,6 +49,15 @@ pub fn limit(rate: &Rate) -> Option<(u32, Unit)> {
     Some((amount, unit))
 }
 
+/// Whether cells held at `held_at` still settle at `now`: always for a refilling rate; for a
+/// calendar quota only while the period of `held_at` lasts, as [`Rate::settle`] does locally
+/// (a later period must not get back a reservation it never held, nor pay a charge it never
+/// lent).
+pub fn same_period(rate: &Rate, held_at: Nanos, now: Nanos) -> bool {
+    rate.calendar_of()
+        .is_none_or(|c| c.start(held_at) == c.start(now))
+}
+
 /// The parameters naming `calendar` on a descriptor.
 pub fn entries(calendar: &Calendar) -> Vec<Entry> {
     let mut entries = alloc::vec![Entry {
@@ -373,5 +382,55 @@ mod tests {
         };
         assert!(!decision.allowed);
         assert_eq!(decision.limits[1].remaining, 500);
+    }
+
+    #[test]
+    fn a_strict_token_settlement_goes_to_the_period_its_hold_was_taken_in() {
+        use crate::budget::{Amount, Ask};
+        use crate::global::strict_tokens;
+        use crate::policy::TokenOutcome;
+        let p = Policy::from_json(
+            br#"{"global":{"cluster":"rls","mode":"strict"},"llm":{"default_max_tokens":100},
+                "tiers":[{"name":"llm","identity":{"header":"x-user-id"},
+                  "tokens":[{"tokens":1000,"reset":"minute"},{"tokens":6000,"per":"hour"}]}]}"#,
+        )
+        .unwrap();
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        let held_at = Nanos(minute_start().0 + 59 * SEC);
+        let tier = &p.tiers()[0];
+        let TokenOutcome::Admitted { reservation, .. } = p.admit_tokens_where(
+            tier,
+            b"erin",
+            Some("m"),
+            Ask::Tokens(Amount::tokens(800)),
+            held_at,
+            &mut s,
+            |_, _| true,
+        ) else {
+            panic!("not admitted")
+        };
+        let check = strict_tokens::check(&p, 0, &reservation.holds, None).unwrap();
+        let entries = |d: &[(BucketKey, crate::global::ledger::Delta)]| {
+            d.iter()
+                .map(|(k, d)| (k.table, d.refund, d.cells))
+                .collect::<Vec<_>>()
+        };
+        use crate::global::descriptor::TableId::Budget;
+        // Settled within the minute: both budgets get the correction.
+        let within =
+            strict_tokens::settlement(&p, &check, Amount::tokens(100), Nanos(held_at.0 + SEC - 1));
+        assert_eq!(
+            entries(&within),
+            [(Budget(0), 800, 100), (Budget(1), 800, 100)]
+        );
+        // Settled in the next minute: the minute's quota is left alone (its reservation stays
+        // in the minute that held it), the refilling hour's budget is corrected.
+        let after =
+            strict_tokens::settlement(&p, &check, Amount::tokens(100), Nanos(held_at.0 + SEC));
+        assert_eq!(entries(&after), [(Budget(1), 800, 100)]);
+        let rate = p.tiers()[0].budgets[0].rate;
+        assert!(same_period(&rate, held_at, Nanos(held_at.0 + SEC - 1)));
+        assert!(!same_period(&rate, held_at, Nanos(held_at.0 + SEC)));
     }
 }

@@ -239,6 +239,15 @@ async fn on_redis_time_the_answer_points_to_the_end_of_the_current_minute() {
     assert_eq!(start % 60, 0, "{keys:?}");
     let ttl_ms: i64 = con.pttl(&keys[0]).await.unwrap();
     assert!(ttl_ms > 60_000 && ttl_ms <= 120_000, "{ttl_ms}");
+    // The service replayed the batch through policy-core's quota and agreed with the script.
+    let stats = &svc.stats;
+    assert_eq!(
+        stats
+            .model_mismatches
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(stats.rounds.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,11 +255,8 @@ fn bucket(
     let mut round = None;
     let mut reset = None;
     let mut utc_offset = None;
-    let mut key = format!(
-        "tollgate:{{{domain}}}:{}/{}",
-        limit.requests_per_unit,
-        key_name(unit)
-    );
+    // The entries' part of the key; the rate's part, before it, depends on the parameters.
+    let mut key = String::new();
     let mut entries = 0usize;
     for entry in &descriptor.entries {
         let Some(name) = entry.key.strip_prefix(PARAM_PREFIX) else {
@@ -337,14 +334,15 @@ fn bucket(
         None => Rate::new(amount, unit.period(), burst.unwrap_or(amount)),
     }
     .map_err(|_| DescriptorError::ZeroRate)?;
-    if let Some(calendar) = calendar {
-        // A quota's counters live apart from any refilling bucket's: `5/minute`, not `5/m`.
-        key = key.replacen(
-            &format!("/{}", key_name(unit)),
-            &format!("/{}{:+}", calendar.period().word(), calendar.offset_secs()),
-            1,
-        );
-    }
+    // A quota's counters live apart from any refilling bucket's: `5/minute+0`, not `5/m`.
+    let per = match calendar {
+        Some(c) => format!("{}{:+}", c.period().word(), c.offset_secs()),
+        None => key_name(unit).to_owned(),
+    };
+    let key = format!(
+        "tollgate:{{{domain}}}:{}/{per}{key}",
+        limit.requests_per_unit
+    );
     // A refund counts only what its descriptor says: the request-level hits_addend (default 1)
     // is for descriptors that add.
     let cost = match (&descriptor.hits_addend, refund) {

@@ -136,7 +136,7 @@ impl Quota {
         let end = now.0.saturating_add(until_end.0);
         let before = self.calendar.start(Nanos(end)).0;
         let after = self.calendar.end(Nanos(end)).0;
-        let boundary = if end - before <= after - end {
+        let boundary = if end.saturating_sub(before) <= after.saturating_sub(end) {
             before
         } else {
             after

@@ -303,6 +303,7 @@ impl Stream {
                     &self.plugin.policy,
                     &check,
                     amount,
+                    host::clock(),
                 ));
             }
         } else if let (Some(global), Some(tier), true) = (&self.plugin.global, tier, global_tier) {

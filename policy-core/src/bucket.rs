@@ -265,8 +265,8 @@ impl Rate {
     /// (`duration_until_reset`, measured on the service's clock) becomes a local state measured
     /// on this replica's clock, with no comparison between the two clocks.
     ///
-    /// Calendar quotas are refused on global tiers (the config says so), so no global answer
-    /// reaches one; were one to, a wait reads as the period used up, never as room.
+    /// A calendar quota's state needs what is left too ([`Rate::state_of_answer`]); here a wait
+    /// reads as the period used up, never as room.
     pub fn full_after(&self, now: Nanos, after: Nanos) -> Tat {
         if let Some(q) = &self.quota {
             return match after {
@@ -275,6 +275,18 @@ impl Rate {
             };
         }
         Tat(self.scaled(Nanos(now.0.saturating_add(after.0))))
+    }
+
+    /// The state a rate limit service's answer describes, on this replica's clock: for a
+    /// refilling rate the bucket full again `until_reset` from `now` ([`Rate::full_after`];
+    /// `remaining` follows from it), for a calendar quota the period ending `until_reset` from
+    /// `now` with `remaining` left in it (the service answers a quota's period end, which says
+    /// nothing of its use).
+    pub fn state_of_answer(&self, now: Nanos, until_reset: Nanos, remaining: u64) -> Tat {
+        match &self.quota {
+            Some(q) => q.state_of_answer(now, until_reset, remaining),
+            None => self.full_after(now, until_reset),
+        }
     }
 
     /// Whole cells a bucket in this state is beyond its capacity at `now`: the debt that cells

@@ -119,6 +119,32 @@ impl Quota {
         self.current(tat, now).1 == 0
     }
 
+    /// The state a global answer describes: the period ending `until_end` from `now` (on this
+    /// replica's clock) with `remaining` of the quota left in it.
+    ///
+    /// The service counts on its own clock, so the end it announces lands near, not exactly on,
+    /// a period boundary of ours: the period named is the one whose end is the boundary nearest
+    /// to `now + until_end`. A replica whose clock is a little ahead (already in the next
+    /// period) thus reads the answer as its previous period's, which no longer counts, instead
+    /// of carrying a finished period's use into a new one; a replica a little behind reads it as
+    /// its current period's.
+    pub(crate) fn state_of_answer(&self, now: Nanos, until_end: Nanos, remaining: u64) -> Tat {
+        let used = self.amount.saturating_sub(remaining);
+        if used == 0 {
+            return Tat::default();
+        }
+        let end = now.0.saturating_add(until_end.0);
+        let before = self.calendar.start(Nanos(end)).0;
+        let after = self.calendar.end(Nanos(end)).0;
+        let boundary = if end.saturating_sub(before) <= after.saturating_sub(end) {
+            before
+        } else {
+            after
+        };
+        let start = self.calendar.start(Nanos(boundary.saturating_sub(1))).0;
+        encode(start, used)
+    }
+
     /// Cells used beyond the quota in the current period.
     pub(crate) fn overshoot(&self, tat: Tat, now: Nanos) -> u64 {
         self.current(tat, now).1.saturating_sub(self.amount)

@@ -8,6 +8,8 @@ use core::fmt;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use policy_core::bucket::{Rate, MAX_AMOUNT};
+use policy_core::calendar::Calendar;
+use policy_core::global::calendar as quota;
 
 /// Entries whose key starts with this are parameters for tollgate, not part of the counter key.
 pub const PARAM_PREFIX: &str = "tollgate.";
@@ -43,8 +45,13 @@ fn key_name(unit: Unit) -> &'static str {
 /// One descriptor, parsed: one bucket and what to do with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bucket {
-    /// The Redis key holding the bucket's TAT.
+    /// The Redis key holding the bucket's TAT; for a calendar quota, the stem its period's key
+    /// is made from ([`Bucket::period_key`]).
     pub key: String,
+    /// A calendar quota's calendar (`tollgate.reset`, `tollgate.utc_offset`): the bucket is a
+    /// count of cells per period of it, no refill, one Redis key per period; `None` for a
+    /// refilling (GCRA) bucket.
+    pub calendar: Option<Calendar>,
     /// The rate, as policy-core computes with it.
     pub rate: Rate,
     /// The limit as the request gave it (echoed in `current_limit`).
@@ -57,6 +64,20 @@ pub struct Bucket {
     pub cost: u64,
     /// Cells to give back first (`tollgate.refund`).
     pub refund: u64,
+}
+
+impl Bucket {
+    /// A calendar quota's Redis key in the period containing `now` (on Redis's clock): the
+    /// stem and the period's start, so a new period is a new counter, from zero. `None` for a
+    /// refilling bucket.
+    pub fn period_key(&self, now: policy_core::Nanos) -> Option<String> {
+        let calendar = self.calendar?;
+        Some(format!(
+            "{}:{}",
+            self.key,
+            quota::period_key(calendar.start(now))
+        ))
+    }
 }
 
 /// Why a request was refused.
@@ -121,6 +142,9 @@ pub enum DescriptorError {
     },
     /// `hits_addend` above the largest cost a bucket takes.
     CostTooLarge(u64),
+    /// A parameter that only a calendar quota takes (`tollgate.utc_offset`) without
+    /// `tollgate.reset`, or one a calendar quota does not take (`tollgate.burst`) with it.
+    NotForThisKind(String),
 }
 
 impl fmt::Display for RequestError {
@@ -162,7 +186,7 @@ impl fmt::Display for DescriptorError {
             ),
             DescriptorError::UnknownParameter(key) => write!(
                 f,
-                "entries: unknown parameter '{key}' (tollgate.op, tollgate.burst, tollgate.refund, tollgate.round)"
+                "entries: unknown parameter '{key}' (tollgate.op, tollgate.burst, tollgate.refund, tollgate.round, tollgate.reset, tollgate.utc_offset)"
             ),
             DescriptorError::DuplicateParameter(key) => {
                 write!(f, "entries: parameter '{key}' given twice")
@@ -175,6 +199,14 @@ impl fmt::Display for DescriptorError {
             DescriptorError::CostTooLarge(cost) => {
                 write!(f, "hits_addend: {cost} is above the largest cost, {MAX_AMOUNT}")
             }
+            DescriptorError::NotForThisKind(key) if key.ends_with("utc_offset") => write!(
+                f,
+                "entries: '{key}' applies only to a calendar quota (with tollgate.reset)"
+            ),
+            DescriptorError::NotForThisKind(key) => write!(
+                f,
+                "entries: '{key}' does not apply to a calendar quota (tollgate.reset): it has no refill to burst over"
+            ),
         }
     }
 }
@@ -221,11 +253,10 @@ fn bucket(
     let mut burst = None;
     let mut refund = None;
     let mut round = None;
-    let mut key = format!(
-        "tollgate:{{{domain}}}:{}/{}",
-        limit.requests_per_unit,
-        key_name(unit)
-    );
+    let mut reset = None;
+    let mut utc_offset = None;
+    // The entries' part of the key; the rate's part, before it, depends on the parameters.
+    let mut key = String::new();
     let mut entries = 0usize;
     for entry in &descriptor.entries {
         let Some(name) = entry.key.strip_prefix(PARAM_PREFIX) else {
@@ -254,6 +285,18 @@ fn bucket(
                 set_once(&mut round, (), &entry.key)?;
                 continue;
             }
+            "reset" => {
+                let period = quota::period(&entry.value)
+                    .ok_or_else(|| bad(&entry.key, &entry.value, quota::EXPECTED_RESET))?;
+                set_once(&mut reset, period, &entry.key)?;
+                continue;
+            }
+            "utc_offset" => {
+                let offset = quota::offset(&entry.value)
+                    .ok_or_else(|| bad(&entry.key, &entry.value, quota::EXPECTED_OFFSET))?;
+                set_once(&mut utc_offset, offset, &entry.key)?;
+                continue;
+            }
             "burst" => &mut burst,
             "refund" => &mut refund,
             _ => return Err(DescriptorError::UnknownParameter(entry.key.clone())),
@@ -269,10 +312,37 @@ fn bucket(
         return Err(DescriptorError::NoEntries);
     }
     let amount = u64::from(limit.requests_per_unit);
-    let burst = burst.unwrap_or(amount);
-    // Both are bounded above (u32 and MAX_AMOUNT), and the unit is non-zero, so this cannot fail;
-    // map the error anyway rather than assume.
-    let rate = Rate::new(amount, unit.period(), burst).map_err(|_| DescriptorError::ZeroRate)?;
+    let calendar = match (reset, utc_offset) {
+        (None, Some(_)) => {
+            return Err(DescriptorError::NotForThisKind(format!(
+                "{PARAM_PREFIX}utc_offset"
+            )))
+        }
+        (None, None) => None,
+        // `quota::offset` bounds the offset as `Calendar::new` does.
+        (Some(period), offset) => Calendar::new(period, offset.unwrap_or(0)),
+    };
+    if calendar.is_some() && burst.is_some() {
+        return Err(DescriptorError::NotForThisKind(format!(
+            "{PARAM_PREFIX}burst"
+        )));
+    }
+    // Bounded above (u32 and MAX_AMOUNT), and the unit is non-zero, so this cannot fail; map the
+    // error anyway rather than assume.
+    let rate = match calendar {
+        Some(calendar) => Rate::calendar(amount, calendar),
+        None => Rate::new(amount, unit.period(), burst.unwrap_or(amount)),
+    }
+    .map_err(|_| DescriptorError::ZeroRate)?;
+    // A quota's counters live apart from any refilling bucket's: `5/minute+0`, not `5/m`.
+    let per = match calendar {
+        Some(c) => format!("{}{:+}", c.period().word(), c.offset_secs()),
+        None => key_name(unit).to_owned(),
+    };
+    let key = format!(
+        "tollgate:{{{domain}}}:{}/{per}{key}",
+        limit.requests_per_unit
+    );
     // A refund counts only what its descriptor says: the request-level hits_addend (default 1)
     // is for descriptors that add.
     let cost = match (&descriptor.hits_addend, refund) {
@@ -285,6 +355,7 @@ fn bucket(
     }
     Ok(Bucket {
         key,
+        calendar,
         rate,
         requests_per_unit: limit.requests_per_unit,
         unit,
@@ -446,6 +517,45 @@ mod tests {
         assert_eq!(b.rate.amount(), 100);
         assert_eq!(b.rate.period(), Nanos::from_secs(60));
         assert_eq!((b.cost, b.refund), (1, 0));
+    }
+
+    #[test]
+    fn a_calendar_quota_counts_per_period_under_a_key_of_its_own() {
+        let b = one(descriptor(
+            &[
+                ("user", "alice"),
+                ("tollgate.reset", "month"),
+                ("tollgate.utc_offset", "-28800"),
+            ],
+            Some((100, RateLimitUnit::Month)),
+        ))
+        .unwrap();
+        assert_eq!(b.key, "tollgate:{api}:100/month-28800:user=alice");
+        let calendar = b.calendar.unwrap();
+        assert_eq!(
+            (calendar.period().word(), calendar.offset_secs()),
+            ("month", -28_800)
+        );
+        assert_eq!(b.rate.calendar_of(), Some(calendar));
+        assert_eq!(b.rate.amount(), 100);
+        // 2026-03-01 08:00 UTC is midnight at -08:00: March's counter from that instant on.
+        let march = Nanos::from_secs(1_772_352_000);
+        assert_eq!(
+            b.period_key(march).unwrap(),
+            "tollgate:{api}:100/month-28800:user=alice:@1772352000"
+        );
+        assert_eq!(
+            b.period_key(Nanos(march.0 - 1)).unwrap(),
+            "tollgate:{api}:100/month-28800:user=alice:@1769932800"
+        );
+        let gcra = one(descriptor(&[("user", "alice")], PER_MINUTE)).unwrap();
+        assert_eq!((gcra.calendar, gcra.period_key(march)), (None, None));
+        let utc = one(descriptor(
+            &[("user", "alice"), ("tollgate.reset", "minute")],
+            PER_MINUTE,
+        ))
+        .unwrap();
+        assert_eq!(utc.key, "tollgate:{api}:100/minute+0:user=alice");
     }
 
     #[test]

@@ -9,13 +9,21 @@
 -- KEYS[i]  the bucket's key (one per descriptor; a key may repeat), then, when ARGV[1] is not
 --          '0', the round's key (tollgate:{DOMAIN}:round:ID)
 -- ARGV[1]  how long (ms) to remember the round id, or '0' for a request without one
--- ARGV     then five per descriptor: op ('c' check | 's' sync), cost, window (= burst x period),
---          amount (requests_per_unit), refund; cost, window and refund in scaled units
---          (cells x period in ns), all decimal.
+-- ARGV[2]  '' to run on Redis's TIME, or 'SEC USEC': the clock to run on instead (tests of
+--          calendar periods' boundaries only; the service always sends '')
+-- ARGV     then six per descriptor: op ('c' check | 's' sync), cost, window (= burst x period),
+--          amount (requests_per_unit), refund, period; cost, window and refund in scaled units
+--          (cells x period in ns), all decimal; period ''.
+--          A calendar quota (sync/src/model.rs) counts cells in its period instead: cost, window
+--          (= amount) and refund in cells, and period = 'START_NS END_NS EXPIRE_MS', the period
+--          its key names (the key ends in its start), which must contain the clock, and when its
+--          key expires. The value is the count of cells used in the period.
 -- Returns  { now_sec, now_usec, applied ('1', or '0' for a round id applied before: nothing
 --          was added and each row is the key's current state), then per descriptor: before,
 --          after, fits ('1'/'0') }, all strings; `before` is the key's value when the batch
---          began ('0' when absent).
+--          began ('0' when absent). When a quota's period does not contain the clock (the
+--          service expected another time), nothing is read or written and the reply is
+--          { now_sec, now_usec, 'period' }.
 
 local BASE = 10000000
 
@@ -97,8 +105,14 @@ local function approx(a)
 end
 
 local ZERO = { 0 }
-local time = redis.call('TIME')
-local sec, usec = time[1], time[2]
+local sec, usec
+if ARGV[2] == '' then
+  local time = redis.call('TIME')
+  sec, usec = time[1], time[2]
+else
+  sec, usec = string.match(ARGV[2], '^(%d+) (%d+)$')
+  if not sec then return redis.error_reply('tollgate: ARGV[2] is not SEC USEC') end
+end
 local now_ns = parse(sec .. string.format('%06d', tonumber(usec)) .. '000')
 local now_ms = tonumber(sec) * 1000 + math.floor(tonumber(usec) / 1000)
 local sub_ms_ns = (tonumber(usec) % 1000) * 1000
@@ -107,16 +121,26 @@ local round_ttl = ARGV[1]
 local n = #KEYS
 if round_ttl ~= '0' then n = n - 1 end
 local op, cost, window, amount, refund, now_s = {}, {}, {}, {}, {}, {}
+local quota, expire = {}, {}
 local scaled_now = {}
 for i = 1, n do
-  local base = 1 + (i - 1) * 5
+  local base = 2 + (i - 1) * 6
   op[i] = ARGV[base + 1]
   cost[i] = parse(ARGV[base + 2])
   window[i] = parse(ARGV[base + 3])
   amount[i] = ARGV[base + 4]
   refund[i] = parse(ARGV[base + 5])
-  if scaled_now[amount[i]] == nil then scaled_now[amount[i]] = mul(now_ns, parse(amount[i])) end
-  now_s[i] = scaled_now[amount[i]]
+  if ARGV[base + 6] ~= '' then
+    local start, stop, at = string.match(ARGV[base + 6], '^(%d+) (%d+) (%d+)$')
+    if not start then return redis.error_reply('tollgate: a period is not START END EXPIRE') end
+    if cmp(now_ns, parse(start)) < 0 or cmp(now_ns, parse(stop)) >= 0 then
+      return { sec, usec, 'period' }
+    end
+    quota[i], expire[i] = true, at
+  else
+    if scaled_now[amount[i]] == nil then scaled_now[amount[i]] = mul(now_ns, parse(amount[i])) end
+    now_s[i] = scaled_now[amount[i]]
+  end
 end
 
 -- The value of each key when the batch began.
@@ -162,20 +186,35 @@ local function run(charge_checks)
     local k = KEYS[i]
     local tat = state[k] or before[k]
     if cmp(tat, refund[i]) > 0 then tat = sub(tat, refund[i]) else tat = ZERO end
-    tat = full_is_zero(tat, i)
-    local start = tat
-    if cmp(start, now_s[i]) < 0 then start = now_s[i] end
-    local next = add(start, cost[i])
-    if op[i] == 'c' then
-      fits[i] = cmp(sub(next, now_s[i]), window[i]) <= 0
-      if fits[i] and charge_checks then tat = next end
+    if quota[i] then
+      -- A count of cells in the period: the refund is given back above, and no refill.
+      local next = add(tat, cost[i])
+      if op[i] == 'c' then
+        fits[i] = cmp(next, window[i]) <= 0
+        if fits[i] and charge_checks then tat = next end
+      else
+        fits[i] = true
+        tat = next
+      end
+      tat = norm(tat)
+      state[k] = tat
+      after[i] = tat
     else
-      fits[i] = true
-      tat = next
+      tat = full_is_zero(tat, i)
+      local start = tat
+      if cmp(start, now_s[i]) < 0 then start = now_s[i] end
+      local next = add(start, cost[i])
+      if op[i] == 'c' then
+        fits[i] = cmp(sub(next, now_s[i]), window[i]) <= 0
+        if fits[i] and charge_checks then tat = next end
+      else
+        fits[i] = true
+        tat = next
+      end
+      tat = full_is_zero(tat, i)
+      state[k] = tat
+      after[i] = tat
     end
-    tat = full_is_zero(tat, i)
-    state[k] = tat
-    after[i] = tat
   end
   return state, after, fits
 end
@@ -201,6 +240,10 @@ for i = n, 1, -1 do
     if text ~= before_str[k] then
       if cmp(tat, ZERO) == 0 then
         redis.call('DEL', k)
+      elseif quota[i] then
+        -- A period's count lives until the period ends (plus a margin): the next period is
+        -- another key, so nothing has to be reset.
+        redis.call('SET', k, text, 'PXAT', expire[i])
       else
         local ahead_ns = approx(sub(tat, now_s[i])) / tonumber(amount[i])
         local at = now_ms + math.ceil((sub_ms_ns + ahead_ns) / 1000000) + 1

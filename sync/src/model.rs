@@ -14,6 +14,11 @@
 //!    token budget does not also spend its request limit); refunds and syncs still apply.
 //!
 //! Descriptors naming the same key see each other's effects, in order.
+//!
+//! A calendar quota's state is the count of cells used in the period containing `now` (its key
+//! names the period: an earlier period's count is another key), so its "TAT" here is that count;
+//! it runs through policy-core's quota arithmetic in the layout the local table keeps it in
+//! (period start in the high 64 bits, the count in the low ones).
 
 use std::collections::HashMap;
 
@@ -60,6 +65,10 @@ fn run(
                 .or_else(|| before.get(b.key.as_str()))
                 .copied()
                 .unwrap_or_default();
+            let (current, unpack) = match b.calendar {
+                Some(calendar) => (quota_state(calendar.start(now), current), true),
+                None => (current, false),
+            };
             let tat = normalize(&b.rate, b.rate.refund(current, b.refund), now);
             let (fits, tat) = match b.op {
                 Op::Sync => (true, b.rate.charge(tat, now, b.cost)),
@@ -74,10 +83,21 @@ fn run(
                 }
             };
             let tat = normalize(&b.rate, tat, now);
+            let tat = if unpack {
+                Tat(tat.0 & u128::from(u64::MAX))
+            } else {
+                tat
+            };
             state.insert(b.key.as_str(), tat);
             Outcome { fits, tat }
         })
         .collect()
+}
+
+/// A quota's count `used` in the period starting at `start`, as policy-core's quota reads it.
+fn quota_state(start: Nanos, used: Tat) -> Tat {
+    let used = u64::try_from(used.0).unwrap_or(u64::MAX);
+    Tat((u128::from(start.0) << 64) | u128::from(used))
 }
 
 /// A full bucket is stored as no key at all, so every full state is the same state: zero.
@@ -99,6 +119,7 @@ mod tests {
     fn bucket(key: &str, op: Op, cost: u64, refund: u64) -> Bucket {
         Bucket {
             key: key.into(),
+            calendar: None,
             rate: Rate::new(10, Nanos::SECOND, 10).unwrap(),
             requests_per_unit: 10,
             unit: Unit::Second,

@@ -17,6 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::descriptor::{self, Bucket, Unit};
 use crate::model;
 use crate::store::{Reply, Store};
+use policy_core::bucket::{Check, Tat};
+use policy_core::Nanos;
 
 /// Counters of what the service has done since it started (logged every minute and at exit).
 #[derive(Debug, Default)]
@@ -187,7 +189,7 @@ pub fn respond(buckets: &[Bucket], reply: &Reply) -> RateLimitResponse {
         .iter()
         .zip(&reply.rows)
         .map(|(b, row)| {
-            let seen = b.rate.peek(row.after, reply.now);
+            let seen = seen(b, row.after, reply.now);
             let code = if row.fits { Code::Ok } else { Code::OverLimit };
             DescriptorStatus {
                 code: code as i32,
@@ -207,6 +209,26 @@ pub fn respond(buckets: &[Bucket], reply: &Reply) -> RateLimitResponse {
         overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
         statuses,
         ..RateLimitResponse::default()
+    }
+}
+
+/// A bucket as seen at `now`: what is left and when it is full again. A calendar quota's
+/// state is its period's count ([`crate::model`]): what is left of its amount, and the time to
+/// its period's end (also when nothing is used: a client is told when the period turns).
+fn seen(b: &Bucket, state: Tat, now: Nanos) -> Check {
+    match b.calendar {
+        Some(calendar) => {
+            let used = u64::try_from(state.0).unwrap_or(u64::MAX);
+            let reset_after = Nanos(calendar.end(now).0.saturating_sub(now.0));
+            Check {
+                allowed: used < b.rate.amount(),
+                tat: state,
+                remaining: b.rate.amount().saturating_sub(used),
+                reset_after,
+                retry_after: reset_after,
+            }
+        }
+        None => b.rate.peek(state, now),
     }
 }
 

@@ -7,7 +7,9 @@
 
 use core::fmt;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use policy_core::bucket::Tat;
 use policy_core::Nanos;
@@ -15,6 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisError, Script};
 
 use crate::descriptor::{Bucket, Op, ROUND_TTL_MS};
+use policy_core::global::calendar::KEY_MARGIN;
 
 /// The batch script (see the file for its argument layout).
 pub const SCRIPT: &str = include_str!("gcra.lua");
@@ -158,6 +161,9 @@ impl RedisConfig {
 pub struct Store {
     connection: ConnectionManager,
     script: Script,
+    /// Redis's clock minus this host's, in nanoseconds, as of the last reply: where the service
+    /// expects Redis's clock to be when it names a calendar quota's period (the script checks).
+    skew: Arc<AtomicI64>,
 }
 
 impl fmt::Debug for Store {
@@ -184,6 +190,7 @@ impl Store {
         Ok(Store {
             connection,
             script: Script::new(SCRIPT),
+            skew: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -201,20 +208,103 @@ impl Store {
         buckets: &[Bucket],
         round: Option<&str>,
     ) -> Result<Reply, StoreError> {
+        self.run_at(buckets, round, None).await
+    }
+
+    /// [`Store::run_round`] on `clock` instead of Redis's `TIME` when it is given: for tests of
+    /// calendar periods' boundaries only (the service always runs on Redis's clock).
+    ///
+    /// A calendar quota's key names its period, which the service works out from where it
+    /// expects Redis's clock to be (this host's clock and the difference the last reply
+    /// showed); the script refuses to run a batch whose periods do not contain its `TIME`, and
+    /// the batch is sent again for the periods of the `TIME` it answered (a period's start
+    /// falling between the two is the only way to need a second try twice).
+    pub async fn run_at(
+        &self,
+        buckets: &[Bucket],
+        round: Option<&str>,
+        clock: Option<Nanos>,
+    ) -> Result<Reply, StoreError> {
+        let mut now = clock.unwrap_or_else(|| self.expected_redis_time());
+        for _ in 0..3 {
+            match self.invoke(buckets, round, clock, now).await? {
+                Attempt::Ran(reply) => {
+                    if clock.is_none() {
+                        self.note_redis_time(reply.now);
+                    }
+                    return Ok(reply);
+                }
+                Attempt::OtherPeriod(redis_now) => {
+                    self.note_redis_time(redis_now);
+                    now = redis_now;
+                }
+            }
+        }
+        Err(StoreError::Reply(
+            "a calendar period began on each of three tries".into(),
+        ))
+    }
+
+    fn local_now() -> Nanos {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Nanos(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn expected_redis_time(&self) -> Nanos {
+        let skew = self.skew.load(Ordering::Relaxed);
+        let local = Self::local_now().0;
+        Nanos(local.saturating_add_signed(skew))
+    }
+
+    fn note_redis_time(&self, redis: Nanos) {
+        let local = Self::local_now().0;
+        let skew = i128::from(redis.0) - i128::from(local);
+        let skew = i64::try_from(skew).unwrap_or(if skew < 0 { i64::MIN } else { i64::MAX });
+        self.skew.store(skew, Ordering::Relaxed);
+    }
+
+    async fn invoke(
+        &self,
+        buckets: &[Bucket],
+        round: Option<&str>,
+        clock: Option<Nanos>,
+        now: Nanos,
+    ) -> Result<Attempt, StoreError> {
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(if round.is_some() {
             ROUND_TTL_MS.to_string()
         } else {
             String::from("0")
         });
+        invocation.arg(match clock {
+            Some(t) => format!("{} {}", t.0 / 1_000_000_000, t.0 % 1_000_000_000 / 1_000),
+            None => String::new(),
+        });
         for b in buckets {
+            let op = match b.op {
+                Op::Check => "c",
+                Op::Sync => "s",
+            };
+            if let (Some(calendar), Some(key)) = (b.calendar, b.period_key(now)) {
+                // A quota counts cells: no scaling by a period.
+                let (start, end) = (calendar.start(now), calendar.end(now));
+                let expire_ms = end.0.saturating_add(KEY_MARGIN.0) / 1_000_000;
+                invocation
+                    .key(key)
+                    .arg(op)
+                    .arg(b.cost)
+                    .arg(b.rate.amount())
+                    .arg(b.rate.amount())
+                    .arg(b.refund)
+                    .arg(format!("{} {} {expire_ms}", start.0, end.0));
+                continue;
+            }
             let period = u128::from(b.rate.period().0);
             invocation
                 .key(b.key.as_str())
-                .arg(match b.op {
-                    Op::Check => "c",
-                    Op::Sync => "s",
-                })
+                .arg(op)
                 .arg(u128::from(b.cost).saturating_mul(period).to_string())
                 .arg(
                     u128::from(b.rate.burst())
@@ -222,7 +312,8 @@ impl Store {
                         .to_string(),
                 )
                 .arg(b.rate.amount())
-                .arg(u128::from(b.refund).saturating_mul(period).to_string());
+                .arg(u128::from(b.refund).saturating_mul(period).to_string())
+                .arg("");
         }
         if let Some(round) = round {
             invocation.key(round);
@@ -232,13 +323,40 @@ impl Store {
             .invoke_async(&mut connection)
             .await
             .map_err(StoreError::Redis)?;
-        parse_reply(&reply, buckets.len())
+        if let [sec, usec, marker] = reply.as_slice() {
+            if marker == OTHER_PERIOD {
+                return Ok(Attempt::OtherPeriod(time(sec, usec)?));
+            }
+        }
+        parse_reply(&reply, buckets.len()).map(Attempt::Ran)
     }
 
     /// The connection, for tests and tools that read keys directly.
     pub fn connection(&self) -> ConnectionManager {
         self.connection.clone()
     }
+}
+
+/// What the script answers instead of running a batch whose calendar periods do not contain its
+/// clock.
+const OTHER_PERIOD: &str = "period";
+
+/// One try of a batch.
+enum Attempt {
+    /// The script ran it.
+    Ran(Reply),
+    /// Redis's clock (given) was in another period than a quota's key named: nothing ran.
+    OtherPeriod(Nanos),
+}
+
+fn time(sec: &str, usec: &str) -> Result<Nanos, StoreError> {
+    let bad = |why: &str| StoreError::Reply(why.to_owned());
+    let sec: u64 = sec.parse().map_err(|_| bad("TIME seconds"))?;
+    let usec: u64 = usec.parse().map_err(|_| bad("TIME microseconds"))?;
+    Ok(Nanos(
+        sec.saturating_mul(1_000_000_000)
+            .saturating_add(usec.saturating_mul(1_000)),
+    ))
 }
 
 fn parse_reply(reply: &[String], descriptors: usize) -> Result<Reply, StoreError> {
@@ -257,12 +375,7 @@ fn parse_reply(reply: &[String], descriptors: usize) -> Result<Reply, StoreError
             rows.len()
         )));
     }
-    let sec: u64 = sec.parse().map_err(|_| bad("TIME seconds"))?;
-    let usec: u64 = usec.parse().map_err(|_| bad("TIME microseconds"))?;
-    let now = Nanos(
-        sec.saturating_mul(1_000_000_000)
-            .saturating_add(usec.saturating_mul(1_000)),
-    );
+    let now = time(sec, usec)?;
     let rows = rows
         .chunks_exact(3)
         .map(|row| match row {

@@ -228,23 +228,25 @@ mod tests {
     }
 
     #[test]
-    fn a_global_tier_refuses_a_calendar_quota_and_a_local_one_keeps_it() {
-        let policy = |flag: &str| {
+    fn a_global_tier_takes_a_calendar_quota_up_to_the_protocols_u32() {
+        let policy = |flag: &str, amount: u64| {
             parse(
                 format!(
                     r#"{{"global":{{"cluster":"tollgate-sync"}},"tiers":[{{"name":"u",{flag}
-                    "identity":{{"header":"x-user-id"}},"limits":[{{"requests":100,"reset":"day"}}]}}]}}"#
+                    "identity":{{"header":"x-user-id"}},"limits":[{{"requests":{amount},"reset":"day"}}]}}]}}"#
                 )
                 .as_bytes(),
             )
             .map_err(|e| e.to_string())
         };
-        let e = policy("").unwrap_err();
+        assert!(policy("", 100).is_ok());
+        assert!(policy("", 4_294_967_295).is_ok());
+        let e = policy("", 4_294_967_296).unwrap_err();
         assert!(
-            e.starts_with("tiers[0].limits[0].reset: calendar quotas are not global yet"),
+            e.starts_with("tiers[0].limits[0].requests: cannot be global: a global calendar quota holds at most 4294967295"),
             "{e}"
         );
-        assert!(policy(r#""global":false,"#).is_ok());
+        assert!(policy(r#""global":false,"#, 4_294_967_296).is_ok());
     }
 
     #[test]

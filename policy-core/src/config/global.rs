@@ -167,13 +167,7 @@ pub(super) fn check_tier(tier: &Tier, path: &str) -> Result<(), ConfigError> {
 
 fn expressible(rate: &Rate, path: &str, amount: &str) -> Result<(), ConfigError> {
     if rate.calendar_of().is_some() {
-        return err(
-            format!("{path}.reset"),
-            Reason::Invalid {
-                why: "calendar quotas are not global yet (tollgate-sync counts refilling \
-                      windows only): set \"global\": false on the tier, or use \"per\"",
-            },
-        );
+        return quota_expressible(rate, path, amount);
     }
     if limit_of(rate).is_some() {
         return Ok(());
@@ -186,6 +180,23 @@ fn expressible(rate: &Rate, path: &str, amount: &str) -> Result<(), ConfigError>
                   4294967295 (for a week: make it a multiple of 7; a spend budget counts \
                   micro-units, so at most 4294.967295 of its currency per unit), or set \
                   \"global\": false on the tier",
+        },
+    )
+}
+
+/// A calendar quota's descriptor carries its amount in the protocol's `u32`
+/// ([`crate::global::calendar::limit`]).
+fn quota_expressible(rate: &Rate, path: &str, amount: &str) -> Result<(), ConfigError> {
+    if crate::global::calendar::limit(rate).is_some() {
+        return Ok(());
+    }
+    err(
+        format!("{path}.{amount}"),
+        Reason::Invalid {
+            why: "cannot be global: a global calendar quota holds at most 4294967295 per period \
+                  (the rate limit service protocol's limit; a spend budget counts micro-units, \
+                  so at most 4294.967295 of its currency per period), or set \"global\": false \
+                  on the tier",
         },
     )
 }

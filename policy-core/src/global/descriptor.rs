@@ -17,6 +17,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::bucket::Rate;
+use crate::global::calendar as global_calendar;
 use crate::global::proto::{Entry, RateLimitDescriptor, RateLimitOverride, UInt64Value};
 use crate::global::scoped;
 use crate::hash::Slot;
@@ -235,14 +236,20 @@ pub fn describe(policy: &Policy, key: &BucketKey, op: Op, hits: u64) -> Vec<Desc
         .into_iter()
         .enumerate()
         .filter_map(|(cell, (kind, name, rate))| {
-            let (requests_per_unit, unit) = limit_of(rate)?;
             let mut entries = alloc::vec![entry("tier", &tier.name), entry(kind, name)];
             if let Some(label) = scope {
                 // Part of the key: a scope's bucket is never a user's, whatever the names.
                 entries.push(entry("scope", label));
             }
             entries.push(entry("id", &id));
-            if rate_burst_differs(rate, requests_per_unit) {
+            let (requests_per_unit, unit) = match rate.calendar_of() {
+                Some(calendar) => {
+                    entries.extend(global_calendar::entries(&calendar));
+                    global_calendar::limit(rate)?
+                }
+                None => limit_of(rate)?,
+            };
+            if rate.calendar_of().is_none() && rate_burst_differs(rate, requests_per_unit) {
                 entries.push(entry(BURST, &rate.burst().to_string()));
             }
             if op == Op::Sync {

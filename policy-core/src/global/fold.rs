@@ -31,7 +31,28 @@ use crate::time::Nanos;
 /// A bucket's state after folding the global one in, and the cells the global state was
 /// beyond the bucket's capacity (0 when within).
 pub fn fold_bucket(rate: &Rate, local: Tat, now: Nanos, reset: Nanos) -> (Tat, u64) {
-    let global = rate.full_after(now, reset);
+    fold_state(rate, local, now, rate.full_after(now, reset))
+}
+
+/// What the service answered for one descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// `duration_until_reset`: until the bucket is full again (a calendar quota: until its
+    /// period ends).
+    pub until_reset: Nanos,
+    /// `limit_remaining`: what a calendar quota's state is read from (a refilling bucket's
+    /// follows from `until_reset`).
+    pub remaining: u64,
+}
+
+/// [`fold_bucket`] for any rate: a calendar quota's answer is read with what is left in its
+/// period ([`Rate::state_of_answer`]).
+pub fn fold_answer(rate: &Rate, local: Tat, now: Nanos, answered: Answered) -> (Tat, u64) {
+    let global = rate.state_of_answer(now, answered.until_reset, answered.remaining);
+    fold_state(rate, local, now, global)
+}
+
+fn fold_state(rate: &Rate, local: Tat, now: Nanos, global: Tat) -> (Tat, u64) {
     if rate.is_full(global, now) {
         // A full global bucket says nothing new: the local state stays as it is (moving a
         // past TAT up to "now" would change nothing but count as a change).
@@ -195,13 +216,15 @@ impl Round {
         let mut resets = Vec::with_capacity(self.sent.len());
         for (index, status) in answer.statuses.iter().enumerate() {
             match (Code::from_wire(status.code), status.duration_until_reset) {
-                (Code::Ok, Some(d)) => resets.push(d.to_nanos()),
-                // proto3 leaves a zero duration out: a full bucket.
-                (Code::Ok, None) => resets.push(Nanos::ZERO),
+                (Code::Ok, d) => resets.push(Answered {
+                    // proto3 leaves a zero duration out: a full bucket.
+                    until_reset: d.map_or(Nanos::ZERO, |d| d.to_nanos()),
+                    remaining: u64::from(status.limit_remaining),
+                }),
                 _ => return Err(AnswerError::NotSync { index }),
             }
         }
-        let answered: Vec<(BucketKey, usize, Rate, Nanos)> = self
+        let answered: Vec<(BucketKey, usize, Rate, Answered)> = self
             .sent
             .iter()
             .zip(resets)
@@ -239,7 +262,7 @@ impl Round {
 pub(crate) fn fold_key<S: Store>(
     policy: &Policy,
     key: &BucketKey,
-    cells: &[(BucketKey, usize, Rate, Nanos)],
+    cells: &[(BucketKey, usize, Rate, Answered)],
     now: Nanos,
     store: &mut S,
 ) -> Result<(bool, u64), TableError> {
@@ -256,7 +279,7 @@ pub(crate) fn fold_key<S: Store>(
             let Some(state) = next.get_mut(base + *cell) else {
                 continue;
             };
-            let (tat, over) = fold_bucket(rate, *state, now, *reset);
+            let (tat, over) = fold_answer(rate, *state, now, *reset);
             overshoot = overshoot.max(over);
             if tat != *state {
                 *state = tat;

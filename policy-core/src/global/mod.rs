@@ -8,6 +8,7 @@
 //! into a local bucket ([`fold`]). The filter's part is glue: a timer, a shared queue, a lease and
 //! one gRPC call per round.
 
+pub mod calendar;
 pub mod descriptor;
 pub mod fold;
 pub mod ledger;

@@ -19,7 +19,7 @@ use prost::Message;
 use crate::bucket::{Rate, Tat};
 use crate::decision::{Decision, LimitStatus};
 use crate::global::descriptor::{self, BucketKey, Op};
-use crate::global::fold::fold_key;
+use crate::global::fold::{fold_key, Answered};
 use crate::global::proto::{Code, DescriptorStatus, RateLimitRequest, RateLimitResponse};
 use crate::global::scoped;
 use crate::global::GlobalMode;
@@ -278,12 +278,16 @@ pub fn fold<S: Store>(
     now: Nanos,
     store: &mut S,
 ) -> Result<(), TableError> {
-    let cells: Vec<(BucketKey, usize, Rate, Nanos)> = check
+    let cells: Vec<(BucketKey, usize, Rate, Answered)> = check
         .cells
         .iter()
         .filter_map(|c| {
             let limit = decision.limits.get(c.limit)?;
-            Some((c.key, c.cell, c.rate, limit.reset_after))
+            let answered = Answered {
+                until_reset: limit.reset_after,
+                remaining: limit.remaining,
+            };
+            Some((c.key, c.cell, c.rate, answered))
         })
         .collect();
     // `check` puts a key's descriptors next to each other: one table update per key.
@@ -303,8 +307,16 @@ fn limit_status(rate: &Rate, status: &DescriptorStatus, now: Nanos, cost: u64) -
     let until_full = status
         .duration_until_reset
         .map_or(Nanos::ZERO, |d| d.to_nanos());
-    let tat = rate.full_after(now, until_full);
+    let remaining = u64::from(status.limit_remaining);
+    let tat = rate.state_of_answer(now, until_full, remaining);
     match Code::from_wire(status.code) {
+        // A calendar quota refused is refused until its period ends, whatever it asked.
+        Code::OverLimit if rate.calendar_of().is_some() => LimitStatus {
+            allowed: false,
+            remaining,
+            reset_after: until_full,
+            retry_after: until_full,
+        },
         Code::OverLimit => {
             // Nothing was taken: how long until `cost` cells fit in a bucket in this state.
             let c = rate.check(tat, now, cost);

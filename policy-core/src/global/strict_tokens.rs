@@ -21,6 +21,7 @@ use prost::Message;
 
 use crate::bucket::Rate;
 use crate::budget::{Amount, Hold};
+use crate::global::calendar as global_calendar;
 use crate::global::descriptor::{self, BucketKey, Op, TableId};
 use crate::global::ledger::Delta;
 use crate::global::proto::RateLimitRequest;
@@ -42,6 +43,8 @@ pub struct Held {
     /// nothing locally, but must still find room: 1 token is asked, and given back at
     /// settlement).
     pub reserved: u64,
+    /// When the local hold was taken: a calendar quota's settlement belongs to its period.
+    pub at: Nanos,
 }
 
 /// One check of a call's reservation on its way.
@@ -96,6 +99,7 @@ pub fn check(
                 key,
                 rate: d.rate,
                 reserved,
+                at: hold.at,
             });
             descriptors.push(d.descriptor);
         }
@@ -133,11 +137,22 @@ pub fn verdict(check: &TokenCheck, body: &[u8], now: Nanos) -> Verdict {
 /// and money, each budget taking its own unit): per budget, give back what the check reserved
 /// and add the real charge (`op=sync`: into debt if the call cost more than its estimate, as
 /// locally). For the sync rounds' ledger.
-pub fn settlement(policy: &Policy, check: &TokenCheck, charged: Amount) -> Vec<(BucketKey, Delta)> {
+///
+/// A calendar quota's correction belongs to the period the hold was taken in: settled at `now`
+/// in a later period (on this Envoy's clock), it is not sent, as locally ([`Rate::settle`]):
+/// the service counts in its current period, which must not get back a reservation it never
+/// held.
+pub fn settlement(
+    policy: &Policy,
+    check: &TokenCheck,
+    charged: Amount,
+    now: Nanos,
+) -> Vec<(BucketKey, Delta)> {
     let budgets = policy.tiers().get(check.tier).map(|t| &t.budgets[..]);
     check
         .held
         .iter()
+        .filter(|h| global_calendar::same_period(&h.rate, h.at, now))
         .filter_map(|h| {
             let meter = budgets?.get(h.budget)?.meter;
             Some((h.key, Delta::settlement(h.reserved, charged.of(meter))))
@@ -234,7 +249,7 @@ mod tests {
             .descriptors
             .iter()
             .all(|d| d.hits_addend.map(|h| h.value) == Some(120)));
-        let settled = settlement(&p, &c, Amount::tokens(90));
+        let settled = settlement(&p, &c, Amount::tokens(90), T0);
         assert!(settled
             .iter()
             .all(|(_, d)| *d == Delta::settlement(120, 90)));
@@ -361,7 +376,7 @@ mod tests {
         let mut s = store(&p);
         let holds = hold(&p, &mut s, 0, "erin", "big", 500);
         let c = check(&p, 0, &holds, None).unwrap();
-        let settled = settlement(&p, &c, Amount::tokens(13));
+        let settled = settlement(&p, &c, Amount::tokens(13), T0);
         assert_eq!(
             settled.iter().map(|(_, d)| *d).collect::<Vec<_>>(),
             [Delta::settlement(500, 13), Delta::settlement(500, 13)]

@@ -22,6 +22,7 @@ pub struct Shared {
     faults: Faults,
     calls: Calls,
     next_instance: Arc<AtomicU64>,
+    fuel: Calls,
 }
 
 impl Shared {
@@ -66,6 +67,15 @@ impl Shared {
     /// Host calls made so far, per import.
     pub fn calls(&self) -> &Calls {
         &self.calls
+    }
+
+    /// Fuel the guest has burnt so far, per export (`proxy_on_request_headers`, …), in every
+    /// worker: wasmtime charges one unit per Wasm operator executed (control-flow markers such as
+    /// `nop`, `block` and `end` are free), so differences of these are the guest's instruction
+    /// counts, exact and independent of the machine's load (BENCHMARKS.md §2 measures the request
+    /// path with them).
+    pub fn fuel(&self) -> &Calls {
+        &self.fuel
     }
 
     pub(crate) fn next_instance_id(&self) -> u64 {

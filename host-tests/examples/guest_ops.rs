@@ -2,11 +2,12 @@
 //! independent of the machine's load, so a change to the request path can be measured on a busy
 //! machine (BENCHMARKS.md §2). Runs the cases of `benches/count-hostcalls` (one user's first and
 //! second request, a refusal, another user) through the wasmtime host and prints, per case, the
-//! guest's operators and host calls.
+//! guest's operators and host calls; with `--trace`, the operators each callback spent before
+//! each host call it made and before returning.
 //!
 //! ```sh
 //! scripts/build-wasm
-//! cargo run -p host-tests --example guest_ops [-- POLICY.json]    # TOLLGATE_WASM=… for another module
+//! cargo run -p host-tests --example guest_ops [-- [--trace] POLICY.json]   # TOLLGATE_WASM=… for another module
 //! ```
 
 use std::collections::BTreeMap;
@@ -42,7 +43,10 @@ fn since(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let policy = match std::env::args_os().nth(1) {
+    let mut args: Vec<_> = std::env::args_os().skip(1).collect();
+    let trace = args.iter().any(|a| a == "--trace");
+    args.retain(|a| a != "--trace");
+    let policy = match args.first() {
         Some(path) => std::fs::read_to_string(path)?,
         None => POLICY.to_owned(),
     };
@@ -53,6 +57,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         0,
         &request("warm-up", "00000000-0000-0000-0000-000000000000"),
     )?;
+    if trace {
+        h.shared().trace_fuel();
+    }
     let cases = [
         ("allowed", "a"),
         ("allowed2", "a"),
@@ -81,6 +88,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         for (name, n) in ops {
             println!("    {n} operators in {name}");
+        }
+        if trace {
+            // Where each export's fuel went: up to each host call it made, then to its return.
+            for (what, used) in shared.take_fuel_trace() {
+                if used == 0 && what.starts_with("proxy_on_") {
+                    println!("      {what}:");
+                } else {
+                    println!("        {used:>6} → {what}");
+                }
+            }
         }
     }
     Ok(())

@@ -51,6 +51,74 @@ fn an_allowed_request_reads_its_headers_once_and_the_clock_once() {
     );
 }
 
+/// The lean policy: the IETF fields only and no access-log record.
+const LEAN: &str = r#""x_ratelimit_headers":false,"records":false,"#;
+
+#[test]
+fn a_lean_policy_makes_six_host_calls_on_an_allowed_request() {
+    let h = tollgate_with(1, &users_policy(2, "minute", LEAN));
+    let calls = calls_of(&h, || {
+        let ok = h
+            .request(0, &[("x-user-id", "alice"), ("x-request-id", "r1")])
+            .unwrap();
+        assert!(ok.is_continue());
+    });
+    assert_eq!(
+        calls,
+        list(&[
+            ("proxy_get_header_map_pairs", 1),
+            ("proxy_get_current_time_nanoseconds", 1),
+            ("proxy_get_shared_data", 1),
+            ("proxy_set_shared_data", 1),
+            // ratelimit-policy, ratelimit.
+            ("proxy_replace_header_map_value", 2),
+        ])
+    );
+    assert!(calls.values().sum::<u64>() <= 6);
+}
+
+#[test]
+fn each_switch_saves_its_own_calls() {
+    let allowed = |top: &str| {
+        let h = tollgate_with(1, &users_policy(2, "minute", top));
+        calls_of(&h, || {
+            assert!(h
+                .request(0, &[("x-user-id", "alice")])
+                .unwrap()
+                .is_continue());
+        })
+    };
+    let fields = allowed(r#""x_ratelimit_headers":false,"#);
+    assert_eq!(fields.get("proxy_replace_header_map_value"), Some(&2));
+    assert_eq!(fields.get("proxy_set_property"), Some(&1));
+    let records = allowed(r#""records":false,"#);
+    assert_eq!(records.get("proxy_replace_header_map_value"), Some(&5));
+    assert_eq!(records.get("proxy_set_property"), None);
+}
+
+#[test]
+fn a_lean_policy_refuses_in_four_host_calls() {
+    let h = tollgate_with(1, &users_policy(1, "minute", LEAN));
+    assert!(h
+        .request(0, &[("x-user-id", "alice")])
+        .unwrap()
+        .is_continue());
+    let mut refused = None;
+    let calls = calls_of(&h, || {
+        refused = Some(h.request(0, &[("x-user-id", "alice")]).unwrap());
+    });
+    assert_eq!(refused.unwrap().status(), 429);
+    assert_eq!(
+        calls,
+        list(&[
+            ("proxy_get_header_map_pairs", 1),
+            ("proxy_get_current_time_nanoseconds", 1),
+            ("proxy_get_shared_data", 1),
+            ("proxy_send_local_response", 1),
+        ])
+    );
+}
+
 #[test]
 fn a_refusal_at_the_request_headers_takes_the_request_id_from_the_headers_it_read() {
     let h = tollgate_with(1, &users_policy(1, "minute", ""));

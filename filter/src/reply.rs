@@ -56,12 +56,26 @@ fn add_request_id(client: Client<'_>, fields: &mut Fields) {
     };
     let anthropic = client
         .header(":path")
+        .filter(|p| may_be_messages(p))
         .and_then(|p| String::from_utf8(p).ok())
         .is_some_and(|p| ApiKind::from_path(&p) == ApiKind::AnthropicMessages);
     if anthropic {
         fields.push(("request-id", id.clone()));
     }
     fields.push(("x-request-id", id));
+}
+
+/// Whether `path` can name Anthropic's Messages API (`…/v1/messages`, or Vertex AI's
+/// `…/publishers/anthropic/…:rawPredict`): checked before [`ApiKind::from_path`], whose
+/// normalising and matching cost a refusal ~6,000 Wasm operators (BENCHMARKS.md §2). The words
+/// of the normalised path come from the raw path's own letters or from `%` escapes, so a path
+/// with neither word and no `%` cannot be one.
+fn may_be_messages(path: &[u8]) -> bool {
+    let has = |word: &[u8]| {
+        path.windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    path.contains(&b'%') || has(b"messages") || has(b"rawpredict")
 }
 
 fn send(
@@ -98,8 +112,12 @@ pub fn rate_limited(client: Client<'_>, tier: &Tier, decision: &Decision) {
     if let Some(wait) = decision.retry_after() {
         fields.extend(headers::retry_hints(wait, None, client.grpc));
     }
-    let body = headers::denial_body(tier, decision);
-    let message = headers::denial_grpc_message(tier, decision);
+    // Each client reads one of them: build only that one.
+    let (body, message) = if client.grpc {
+        (String::new(), headers::denial_grpc_message(tier, decision))
+    } else {
+        (headers::denial_body(tier, decision), String::new())
+    };
     send(
         client,
         429,
@@ -229,4 +247,34 @@ pub fn contended(client: Client<'_>) {
         body,
         "rate limiter state is contended; retry shortly",
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_of_anthropics_messages_api_passes_the_quick_check() {
+        let paths = [
+            "/v1/messages",
+            "/V1/Messages?beta=true",
+            "/anthropic/v1/messages/",
+            "/v1/%6Dessages",
+            "/v1//x/../messages",
+            "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-3-5-sonnet:rawPredict",
+            "/v1/projects/p/locations/l/publishers/anthropic/models/c:streamRawPredict",
+            "/api/tasks",
+            "/v1/chat/completions",
+            "/v1/messages-archive",
+        ];
+        for path in paths {
+            let messages = ApiKind::from_path(path) == ApiKind::AnthropicMessages;
+            if messages {
+                assert!(may_be_messages(path.as_bytes()), "{path}");
+            }
+        }
+        assert!(!may_be_messages(b"/api/tasks"));
+        assert!(!may_be_messages(b"/v1/chat/completions"));
+        assert!(may_be_messages(b"/v1/messages"));
+    }
 }

@@ -5,6 +5,8 @@
 //! any filter runs, and Anthropic's `request-id` on `/v1/messages`), so an SDK's error names the
 //! request an operator can find in Envoy's access log; and [`headers::retry_hints`].
 
+use std::borrow::Cow;
+
 use policy_core::decision::Decision;
 use policy_core::headers::{self, Fields};
 use policy_core::identity::IdentityError;
@@ -31,34 +33,35 @@ pub struct Client<'a> {
     pub headers: Option<&'a HeaderList>,
 }
 
-impl Client<'_> {
-    /// The first value of request header `name` (as Envoy's `proxy_get_header_map_value` gives).
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        match self.headers {
-            Some(headers) => headers.values(name).next().map(<[u8]>::to_vec),
-            None => host::header(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten(),
-        }
+/// The first value of request header `name` (as Envoy's `proxy_get_header_map_value` gives):
+/// where it is in `held`, else asked of the host.
+fn read<'a>(held: Option<&'a HeaderList>, name: &'a str) -> Option<Cow<'a, [u8]>> {
+    match held {
+        Some(headers) => headers.values(name).next().map(Cow::Borrowed),
+        None => host::header(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+            .map(Cow::Owned),
     }
 }
 
-/// Adds the request's id under the names the SDKs read.
+/// Adds the request's id under the names the SDKs read. The values are read where they are
+/// when the headers are held (no copy of either header).
 fn add_request_id(client: Client<'_>, fields: &mut Fields) {
-    let id = client
-        .header("x-request-id")
+    let id = read(client.headers, "x-request-id")
         .filter(|v| {
             !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(u8::is_ascii_graphic)
         })
-        .and_then(|v| String::from_utf8(v).ok());
+        .and_then(|v| std::str::from_utf8(&v).ok().map(str::to_owned));
     let Some(id) = id else {
         return;
     };
-    let anthropic = client
-        .header(":path")
+    let anthropic = read(client.headers, ":path")
         .filter(|p| may_be_messages(p))
-        .and_then(|p| String::from_utf8(p).ok())
-        .is_some_and(|p| ApiKind::from_path(&p) == ApiKind::AnthropicMessages);
+        .is_some_and(|p| {
+            std::str::from_utf8(&p)
+                .is_ok_and(|p| ApiKind::from_path(p) == ApiKind::AnthropicMessages)
+        });
     if anthropic {
         fields.push(("request-id", id.clone()));
     }
@@ -87,7 +90,8 @@ fn send(
     grpc_message: &str,
 ) {
     add_request_id(client, &mut fields);
-    let mut list: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let mut list: Vec<(&str, &[u8])> = Vec::with_capacity(fields.len() + 1);
+    list.extend(fields.iter().map(|(n, v)| (*n, v.as_bytes())));
     let sent = if client.grpc {
         host::send_grpc_response(grpc_status, grpc_message, &list)
     } else {

@@ -439,8 +439,13 @@ impl Vocabulary {
                 v.quota_tier.insert(b.name.clone(), tier.name.clone());
             }
             if !tier.limits.is_empty() {
-                v.response_headers
-                    .extend(REQUEST_HEADERS.iter().map(|s| (*s).to_owned()));
+                // `"x_ratelimit_headers": false` drops the `x-ratelimit-*` fields.
+                v.response_headers.extend(
+                    REQUEST_HEADERS
+                        .iter()
+                        .filter(|s| tier.x_ratelimit_headers || !s.starts_with("x-ratelimit-"))
+                        .map(|s| (*s).to_owned()),
+                );
             }
             if !tier.budgets.is_empty() {
                 v.response_headers
@@ -673,6 +678,19 @@ mod tests {
             "the policy has no `tiers.3`"
         );
         assert!(set_path(&mut p, "tiers.0.limits.2", json!(1)).is_err());
+    }
+
+    #[test]
+    fn without_x_ratelimit_headers_a_test_cannot_expect_them() {
+        let tier = json!([{ "name": "t", "identity": "shared",
+                            "limits": [{ "requests": 1, "per": "second" }] }]);
+        let on = vocabulary(&json!({ "tiers": tier }), "$").unwrap();
+        assert!(on.response_headers.contains("x-ratelimit-remaining"));
+        let off = json!({ "x_ratelimit_headers": false, "tiers": tier });
+        let off = vocabulary(&off, "$").unwrap();
+        assert!(!off.response_headers.contains("x-ratelimit-remaining"));
+        assert!(off.response_headers.contains("ratelimit"));
+        assert!(off.response_headers.contains("retry-after"));
     }
 
     #[test]

@@ -15,9 +15,8 @@ impl Request {
     /// Reads the request headers (one host call). If the host cannot give them, the request
     /// has no headers: it matches only tiers that need none, and carries no identity.
     pub fn read() -> Request {
-        let pairs = host::header_map(MapType::HttpRequestHeaders).unwrap_or_default();
         Request {
-            headers: HeaderList::new(pairs),
+            headers: host::header_map(MapType::HttpRequestHeaders).unwrap_or_default(),
         }
     }
 

@@ -117,19 +117,23 @@ impl Stream {
                 let llm_tier = !tier.budgets.is_empty() && plugin.policy.llm().is_some();
                 let verdict = tier.verdict(&decision);
                 let cost = tier.cost_of(request);
-                let rec = Record::new(
-                    &tier.name,
-                    plugin.policy.scope_hash(tier, &caller.id),
-                    match verdict {
-                        Verdict::Allow => record::Verdict::Allowed,
-                        Verdict::Deny => record::Verdict::Denied,
-                        Verdict::WouldDeny => record::Verdict::WouldDeny,
-                    },
-                    cost,
-                )
-                .with_scopes(plugin.policy.scope_hashes(tier, &caller));
-                rec.publish();
-                self.record = Some(rec);
+                if plugin.policy.records() {
+                    // Off (`"records": false`), the request saves the record's host call and its
+                    // hashing; the LLM path publishes only a record that exists.
+                    let rec = Record::new(
+                        &tier.name,
+                        plugin.policy.scope_hash(tier, &caller.id),
+                        match verdict {
+                            Verdict::Allow => record::Verdict::Allowed,
+                            Verdict::Deny => record::Verdict::Denied,
+                            Verdict::WouldDeny => record::Verdict::WouldDeny,
+                        },
+                        cost,
+                    )
+                    .with_scopes(plugin.policy.scope_hashes(tier, &caller));
+                    rec.publish();
+                    self.record = Some(rec);
+                }
                 if verdict == Verdict::WouldDeny {
                     // Shadow mode: counted and let through; headers only if the tier asks.
                     plugin.metrics.count(i, Event::WouldDeny);

@@ -5,6 +5,8 @@
 //! any filter runs, and Anthropic's `request-id` on `/v1/messages`), so an SDK's error names the
 //! request an operator can find in Envoy's access log; and [`headers::retry_hints`].
 
+use std::borrow::Cow;
+
 use policy_core::decision::Decision;
 use policy_core::headers::{self, Fields};
 use policy_core::identity::IdentityError;
@@ -31,37 +33,52 @@ pub struct Client<'a> {
     pub headers: Option<&'a HeaderList>,
 }
 
-impl Client<'_> {
-    /// The first value of request header `name` (as Envoy's `proxy_get_header_map_value` gives).
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        match self.headers {
-            Some(headers) => headers.values(name).next().map(<[u8]>::to_vec),
-            None => host::header(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten(),
-        }
+/// The first value of request header `name` (as Envoy's `proxy_get_header_map_value` gives):
+/// where it is in `held`, else asked of the host.
+fn read<'a>(held: Option<&'a HeaderList>, name: &'a str) -> Option<Cow<'a, [u8]>> {
+    match held {
+        Some(headers) => headers.values(name).next().map(Cow::Borrowed),
+        None => host::header(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+            .map(Cow::Owned),
     }
 }
 
-/// Adds the request's id under the names the SDKs read.
+/// Adds the request's id under the names the SDKs read. The values are read where they are
+/// when the headers are held (no copy of either header).
 fn add_request_id(client: Client<'_>, fields: &mut Fields) {
-    let id = client
-        .header("x-request-id")
+    let id = read(client.headers, "x-request-id")
         .filter(|v| {
             !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(u8::is_ascii_graphic)
         })
-        .and_then(|v| String::from_utf8(v).ok());
+        .and_then(|v| std::str::from_utf8(&v).ok().map(str::to_owned));
     let Some(id) = id else {
         return;
     };
-    let anthropic = client
-        .header(":path")
-        .and_then(|p| String::from_utf8(p).ok())
-        .is_some_and(|p| ApiKind::from_path(&p) == ApiKind::AnthropicMessages);
+    let anthropic = read(client.headers, ":path")
+        .filter(|p| may_be_messages(p))
+        .is_some_and(|p| {
+            std::str::from_utf8(&p)
+                .is_ok_and(|p| ApiKind::from_path(p) == ApiKind::AnthropicMessages)
+        });
     if anthropic {
         fields.push(("request-id", id.clone()));
     }
     fields.push(("x-request-id", id));
+}
+
+/// Whether `path` can name Anthropic's Messages API (`…/v1/messages`, or Vertex AI's
+/// `…/publishers/anthropic/…:rawPredict`): checked before [`ApiKind::from_path`], whose
+/// normalising and matching cost a refusal ~6,000 Wasm operators (BENCHMARKS.md §2). The words
+/// of the normalised path come from the raw path's own letters or from `%` escapes, so a path
+/// with neither word and no `%` cannot be one.
+fn may_be_messages(path: &[u8]) -> bool {
+    let has = |word: &[u8]| {
+        path.windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    path.contains(&b'%') || has(b"messages") || has(b"rawpredict")
 }
 
 fn send(
@@ -73,7 +90,8 @@ fn send(
     grpc_message: &str,
 ) {
     add_request_id(client, &mut fields);
-    let mut list: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    let mut list: Vec<(&str, &[u8])> = Vec::with_capacity(fields.len() + 1);
+    list.extend(fields.iter().map(|(n, v)| (*n, v.as_bytes())));
     let sent = if client.grpc {
         host::send_grpc_response(grpc_status, grpc_message, &list)
     } else {
@@ -98,8 +116,12 @@ pub fn rate_limited(client: Client<'_>, tier: &Tier, decision: &Decision) {
     if let Some(wait) = decision.retry_after() {
         fields.extend(headers::retry_hints(wait, None, client.grpc));
     }
-    let body = headers::denial_body(tier, decision);
-    let message = headers::denial_grpc_message(tier, decision);
+    // Each client reads one of them: build only that one.
+    let (body, message) = if client.grpc {
+        (String::new(), headers::denial_grpc_message(tier, decision))
+    } else {
+        (headers::denial_body(tier, decision), String::new())
+    };
     send(
         client,
         429,
@@ -229,4 +251,34 @@ pub fn contended(client: Client<'_>) {
         body,
         "rate limiter state is contended; retry shortly",
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_of_anthropics_messages_api_passes_the_quick_check() {
+        let paths = [
+            "/v1/messages",
+            "/V1/Messages?beta=true",
+            "/anthropic/v1/messages/",
+            "/v1/%6Dessages",
+            "/v1//x/../messages",
+            "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-3-5-sonnet:rawPredict",
+            "/v1/projects/p/locations/l/publishers/anthropic/models/c:streamRawPredict",
+            "/api/tasks",
+            "/v1/chat/completions",
+            "/v1/messages-archive",
+        ];
+        for path in paths {
+            let messages = ApiKind::from_path(path) == ApiKind::AnthropicMessages;
+            if messages {
+                assert!(may_be_messages(path.as_bytes()), "{path}");
+            }
+        }
+        assert!(!may_be_messages(b"/api/tasks"));
+        assert!(!may_be_messages(b"/v1/chat/completions"));
+        assert!(may_be_messages(b"/v1/messages"));
+    }
 }

@@ -11,8 +11,13 @@ pub struct Calls(Arc<Mutex<BTreeMap<&'static str, u64>>>);
 
 impl Calls {
     pub(crate) fn count(&self, import: &'static str) {
+        self.add(import, 1);
+    }
+
+    /// Adds `n` to `name`'s count (the fuel an export call burnt, for [`crate::Shared::fuel`]).
+    pub(crate) fn add(&self, name: &'static str, n: u64) {
         let mut calls = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        *calls.entry(import).or_default() += 1;
+        *calls.entry(name).or_default() += n;
     }
 
     /// Every import called so far and how often.

@@ -34,6 +34,9 @@ macro_rules! link_imports {
                     stringify!($name),
                     |mut caller: Ctx<'_>, $($arg: $ty),*| -> wasmtime::Result<i32> {
                         caller.data().shared.calls().count(stringify!($name));
+                        if let Ok(left) = caller.get_fuel() {
+                            caller.data().shared.mark_fuel(stringify!($name), left, false);
+                        }
                         // An injected failure answers in place of the host, which does nothing.
                         if let Some(status) = caller.data().shared.faults().take(stringify!($name)) {
                             return Ok(status as i32);

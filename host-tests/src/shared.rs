@@ -12,6 +12,13 @@ use crate::faults::Faults;
 use crate::metrics::Metrics;
 use crate::shared_data::SharedData;
 
+/// Where the guest's fuel went, when tracing ([`Shared::trace_fuel`]).
+#[derive(Debug, Clone, Default)]
+struct FuelTrace(Arc<Mutex<Option<Vec<FuelMark>>>>);
+
+/// Where, how much fuel was left, and whether the guest was entered there.
+type FuelMark = (&'static str, u64, bool);
+
 /// The process-wide state every worker's VM sees.
 #[derive(Debug, Clone, Default)]
 pub struct Shared {
@@ -22,6 +29,8 @@ pub struct Shared {
     faults: Faults,
     calls: Calls,
     next_instance: Arc<AtomicU64>,
+    fuel: Calls,
+    fuel_trace: FuelTrace,
 }
 
 impl Shared {
@@ -66,6 +75,64 @@ impl Shared {
     /// Host calls made so far, per import.
     pub fn calls(&self) -> &Calls {
         &self.calls
+    }
+
+    /// Fuel the guest has burnt so far, per export (`proxy_on_request_headers`, …), in every
+    /// worker: wasmtime charges one unit per Wasm operator executed (control-flow markers such as
+    /// `nop`, `block` and `end` are free), so differences of these are the guest's instruction
+    /// counts, exact and independent of the machine's load (BENCHMARKS.md §2 measures the request
+    /// path with them).
+    pub fn fuel(&self) -> &Calls {
+        &self.fuel
+    }
+
+    /// Starts recording where the guest's fuel goes: from now on every export call and every
+    /// host call the guest makes leaves a mark, taken by [`Shared::take_fuel_trace`].
+    pub fn trace_fuel(&self) {
+        let mut trace = self
+            .fuel_trace
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        trace.get_or_insert_with(Vec::new);
+    }
+
+    /// The marks since the last take, in order: `(what, fuel used since the previous mark)`,
+    /// where `what` is an export (`proxy_on_request_headers`: the guest entered it), a host call
+    /// (`proxy_get_shared_data`: the guest spent the fuel up to calling it) or `return` (the
+    /// guest spent the fuel from its last host call to returning). Empty unless
+    /// [`Shared::trace_fuel`] was called.
+    pub fn take_fuel_trace(&self) -> Vec<(&'static str, u64)> {
+        let mut trace = self
+            .fuel_trace
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(marks) = trace.as_mut() else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(marks.len());
+        let mut left = 0;
+        for (what, fuel_left, entry) in marks.drain(..) {
+            // An export's entry carries its whole budget: nothing was spent before it.
+            let used = if entry { 0 } else { left - fuel_left.min(left) };
+            out.push((what, used));
+            left = fuel_left;
+        }
+        out
+    }
+
+    /// Records `fuel_left` at `what` (`entry`: the guest is entered by export `what`), when
+    /// tracing.
+    pub(crate) fn mark_fuel(&self, what: &'static str, fuel_left: u64, entry: bool) {
+        let mut trace = self
+            .fuel_trace
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(marks) = trace.as_mut() {
+            marks.push((what, fuel_left, entry));
+        }
     }
 
     pub(crate) fn next_instance_id(&self) -> u64 {

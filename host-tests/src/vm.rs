@@ -114,8 +114,16 @@ impl Vm {
         self.store.data_mut().current_context = context;
         let mark = self.store.data().logs.len();
         self.store.set_fuel(self.fuel).map_err(HostError::Load)?;
-        func.call(&mut self.store, params)
-            .map_err(|error| self.classify(name, &error, mark))
+        self.store.data().shared.mark_fuel(name, self.fuel, true);
+        let result = func
+            .call(&mut self.store, params)
+            .map_err(|error| self.classify(name, &error, mark));
+        if let Ok(left) = self.store.get_fuel() {
+            let used = self.fuel.saturating_sub(left);
+            self.store.data().shared.fuel().add(name, used);
+            self.store.data().shared.mark_fuel("return", left, false);
+        }
+        result
     }
 
     fn classify(&self, call: &'static str, error: &wasmtime::Error, mark: usize) -> HostError {

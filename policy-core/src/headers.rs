@@ -99,18 +99,22 @@ fn structured<'a>(entries: impl Iterator<Item = Entry<'a>>, out: &mut Fields) {
     }
 }
 
-/// The headers for a decision on request limits, allowed or denied.
+/// The headers for a decision on request limits, allowed or denied: the IETF fields, the
+/// `X-RateLimit-*` ones unless the tier's `x_ratelimit_headers` is off, and `Retry-After` on a
+/// refusal.
 pub fn fields(tier: &Tier, d: &Decision) -> Fields {
     let mut out = Vec::with_capacity(6);
     if tier.limits.is_empty() {
         return out;
     }
     structured(request_entries(tier, d), &mut out);
-    let s = d.status();
-    let limit = tier.limits.get(d.decisive).map_or(0, |l| l.rate.amount());
-    out.push(("x-ratelimit-limit", number(limit)));
-    out.push(("x-ratelimit-remaining", number(s.remaining)));
-    out.push(("x-ratelimit-reset", number(s.reset_after.as_secs_ceil())));
+    if tier.x_ratelimit_headers {
+        let s = d.status();
+        let limit = tier.limits.get(d.decisive).map_or(0, |l| l.rate.amount());
+        out.push(("x-ratelimit-limit", number(limit)));
+        out.push(("x-ratelimit-remaining", number(s.remaining)));
+        out.push(("x-ratelimit-reset", number(s.reset_after.as_secs_ceil())));
+    }
     if let Some(wait) = d.retry_after() {
         out.push(("retry-after", number(wait.as_secs_ceil())));
     }
@@ -685,6 +689,36 @@ mod tests {
         assert_eq!(
             body,
             "{\"error\":\"rate_limited\",\"message\":\"rate limit exceeded\",\"tier\":\"users\",\"policy\":\"users\",\"limit\":100,\"window_seconds\":60,\"retry_after_seconds\":1}"
+        );
+    }
+
+    #[test]
+    fn without_x_ratelimit_headers_only_the_ietf_fields_and_the_wait_remain() {
+        let p = Policy::from_json(
+            br#"{"x_ratelimit_headers":false,"tiers":[{"name":"users",
+                "identity":{"header":"x-user-id"},"limits":[{"requests":1,"per":"minute"}]}]}"#,
+        )
+        .unwrap();
+        let mut s = MemoryStore::new();
+        p.init_store(&mut s).unwrap();
+        let h: HeaderList = [("x-user-id", "test")].into_iter().collect();
+        let now = Nanos(1_000_000_000_000);
+        let names = |outcome| {
+            let Outcome::Decided { tier, decision, .. } = outcome else {
+                panic!()
+            };
+            fields(tier, &decision)
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(p.check(&h, now, &mut s)),
+            ["ratelimit-policy", "ratelimit"]
+        );
+        assert_eq!(
+            names(p.check(&h, now, &mut s)),
+            ["ratelimit-policy", "ratelimit", "retry-after"]
         );
     }
 

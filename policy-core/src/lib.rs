@@ -44,6 +44,6 @@ pub mod time;
 pub use config::{ConfigError, Policy};
 pub use decision::Decision;
 pub use policy::Outcome;
-pub use request::{Attributes, HeaderList};
+pub use request::{Attributes, HeaderList, Span};
 pub use store::{Cas, MemoryStore, Store, StoreError};
 pub use time::Nanos;

@@ -37,6 +37,7 @@ pub struct Policy {
     llm: Option<LlmSettings>,
     global: Option<GlobalSettings>,
     prices: Option<PriceTable>,
+    records: bool,
 }
 
 /// What the token budgets say about an LLM request.
@@ -121,7 +122,19 @@ impl Policy {
             llm,
             global: None,
             prices: None,
+            records: true,
         }
+    }
+
+    pub(crate) fn with_records(mut self, records: bool) -> Policy {
+        self.records = records;
+        self
+    }
+
+    /// Whether a decided request sets its access-log record (the policy's `records`, default
+    /// on; README "Access-log records").
+    pub fn records(&self) -> bool {
+        self.records
     }
 
     pub(crate) fn with_prices(mut self, prices: Option<PriceTable>) -> Policy {

@@ -50,6 +50,10 @@ pub struct Tier {
     /// The scopes its limits and budgets count against besides its identity
     /// ([`crate::scope`]); empty when they all count the identity.
     pub scoping: crate::scope::Scoping,
+    /// Whether its request-limit responses carry `X-RateLimit-Limit/-Remaining/-Reset` besides
+    /// the IETF fields (the policy's `x_ratelimit_headers`, default on): three host calls per
+    /// response in Envoy for what `RateLimit` already says.
+    pub x_ratelimit_headers: bool,
 }
 
 /// Whether a tier's refusals are carried out.

@@ -30,6 +30,7 @@ mod llm_lifecycle;
 mod llm_request;
 mod llm_stream;
 mod model_snapshots;
+mod output;
 mod readme;
 mod reconfigure;
 mod records;

@@ -19,6 +19,7 @@ mod global;
 mod json;
 mod llm;
 mod model;
+mod output;
 mod price;
 mod scope;
 
@@ -109,6 +110,9 @@ const TOP_FIELDS: &[&str] = &[
     "global",
     "mode",
     "prices",
+    // The output switches (`output`).
+    "x_ratelimit_headers",
+    "records",
 ];
 const TIER_FIELDS: &[&str] = &[
     "name",
@@ -248,6 +252,7 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
         Some(v) => parse_mode(v, &top.at("mode"))?,
         None => Enforcement::Enforce,
     };
+    let output = output::parse(&top)?;
     let tiers_path = top.at("tiers");
     let list = array(top.req("tiers")?, &tiers_path)?;
     if list.is_empty() {
@@ -270,6 +275,9 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
             );
         }
         tiers.push(tier);
+    }
+    for tier in &mut tiers {
+        tier.x_ratelimit_headers = output.x_ratelimit_headers;
     }
     let prices = top
         .opt("prices")
@@ -305,7 +313,8 @@ pub fn parse(text: &[u8]) -> Result<Policy, ConfigError> {
     Ok(
         Policy::new(tiers, on_store_failure, Seed::derive(secret), llm)
             .with_global(global)
-            .with_prices(prices),
+            .with_prices(prices)
+            .with_records(output.records),
     )
 }
 
@@ -429,6 +438,7 @@ fn parse_tier(
         enforcement,
         shadow_headers,
         scoping: crate::scope::Scoping::default(),
+        x_ratelimit_headers: true,
     };
     let tokens_raw = match o.opt("tokens") {
         Some(t) => array(t, &o.at("tokens"))?.as_slice(),

@@ -279,6 +279,8 @@ fn a_streamed_llm_call_reads_each_chunk_once_and_no_empty_one() {
     assert_eq!(calls.get("proxy_set_shared_data"), Some(&3), "{calls:?}");
     let total: u64 = calls.values().sum();
     assert_eq!(total, 48, "{calls:?}");
+}
+
 /// The request `benches/count-hostcalls` sends, with the headers Envoy hands over.
 fn envoy_request(user: &str) -> Request {
     Request::get("/api/v1/tasks")

@@ -4,8 +4,9 @@
 //! Each worker records what it admitted here (one map update on the request path, no host call);
 //! on its tick it encodes its ledger as one message on the Envoy process's shared queue; the
 //! worker holding the lease merges every message into its own ledger and sends it. A round that
-//! fails puts its batch back ([`Ledger::restore`]): the deltas are resent, possibly after the
-//! service did apply them, which counts them twice (stricter, never looser).
+//! fails puts its batch back ([`Ledger::restore`]) and is resent verbatim with its round id
+//! (`tollgate.round`), which the service applies once: a round that timed out after Redis
+//! applied it is not counted again (for ten minutes, how long the service remembers an id).
 //!
 //! Memory is bounded by `max_pending_keys`: a delta for a bucket that is not pending yet, when
 //! the ledger is full, is dropped and counted ([`Ledger::take_dropped`]); deltas for pending

@@ -388,10 +388,15 @@ impl Harness {
 
     /// Moves the clock forward by `by`, firing each worker's `proxy_on_tick` at the instants it is
     /// due (with the clock reading that instant), then delivers queue notifications.
+    ///
+    /// A worker plays at most [`TICKS_PER_ADVANCE`] ticks of one advance; the rest of the span
+    /// is a stall after which it fires once, at the last instant due (what Envoy does when a
+    /// worker resumes), so that advancing a month costs what advancing an hour does.
     pub fn advance(&self, by: Duration) -> Result<(), HostError> {
         let clock = self.shared.clock();
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         let target = clock.now().saturating_add(by);
+        let mut fired = vec![0_u64; self.workers.len()];
         loop {
             let mut due: Option<(u64, usize)> = None;
             for index in 0..self.workers.len() {
@@ -402,6 +407,13 @@ impl Harness {
                 }
             }
             let Some((at, index)) = due else { break };
+            if let Some(n) = fired.get_mut(index) {
+                *n += 1;
+                if *n == TICKS_PER_ADVANCE {
+                    self.worker(index)?.skip_ticks_until(target);
+                    continue;
+                }
+            }
             clock.set(at.max(clock.now()));
             self.worker(index)?.tick()?;
         }
@@ -481,3 +493,7 @@ impl Harness {
         Ok(())
     }
 }
+
+/// The ticks a worker plays in one [`Harness::advance`] before the rest of the span counts as a
+/// stall (an hour of Envoy's one-second ticks).
+pub const TICKS_PER_ADVANCE: u64 = 3_600;

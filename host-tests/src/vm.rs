@@ -471,6 +471,17 @@ impl Vm {
         self.call::<i32, ()>("proxy_on_tick", ROOT_CONTEXT_ID, ROOT_CONTEXT_ID as i32)
     }
 
+    /// Skips the ticks due before the last one due at or before `until` (virtual nanoseconds):
+    /// a worker that stalled fires once when it resumes, as Envoy's tick timer does (it is re-armed
+    /// one period after it fires, never once per missed period).
+    pub fn skip_ticks_until(&mut self, until: u64) {
+        let state = self.store.data_mut();
+        let period = (u64::from(state.tick_period_ms) * 1_000_000).max(1);
+        if let Some(due) = state.next_tick.filter(|due| *due < until) {
+            state.next_tick = Some(due + (until - due) / period * period);
+        }
+    }
+
     /// Delivers pending `proxy_on_queue_ready` notifications for queues this VM registered.
     pub fn deliver_queue_ready(&mut self) -> Result<usize, HostError> {
         let state = self.store.data();

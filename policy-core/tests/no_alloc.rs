@@ -125,6 +125,17 @@ mod native {
     }
 
     #[test]
+    fn a_tier_of_more_than_four_limits_takes_one_allocation() {
+        // A decision keeps four limits' states in place (`policy_core::decision::Limits`).
+        let five = r#"{"tiers":[{"name":"users","identity":{"header":"x-user-id"},
+            "limits":[{"requests":100,"per":"second","burst":100},{"requests":10000,"per":"minute"},
+                      {"requests":100000,"per":"hour"},{"requests":1000000,"per":"day"},
+                      {"requests":10000000,"per":"week"}]}]}"#;
+        let (allocated, allowed) = decide(five, &request("alice"), 100, 10_000_000);
+        assert_eq!((allocated, allowed), (100, 100));
+    }
+
+    #[test]
     fn an_identity_too_long_to_keep_in_place_is_the_one_allocation() {
         // Past `policy_core::id::INLINE` bytes the identity goes to the heap: the count is
         // exact, so the test above cannot pass by a counter that misses allocations.

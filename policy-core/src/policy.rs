@@ -6,7 +6,7 @@ use crate::bucket::Tat;
 use crate::budget::{Amount, Ask, Budget, Hold, LlmSettings, Mode, ModelScope, Reservation};
 use crate::decision::{Decision, LimitStatus, Limits};
 use crate::global::GlobalSettings;
-use crate::hash::Seed;
+use crate::hash::{Prefix, Seed};
 use crate::identity::IdentityError;
 use crate::llm::price::PriceTable;
 use crate::request::Attributes;
@@ -30,6 +30,9 @@ pub enum OnStoreFailure {
 #[derive(Debug)]
 pub struct Policy {
     tiers: Vec<Tier>,
+    /// Each tier's name hashed under the seed, aligned with `tiers`: the head of every key of
+    /// its request limits, so a decision hashes only the caller's identity.
+    tier_keys: Vec<Prefix>,
     on_store_failure: OnStoreFailure,
     seed: Seed,
     llm: Option<LlmSettings>,
@@ -116,8 +119,13 @@ impl Policy {
         seed: Seed,
         llm: Option<LlmSettings>,
     ) -> Policy {
+        let tier_keys = tiers
+            .iter()
+            .map(|t| seed.prefix(&[t.name.as_bytes()]))
+            .collect();
         Policy {
             tiers,
+            tier_keys,
             on_store_failure,
             seed,
             llm,
@@ -416,9 +424,12 @@ impl Policy {
             };
             let caller = Caller { id, scopes };
             let id = &caller.id;
-            let slot = self
-                .seed
-                .slot(&[tier.name.as_bytes(), id], tier.table.sets());
+            let slot = match self.tier_keys.get(index) {
+                Some(prefix) => prefix.slot(&[id], tier.table.sets()),
+                None => self
+                    .seed
+                    .slot(&[tier.name.as_bytes(), id], tier.table.sets()),
+            };
             let is_idle = |states: &[Tat]| {
                 tier.limits
                     .iter()

@@ -195,16 +195,23 @@ impl Table {
                 Placement::Fresh => scratch.get(..self.cells).unwrap_or_default(),
                 _ => set.cells_into(way, &mut scratch),
             };
-            let (states, out) = match decide(current, placement) {
-                Update::Keep(out) => return Ok((out, placement)),
-                Update::Write(states, out) => (Cells::Vec(states), out),
-                Update::WriteCells(states, out) => (Cells::Fixed(states), out),
-            };
             let owner = match placement {
                 Placement::Shared => set.fingerprint(way),
                 _ => slot.fingerprint,
             };
-            set.set_way(way, owner, states.as_slice());
+            // Each arm writes its states where they are: the answer is moved once, not
+            // repacked (a move of a decision is a `memcpy` of a few hundred bytes).
+            let out = match decide(current, placement) {
+                Update::Keep(out) => return Ok((out, placement)),
+                Update::Write(states, out) => {
+                    set.set_way(way, owner, &states);
+                    out
+                }
+                Update::WriteCells(states, out) => {
+                    set.set_way(way, owner, &states);
+                    out
+                }
+            };
             match store.set(key, set.into_inner(), cas) {
                 Ok(()) => return Ok((out, placement)),
                 Err(StoreError::CasMismatch) => continue,
@@ -226,21 +233,6 @@ impl Table {
         value.fill(0);
         if let Ok(mut set) = SetValue::new_checked(value, self.cells) {
             set.set_tag(self.tag);
-        }
-    }
-}
-
-/// The states an [`Update`] writes, whichever way they came.
-enum Cells {
-    Vec(Vec<Tat>),
-    Fixed([Tat; MAX_CELLS]),
-}
-
-impl Cells {
-    fn as_slice(&self) -> &[Tat] {
-        match self {
-            Cells::Vec(v) => v,
-            Cells::Fixed(a) => a,
         }
     }
 }

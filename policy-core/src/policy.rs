@@ -6,15 +6,15 @@ use crate::bucket::Tat;
 use crate::budget::{
     Amount, Ask, Budget, BudgetSet, Hold, LlmSettings, Mode, ModelScope, Reservation,
 };
-use crate::decision::{Decision, LimitStatus};
+use crate::decision::{Decision, LimitStatus, Limits};
 use crate::global::GlobalSettings;
-use crate::hash::Seed;
+use crate::hash::{Prefix, Seed};
 use crate::identity::IdentityError;
 use crate::llm::price::PriceTable;
 use crate::request::Attributes;
 use crate::scope::{Caller, CallerRef, MissingScope};
 use crate::store::{Store, StoreError};
-use crate::table::{Placement, Table, TableError, Update};
+use crate::table::{Placement, Table, TableError, Update, MAX_CELLS};
 use crate::tier::Tier;
 use crate::time::Nanos;
 
@@ -32,6 +32,9 @@ pub enum OnStoreFailure {
 #[derive(Debug)]
 pub struct Policy {
     tiers: Vec<Tier>,
+    /// Each tier's name hashed under the seed, aligned with `tiers`: the head of every key of
+    /// its request limits, so a decision hashes only the caller's identity.
+    tier_keys: Vec<Prefix>,
     on_store_failure: OnStoreFailure,
     seed: Seed,
     llm: Option<LlmSettings>,
@@ -60,6 +63,10 @@ pub enum TokenOutcome {
 }
 
 /// What the policy says about one request.
+///
+/// `Decided` is the large variant on purpose: its decision and identity are kept in place, so
+/// that deciding a request allocates nothing (a few hundred bytes moved instead).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome<'p> {
     /// No tier applies: the request is not limited.
@@ -115,8 +122,13 @@ impl Policy {
         seed: Seed,
         llm: Option<LlmSettings>,
     ) -> Policy {
+        let tier_keys = tiers
+            .iter()
+            .map(|t| seed.prefix(&[t.name.as_bytes()]))
+            .collect();
         Policy {
             tiers,
+            tier_keys,
             on_store_failure,
             seed,
             llm,
@@ -291,10 +303,10 @@ impl Policy {
                     _ => s,
                 });
             return TokenOutcome::Denied {
-                decision: Decision::from_limits(shown.collect()).with_applied(applied),
+                decision: Decision::from_statuses(shown.collect()).with_applied(applied),
             };
         }
-        let decision = Decision::from_limits(statuses.into_iter().map(|(_, s, _)| s).collect());
+        let decision = Decision::from_statuses(statuses.into_iter().map(|(_, s, _)| s).collect());
         TokenOutcome::Admitted {
             reservation: Reservation { holds, estimate },
             decision: decision.with_applied(applied),
@@ -476,7 +488,7 @@ impl Policy {
             if !tier.matches(attrs) {
                 continue;
             }
-            let id = match tier.identity.derive(attrs) {
+            let id = match tier.identity.derive_id(attrs) {
                 Ok(Some(id)) => id,
                 Ok(None) => continue,
                 Err(error) => return Outcome::Ambiguous { tier, index, error },
@@ -494,9 +506,12 @@ impl Policy {
             };
             let caller = Caller { id, scopes };
             let id = &caller.id;
-            let slot = self
-                .seed
-                .slot(&[tier.name.as_bytes(), id], tier.table.sets());
+            let slot = match self.tier_keys.get(index) {
+                Some(prefix) => prefix.slot(&[id], tier.table.sets()),
+                None => self
+                    .seed
+                    .slot(&[tier.name.as_bytes(), id], tier.table.sets()),
+            };
             let is_idle = |states: &[Tat]| {
                 tier.limits
                     .iter()
@@ -543,7 +558,6 @@ impl Policy {
     }
 }
 
-/// Checks every limit of the tier; takes from all of them only if all allow.
 /// Calls `f` once per budget set and slot that `holds` use, with the positions in `holds` of
 /// the holds there: one call's holds in a set share its slot (a set's budgets count one key),
 /// so this is one pass per set.
@@ -576,13 +590,17 @@ fn for_each_set<E>(
     Ok(())
 }
 
+/// Checks every limit of the tier; takes from all of them only if all allow. The states to
+/// write are a fixed-size array (a tier has at most [`MAX_CELLS`] limits): no allocation.
 fn decide(tier: &Tier, states: &[Tat], now: Nanos, cost: u64) -> Update<Decision> {
-    let mut next = Vec::with_capacity(tier.limits.len());
-    let mut statuses = Vec::with_capacity(tier.limits.len());
+    let mut next = [Tat::default(); MAX_CELLS];
+    let mut statuses = Limits::new();
     for (i, limit) in tier.limits.iter().enumerate() {
         let tat = states.get(i).copied().unwrap_or_default();
         let c = limit.rate.check(tat, now, cost);
-        next.push(c.tat);
+        if let Some(n) = next.get_mut(i) {
+            *n = c.tat;
+        }
         statuses.push(LimitStatus::from(c));
     }
     let all = statuses.iter().all(|s| s.allowed);
@@ -598,9 +616,9 @@ fn decide(tier: &Tier, states: &[Tat], now: Nanos, cost: u64) -> Update<Decision
                 }
             }
         }
-        return Update::Keep(Decision::from_limits(statuses));
+        return Update::Keep(Decision::from_statuses(statuses));
     }
-    Update::Write(next, Decision::from_limits(statuses))
+    Update::WriteCells(next, Decision::from_statuses(statuses))
 }
 
 #[cfg(test)]

@@ -275,20 +275,29 @@ impl BudgetTable {
             if placement != Placement::Fresh {
                 set.ways().cells_into(way, &mut current);
             }
-            match decide(current.get(..n).unwrap_or(&[]), placement) {
+            let (listed, cells, out);
+            let states: &[Tat] = match decide(current.get(..n).unwrap_or(&[]), placement) {
                 Update::Keep(out) => return Ok((out, placement)),
-                Update::Write(states, out) => {
-                    let owner = match placement {
-                        Placement::Shared => set.ways().fingerprint(way),
-                        _ => slot.fingerprint,
-                    };
-                    set.ways_mut().set_way(way, owner, &states);
-                    match store.set(&key, set.into_inner().as_slice(), cas) {
-                        Ok(()) => return Ok((out, placement)),
-                        Err(StoreError::CasMismatch) => continue,
-                        Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
-                    }
+                Update::Write(states, o) => {
+                    out = o;
+                    listed = states;
+                    &listed
                 }
+                Update::WriteCells(states, o) => {
+                    out = o;
+                    cells = states;
+                    cells.get(..n).unwrap_or(&cells)
+                }
+            };
+            let owner = match placement {
+                Placement::Shared => set.ways().fingerprint(way),
+                _ => slot.fingerprint,
+            };
+            set.ways_mut().set_way(way, owner, states);
+            match store.set(&key, set.into_inner().as_slice(), cas) {
+                Ok(()) => return Ok((out, placement)),
+                Err(StoreError::CasMismatch) => continue,
+                Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             }
         }
         Err(TableError::Contended)

@@ -12,6 +12,7 @@
 //! share, never looser, and the caller is told so it can count it.
 
 mod budgets;
+mod key;
 mod set;
 
 use alloc::string::String;
@@ -23,6 +24,7 @@ use crate::hash::{Seed, Slot};
 use crate::store::{Store, StoreError};
 
 pub use budgets::{budget_set_len, column_tag, columns_in, BudgetSetValue, BudgetTable};
+pub use key::StoreKey;
 pub use set::{set_len, SetValue, Way, WrongLength, MAX_CELLS, WAYS};
 
 /// Compare-and-swap attempts before giving up. Under Envoy's per-process lock a conflict means
@@ -45,6 +47,9 @@ pub enum Placement {
 pub enum Update<T> {
     /// Store these states and return `T`.
     Write(Vec<Tat>, T),
+    /// The same, the states in a fixed-size array (states past the table's cells are ignored):
+    /// the request path's, which allocates nothing.
+    WriteCells([Tat; MAX_CELLS], T),
     /// Store nothing and return `T` (a denial changes nothing).
     Keep(T),
 }
@@ -119,17 +124,13 @@ impl Table {
         key
     }
 
-    fn empty_set(&self) -> SetValue<Vec<u8>> {
-        SetValue::empty(self.cells, self.tag)
+    /// The store key of set `set`, built on the stack (see [`StoreKey`]).
+    pub fn store_key(&self, set: u32) -> StoreKey {
+        StoreKey::new(&self.prefix, set)
     }
 
-    /// Reads a stored value as this table's set: a value of another length (torn) or another
-    /// tag (another layout) reads as empty.
-    fn read_set(&self, bytes: Vec<u8>) -> SetValue<Vec<u8>> {
-        match SetValue::new_checked(bytes, self.cells) {
-            Ok(set) if set.tag() == self.tag => set,
-            _ => self.empty_set(),
-        }
+    fn empty_set(&self) -> SetValue<Vec<u8>> {
+        SetValue::empty(self.cells, self.tag)
     }
 
     /// Creates every set that does not exist yet, so that no request ever meets a missing key
@@ -150,6 +151,11 @@ impl Table {
 
     /// Reads the key's states, lets `decide` choose, and writes the result with CAS, retrying on
     /// conflict. `is_idle` says whether a way's states are all full buckets (reclaimable).
+    ///
+    /// Nothing here allocates: the store key is built on the stack ([`StoreKey`]), the set is
+    /// read into a stack buffer ([`Store::get_into`]) and `decide` may answer with a fixed-size
+    /// array of states ([`Update::WriteCells`]), so a store that copies out of its own memory
+    /// makes the whole update allocation-free.
     pub fn update<S, T>(
         &self,
         store: &mut S,
@@ -160,38 +166,76 @@ impl Table {
     where
         S: Store,
     {
-        let key = self.key(slot.set);
+        let key = self.store_key(slot.set);
+        let key = key.as_str();
+        let mut buf = [0u8; set_len(MAX_CELLS)];
+        let value = buf.get_mut(..self.set_bytes()).unwrap_or_default();
         for _ in 0..MAX_ATTEMPTS {
-            let (mut set, cas) = match store.get(&key) {
-                Ok(Some((bytes, cas))) => (self.read_set(bytes), cas),
+            let cas = match store.get_into(key, value) {
+                Ok(Some((len, cas))) => {
+                    if !self.is_ours(value, len) {
+                        self.clear(value);
+                    }
+                    cas
+                }
                 // Missing: with no CAS in hand it is created unconditionally, exactly as init
                 // would have.
-                Ok(None) => (self.empty_set(), None),
+                Ok(None) => {
+                    self.clear(value);
+                    None
+                }
                 Err(StoreError::CasMismatch) => continue,
                 Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             };
-            let (way, placement) = place(&set, slot.fingerprint, &is_idle);
-            let current = match placement {
-                Placement::Fresh => alloc::vec![Tat::default(); self.cells],
-                _ => (0..self.cells).map(|c| set.cell(way, c)).collect(),
+            // The buffer is exactly one set long (`set_bytes`): this cannot fail.
+            let Ok(mut set) = SetValue::new_checked(&mut *value, self.cells) else {
+                return Err(TableError::Unavailable);
             };
-            match decide(&current, placement) {
+            let (way, placement) = place(&set, slot.fingerprint, &is_idle);
+            let mut scratch = [Tat::default(); MAX_CELLS];
+            let current = match placement {
+                Placement::Fresh => scratch.get(..self.cells).unwrap_or_default(),
+                _ => set.cells_into(way, &mut scratch),
+            };
+            let owner = match placement {
+                Placement::Shared => set.fingerprint(way),
+                _ => slot.fingerprint,
+            };
+            // Each arm writes its states where they are: the answer is moved once, not
+            // repacked (a move of a decision is a `memcpy` of a few hundred bytes).
+            let out = match decide(current, placement) {
                 Update::Keep(out) => return Ok((out, placement)),
                 Update::Write(states, out) => {
-                    let owner = match placement {
-                        Placement::Shared => set.fingerprint(way),
-                        _ => slot.fingerprint,
-                    };
                     set.set_way(way, owner, &states);
-                    match store.set(&key, set.into_inner().as_slice(), cas) {
-                        Ok(()) => return Ok((out, placement)),
-                        Err(StoreError::CasMismatch) => continue,
-                        Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
-                    }
+                    out
                 }
+                Update::WriteCells(states, out) => {
+                    set.set_way(way, owner, &states);
+                    out
+                }
+            };
+            match store.set(key, set.into_inner(), cas) {
+                Ok(()) => return Ok((out, placement)),
+                Err(StoreError::CasMismatch) => continue,
+                Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             }
         }
         Err(TableError::Contended)
+    }
+
+    /// Whether `value` (of stored length `len`) is a set of this table: of its length (not
+    /// torn) and under its tag (not another layout). Anything else reads as empty.
+    fn is_ours(&self, value: &[u8], len: usize) -> bool {
+        len == value.len()
+            && SetValue::new_checked(value, self.cells).is_ok_and(|set| set.tag() == self.tag)
+    }
+
+    /// Makes `value` (one set long) this table's empty set.
+    fn clear(&self, value: &mut [u8]) {
+        value.fill(0);
+        if let Ok(mut set) = SetValue::new_checked(value, self.cells) {
+            set.set_tag(self.tag);
+        }
     }
 }
 
@@ -252,6 +296,7 @@ mod tests {
         let t = table();
         for set in [0, 7, 10, 1234, u32::MAX] {
             assert_eq!(t.key(set), alloc::format!("t/{set}"));
+            assert_eq!(t.store_key(set).as_str(), alloc::format!("t/{set}"));
         }
     }
 

@@ -14,7 +14,7 @@ use crate::llm::price::PriceTable;
 use crate::request::Attributes;
 use crate::scope::{Caller, CallerRef, MissingScope};
 use crate::store::{Store, StoreError};
-use crate::table::{Placement, Table, TableError, Update, MAX_CELLS};
+use crate::table::{Placement, Table, TableError, Update};
 use crate::tier::Tier;
 use crate::time::Nanos;
 
@@ -542,7 +542,7 @@ impl Policy {
                     Err(error) => Outcome::StoreFailed { tier, index, error },
                 };
             }
-            let decide = |states: &[Tat], _: Placement| decide(tier, states, now, cost);
+            let decide = |states: &mut [Tat], _: Placement| decide(tier, states, now, cost);
             return match tier.table.update(store, slot, is_idle, decide) {
                 Ok((decision, placement)) => Outcome::Decided {
                     tier,
@@ -590,18 +590,25 @@ fn for_each_set<E>(
     Ok(())
 }
 
-/// Checks every limit of the tier; takes from all of them only if all allow. The states to
-/// write are a fixed-size array (a tier has at most [`MAX_CELLS`] limits): no allocation.
-fn decide(tier: &Tier, states: &[Tat], now: Nanos, cost: u64) -> Update<Decision> {
-    let mut next = [Tat::default(); MAX_CELLS];
+/// Checks every limit of the tier; takes from all of them only if all allow. The new states
+/// are written over `states` ([`Update::WriteInPlace`]): no allocation, and no array of states
+/// to zero and copy (which cost more Wasm operators than checking a limit twice).
+fn decide(tier: &Tier, states: &mut [Tat], now: Nanos, cost: u64) -> Update<Decision> {
     let mut statuses = Limits::new();
+    if let ([limit], [state, ..]) = (tier.limits.as_slice(), &mut *states) {
+        // One limit (the usual tier): it alone decides, so it is checked once and, when it
+        // admits, its new state is kept at once; a denial has no other limit to report.
+        let c = limit.rate.check(*state, now, cost);
+        statuses.push(LimitStatus::from(c));
+        if !c.allowed {
+            return Update::Keep(Decision::from_statuses(statuses));
+        }
+        *state = c.tat;
+        return Update::WriteInPlace(Decision::from_statuses(statuses));
+    }
     for (i, limit) in tier.limits.iter().enumerate() {
         let tat = states.get(i).copied().unwrap_or_default();
-        let c = limit.rate.check(tat, now, cost);
-        if let Some(n) = next.get_mut(i) {
-            *n = c.tat;
-        }
-        statuses.push(LimitStatus::from(c));
+        statuses.push(LimitStatus::from(limit.rate.check(tat, now, cost)));
     }
     let all = statuses.iter().all(|s| s.allowed);
     if !all {
@@ -618,7 +625,11 @@ fn decide(tier: &Tier, states: &[Tat], now: Nanos, cost: u64) -> Update<Decision
         }
         return Update::Keep(Decision::from_statuses(statuses));
     }
-    Update::WriteCells(next, Decision::from_statuses(statuses))
+    // All admit: take the cost from each (the same check again, now kept).
+    for (state, limit) in states.iter_mut().zip(&tier.limits) {
+        *state = limit.rate.check(*state, now, cost).tat;
+    }
+    Update::WriteInPlace(Decision::from_statuses(statuses))
 }
 
 #[cfg(test)]

@@ -338,7 +338,7 @@ pub fn check_scoped<S: Store>(
             .collect();
         let is_idle = |s: &[Tat]| rates.iter().zip(s).all(|(r, t)| r.is_full(*t, now));
         let write = !refused;
-        let decide = |states: &[Tat], _: Placement| {
+        let decide = |states: &mut [Tat], _: Placement| {
             let checks: Vec<_> = rates
                 .iter()
                 .enumerate()
@@ -413,7 +413,7 @@ fn give_back<S: Store>(
             .filter_map(|i| tier.limits.get(*i).map(|l| l.rate))
             .collect();
         let is_idle = |s: &[Tat]| rates.iter().zip(s).all(|(r, t)| r.is_full(*t, now));
-        let decide = |states: &[Tat], _: Placement| {
+        let decide = |states: &mut [Tat], _: Placement| {
             let back: Vec<Tat> = rates
                 .iter()
                 .enumerate()

@@ -270,8 +270,11 @@ impl BudgetTable {
                 Err(StoreError::CasMismatch) => continue,
                 Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             };
-            let (way, placement) = place(&set.ways(), slot.fingerprint, &is_idle);
             let mut current = [Tat::default(); MAX_CELLS];
+            let (way, placement) = place(&set.ways(), slot.fingerprint, &is_idle, &mut current);
+            if placement == Placement::Fresh {
+                current.fill(Tat::default());
+            }
             if placement != Placement::Fresh {
                 set.ways().cells_into(way, &mut current);
             }
@@ -287,6 +290,11 @@ impl BudgetTable {
                     out = o;
                     cells = states;
                     cells.get(..n).unwrap_or(&cells)
+                }
+                // `decide` was given the states unchanged here: it wrote none of them.
+                Update::WriteInPlace(o) => {
+                    out = o;
+                    current.get(..n).unwrap_or(&[])
                 }
             };
             let owner = match placement {

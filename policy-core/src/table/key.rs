@@ -9,8 +9,10 @@ use alloc::string::String;
 
 use crate::decimal::{digits, MAX_DIGITS};
 
-/// Bytes of a key kept on the stack: a prefix of up to `INLINE - 10` bytes and any `u32`.
-pub const INLINE: usize = 128;
+/// Bytes of a key kept on the stack: a prefix of up to `INLINE - 10` bytes and any `u32`, so a
+/// tier name of up to 42 bytes (`tollgate/r/<name>/`). 64 rather than 128: a stack array is
+/// zeroed before use, and in the Wasm guest each byte of it cost two operators per decision.
+pub const INLINE: usize = 64;
 
 /// A store key: `prefix` followed by the set number.
 #[derive(Clone, Debug)]

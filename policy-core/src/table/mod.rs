@@ -50,6 +50,9 @@ pub enum Update<T> {
     /// The same, the states in a fixed-size array (states past the table's cells are ignored):
     /// the request path's, which allocates nothing.
     WriteCells([Tat; MAX_CELLS], T),
+    /// The same, the states being those `decide` was given, as it left them (it updates them in
+    /// place): nothing is copied or zeroed for the answer.
+    WriteInPlace(T),
     /// Store nothing and return `T` (a denial changes nothing).
     Keep(T),
 }
@@ -161,14 +164,41 @@ impl Table {
         store: &mut S,
         slot: Slot,
         is_idle: impl Fn(&[Tat]) -> bool,
-        mut decide: impl FnMut(&[Tat], Placement) -> Update<T>,
+        decide: impl FnMut(&mut [Tat], Placement) -> Update<T>,
     ) -> Result<(T, Placement), TableError>
     where
         S: Store,
     {
         let key = self.store_key(slot.set);
         let key = key.as_str();
-        let mut buf = [0u8; set_len(MAX_CELLS)];
+        // The buffers are sized for the table: a stack array is zeroed before use, and zeroing
+        // room for 8 cells (over a kilobyte for the set) cost ~1,100 Wasm operators per
+        // decision where a tier has 1–3 limits.
+        match self.cells {
+            0..=1 => self.update_in::<{ set_len(1) }, 1, _, _>(key, store, slot, is_idle, decide),
+            2 => self.update_in::<{ set_len(2) }, 2, _, _>(key, store, slot, is_idle, decide),
+            3..=4 => self.update_in::<{ set_len(4) }, 4, _, _>(key, store, slot, is_idle, decide),
+            _ => self.update_in::<{ set_len(MAX_CELLS) }, MAX_CELLS, _, _>(
+                key, store, slot, is_idle, decide,
+            ),
+        }
+    }
+
+    /// [`update`](Self::update) with room for a set of `B` bytes and `C` cells (at least the
+    /// table's).
+    fn update_in<const B: usize, const C: usize, S, T>(
+        &self,
+        key: &str,
+        store: &mut S,
+        slot: Slot,
+        is_idle: impl Fn(&[Tat]) -> bool,
+        mut decide: impl FnMut(&mut [Tat], Placement) -> Update<T>,
+    ) -> Result<(T, Placement), TableError>
+    where
+        S: Store,
+    {
+        let mut buf = [0u8; B];
+        let mut scratch = [Tat::default(); C];
         let value = buf.get_mut(..self.set_bytes()).unwrap_or_default();
         for _ in 0..MAX_ATTEMPTS {
             let cas = match store.get_into(key, value) {
@@ -191,10 +221,13 @@ impl Table {
             let Ok(mut set) = SetValue::new_checked(&mut *value, self.cells) else {
                 return Err(TableError::Unavailable);
             };
-            let (way, placement) = place(&set, slot.fingerprint, &is_idle);
-            let mut scratch = [Tat::default(); MAX_CELLS];
+            let (way, placement) = place(&set, slot.fingerprint, &is_idle, &mut scratch);
             let current = match placement {
-                Placement::Fresh => scratch.get(..self.cells).unwrap_or_default(),
+                Placement::Fresh => {
+                    let fresh = scratch.get_mut(..self.cells).unwrap_or_default();
+                    fresh.fill(Tat::default());
+                    fresh
+                }
                 _ => set.cells_into(way, &mut scratch),
             };
             let owner = match placement {
@@ -211,6 +244,10 @@ impl Table {
                 }
                 Update::WriteCells(states, out) => {
                     set.set_way(way, owner, &states);
+                    out
+                }
+                Update::WriteInPlace(out) => {
+                    set.set_way(way, owner, current);
                     out
                 }
             };
@@ -244,15 +281,15 @@ fn place<B: AsRef<[u8]>>(
     set: &SetValue<B>,
     fingerprint: u64,
     is_idle: &impl Fn(&[Tat]) -> bool,
+    scratch: &mut [Tat],
 ) -> (Way, Placement) {
     let mut free = None;
-    let mut scratch = [Tat::default(); MAX_CELLS];
     for way in Way::all() {
         let fp = set.fingerprint(way);
         if fp == fingerprint {
             return (way, Placement::Owned);
         }
-        if free.is_none() && (fp == 0 || is_idle(set.cells_into(way, &mut scratch))) {
+        if free.is_none() && (fp == 0 || is_idle(set.cells_into(way, scratch))) {
             free = Some(way);
         }
     }

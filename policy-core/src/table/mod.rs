@@ -174,20 +174,56 @@ impl Table {
         // The buffers are sized for the table: a stack array is zeroed before use, and zeroing
         // room for 8 cells (over a kilobyte for the set) cost ~1,100 Wasm operators per
         // decision where a tier has 1–3 limits.
+        // Only the buffers are per size: the body is one function (four copies of it made the
+        // module 13.7 kB larger).
         match self.cells {
-            0..=1 => self.update_in::<{ set_len(1) }, 1, _, _>(key, store, slot, is_idle, decide),
-            2 => self.update_in::<{ set_len(2) }, 2, _, _>(key, store, slot, is_idle, decide),
-            3..=4 => self.update_in::<{ set_len(4) }, 4, _, _>(key, store, slot, is_idle, decide),
-            _ => self.update_in::<{ set_len(MAX_CELLS) }, MAX_CELLS, _, _>(
-                key, store, slot, is_idle, decide,
+            0..=1 => self.update_in(
+                &mut [0u8; set_len(1)],
+                &mut [Tat::default(); 1],
+                key,
+                store,
+                slot,
+                is_idle,
+                decide,
+            ),
+            2 => self.update_in(
+                &mut [0u8; set_len(2)],
+                &mut [Tat::default(); 2],
+                key,
+                store,
+                slot,
+                is_idle,
+                decide,
+            ),
+            3..=4 => self.update_in(
+                &mut [0u8; set_len(4)],
+                &mut [Tat::default(); 4],
+                key,
+                store,
+                slot,
+                is_idle,
+                decide,
+            ),
+            _ => self.update_in(
+                &mut [0u8; set_len(MAX_CELLS)],
+                &mut [Tat::default(); MAX_CELLS],
+                key,
+                store,
+                slot,
+                is_idle,
+                decide,
             ),
         }
     }
 
-    /// [`update`](Self::update) with room for a set of `B` bytes and `C` cells (at least the
-    /// table's).
-    fn update_in<const B: usize, const C: usize, S, T>(
+    /// [`update`](Self::update) with `buf` to read the set into and `scratch` for its cells (at
+    /// least one set and the table's cells long).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn update_in<S, T>(
         &self,
+        buf: &mut [u8],
+        scratch: &mut [Tat],
         key: &str,
         store: &mut S,
         slot: Slot,
@@ -197,8 +233,6 @@ impl Table {
     where
         S: Store,
     {
-        let mut buf = [0u8; B];
-        let mut scratch = [Tat::default(); C];
         let value = buf.get_mut(..self.set_bytes()).unwrap_or_default();
         for _ in 0..MAX_ATTEMPTS {
             let cas = match store.get_into(key, value) {
@@ -221,14 +255,14 @@ impl Table {
             let Ok(mut set) = SetValue::new_checked(&mut *value, self.cells) else {
                 return Err(TableError::Unavailable);
             };
-            let (way, placement) = place(&set, slot.fingerprint, &is_idle, &mut scratch);
+            let (way, placement) = place(&set, slot.fingerprint, &is_idle, scratch);
             let current = match placement {
                 Placement::Fresh => {
                     let fresh = scratch.get_mut(..self.cells).unwrap_or_default();
                     fresh.fill(Tat::default());
                     fresh
                 }
-                _ => set.cells_into(way, &mut scratch),
+                _ => set.cells_into(way, scratch),
             };
             let owner = match placement {
                 Placement::Shared => set.fingerprint(way),

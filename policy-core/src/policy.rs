@@ -606,28 +606,24 @@ fn decide(tier: &Tier, states: &mut [Tat], now: Nanos, cost: u64) -> Update<Deci
         *state = c.tat;
         return Update::WriteInPlace(Decision::from_statuses(statuses));
     }
-    for (i, limit) in tier.limits.iter().enumerate() {
-        let tat = states.get(i).copied().unwrap_or_default();
-        statuses.push(LimitStatus::from(limit.rate.check(tat, now, cost)));
+    // Each limit checked once: its new state goes where it was, the old one is kept aside for a
+    // denial, which reports the allowing limits as they stand.
+    let mut before = [Tat::default(); crate::table::MAX_CELLS];
+    for ((state, limit), old) in states.iter_mut().zip(&tier.limits).zip(before.iter_mut()) {
+        let c = limit.rate.check(*state, now, cost);
+        statuses.push(LimitStatus::from(c));
+        *old = *state;
+        *state = c.tat;
     }
-    let all = statuses.iter().all(|s| s.allowed);
-    if !all {
-        // Report the allowing limits as they stand, untouched by a request that did not happen.
-        for (i, limit) in tier.limits.iter().enumerate() {
-            if let Some(s) = statuses.get_mut(i) {
-                if s.allowed {
-                    let tat = states.get(i).copied().unwrap_or_default();
-                    let p = limit.rate.peek(tat, now);
-                    s.remaining = p.remaining;
-                    s.reset_after = p.reset_after;
-                }
+    if !statuses.iter().all(|s| s.allowed) {
+        for ((s, limit), old) in statuses.iter_mut().zip(&tier.limits).zip(before) {
+            if s.allowed {
+                let p = limit.rate.peek(old, now);
+                s.remaining = p.remaining;
+                s.reset_after = p.reset_after;
             }
         }
         return Update::Keep(Decision::from_statuses(statuses));
-    }
-    // All admit: take the cost from each (the same check again, now kept).
-    for (state, limit) in states.iter_mut().zip(&tier.limits) {
-        *state = limit.rate.check(*state, now, cost).tat;
     }
     Update::WriteInPlace(Decision::from_statuses(statuses))
 }

@@ -647,7 +647,7 @@ mod tests {
     fn identity(p: &Policy, s: &mut MemoryStore, user: &str) -> Vec<u8> {
         let h: HeaderList = [("x-user-id", user)].into_iter().collect();
         match p.check(&h, T0, s) {
-            Outcome::Decided { caller, .. } => caller.id,
+            Outcome::Decided { caller, .. } => caller.id.into_vec(),
             other => panic!("{other:?}"),
         }
     }

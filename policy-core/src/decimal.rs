@@ -6,7 +6,24 @@
 use alloc::string::String;
 
 /// Enough for `u64::MAX` (20 digits).
-const MAX_DIGITS: usize = 20;
+pub const MAX_DIGITS: usize = 20;
+
+/// `n`'s decimal digits, written into `buf` (no allocation: for text built on the stack, such as
+/// a store key).
+pub fn digits(mut n: u64, buf: &mut [u8; MAX_DIGITS]) -> &[u8] {
+    let mut start = MAX_DIGITS;
+    while let Some(next) = start.checked_sub(1) {
+        start = next;
+        if let Some(d) = buf.get_mut(start) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.get(start..).unwrap_or_default()
+}
 
 /// Appends `n` in decimal.
 pub fn push_u64(out: &mut String, n: u64) {
@@ -78,6 +95,7 @@ mod tests {
             push_u64(&mut s, n);
             assert_eq!(s, format!("x={n}"));
             assert_eq!(number(n), format!("{n}"));
+            assert_eq!(digits(n, &mut [0; MAX_DIGITS]), format!("{n}").as_bytes());
         }
     }
 

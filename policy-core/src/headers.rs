@@ -812,7 +812,8 @@ mod tests {
                 remaining: 9,
                 reset_after: Nanos::from_secs(6),
                 retry_after: Nanos::ZERO,
-            }],
+            }]
+            .into(),
         };
         let tokens = Decision {
             allowed: false,
@@ -823,7 +824,8 @@ mod tests {
                 remaining: 0,
                 reset_after: Nanos::from_secs(3_600),
                 retry_after: Nanos(1_500_000_000),
-            }],
+            }]
+            .into(),
         };
         (p, requests, tokens)
     }

@@ -3,6 +3,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::id::Id;
 use crate::request::Attributes;
 
 /// Where a tier reads the identity that keys its buckets.
@@ -55,6 +56,16 @@ impl core::fmt::Display for IdentityError {
 impl IdentitySource {
     /// The identity bytes, `None` when the request carries none (the tier then does not apply).
     pub fn derive<A: Attributes>(&self, attrs: &A) -> Result<Option<Vec<u8>>, IdentityError> {
+        self.derive_into(attrs)
+    }
+
+    /// As [`derive`](Self::derive), as an [`Id`]: a short identity (nearly all) is kept in
+    /// place, so the request path does not allocate for it.
+    pub fn derive_id<A: Attributes>(&self, attrs: &A) -> Result<Option<Id>, IdentityError> {
+        self.derive_into(attrs)
+    }
+
+    fn derive_into<A: Attributes, O: Bytes>(&self, attrs: &A) -> Result<Option<O>, IdentityError> {
         match self {
             IdentitySource::Header {
                 name,
@@ -73,19 +84,24 @@ impl IdentitySource {
                 if value.is_empty() {
                     return Ok(None);
                 }
+                let mut out = O::default();
                 if *case_sensitive {
-                    Ok(Some(Vec::from(value)))
+                    out.put(value);
                 } else {
-                    Ok(Some(fold_case(value)))
+                    fold_into(value, &mut out);
                 }
+                Ok(Some(out))
             }
-            IdentitySource::Metadata { filter, path } => {
-                Ok(attrs.metadata(filter, path).filter(|v| !trim(v).is_empty()))
-            }
-            IdentitySource::Shared => Ok(Some(Vec::new())),
-            IdentitySource::ClientAddress => {
-                Ok(attrs.client_address().map(|a| Vec::from(strip_port(&a))))
-            }
+            IdentitySource::Metadata { filter, path } => Ok(attrs
+                .metadata(filter, path)
+                .filter(|v| !trim(v).is_empty())
+                .map(O::from)),
+            IdentitySource::Shared => Ok(Some(O::default())),
+            IdentitySource::ClientAddress => Ok(attrs.client_address().map(|a| {
+                let mut out = O::default();
+                out.put(strip_port(&a));
+                out
+            })),
         }
     }
 
@@ -110,24 +126,58 @@ pub fn fold_case(value: &[u8]) -> Vec<u8> {
         return value.to_ascii_lowercase();
     }
     let mut out = Vec::with_capacity(value.len());
+    fold_into(value, &mut out);
+    out
+}
+
+/// Where an identity is written: a `Vec` ([`IdentitySource::derive`]) or an [`Id`].
+trait Bytes: Default + From<Vec<u8>> {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Bytes for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Bytes for Id {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// [`fold_case`], appended to `out`. ASCII is lowercased a run at a time, through a small stack
+/// buffer, so a plain id is folded without any copy but the one into `out`.
+fn fold_into(value: &[u8], out: &mut impl Bytes) {
     let mut buf = [0u8; 4];
+    if value.is_ascii() {
+        let mut run = [0u8; 32];
+        for chunk in value.chunks(run.len()) {
+            let dst = run.get_mut(..chunk.len()).unwrap_or_default();
+            for (d, s) in dst.iter_mut().zip(chunk) {
+                *d = s.to_ascii_lowercase();
+            }
+            out.put(dst);
+        }
+        return;
+    }
     for chunk in value.utf8_chunks() {
         for c in chunk.valid().chars() {
             if c.is_ascii() {
-                out.push(c.to_ascii_lowercase() as u8);
+                out.put(&[c.to_ascii_lowercase() as u8]);
                 continue;
             }
             for l in c.to_lowercase() {
                 for u in l.to_uppercase() {
                     for f in u.to_lowercase() {
-                        out.extend_from_slice(f.encode_utf8(&mut buf).as_bytes());
+                        out.put(f.encode_utf8(&mut buf).as_bytes());
                     }
                 }
             }
         }
-        out.extend_from_slice(chunk.invalid());
+        out.put(chunk.invalid());
     }
-    out
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -220,6 +270,33 @@ mod tests {
             assert_eq!(fold(&lower), one, "{c:?} and its lowercase {lower:?}");
             let again = core::str::from_utf8(&one).unwrap();
             assert_eq!(fold(again), one, "folding {c:?} twice");
+        }
+    }
+
+    #[test]
+    fn derive_id_is_derive_in_place() {
+        let sources = [
+            header(false),
+            header(true),
+            IdentitySource::Shared,
+            IdentitySource::ClientAddress,
+        ];
+        let long = "Ä".repeat(100);
+        for value in [
+            "Alice",
+            " bob\t",
+            "ÄPFEL",
+            "",
+            "  ",
+            long.as_str(),
+            "\u{212A}",
+        ] {
+            let h: HeaderList = [("x-user-id", value)].into_iter().collect();
+            for source in &sources {
+                let as_vec = source.derive(&h).unwrap();
+                let as_id = source.derive_id(&h).unwrap();
+                assert_eq!(as_id.map(Id::into_vec), as_vec, "{value:?} {source:?}");
+            }
         }
     }
 

@@ -27,6 +27,7 @@ pub mod decision;
 pub mod global;
 pub mod hash;
 pub mod headers;
+pub mod id;
 pub mod identity;
 pub mod llm;
 pub mod model_match;

@@ -6,9 +6,9 @@ use crate::bucket::Tat;
 use crate::budget::{
     Amount, Ask, Budget, BudgetSet, Hold, LlmSettings, Mode, ModelScope, Reservation,
 };
-use crate::decision::{Decision, LimitStatus};
+use crate::decision::{Decision, LimitStatus, Limits};
 use crate::global::GlobalSettings;
-use crate::hash::Seed;
+use crate::hash::{Prefix, Seed};
 use crate::identity::IdentityError;
 use crate::llm::price::PriceTable;
 use crate::request::Attributes;
@@ -32,6 +32,9 @@ pub enum OnStoreFailure {
 #[derive(Debug)]
 pub struct Policy {
     tiers: Vec<Tier>,
+    /// Each tier's name hashed under the seed, aligned with `tiers`: the head of every key of
+    /// its request limits, so a decision hashes only the caller's identity.
+    tier_keys: Vec<Prefix>,
     on_store_failure: OnStoreFailure,
     seed: Seed,
     llm: Option<LlmSettings>,
@@ -60,6 +63,10 @@ pub enum TokenOutcome {
 }
 
 /// What the policy says about one request.
+///
+/// `Decided` is the large variant on purpose: its decision and identity are kept in place, so
+/// that deciding a request allocates nothing (a few hundred bytes moved instead).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Outcome<'p> {
     /// No tier applies: the request is not limited.
@@ -115,8 +122,13 @@ impl Policy {
         seed: Seed,
         llm: Option<LlmSettings>,
     ) -> Policy {
+        let tier_keys = tiers
+            .iter()
+            .map(|t| seed.prefix(&[t.name.as_bytes()]))
+            .collect();
         Policy {
             tiers,
+            tier_keys,
             on_store_failure,
             seed,
             llm,
@@ -291,10 +303,10 @@ impl Policy {
                     _ => s,
                 });
             return TokenOutcome::Denied {
-                decision: Decision::from_limits(shown.collect()).with_applied(applied),
+                decision: Decision::from_statuses(shown.collect()).with_applied(applied),
             };
         }
-        let decision = Decision::from_limits(statuses.into_iter().map(|(_, s, _)| s).collect());
+        let decision = Decision::from_statuses(statuses.into_iter().map(|(_, s, _)| s).collect());
         TokenOutcome::Admitted {
             reservation: Reservation { holds, estimate },
             decision: decision.with_applied(applied),
@@ -476,7 +488,7 @@ impl Policy {
             if !tier.matches(attrs) {
                 continue;
             }
-            let id = match tier.identity.derive(attrs) {
+            let id = match tier.identity.derive_id(attrs) {
                 Ok(Some(id)) => id,
                 Ok(None) => continue,
                 Err(error) => return Outcome::Ambiguous { tier, index, error },
@@ -494,9 +506,12 @@ impl Policy {
             };
             let caller = Caller { id, scopes };
             let id = &caller.id;
-            let slot = self
-                .seed
-                .slot(&[tier.name.as_bytes(), id], tier.table.sets());
+            let slot = match self.tier_keys.get(index) {
+                Some(prefix) => prefix.slot(&[id], tier.table.sets()),
+                None => self
+                    .seed
+                    .slot(&[tier.name.as_bytes(), id], tier.table.sets()),
+            };
             let is_idle = |states: &[Tat]| {
                 tier.limits
                     .iter()
@@ -527,7 +542,7 @@ impl Policy {
                     Err(error) => Outcome::StoreFailed { tier, index, error },
                 };
             }
-            let decide = |states: &[Tat], _: Placement| decide(tier, states, now, cost);
+            let decide = |states: &mut [Tat], _: Placement| decide(tier, states, now, cost);
             return match tier.table.update(store, slot, is_idle, decide) {
                 Ok((decision, placement)) => Outcome::Decided {
                     tier,
@@ -543,7 +558,6 @@ impl Policy {
     }
 }
 
-/// Checks every limit of the tier; takes from all of them only if all allow.
 /// Calls `f` once per budget set and slot that `holds` use, with the positions in `holds` of
 /// the holds there: one call's holds in a set share its slot (a set's budgets count one key),
 /// so this is one pass per set.
@@ -576,31 +590,42 @@ fn for_each_set<E>(
     Ok(())
 }
 
-fn decide(tier: &Tier, states: &[Tat], now: Nanos, cost: u64) -> Update<Decision> {
-    let mut next = Vec::with_capacity(tier.limits.len());
-    let mut statuses = Vec::with_capacity(tier.limits.len());
-    for (i, limit) in tier.limits.iter().enumerate() {
-        let tat = states.get(i).copied().unwrap_or_default();
-        let c = limit.rate.check(tat, now, cost);
-        next.push(c.tat);
+/// Checks every limit of the tier; takes from all of them only if all allow. The new states
+/// are written over `states` ([`Update::WriteInPlace`]): no allocation, and no array of states
+/// to zero and copy (which cost more Wasm operators than checking a limit twice).
+fn decide(tier: &Tier, states: &mut [Tat], now: Nanos, cost: u64) -> Update<Decision> {
+    let mut statuses = Limits::new();
+    if let ([limit], [state, ..]) = (tier.limits.as_slice(), &mut *states) {
+        // One limit (the usual tier): it alone decides, so it is checked once and, when it
+        // admits, its new state is kept at once; a denial has no other limit to report.
+        let c = limit.rate.check(*state, now, cost);
         statuses.push(LimitStatus::from(c));
+        if !c.allowed {
+            return Update::Keep(Decision::from_statuses(statuses));
+        }
+        *state = c.tat;
+        return Update::WriteInPlace(Decision::from_statuses(statuses));
     }
-    let all = statuses.iter().all(|s| s.allowed);
-    if !all {
-        // Report the allowing limits as they stand, untouched by a request that did not happen.
-        for (i, limit) in tier.limits.iter().enumerate() {
-            if let Some(s) = statuses.get_mut(i) {
-                if s.allowed {
-                    let tat = states.get(i).copied().unwrap_or_default();
-                    let p = limit.rate.peek(tat, now);
-                    s.remaining = p.remaining;
-                    s.reset_after = p.reset_after;
-                }
+    // Each limit checked once: its new state goes where it was, the old one is kept aside for a
+    // denial, which reports the allowing limits as they stand.
+    let mut before = [Tat::default(); crate::table::MAX_CELLS];
+    for ((state, limit), old) in states.iter_mut().zip(&tier.limits).zip(before.iter_mut()) {
+        let c = limit.rate.check(*state, now, cost);
+        statuses.push(LimitStatus::from(c));
+        *old = *state;
+        *state = c.tat;
+    }
+    if !statuses.iter().all(|s| s.allowed) {
+        for ((s, limit), old) in statuses.iter_mut().zip(&tier.limits).zip(before) {
+            if s.allowed {
+                let p = limit.rate.peek(old, now);
+                s.remaining = p.remaining;
+                s.reset_after = p.reset_after;
             }
         }
-        return Update::Keep(Decision::from_limits(statuses));
+        return Update::Keep(Decision::from_statuses(statuses));
     }
-    Update::Write(next, Decision::from_limits(statuses))
+    Update::WriteInPlace(Decision::from_statuses(statuses))
 }
 
 #[cfg(test)]

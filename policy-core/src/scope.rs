@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 use crate::bucket::Tat;
 use crate::decision::{Decision, LimitStatus};
 use crate::hash::{Seed, Slot};
+use crate::id::Id;
 use crate::identity::{IdentityError, IdentitySource};
 use crate::request::Attributes;
 use crate::store::Store;
@@ -151,8 +152,8 @@ pub type ScopeIds = Vec<Option<Vec<u8>>>;
 /// (`None` when the request carries none and every use of the scope skips it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Caller {
-    /// The tier's identity.
-    pub id: Vec<u8>,
+    /// The tier's identity (in place when short: see [`Id`]).
+    pub id: Id,
     /// Aligned with [`Scoping::scopes`].
     pub scopes: Vec<Option<Vec<u8>>>,
 }
@@ -160,7 +161,7 @@ pub struct Caller {
 impl From<Vec<u8>> for Caller {
     fn from(id: Vec<u8>) -> Caller {
         Caller {
-            id,
+            id: Id::from(id),
             scopes: Vec::new(),
         }
     }
@@ -337,7 +338,7 @@ pub fn check_scoped<S: Store>(
             .collect();
         let is_idle = |s: &[Tat]| rates.iter().zip(s).all(|(r, t)| r.is_full(*t, now));
         let write = !refused;
-        let decide = |states: &[Tat], _: Placement| {
+        let decide = |states: &mut [Tat], _: Placement| {
             let checks: Vec<_> = rates
                 .iter()
                 .enumerate()
@@ -386,7 +387,7 @@ pub fn check_scoped<S: Store>(
     if refused {
         give_back(tier, &groups, &taken, cost, now, store, &mut statuses);
     }
-    let limits = statuses
+    let limits: Vec<LimitStatus> = statuses
         .into_iter()
         .zip(&tier.limits)
         .map(|(s, l)| s.unwrap_or_else(|| LimitStatus::from(l.rate.peek(Tat::default(), now))))
@@ -412,7 +413,7 @@ fn give_back<S: Store>(
             .filter_map(|i| tier.limits.get(*i).map(|l| l.rate))
             .collect();
         let is_idle = |s: &[Tat]| rates.iter().zip(s).all(|(r, t)| r.is_full(*t, now));
-        let decide = |states: &[Tat], _: Placement| {
+        let decide = |states: &mut [Tat], _: Placement| {
             let back: Vec<Tat> = rates
                 .iter()
                 .enumerate()
@@ -625,7 +626,7 @@ mod tests {
             "one organisation: one set"
         );
         let caller = |user: &str, team: &str| Caller {
-            id: user.as_bytes().to_vec(),
+            id: user.as_bytes().into(),
             scopes: alloc::vec![Some(team.as_bytes().to_vec()), Some(Vec::new())],
         };
         let admit = |s: &mut MemoryStore, c: &Caller| {
@@ -669,7 +670,7 @@ mod tests {
         );
         // A team budget that skips a missing team leaves it out; the others still count.
         let no_team = Caller {
-            id: b"dave".to_vec(),
+            id: b"dave"[..].into(),
             scopes: alloc::vec![None, Some(Vec::new())],
         };
         let TokenOutcome::Admitted { decision, .. } = admit(&mut s, &no_team) else {

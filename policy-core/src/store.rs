@@ -47,6 +47,31 @@ pub trait Store {
     ///
     /// As in Envoy, a key that does not exist yet is created whatever `cas` says.
     fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError>;
+
+    /// As [`get`](Self::get), into `buf`: the value's length and CAS token, its bytes copied
+    /// into `buf` when they fit (a longer value is left out; the caller sees its length).
+    ///
+    /// The request path reads a table's set this way, into a buffer on its stack. The default
+    /// goes through `get` (one allocation: the value it returns); a store that can copy out of
+    /// its own memory overrides it and the decision allocates nothing (proxy-wasm cannot: the
+    /// host always hands shared data over in a buffer it has the guest allocate).
+    fn get_into(
+        &mut self,
+        key: &str,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, Option<Cas>)>, StoreError> {
+        Ok(self.get(key)?.map(|(value, cas)| {
+            copy_if_fits(&value, buf);
+            (value.len(), cas)
+        }))
+    }
+}
+
+/// Copies `value` into the front of `buf` if it fits (see [`Store::get_into`]).
+pub fn copy_if_fits(value: &[u8], buf: &mut [u8]) {
+    if let Some(dst) = buf.get_mut(..value.len()) {
+        dst.copy_from_slice(value);
+    }
 }
 
 /// An in-memory [`Store`] with Envoy's semantics: CAS tokens come from one counter that starts at 1
@@ -95,6 +120,17 @@ impl Store for MemoryStore {
             .map(|(v, cas)| (v.clone(), Some(Cas(*cas)))))
     }
 
+    fn get_into(
+        &mut self,
+        key: &str,
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, Option<Cas>)>, StoreError> {
+        Ok(self.map.get(key).map(|(v, cas)| {
+            copy_if_fits(v, buf);
+            (v.len(), Some(Cas(*cas)))
+        }))
+    }
+
     fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
         if let (Some(Cas(expected)), Some((_, current))) = (cas, self.map.get(key)) {
             if expected != *current {
@@ -102,7 +138,15 @@ impl Store for MemoryStore {
             }
         }
         let next = self.take_cas();
-        self.map.insert(String::from(key), (value.to_vec(), next));
+        // An existing key is overwritten in place (no allocation for a value of the same size),
+        // as Envoy's map does.
+        if let Some((stored, current)) = self.map.get_mut(key) {
+            stored.clear();
+            stored.extend_from_slice(value);
+            *current = next;
+        } else {
+            self.map.insert(String::from(key), (value.to_vec(), next));
+        }
         Ok(())
     }
 }
@@ -130,5 +174,33 @@ mod tests {
             "no CAS writes unconditionally"
         );
         assert_eq!(s.get("k").unwrap().unwrap().0, b"d");
+    }
+
+    /// A store that only has `get`: `get_into` through the trait's default.
+    struct GetOnly(MemoryStore);
+    impl Store for GetOnly {
+        fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError> {
+            self.0.get(key)
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+            self.0.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn get_into_reads_what_get_reads() {
+        let mut s = MemoryStore::new();
+        s.set("k", b"abc", None).unwrap();
+        let cas = s.get("k").unwrap().unwrap().1;
+        let mut fallback = GetOnly(s.clone());
+        for store in [&mut s as &mut dyn Store, &mut fallback] {
+            let mut buf = [0u8; 4];
+            assert_eq!(store.get_into("k", &mut buf), Ok(Some((3, cas))));
+            assert_eq!(&buf, b"abc\0");
+            let mut short = [0u8; 2];
+            assert_eq!(store.get_into("k", &mut short), Ok(Some((3, cas))));
+            assert_eq!(short, [0, 0], "a value that does not fit is not copied");
+            assert_eq!(store.get_into("missing", &mut buf), Ok(None));
+        }
     }
 }

@@ -146,7 +146,7 @@ mod tests {
 
     fn caller(user: &str, team: Option<&str>) -> Caller {
         Caller {
-            id: user.as_bytes().to_vec(),
+            id: user.as_bytes().to_vec().into(),
             scopes: vec![team.map(|t| t.as_bytes().to_vec())],
         }
     }
@@ -210,7 +210,7 @@ mod tests {
         p.init_store(&mut s).unwrap();
         let holds = |user: &str, s: &mut MemoryStore| {
             let c = Caller {
-                id: user.as_bytes().to_vec(),
+                id: user.as_bytes().to_vec().into(),
                 scopes: vec![Some(Vec::new())],
             };
             match p.admit_tokens(tier, &c, None, Amount::tokens(100), T0, s) {

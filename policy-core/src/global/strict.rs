@@ -90,7 +90,13 @@ pub fn select<A: Attributes>(policy: &Policy, attrs: &A) -> Option<(usize, Calle
                 } else {
                     tier.scoping.derive(attrs).ok()?.ok()?
                 };
-                Some((index, Caller { id, scopes }))
+                Some((
+                    index,
+                    Caller {
+                        id: id.into(),
+                        scopes,
+                    },
+                ))
             }
             Ok(None) => continue,
             Err(_) => None,

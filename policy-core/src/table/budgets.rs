@@ -270,25 +270,42 @@ impl BudgetTable {
                 Err(StoreError::CasMismatch) => continue,
                 Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             };
-            let (way, placement) = place(&set.ways(), slot.fingerprint, &is_idle);
             let mut current = [Tat::default(); MAX_CELLS];
+            let (way, placement) = place(&set.ways(), slot.fingerprint, &is_idle, &mut current);
+            if placement == Placement::Fresh {
+                current.fill(Tat::default());
+            }
             if placement != Placement::Fresh {
                 set.ways().cells_into(way, &mut current);
             }
-            match decide(current.get(..n).unwrap_or(&[]), placement) {
+            let (listed, cells, out);
+            let states: &[Tat] = match decide(current.get(..n).unwrap_or(&[]), placement) {
                 Update::Keep(out) => return Ok((out, placement)),
-                Update::Write(states, out) => {
-                    let owner = match placement {
-                        Placement::Shared => set.ways().fingerprint(way),
-                        _ => slot.fingerprint,
-                    };
-                    set.ways_mut().set_way(way, owner, &states);
-                    match store.set(&key, set.into_inner().as_slice(), cas) {
-                        Ok(()) => return Ok((out, placement)),
-                        Err(StoreError::CasMismatch) => continue,
-                        Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
-                    }
+                Update::Write(states, o) => {
+                    out = o;
+                    listed = states;
+                    &listed
                 }
+                Update::WriteCells(states, o) => {
+                    out = o;
+                    cells = states;
+                    cells.get(..n).unwrap_or(&cells)
+                }
+                // `decide` was given the states unchanged here: it wrote none of them.
+                Update::WriteInPlace(o) => {
+                    out = o;
+                    current.get(..n).unwrap_or(&[])
+                }
+            };
+            let owner = match placement {
+                Placement::Shared => set.ways().fingerprint(way),
+                _ => slot.fingerprint,
+            };
+            set.ways_mut().set_way(way, owner, states);
+            match store.set(&key, set.into_inner().as_slice(), cas) {
+                Ok(()) => return Ok((out, placement)),
+                Err(StoreError::CasMismatch) => continue,
+                Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             }
         }
         Err(TableError::Contended)

@@ -12,6 +12,7 @@
 //! share, never looser, and the caller is told so it can count it.
 
 mod budgets;
+mod key;
 mod set;
 
 use alloc::string::String;
@@ -23,6 +24,7 @@ use crate::hash::{Seed, Slot};
 use crate::store::{Store, StoreError};
 
 pub use budgets::{budget_set_len, column_tag, columns_in, BudgetSetValue, BudgetTable};
+pub use key::StoreKey;
 pub use set::{set_len, SetValue, Way, WrongLength, MAX_CELLS, WAYS};
 
 /// Compare-and-swap attempts before giving up. Under Envoy's per-process lock a conflict means
@@ -45,6 +47,12 @@ pub enum Placement {
 pub enum Update<T> {
     /// Store these states and return `T`.
     Write(Vec<Tat>, T),
+    /// The same, the states in a fixed-size array (states past the table's cells are ignored):
+    /// the request path's, which allocates nothing.
+    WriteCells([Tat; MAX_CELLS], T),
+    /// The same, the states being those `decide` was given, as it left them (it updates them in
+    /// place): nothing is copied or zeroed for the answer.
+    WriteInPlace(T),
     /// Store nothing and return `T` (a denial changes nothing).
     Keep(T),
 }
@@ -119,17 +127,13 @@ impl Table {
         key
     }
 
-    fn empty_set(&self) -> SetValue<Vec<u8>> {
-        SetValue::empty(self.cells, self.tag)
+    /// The store key of set `set`, built on the stack (see [`StoreKey`]).
+    pub fn store_key(&self, set: u32) -> StoreKey {
+        StoreKey::new(&self.prefix, set)
     }
 
-    /// Reads a stored value as this table's set: a value of another length (torn) or another
-    /// tag (another layout) reads as empty.
-    fn read_set(&self, bytes: Vec<u8>) -> SetValue<Vec<u8>> {
-        match SetValue::new_checked(bytes, self.cells) {
-            Ok(set) if set.tag() == self.tag => set,
-            _ => self.empty_set(),
-        }
+    fn empty_set(&self) -> SetValue<Vec<u8>> {
+        SetValue::empty(self.cells, self.tag)
     }
 
     /// Creates every set that does not exist yet, so that no request ever meets a missing key
@@ -150,48 +154,159 @@ impl Table {
 
     /// Reads the key's states, lets `decide` choose, and writes the result with CAS, retrying on
     /// conflict. `is_idle` says whether a way's states are all full buckets (reclaimable).
+    ///
+    /// Nothing here allocates: the store key is built on the stack ([`StoreKey`]), the set is
+    /// read into a stack buffer ([`Store::get_into`]) and `decide` may answer with a fixed-size
+    /// array of states ([`Update::WriteCells`]), so a store that copies out of its own memory
+    /// makes the whole update allocation-free.
     pub fn update<S, T>(
         &self,
         store: &mut S,
         slot: Slot,
         is_idle: impl Fn(&[Tat]) -> bool,
-        mut decide: impl FnMut(&[Tat], Placement) -> Update<T>,
+        decide: impl FnMut(&mut [Tat], Placement) -> Update<T>,
     ) -> Result<(T, Placement), TableError>
     where
         S: Store,
     {
-        let key = self.key(slot.set);
+        let key = self.store_key(slot.set);
+        let key = key.as_str();
+        // The buffers are sized for the table: a stack array is zeroed before use, and zeroing
+        // room for 8 cells (over a kilobyte for the set) cost ~1,100 Wasm operators per
+        // decision where a tier has 1–3 limits.
+        // Only the buffers are per size: the body is one function (four copies of it made the
+        // module 13.7 kB larger).
+        match self.cells {
+            0..=1 => self.update_in(
+                &mut [0u8; set_len(1)],
+                &mut [Tat::default(); 1],
+                key,
+                store,
+                slot,
+                is_idle,
+                decide,
+            ),
+            2 => self.update_in(
+                &mut [0u8; set_len(2)],
+                &mut [Tat::default(); 2],
+                key,
+                store,
+                slot,
+                is_idle,
+                decide,
+            ),
+            3..=4 => self.update_in(
+                &mut [0u8; set_len(4)],
+                &mut [Tat::default(); 4],
+                key,
+                store,
+                slot,
+                is_idle,
+                decide,
+            ),
+            _ => self.update_in(
+                &mut [0u8; set_len(MAX_CELLS)],
+                &mut [Tat::default(); MAX_CELLS],
+                key,
+                store,
+                slot,
+                is_idle,
+                decide,
+            ),
+        }
+    }
+
+    /// [`update`](Self::update) with `buf` to read the set into and `scratch` for its cells (at
+    /// least one set and the table's cells long).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn update_in<S, T>(
+        &self,
+        buf: &mut [u8],
+        scratch: &mut [Tat],
+        key: &str,
+        store: &mut S,
+        slot: Slot,
+        is_idle: impl Fn(&[Tat]) -> bool,
+        mut decide: impl FnMut(&mut [Tat], Placement) -> Update<T>,
+    ) -> Result<(T, Placement), TableError>
+    where
+        S: Store,
+    {
+        let value = buf.get_mut(..self.set_bytes()).unwrap_or_default();
         for _ in 0..MAX_ATTEMPTS {
-            let (mut set, cas) = match store.get(&key) {
-                Ok(Some((bytes, cas))) => (self.read_set(bytes), cas),
+            let cas = match store.get_into(key, value) {
+                Ok(Some((len, cas))) => {
+                    if !self.is_ours(value, len) {
+                        self.clear(value);
+                    }
+                    cas
+                }
                 // Missing: with no CAS in hand it is created unconditionally, exactly as init
                 // would have.
-                Ok(None) => (self.empty_set(), None),
+                Ok(None) => {
+                    self.clear(value);
+                    None
+                }
                 Err(StoreError::CasMismatch) => continue,
                 Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             };
-            let (way, placement) = place(&set, slot.fingerprint, &is_idle);
-            let current = match placement {
-                Placement::Fresh => alloc::vec![Tat::default(); self.cells],
-                _ => (0..self.cells).map(|c| set.cell(way, c)).collect(),
+            // The buffer is exactly one set long (`set_bytes`): this cannot fail.
+            let Ok(mut set) = SetValue::new_checked(&mut *value, self.cells) else {
+                return Err(TableError::Unavailable);
             };
-            match decide(&current, placement) {
+            let (way, placement) = place(&set, slot.fingerprint, &is_idle, scratch);
+            let current = match placement {
+                Placement::Fresh => {
+                    let fresh = scratch.get_mut(..self.cells).unwrap_or_default();
+                    fresh.fill(Tat::default());
+                    fresh
+                }
+                _ => set.cells_into(way, scratch),
+            };
+            let owner = match placement {
+                Placement::Shared => set.fingerprint(way),
+                _ => slot.fingerprint,
+            };
+            // Each arm writes its states where they are: the answer is moved once, not
+            // repacked (a move of a decision is a `memcpy` of a few hundred bytes).
+            let out = match decide(current, placement) {
                 Update::Keep(out) => return Ok((out, placement)),
                 Update::Write(states, out) => {
-                    let owner = match placement {
-                        Placement::Shared => set.fingerprint(way),
-                        _ => slot.fingerprint,
-                    };
                     set.set_way(way, owner, &states);
-                    match store.set(&key, set.into_inner().as_slice(), cas) {
-                        Ok(()) => return Ok((out, placement)),
-                        Err(StoreError::CasMismatch) => continue,
-                        Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
-                    }
+                    out
                 }
+                Update::WriteCells(states, out) => {
+                    set.set_way(way, owner, &states);
+                    out
+                }
+                Update::WriteInPlace(out) => {
+                    set.set_way(way, owner, current);
+                    out
+                }
+            };
+            match store.set(key, set.into_inner(), cas) {
+                Ok(()) => return Ok((out, placement)),
+                Err(StoreError::CasMismatch) => continue,
+                Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             }
         }
         Err(TableError::Contended)
+    }
+
+    /// Whether `value` (of stored length `len`) is a set of this table: of its length (not
+    /// torn) and under its tag (not another layout). Anything else reads as empty.
+    fn is_ours(&self, value: &[u8], len: usize) -> bool {
+        len == value.len()
+            && SetValue::new_checked(value, self.cells).is_ok_and(|set| set.tag() == self.tag)
+    }
+
+    /// Makes `value` (one set long) this table's empty set.
+    fn clear(&self, value: &mut [u8]) {
+        value.fill(0);
+        if let Ok(mut set) = SetValue::new_checked(value, self.cells) {
+            set.set_tag(self.tag);
+        }
     }
 }
 
@@ -200,15 +315,15 @@ fn place<B: AsRef<[u8]>>(
     set: &SetValue<B>,
     fingerprint: u64,
     is_idle: &impl Fn(&[Tat]) -> bool,
+    scratch: &mut [Tat],
 ) -> (Way, Placement) {
     let mut free = None;
-    let mut scratch = [Tat::default(); MAX_CELLS];
     for way in Way::all() {
         let fp = set.fingerprint(way);
         if fp == fingerprint {
             return (way, Placement::Owned);
         }
-        if free.is_none() && (fp == 0 || is_idle(set.cells_into(way, &mut scratch))) {
+        if free.is_none() && (fp == 0 || is_idle(set.cells_into(way, scratch))) {
             free = Some(way);
         }
     }
@@ -252,6 +367,7 @@ mod tests {
         let t = table();
         for set in [0, 7, 10, 1234, u32::MAX] {
             assert_eq!(t.key(set), alloc::format!("t/{set}"));
+            assert_eq!(t.store_key(set).as_str(), alloc::format!("t/{set}"));
         }
     }
 

@@ -152,11 +152,11 @@ impl<T: AsRef<[u8]>> SetValue<T> {
     }
 
     /// The states of `way` read into `buf`, without allocating (for the idle scan).
-    pub fn cells_into<'b>(&self, way: Way, buf: &'b mut [Tat; MAX_CELLS]) -> &'b [Tat] {
+    pub fn cells_into<'b>(&self, way: Way, buf: &'b mut [Tat]) -> &'b mut [Tat] {
         for (i, slot) in buf.iter_mut().take(self.cells).enumerate() {
             *slot = self.cell(way, i);
         }
-        buf.get(..self.cells).unwrap_or(&[])
+        buf.get_mut(..self.cells).unwrap_or_default()
     }
 
     /// The underlying bytes.

@@ -328,6 +328,7 @@ mod tests {
     use super::*;
     use crate::store::{MemoryStore, Versioned};
     use alloc::vec;
+    #[cfg(not(target_arch = "wasm32"))]
     use proptest::prelude::*;
 
     const A: u64 = 0xA;
@@ -570,6 +571,8 @@ mod tests {
         assert_eq!(r, Err(TableError::Contended));
     }
 
+    // proptest runs natively only (no wasm32 dev-dependency).
+    #[cfg(not(target_arch = "wasm32"))]
     proptest! {
         /// Up to 8 callers in one set (each owns a way): every caller reads back exactly what
         /// it last wrote, and a table with the budgets in another order reads each budget's

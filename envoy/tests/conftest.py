@@ -239,6 +239,10 @@ def upstreams(artifacts, tmp_path_factory):
             proc.stop()
 
 
+PORT_TAKEN = "Address already in use"
+"""In Envoy's log when a port free_port() found was taken before Envoy bound it."""
+
+
 def start_envoy(
     policy: str | Path | dict,
     upstreams: dict[str, str],
@@ -252,7 +256,23 @@ def start_envoy(
     """Start Envoy with `policy` (a file, a dict, or raw text passed through unchanged) and wait
     until it serves, on both listeners (HTTP only with https=False); raise EnvoyExited if it
     exits first. `sync_cluster` (HOST:PORT of tollgate-sync) adds global mode's cluster
-    `tollgate-sync`."""
+    `tollgate-sync`.
+
+    free_port() only finds a port that was free: another process (any outgoing connection takes
+    an ephemeral port) may bind it before Envoy does. Envoy then exits naming the address, and is
+    started again on new ports, up to three times; any other exit is raised at once."""
+    for attempt in range(3):
+        try:
+            return _start_envoy_once(policy, upstreams, tmp, concurrency, timeout, log_level,
+                                     https, sync_cluster)
+        except EnvoyExited as e:
+            if PORT_TAKEN not in e.log or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_envoy_once(policy, upstreams, tmp, concurrency, timeout, log_level, https,
+                      sync_cluster) -> Envoy:
     port, admin_port = free_port(), free_port()
     https_port = free_port() if https else None
     run_dir = tmp / f"envoy-{port}"

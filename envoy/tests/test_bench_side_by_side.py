@@ -163,3 +163,43 @@ def test_also_rows_and_targets_for_a_second_module(sbs):
     assert "+58.0 µs: **missed** by 28.0 µs" in target_line(text, "LLM JSON call ≤ +30 µs over no filter, `before`")
     assert "c=1: tollgate-denied@before refused only 50.0%" in text
     assert "| +15.0 / +15.0 |" in sbs.compare([r, r])
+
+
+def test_lean_policy_rows_and_targets(sbs):
+    # The lean policy's admission and its floor (the do-nothing filter making the same six host
+    # calls): each over no filter, each against native; the lean host-call counts marked apart.
+    c = concurrency(22.0, 21.0, 50_000, 40_000, 75.0, 95.0)
+    c["tollgate-lean"] = row(41_000, 21.9)
+    c["wasm-calls"] = row(52_000, 19.5)
+    r = run(c, c)
+    r["hostcalls"]["allowed-lean"] = calls(6, 1)
+    r["hostcalls"]["llm-json-lean"] = calls(17, 2)
+    text = sbs.render(r)
+    assert "| 0.820 | 21.9 | +6.9 (nofilter) |" in target_line(text, "tollgate, allowed, lean policy")
+    assert "| 1.040 | 19.5 | +4.5 (nofilter) |" in target_line(text, "do-nothing Wasm filter + lean")
+    assert "| +6.9 µs: met |" in target_line(text, "allowed request, lean policy, ≤ +7 µs")
+    assert "| 0.820×: met |" in target_line(text, "allowed request, lean policy, ≥ 0.80×")
+    assert "6 calls, 1 clock read(s): met" in target_line(text, "≤ 6 host calls on an allowed request, one clock read, lean")
+    assert "17 calls: **missed** by 1 calls" in target_line(text, "≤ 16 host calls per LLM JSON call, lean")
+    # The default policy's counts stay in their own rows.
+    assert "10 calls, 1 clock read(s): **missed** by 4 calls" in target_line(text, "≤ 6 host calls on an allowed request, one clock read |")
+
+
+def test_instruction_counts_beside_their_baselines(sbs):
+    # callgrind's counts per row over its baseline, and in µs at the no-filter row's own CPU
+    # time per instruction (15.0 µs for 75,000 instructions: 0.2 ns each).
+    c = concurrency(22.0, 21.0, 50_000, 40_000, 75.0, 95.0)
+    r = run(c, c)
+    r["instructions"] = {
+        "nofilter": {"per_request": [75_000, 75_000]},
+        "tollgate": {"per_request": [160_000, 160_010]},
+        "nofilter-llm": {"per_request": [200_000, 200_000]},
+        "tollgate-llm": {"per_request": [500_000, 500_000]},
+    }
+    text = sbs.render(r)
+    assert "0.200 ns per instruction" in text
+    assert "| tollgate, allowed (`tollgate`) | 160,005 | +85,005 (nofilter) | +17.0 |" in text
+    assert "| tollgate, LLM JSON call (`tollgate-llm`) | 500,000 | +300,000 (nofilter-llm) | +60.0 |" in text
+    assert "| no filter (router only) (`nofilter`) | 75,000 | – | – |" in text
+    # A run without counts renders no such table.
+    assert "instructions per request" not in sbs.render(run(c, c))

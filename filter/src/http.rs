@@ -122,7 +122,7 @@ impl Stream {
                     // hashing; the LLM path publishes only a record that exists.
                     let rec = Record::new(
                         &tier.name,
-                        plugin.policy.scope_hash(tier, &caller.id),
+                        plugin.policy.record_hash(i, &caller.id),
                         match verdict {
                             Verdict::Allow => record::Verdict::Allowed,
                             Verdict::Deny => record::Verdict::Denied,

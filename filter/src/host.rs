@@ -341,7 +341,15 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>> {
 /// Sets a property of the stream. Envoy keeps it as filter state named `wasm.<path>`, which
 /// `%FILTER_STATE(wasm.<path>:PLAIN)%` prints in an access log.
 pub fn set_property(path: &[&str], value: &[u8]) -> Result<()> {
-    let serialized = path.join("\0");
+    // A one-part path (the record's) is its own serialisation: no joined copy of it.
+    let joined;
+    let serialized = match path {
+        [one] => one.as_bytes(),
+        _ => {
+            joined = path.join("\0");
+            joined.as_bytes()
+        }
+    };
     // SAFETY: pointers and lengths of live buffers; the host copies them.
     let status = unsafe {
         proxy_set_property(

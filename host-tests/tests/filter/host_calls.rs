@@ -343,7 +343,7 @@ fn segment(trace: &[(&'static str, u64)], callback: &str, what: &str) -> Option<
 /// stream that follows no LLM call keeps no record to free at its end; header lookups pass over
 /// names of another length. Bounds between what `c1ba948`'s module spent (4,329 operators from
 /// the table write to `set_property`, 749 in `proxy_on_delete`, 24,853 per admission with 11
-/// header lines) and what this one does (2,604, 451, 21,421), so that giving any of it back fails
+/// header lines) and what this one does (2,604, 451, 21,321), so that giving any of it back fails
 /// here.
 #[test]
 fn the_record_costs_the_guest_no_copy_and_the_stream_keeps_none() {

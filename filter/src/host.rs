@@ -341,7 +341,15 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>> {
 /// Sets a property of the stream. Envoy keeps it as filter state named `wasm.<path>`, which
 /// `%FILTER_STATE(wasm.<path>:PLAIN)%` prints in an access log.
 pub fn set_property(path: &[&str], value: &[u8]) -> Result<()> {
-    let serialized = path.join("\0");
+    // A one-part path (the record's) is its own serialisation: no joined copy of it.
+    let joined;
+    let serialized = match path {
+        [one] => one.as_bytes(),
+        _ => {
+            joined = path.join("\0");
+            joined.as_bytes()
+        }
+    };
     // SAFETY: pointers and lengths of live buffers; the host copies them.
     let status = unsafe {
         proxy_set_property(
@@ -480,23 +488,21 @@ fn encode_map(pairs: &[(&str, &[u8])]) -> Vec<u8> {
 /// Walks a serialised header map, calling `each` with where every (name, value) pair is in it,
 /// in order, as (start, end) offsets; a malformed serialisation ends the walk where it breaks.
 fn walk_spans(bytes: &[u8], mut each: impl FnMut((usize, usize), (usize, usize))) {
-    let word = |at: usize| -> Option<usize> {
-        let b = bytes.get(at..at.checked_add(4)?)?;
-        let arr: [u8; 4] = b.try_into().ok()?;
-        usize::try_from(u32::from_le_bytes(arr)).ok()
-    };
-    let Some(count) = word(0) else {
+    let Some((count, sizes)) = bytes.split_first_chunk::<4>() else {
         return;
     };
+    let count = usize::try_from(u32::from_le_bytes(*count)).unwrap_or(usize::MAX);
     let mut data = count.saturating_mul(8).saturating_add(4);
-    for i in 0..count {
-        let at = 4 + i * 8;
-        let (Some(name_len), Some(value_len)) = (word(at), word(at + 4)) else {
+    // The size table read as whole 8-byte entries: a table cut short ends the walk where it
+    // breaks, as a missing size would, without a bounds check per size.
+    for entry in sizes.chunks_exact(8).take(count) {
+        let Ok(&[n0, n1, n2, n3, v0, v1, v2, v3]) = <&[u8; 8]>::try_from(entry) else {
             break;
         };
-        let name_end = data.saturating_add(name_len);
+        let len = |b: [u8; 4]| usize::try_from(u32::from_le_bytes(b)).unwrap_or(usize::MAX);
+        let name_end = data.saturating_add(len([n0, n1, n2, n3]));
         let value_start = name_end.saturating_add(1);
-        let value_end = value_start.saturating_add(value_len);
+        let value_end = value_start.saturating_add(len([v0, v1, v2, v3]));
         if value_end > bytes.len() {
             break;
         }

@@ -120,19 +120,21 @@ impl Stream {
                 if plugin.policy.records() {
                     // Off (`"records": false`), the request saves the record's host call and its
                     // hashing; the LLM path publishes only a record that exists.
-                    let rec = Record::new(
-                        &tier.name,
-                        plugin.policy.scope_hash(tier, &caller.id),
-                        match verdict {
-                            Verdict::Allow => record::Verdict::Allowed,
-                            Verdict::Deny => record::Verdict::Denied,
-                            Verdict::WouldDeny => record::Verdict::WouldDeny,
-                        },
-                        cost,
-                    )
-                    .with_scopes(plugin.policy.scope_hashes(tier, &caller));
-                    rec.publish();
-                    self.record = Some(rec);
+                    let scope = plugin.policy.record_hash(i, &caller.id);
+                    let scopes = plugin.policy.scope_hashes(tier, &caller);
+                    let verdict = match verdict {
+                        Verdict::Allow => record::Verdict::Allowed,
+                        Verdict::Deny => record::Verdict::Denied,
+                        Verdict::WouldDeny => record::Verdict::WouldDeny,
+                    };
+                    if llm_tier {
+                        // An LLM call's settlement adds to its record: the stream keeps it.
+                        let rec = Record::new(&tier.name, scope, verdict, cost).with_scopes(scopes);
+                        rec.publish();
+                        self.record = Some(rec);
+                    } else {
+                        record::publish_decided(&tier.name, scope, verdict, cost, &scopes);
+                    }
                 }
                 if verdict == Verdict::WouldDeny {
                     // Shadow mode: counted and let through; headers only if the tier asks.

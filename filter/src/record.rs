@@ -7,6 +7,8 @@
 //! revealing who it is. Values are tier names (`[A-Za-z0-9._-]`), numbers, fixed words and a
 //! model name sanitised to the same characters, so a record never needs quoting.
 
+use std::cell::RefCell;
+
 use policy_core::decimal;
 
 use crate::host;
@@ -114,54 +116,124 @@ impl Record {
         }
     }
 
-    /// The line as the access log prints it. Written without `core::fmt`: it is built for every
-    /// decided request, and the formatting machinery costs more than the text (BENCHMARKS.md §2).
-    pub fn line(&self) -> String {
-        let mut text = String::with_capacity(64 + self.tier.len());
-        text.push_str("tier=");
-        text.push_str(&self.tier);
-        text.push_str(" scope=");
-        push_hex16(&mut text, self.scope);
-        text.push_str(" decision=");
-        text.push_str(self.verdict.word());
-        text.push_str(" cost=");
-        decimal::push_u64(&mut text, self.cost);
-        for (label, hash) in &self.scopes {
-            text.push_str(" scope.");
-            text.push_str(label);
-            text.push('=');
-            push_hex16(&mut text, *hash);
-        }
+    /// The line as the access log prints it (what [`publish`](Self::publish) sets).
+    #[cfg(test)]
+    fn line(&self) -> String {
+        let mut text = String::new();
+        self.write(&mut text);
+        text
+    }
+
+    /// Writes the line into `text`. Without `core::fmt`: it is built for every decided request,
+    /// and the formatting machinery costs more than the text (BENCHMARKS.md §2).
+    fn write(&self, text: &mut String) {
+        let scopes = self
+            .scopes
+            .iter()
+            .map(|(label, hash)| (label.as_str(), *hash));
+        write_head(
+            text,
+            &self.tier,
+            self.scope,
+            self.verdict,
+            self.cost,
+            scopes,
+        );
         if let Some((model, reserved, charged)) = &self.tokens {
             text.push_str(" model=");
             text.push_str(model);
             text.push_str(" reserved=");
-            decimal::push_u64(&mut text, *reserved);
+            decimal::push_u64(text, *reserved);
             text.push_str(" charged=");
-            decimal::push_u64(&mut text, *charged);
+            decimal::push_u64(text, *charged);
         }
         if let Some((micros, currency)) = &self.spend {
             text.push_str(" spend=");
-            policy_core::llm::price::push_money(&mut text, *micros);
+            policy_core::llm::price::push_money(text, *micros);
             text.push_str(" currency=");
             text.push_str(currency);
         }
-        text
     }
 
     /// Sets it as the stream's filter state. A host that refuses only loses the record (the
     /// request is decided either way), so the error is dropped.
     pub fn publish(&self) {
-        let _ = host::set_property(&[PROPERTY], self.line().as_bytes());
+        with_line(|text| self.write(text));
     }
 }
 
-/// Appends `n` as 16 lowercase hex digits (as `format!("{n:016x}")` would).
-fn push_hex16(out: &mut String, n: u64) {
-    for shift in (0..16u32).rev() {
-        let nibble = u32::try_from((n >> (shift * 4)) & 0xf).unwrap_or(0);
-        out.push(char::from_digit(nibble, 16).unwrap_or('0'));
+/// Sets the record of a request its tier decided and that nothing follows (no LLM call whose
+/// settlement adds to it): the same line as [`Record::new`]`(…).with_scopes(…)` would publish,
+/// written from borrowed parts, so the request path copies neither the tier's name nor the
+/// scopes into a record it would only drop (BENCHMARKS.md §2, "the record and the stream's own
+/// cost").
+pub fn publish_decided(
+    tier: &str,
+    scope: u64,
+    verdict: Verdict,
+    cost: u64,
+    scopes: &[(String, u64)],
+) {
+    let scopes = scopes.iter().map(|(label, hash)| (label.as_str(), *hash));
+    with_line(|text| write_head(text, tier, scope, verdict, cost, scopes));
+}
+
+/// `tier=… scope=… decision=… cost=…`, then `scope.<label>=…` for each scope.
+fn write_head<'a>(
+    text: &mut String,
+    tier: &str,
+    scope: u64,
+    verdict: Verdict,
+    cost: u64,
+    scopes: impl Iterator<Item = (&'a str, u64)>,
+) {
+    text.push_str("tier=");
+    text.push_str(tier);
+    text.push_str(" scope=");
+    push_hex16(text, scope);
+    text.push_str(" decision=");
+    text.push_str(verdict.word());
+    text.push_str(" cost=");
+    decimal::push_u64(text, cost);
+    for (label, hash) in scopes {
+        text.push_str(" scope.");
+        text.push_str(label);
+        text.push('=');
+        push_hex16(text, hash);
     }
+}
+
+thread_local! {
+    /// The worker's record line, reused: a record is written and handed to the host at once, so
+    /// one buffer (one VM is one worker thread) serves every request without an allocation.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Writes a line with `write` into the worker's buffer and sets it as the stream's filter
+/// state. A host that refuses only loses the record, so the error is dropped.
+fn with_line(write: impl FnOnce(&mut String)) {
+    LINE.with(|line| {
+        let Ok(mut text) = line.try_borrow_mut() else {
+            // Only a record written while writing one could get here; none is.
+            return;
+        };
+        text.clear();
+        write(&mut text);
+        let _ = host::set_property(&[PROPERTY], text.as_bytes());
+    });
+}
+
+/// Appends `n` as 16 lowercase hex digits (as `format!("{n:016x}")` would), written on the
+/// stack and appended in one copy.
+fn push_hex16(out: &mut String, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [b'0'; 16];
+    for (i, d) in digits.iter_mut().rev().enumerate() {
+        let nibble = (n >> (4 * i)) & 0xf;
+        *d = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+    }
+    // ASCII hex digits only: always valid UTF-8.
+    out.push_str(core::str::from_utf8(&digits).unwrap_or_default());
 }
 
 #[cfg(test)]
@@ -206,6 +278,29 @@ mod tests {
             assert_eq!(
                 r.line(),
                 format!("tier=t scope={n:016x} decision=would_deny cost={n} model=- reserved={n} charged={n}")
+            );
+            // The request path's line, written from borrowed parts, is the record's.
+            let scopes = vec![("x-team-id".to_owned(), n), ("org".to_owned(), !n)];
+            let mut head = String::from("stale text");
+            head.clear();
+            write_head(
+                &mut head,
+                "t",
+                n,
+                Verdict::Allowed,
+                n,
+                scopes.iter().map(|(l, h)| (l.as_str(), *h)),
+            );
+            let m = !n;
+            assert_eq!(
+                head,
+                format!("tier=t scope={n:016x} decision=allowed cost={n} scope.x-team-id={n:016x} scope.org={m:016x}")
+            );
+            assert_eq!(
+                head,
+                Record::new("t", n, Verdict::Allowed, n)
+                    .with_scopes(scopes)
+                    .line()
             );
         }
     }

@@ -35,6 +35,13 @@ pub struct Policy {
     /// Each tier's name hashed under the seed, aligned with `tiers`: the head of every key of
     /// its request limits, so a decision hashes only the caller's identity.
     tier_keys: Vec<Prefix>,
+    /// `"record"` and each tier's name hashed under the seed, aligned with `tiers`: the head of
+    /// every access-log scope hash of the tier ([`Policy::record_hash`]), so a record hashes
+    /// only the caller's identity.
+    record_keys: Vec<Prefix>,
+    /// `"record"` hashed under the seed: the head of every scope's record hash
+    /// ([`Policy::scope_hashes`]).
+    record_key: Prefix,
     on_store_failure: OnStoreFailure,
     seed: Seed,
     llm: Option<LlmSettings>,
@@ -126,9 +133,15 @@ impl Policy {
             .iter()
             .map(|t| seed.prefix(&[t.name.as_bytes()]))
             .collect();
+        let record_keys = tiers
+            .iter()
+            .map(|t| seed.prefix(&[b"record", t.name.as_bytes()]))
+            .collect();
         Policy {
             tiers,
             tier_keys,
+            record_keys,
+            record_key: seed.prefix(&[b"record"]),
             on_store_failure,
             seed,
             llm,
@@ -188,6 +201,18 @@ impl Policy {
             .fingerprint
     }
 
+    /// [`scope_hash`](Self::scope_hash) of the tier at `index` in [`Policy::tiers`], from the
+    /// hash state of its head kept since configure time: the request path hashes only the
+    /// identity (the same value; BENCHMARKS.md §2, "the record and the stream's own cost").
+    pub fn record_hash(&self, index: usize, identity: &[u8]) -> u64 {
+        match (self.record_keys.get(index), self.tiers.get(index)) {
+            (Some(prefix), _) => prefix.slot(&[identity], 1).fingerprint,
+            (None, Some(tier)) => self.scope_hash(tier, identity),
+            // Not a tier of this policy (the keys are made with the tiers, so never): no name.
+            (None, None) => self.seed.slot(&[b"record", identity], 1).fingerprint,
+        }
+    }
+
     /// Each scope of the tier the caller was counted in, as its label and a 64-bit keyed hash
     /// of the scope's source and identity (keyed by `hash_secret`): one team has one hash in
     /// every tier, and the hash of a team `alice` is not the user `alice`'s (see
@@ -199,7 +224,7 @@ impl Policy {
             .zip(&caller.scopes)
             .filter_map(|(scope, id)| {
                 let [a, b, c] = scope.key(id.as_deref()?);
-                let hash = self.seed.slot(&[b"record", a, b, c], 1).fingerprint;
+                let hash = self.record_key.slot(&[a, b, c], 1).fingerprint;
                 Some((scope.label.clone(), hash))
             })
             .collect()
@@ -666,6 +691,41 @@ mod tests {
             }
         }
         (ok, denied)
+    }
+
+    /// The record's hashes are kept heads finished with the identity: the values are those of
+    /// the whole key hashed at once (what every earlier record holds), for every tier and scope.
+    #[test]
+    fn record_hashes_from_kept_heads_are_the_whole_keys_hashed() {
+        let json = br#"{"tiers":[{"name":"u","identity":{"header":"x-user-id"},
+            "limits":[{"requests":2,"per":"minute"},
+                      {"requests":2,"per":"minute","name":"team","scope":{"header":"x-team-id"}}]},
+            {"name":"free-tier.v2","identity":{"header":"x-api-key"},
+            "limits":[{"requests":2,"per":"minute"}]}],"hash_secret":"s3cret"}"#;
+        let p = Policy::from_json(json).unwrap();
+        let whole = |parts: &[&[u8]]| p.seed().slot(parts, 1).fingerprint;
+        for (i, tier) in p.tiers().iter().enumerate() {
+            for id in [
+                &b""[..],
+                b"alice",
+                b"0123456789abcdef0123456789",
+                &[0xff; 300],
+            ] {
+                let expected = whole(&[b"record", tier.name.as_bytes(), id]);
+                assert_eq!(p.record_hash(i, id), expected, "{} {id:?}", tier.name);
+                assert_eq!(p.scope_hash(tier, id), expected);
+            }
+        }
+        let tier = &p.tiers()[0];
+        let caller = crate::scope::Caller {
+            id: b"alice".as_slice().into(),
+            scopes: alloc::vec![Some(b"red".to_vec())],
+        };
+        let [a, b, c] = tier.scoping.scopes[0].key(b"red");
+        assert_eq!(
+            p.scope_hashes(tier, &caller),
+            [(String::from("x-team-id"), whole(&[b"record", a, b, c]))]
+        );
     }
 
     fn tier_of(p: &Policy, s: &mut MemoryStore, headers: &[(&str, &str)]) -> String {

@@ -40,7 +40,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::budget::{Amount, LlmSettings, Reservation};
+use crate::budget::{Amount, LlmSettings, Peeked, Reservation};
 use crate::decision::Decision;
 use crate::hash::Slot;
 use crate::headers::{self, ErrorStyle, Fields};
@@ -161,6 +161,11 @@ pub struct LlmCall {
     /// A budget would have refused the call, but its tier is in shadow mode: it went on
     /// holding nothing (`Phase::Unmetered`), counted `would_deny`.
     would_deny: bool,
+    /// The budget sets the peek at the request headers read, with their CAS: the admission of
+    /// the whole body (a held one, or one that came in a single chunk) starts from them instead
+    /// of reading them again (one `get` fewer per set; BENCHMARKS.md §2). An early admission of
+    /// a passing body reads afresh and drops them.
+    peeked: Peeked,
 }
 
 impl LlmCall {
@@ -197,6 +202,7 @@ impl LlmCall {
             lagging: Vec::new(),
             unpriced_model: None,
             would_deny: false,
+            peeked: Peeked::new(),
         }
     }
 

@@ -242,8 +242,8 @@ fn an_llm_call_settles_its_budgets_in_one_read_and_one_write() {
             ("proxy_set_shared_data", 3),
             // The access-log record: at the decision and at settlement.
             ("proxy_set_property", 2),
-            // accept-encoding.
-            ("proxy_remove_header_map_value", 1),
+            // No accept-encoding removal: the request asks for `identity` only (as Python's
+            // urllib does), which it may keep (m1); `gzip` is still removed (below).
             // content-length of the request; 8 response fields.
             ("proxy_replace_header_map_value", 9),
             // The request body and the answer; not the empty chunks.
@@ -281,7 +281,48 @@ fn a_streamed_llm_call_reads_each_chunk_once_and_no_empty_one() {
     assert_eq!(calls.get("proxy_get_shared_data"), Some(&3), "{calls:?}");
     assert_eq!(calls.get("proxy_set_shared_data"), Some(&3), "{calls:?}");
     let total: u64 = calls.values().sum();
-    assert_eq!(total, 47, "{calls:?}");
+    // The removals: content-length (the client gets fewer bytes than the upstream sent); not
+    // accept-encoding, which asks for `identity` only.
+    assert_eq!(
+        calls.get("proxy_remove_header_map_value"),
+        Some(&1),
+        "{calls:?}"
+    );
+    assert_eq!(total, 46, "{calls:?}");
+}
+
+/// `accept-encoding` goes from an LLM request unless it asks for `identity` only (or is
+/// absent): the answer must come back unencoded for its usage to be read (README
+/// "`strip_accept_encoding`").
+#[test]
+fn accept_encoding_is_removed_only_when_it_allows_an_encoding() {
+    let h = tollgate_with(1, LLM_POLICY);
+    let answer = r#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+    let json = || {
+        Response::ok()
+            .header("content-type", "application/json")
+            .body_chunk(answer)
+    };
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":256,"messages":[]}"#;
+    let removals = |encoding: Option<&str>| {
+        let mut request = Request::new("POST", "/v1/chat/completions")
+            .header("x-user-id", "alice")
+            .header("content-type", "application/json")
+            .header("content-length", body.len().to_string());
+        if let Some(value) = encoding {
+            request = request.header("accept-encoding", value);
+        }
+        let request = request.body_chunk(body).respond_with(json());
+        let calls = calls_of(&h, || assert!(h.send(0, &request).unwrap().is_continue()));
+        calls
+            .get("proxy_remove_header_map_value")
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(removals(None), 0);
+    assert_eq!(removals(Some("identity")), 0);
+    assert_eq!(removals(Some("gzip, deflate, br")), 1);
+    assert_eq!(removals(Some("identity, gzip")), 1);
 }
 
 /// Admission writes the caller's budget set from what the peek at the headers read (its value

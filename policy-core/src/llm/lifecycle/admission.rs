@@ -43,17 +43,18 @@ pub enum Admission {
 
 impl LlmCall {
     /// Runs one admission (`early`: on a chunk of a body that passes; `None`: the body is
-    /// read) and says what the filter does about it.
+    /// read) at `at` (`None`: now, from the clock) and says what the filter does about it.
     pub(super) fn admission_step<S: Store>(
         &mut self,
         env: &mut Env<'_, S>,
         early: Option<Early>,
+        at: Option<Nanos>,
     ) -> RequestStep {
         let policy = env.policy;
         let (Some(tier), Some(llm)) = (policy.tiers().get(self.tier), policy.llm()) else {
             return RequestStep::go();
         };
-        let now = (env.now)();
+        let now = at.unwrap_or_else(|| (env.now)());
         let admission = match early {
             Some(Early::First(size)) => self.admit_early(policy, tier, llm, size, now, env.store),
             Some(Early::More(seen)) => self.top_up(policy, tier, llm, seen, now, env.store),

@@ -1602,3 +1602,66 @@ fn a_refusal_is_never_decided_on_what_the_peek_read() {
     assert_eq!(admission, (1, 1));
     assert_eq!(d.left(), 2_000 - c.estimate());
 }
+
+#[test]
+fn a_held_body_is_admitted_at_the_instant_its_headers_were_decided() {
+    let (p, mut s) = policy(1_000, r#","default_max_tokens":100"#);
+    let tier = &p.tiers()[0];
+    // All 1,000 spent at T0; half of it back 30 s later, all of it 60 s later.
+    let spent = p.admit_tokens(tier, USER, None, Amount::tokens(1_000), T0, &mut s.inner);
+    assert!(matches!(spent, TokenOutcome::Admitted { .. }), "{spent:?}");
+    let half = Nanos(T0.0 + 30_000_000_000);
+    let full = Nanos(T0.0 + 60_000_000_000);
+    let mut c = chat();
+    let at_headers = || half;
+    let mut env = Env {
+        policy: &p,
+        store: &mut s,
+        now: &at_headers,
+    };
+    assert_eq!(
+        c.on_request_headers(&mut env, len(CHAT), false).verdict,
+        Verdict::Continue
+    );
+    // The body's end, 30 s later: the clock there is not read.
+    let readings = Cell::new(0);
+    let at_end = || {
+        readings.set(readings.get() + 1);
+        full
+    };
+    let mut env = Env {
+        policy: &p,
+        store: &mut s,
+        now: &at_end,
+    };
+    let step = c.on_request_body(&mut env, CHAT.len(), true, || CHAT.to_vec());
+    assert_eq!(
+        (step.verdict, step.count),
+        (Verdict::Continue, Some(Count::Allowed))
+    );
+    assert_eq!(readings.get(), 0, "admitted without a clock reading");
+    assert_eq!(
+        c.tokens().unwrap().limits[0].remaining,
+        500 - c.estimate(),
+        "decided on the budget as it stood at the headers, not the fuller one at the end"
+    );
+    // A body that passes is admitted at each chunk's own instant.
+    let (p, mut s) = policy(
+        1_000,
+        r#","default_max_tokens":100,"buffer_limit_bytes":16"#,
+    );
+    let mut c = chat();
+    let mut env = Env {
+        policy: &p,
+        store: &mut s,
+        now: &at_headers,
+    };
+    let _ = c.on_request_headers(&mut env, len(CHAT), false);
+    let mut env = Env {
+        policy: &p,
+        store: &mut s,
+        now: &at_end,
+    };
+    let _ = c.on_request_body(&mut env, CHAT.len(), true, || CHAT.to_vec());
+    assert_eq!(readings.get(), 1, "a passing body reads the clock");
+}

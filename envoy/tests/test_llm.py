@@ -978,6 +978,19 @@ def test_accept_encoding_is_kept_from_the_upstream(reserve):
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["json", "sse"])
+def test_accept_encoding_identity_alone_is_left_for_the_upstream(reserve, streamed):
+    """A client that accepts `identity` only already asks for an unencoded answer: tollgate
+    leaves its header alone (one host call fewer) and reads the usage as for any call."""
+    who = unique("identity")
+    reply = post(reserve, CHAT, body(stream=streamed), {"x-user-id": who, "accept-encoding": "identity"})
+    assert reply.status == 200
+    assert reply.header("x-mock-saw-accept-encoding") == "identity"
+    assert reply.header("content-encoding") is None
+    # Charged the answer's usage (the mock's 100 + 200 tokens), read from the unencoded body.
+    assert spent(reserve, {"x-user-id": who}) == 300
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "sse"])
 def test_the_client_sees_one_value_of_each_rate_limit_header(gateway, streamed):
     """Real providers send their own x-ratelimit-*; an SDK reading tollgate's must not get a
     list of two numbers. tollgate's replace the provider's."""

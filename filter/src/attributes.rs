@@ -1,5 +1,6 @@
 //! [`policy_core::Attributes`] over the request being filtered.
 
+use policy_core::llm::encoding::identity_only;
 use policy_core::{Attributes, HeaderList};
 use proxy_wasm::types::MapType;
 
@@ -29,14 +30,27 @@ impl Request {
             .unwrap_or_default()
     }
 
-    /// The declared body length, when there is a valid one.
-    pub fn content_length(&self) -> Option<u64> {
-        let mut values = self.headers.values("content-length");
-        let v = values.next()?;
-        if values.next().is_some() {
-            return None;
+    /// What an LLM call needs of the headers, in one pass over them (each named lookup is a
+    /// pass of its own, ~1,600 Wasm operators for a dozen headers): the declared body length
+    /// (`None` unless exactly one valid `content-length`), and whether an `accept-encoding`
+    /// allows a coding other than `identity` ([`policy_core::llm::encoding::accepts_encodings`]).
+    pub fn llm_view(&self) -> (Option<u64>, bool) {
+        const LENGTH: &[u8] = b"content-length";
+        const ENCODING: &[u8] = b"accept-encoding";
+        let (mut length, mut lengths, mut encodings) = (None, 0, false);
+        // The names' lengths differ: each header is compared with one name at most.
+        for (name, value) in self.headers.iter() {
+            if name.len() == LENGTH.len() && name.eq_ignore_ascii_case(LENGTH) {
+                lengths += 1;
+                length = length.or(Some(value));
+            } else if name.len() == ENCODING.len() && name.eq_ignore_ascii_case(ENCODING) {
+                encodings |= !identity_only(value);
+            }
         }
-        std::str::from_utf8(v).ok()?.trim().parse().ok()
+        let length = length
+            .filter(|_| lengths == 1)
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+        (length, encodings)
     }
 
     /// Whether this is a gRPC request, to be answered with a gRPC status instead of a 429.

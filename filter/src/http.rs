@@ -201,10 +201,13 @@ impl Stream {
                 };
                 let call = LlmCall::new(i, caller, api, decision)
                     .with_path_model(settings.model_in_path(&path));
-                if settings.strip_accept_encoding {
+                // A request without the header, or asking for `identity` only, already gets an
+                // unencoded answer: its header is left alone and the host call saved.
+                let (content_length, encodings) = request.llm_view();
+                if settings.strip_accept_encoding && encodings {
                     let _ = host::set_header(MapType::HttpRequestHeaders, "accept-encoding", None);
                 }
-                self.start_llm(call, request.content_length(), end_of_stream, now)
+                self.start_llm(call, content_length, end_of_stream, now)
             }
             Outcome::MissingScope { index, missing, .. } => {
                 plugin.metrics.count(index, Event::MissingScope);

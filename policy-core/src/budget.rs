@@ -20,7 +20,7 @@ use crate::llm::cost::Cost;
 use crate::llm::ApiKind;
 use crate::model_match::ModelMatch;
 use crate::store::Store;
-use crate::table::{BudgetTable, Placement, TableError, Update};
+use crate::table::{BudgetTable, Placement, Seen, TableError, Update};
 use crate::time::Nanos;
 
 /// Which requests a budget counts, and whether models share it.
@@ -498,6 +498,27 @@ impl BudgetSet {
         ask: Ask,
         now: Nanos,
     ) -> Result<SetAdmission, TableError> {
+        self.admit_from(budgets, store, slot, None, asked, mode, ask, now)
+    }
+
+    /// As [`admit`](Self::admit), starting from `seen`, this set's value as the call's peek
+    /// read it ([`BudgetTable::update_from`]: its CAS write fails if anyone wrote since, and a
+    /// refusal is decided again on a fresh read).
+    ///
+    /// # Errors
+    /// The store failed, or every compare-and-swap attempt lost.
+    #[allow(clippy::too_many_arguments)] // as admit, plus where to start from
+    pub fn admit_from<S: Store>(
+        &self,
+        budgets: &[Budget],
+        store: &mut S,
+        slot: Slot,
+        seen: Option<Seen>,
+        asked: &[usize],
+        mode: Mode,
+        ask: Ask,
+        now: Nanos,
+    ) -> Result<SetAdmission, TableError> {
         let decide = |states: &[Tat], _: Placement| {
             let mut next = states.to_vec();
             let mut out = SetAdmission {
@@ -525,8 +546,8 @@ impl BudgetSet {
             }
         };
         self.table
-            .update(store, slot, self.is_idle(budgets, now), decide)
-            .map(|(out, _)| out)
+            .update_from(store, slot, seen, self.is_idle(budgets, now), decide)
+            .map(|(out, _, _)| out)
     }
 
     /// Each of `asked` (a budget index and the cost to check for) as
@@ -543,6 +564,24 @@ impl BudgetSet {
         mode: Mode,
         now: Nanos,
     ) -> Result<Vec<LimitStatus>, TableError> {
+        self.peek_seen(budgets, store, slot, asked, mode, now)
+            .map(|(shown, _)| shown)
+    }
+
+    /// As [`peek`](Self::peek), also returning the value it read, with its CAS, for the
+    /// call's admission to start from ([`admit_from`](Self::admit_from)).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn peek_seen<S: Store>(
+        &self,
+        budgets: &[Budget],
+        store: &mut S,
+        slot: Slot,
+        asked: &[(usize, u64)],
+        mode: Mode,
+        now: Nanos,
+    ) -> Result<(Vec<LimitStatus>, Option<Seen>), TableError> {
         let decide = |states: &[Tat], _: Placement| {
             let shown = asked
                 .iter()
@@ -555,8 +594,8 @@ impl BudgetSet {
             Update::<Vec<LimitStatus>>::Keep(shown)
         };
         self.table
-            .update(store, slot, self.is_idle(budgets, now), decide)
-            .map(|(out, _)| out)
+            .update_from(store, slot, None, self.is_idle(budgets, now), decide)
+            .map(|(out, _, seen)| (out, seen))
     }
 
     /// Replaces `holds` (of this set, all at one slot) by the real cost `actual` in one read
@@ -603,6 +642,41 @@ impl BudgetSet {
         self.table
             .update(store, slot, self.is_idle(budgets, now), decide)
             .map(|(out, _)| out)
+    }
+}
+
+/// The budget sets one call's peek at its request headers read, each with its CAS (see
+/// [`Seen`]), by the set's index in [`crate::tier::Tier::budget_sets`]: admission starts from
+/// them instead of reading them again ([`crate::Policy::admit_tokens_from`]). Each is used once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peeked(Vec<(usize, Seen)>);
+
+impl Peeked {
+    /// Nothing read.
+    pub const fn new() -> Peeked {
+        Peeked(Vec::new())
+    }
+
+    /// Keeps what set `set` read.
+    pub fn keep(&mut self, set: usize, seen: Seen) {
+        self.0.retain(|(s, _)| *s != set);
+        self.0.push((set, seen));
+    }
+
+    /// What set `set` read, taken (a value is only good until the set is written).
+    pub fn take(&mut self, set: usize) -> Option<Seen> {
+        let at = self.0.iter().position(|(s, _)| *s == set)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    /// How many sets it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -4,7 +4,7 @@ use alloc::vec::Vec;
 
 use crate::bucket::Tat;
 use crate::budget::{
-    Amount, Ask, Budget, BudgetSet, Hold, LlmSettings, Mode, ModelScope, Reservation,
+    Amount, Ask, Budget, BudgetSet, Hold, LlmSettings, Mode, ModelScope, Peeked, Reservation,
 };
 use crate::decision::{Decision, LimitStatus, Limits};
 use crate::global::GlobalSettings;
@@ -260,6 +260,28 @@ impl Policy {
         store: &mut S,
         pick: impl Fn(usize, &Budget) -> bool,
     ) -> TokenOutcome {
+        let mut none = Peeked::new();
+        self.admit_tokens_from(tier, caller, model, ask, now, store, &mut none, pick)
+    }
+
+    /// As [`admit_tokens_where`](Self::admit_tokens_where), starting each budget set that
+    /// `peeked` holds from the value the call's peek read
+    /// ([`peek_tokens_keeping`](Self::peek_tokens_keeping)) instead of reading it again: one
+    /// `get` fewer per such set when nobody wrote it in between, and the same outcome either
+    /// way (see [`crate::table::BudgetTable::update_from`]). What it uses is taken out of
+    /// `peeked`.
+    #[allow(clippy::too_many_arguments)] // as admit_tokens_where, plus where to start from
+    pub fn admit_tokens_from<'c, S: Store>(
+        &self,
+        tier: &Tier,
+        caller: impl Into<CallerRef<'c>>,
+        model: Option<&str>,
+        ask: Ask,
+        now: Nanos,
+        store: &mut S,
+        peeked: &mut Peeked,
+        pick: impl Fn(usize, &Budget) -> bool,
+    ) -> TokenOutcome {
         let caller = caller.into();
         let mode = self.llm.as_ref().map_or(Mode::Reserve, |l| l.mode);
         let estimate = match ask {
@@ -271,7 +293,7 @@ impl Policy {
             alloc::vec![None; tier.budgets.len()];
         let mut denied = false;
         // One pass per budget set: a read and at most one write for all of its budgets.
-        for set in &tier.budget_sets {
+        for (index, set) in tier.budget_sets.iter().enumerate() {
             let asked: Vec<usize> = set
                 .members
                 .iter()
@@ -291,7 +313,8 @@ impl Policy {
                 continue;
             };
             let slot = set.slot(&self.seed, &tier.name, &key, model);
-            match set.admit(&tier.budgets, store, slot, &asked, mode, ask, now) {
+            let seen = peeked.take(index);
+            match set.admit_from(&tier.budgets, store, slot, seen, &asked, mode, ask, now) {
                 Ok(admission) => {
                     for (i, status, took) in admission.statuses {
                         denied |= !status.allowed;
@@ -353,11 +376,29 @@ impl Policy {
         now: Nanos,
         store: &mut S,
     ) -> Result<Option<Decision>, TableError> {
+        self.peek_tokens_keeping(tier, caller, cost, now, store, &mut Peeked::new())
+    }
+
+    /// As [`peek_tokens`](Self::peek_tokens), keeping in `peeked` each budget set's value as
+    /// it read it, with its CAS, for the call's admission to start from
+    /// ([`admit_tokens_from`](Self::admit_tokens_from)).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn peek_tokens_keeping<'c, S: Store>(
+        &self,
+        tier: &Tier,
+        caller: impl Into<CallerRef<'c>>,
+        cost: Amount,
+        now: Nanos,
+        store: &mut S,
+        peeked: &mut Peeked,
+    ) -> Result<Option<Decision>, TableError> {
         let caller = caller.into();
         let mode = self.llm.as_ref().map_or(Mode::Reserve, |l| l.mode);
         // Per budget, in the tier's order.
         let mut shown: Vec<Option<LimitStatus>> = alloc::vec![None; tier.budgets.len()];
-        for set in &tier.budget_sets {
+        for (index, set) in tier.budget_sets.iter().enumerate() {
             let asked: Vec<(usize, u64)> = set
                 .members
                 .iter()
@@ -373,8 +414,12 @@ impl Policy {
                 continue;
             };
             let slot = set.slot(&self.seed, &tier.name, &key, None);
-            let peeked = set.peek(&tier.budgets, store, slot, &asked, mode, now)?;
-            for (&(i, _), status) in asked.iter().zip(peeked) {
+            let (shown_here, seen) =
+                set.peek_seen(&tier.budgets, store, slot, &asked, mode, now)?;
+            if let Some(seen) = seen {
+                peeked.keep(index, seen);
+            }
+            for (&(i, _), status) in asked.iter().zip(shown_here) {
                 if let Some(s) = shown.get_mut(i) {
                     *s = Some(status);
                 }

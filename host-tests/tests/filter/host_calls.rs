@@ -232,16 +232,19 @@ fn an_llm_call_settles_its_budgets_in_one_read_and_one_write() {
         list(&[
             // The request map, the response map.
             ("proxy_get_header_map_pairs", 2),
-            // The request limit, admission (the body's end), settlement (the response's end).
-            ("proxy_get_current_time_nanoseconds", 3),
+            // The request limit (at the headers) and settlement (the response's end). The held
+            // body is admitted at the headers' instant, without a reading of its own (m1).
+            ("proxy_get_current_time_nanoseconds", 2),
             // The request limit's set: a get and a set. The caller's budget set (both budgets):
-            // a peek at the headers, then a get and a set to admit, a get and a set to settle.
-            ("proxy_get_shared_data", 4),
+            // a peek at the headers (a get), then a CAS set to admit, made from the peek's value
+            // and CAS (the admission's own get went with m1; a set written since is read again),
+            // a get and a set to settle.
+            ("proxy_get_shared_data", 3),
             ("proxy_set_shared_data", 3),
             // The access-log record: at the decision and at settlement.
             ("proxy_set_property", 2),
-            // accept-encoding.
-            ("proxy_remove_header_map_value", 1),
+            // No accept-encoding removal: the request asks for `identity` only (as Python's
+            // urllib does), which it may keep (m1); `gzip` is still removed (below).
             // content-length of the request; 8 response fields.
             ("proxy_replace_header_map_value", 9),
             // The request body and the answer; not the empty chunks.
@@ -275,10 +278,112 @@ fn a_streamed_llm_call_reads_each_chunk_once_and_no_empty_one() {
     assert_eq!(h.metrics().value("tollgate.users.tokens_charged"), Some(22));
     // The 20 chunks are one read each; the empty last one and the request's are not read.
     assert_eq!(calls.get("proxy_get_buffer_bytes"), Some(&21), "{calls:?}");
-    assert_eq!(calls.get("proxy_get_shared_data"), Some(&4), "{calls:?}");
+    // Admission writes from the peek's read (see the JSON call above).
+    assert_eq!(calls.get("proxy_get_shared_data"), Some(&3), "{calls:?}");
     assert_eq!(calls.get("proxy_set_shared_data"), Some(&3), "{calls:?}");
     let total: u64 = calls.values().sum();
-    assert_eq!(total, 48, "{calls:?}");
+    // The removals: content-length (the client gets fewer bytes than the upstream sent); not
+    // accept-encoding, which asks for `identity` only.
+    assert_eq!(
+        calls.get("proxy_remove_header_map_value"),
+        Some(&1),
+        "{calls:?}"
+    );
+    // Two clock readings: the held body is admitted at the headers' instant.
+    assert_eq!(
+        calls.get("proxy_get_current_time_nanoseconds"),
+        Some(&2),
+        "{calls:?}"
+    );
+    assert_eq!(total, 45, "{calls:?}");
+}
+
+/// `accept-encoding` goes from an LLM request unless it asks for `identity` only (or is
+/// absent): the answer must come back unencoded for its usage to be read (README
+/// "`strip_accept_encoding`").
+#[test]
+fn accept_encoding_is_removed_only_when_it_allows_an_encoding() {
+    let h = tollgate_with(1, LLM_POLICY);
+    let answer = r#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+    let json = || {
+        Response::ok()
+            .header("content-type", "application/json")
+            .body_chunk(answer)
+    };
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":256,"messages":[]}"#;
+    let removals = |encoding: Option<&str>| {
+        let mut request = Request::new("POST", "/v1/chat/completions")
+            .header("x-user-id", "alice")
+            .header("content-type", "application/json")
+            .header("content-length", body.len().to_string());
+        if let Some(value) = encoding {
+            request = request.header("accept-encoding", value);
+        }
+        let request = request.body_chunk(body).respond_with(json());
+        let calls = calls_of(&h, || assert!(h.send(0, &request).unwrap().is_continue()));
+        calls
+            .get("proxy_remove_header_map_value")
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(removals(None), 0);
+    assert_eq!(removals(Some("identity")), 0);
+    assert_eq!(removals(Some("gzip, deflate, br")), 1);
+    assert_eq!(removals(Some("identity, gzip")), 1);
+}
+
+/// Admission writes the caller's budget set from what the peek at the headers read (its value
+/// and CAS), with no read of its own; when another call wrote the set in between, that CAS write
+/// fails and the set is read again before deciding.
+#[test]
+fn admission_starts_from_the_peek_unless_the_budgets_were_written_since() {
+    let h = tollgate_with(2, LLM_POLICY);
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":256,"messages":[]}"#;
+    let length = body.len().to_string();
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("x-user-id", "alice"),
+        ("content-type", "application/json"),
+        ("content-length", length.as_str()),
+    ];
+    let store_calls = |calls: &BTreeMap<&str, u64>| {
+        (
+            calls.get("proxy_get_shared_data").copied().unwrap_or(0),
+            calls.get("proxy_set_shared_data").copied().unwrap_or(0),
+        )
+    };
+    let mut quiet = h.stream(0).unwrap();
+    quiet.request_headers(headers.as_slice(), false).unwrap();
+    let calls = calls_of(&h, || {
+        assert_eq!(
+            quiet.request_body(body.as_bytes(), true).unwrap(),
+            host_tests::Action::Continue
+        );
+    });
+    assert_eq!(store_calls(&calls), (0, 1), "{calls:?}");
+    let mut raced = h.stream(0).unwrap();
+    raced.request_headers(headers.as_slice(), false).unwrap();
+    // Another call of the same caller on the other worker writes the set meanwhile.
+    let answer = r#"{"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+    let other = chat_call(
+        false,
+        Response::ok()
+            .header("content-type", "application/json")
+            .body_chunk(answer),
+    );
+    assert!(h.send(1, &other).unwrap().is_continue());
+    let calls = calls_of(&h, || {
+        assert_eq!(
+            raced.request_body(body.as_bytes(), true).unwrap(),
+            host_tests::Action::Continue
+        );
+    });
+    assert_eq!(
+        store_calls(&calls),
+        (1, 2),
+        "the stale CAS write, a fresh read, the write: {calls:?}"
+    );
 }
 
 /// The request `benches/count-hostcalls` sends, with the headers Envoy hands over.

@@ -19,11 +19,13 @@
 //! Everything here reads bytes that came from the network: no input can make it panic, loop
 //! without progress, or allocate beyond a small multiple of what the caller already buffered
 //! (for the scanner, [`SseLimits`]). Response bodies must be identity-encoded: the filter
-//! should keep `accept-encoding` from reaching the upstream on LLM routes.
+//! should keep `accept-encoding` from reaching the upstream on LLM routes (unless it asks for
+//! `identity` only: [`encoding::accepts_encodings`]).
 
 pub mod added_usage;
 pub mod charge;
 pub mod cost;
+pub mod encoding;
 pub mod eventstream;
 mod gemini;
 mod json;

@@ -27,7 +27,7 @@ use super::set::{set_len, SetValue, Way, WrongLength, MAX_CELLS};
 use super::{place, Placement, Table, TableError, Update, MAX_ATTEMPTS};
 use crate::bucket::Tat;
 use crate::hash::{Seed, Slot};
-use crate::store::{Store, StoreError};
+use crate::store::{Cas, Store, StoreError};
 
 /// Byte ranges of the layout after the set part.
 pub mod field {
@@ -256,19 +256,55 @@ impl BudgetTable {
         store: &mut S,
         slot: Slot,
         is_idle: impl Fn(&[Tat]) -> bool,
-        mut decide: impl FnMut(&[Tat], Placement) -> Update<T>,
+        decide: impl FnMut(&[Tat], Placement) -> Update<T>,
     ) -> Result<(T, Placement), TableError>
+    where
+        S: Store,
+    {
+        self.update_from(store, slot, None, is_idle, decide)
+            .map(|(out, placement, _)| (out, placement))
+    }
+
+    /// As [`update`](Self::update), starting from `seen` (this set's value as an earlier pass
+    /// of the same call read it) instead of a `get`, and returning the value it read when it
+    /// wrote nothing (for a later pass to start from).
+    ///
+    /// Starting from `seen` never decides on stale data: a write made from it is a CAS write
+    /// with the CAS it was read with, which fails if anyone wrote the set since (the set is then
+    /// read afresh and decided again, as after any lost race); and a decision that would write
+    /// nothing, which no CAS checks, is not taken from it but made again on a fresh read. So
+    /// the outcome is the one a fresh `get` would give, one `get` fewer when nobody wrote in
+    /// between. A `seen` of another set is ignored. The attempt made from `seen` counts as one
+    /// of the [`MAX_ATTEMPTS`] when it tries a write.
+    pub fn update_from<S, T>(
+        &self,
+        store: &mut S,
+        slot: Slot,
+        seen: Option<Seen>,
+        is_idle: impl Fn(&[Tat]) -> bool,
+        mut decide: impl FnMut(&[Tat], Placement) -> Update<T>,
+    ) -> Result<(T, Placement, Option<Seen>), TableError>
     where
         S: Store,
     {
         let key = self.key(slot.set);
         let n = self.columns.len();
-        for _ in 0..MAX_ATTEMPTS {
-            let (mut set, cas) = match store.get(&key) {
-                Ok(Some((bytes, cas))) => (self.read(bytes), cas),
-                Ok(None) => (self.empty(), None),
-                Err(StoreError::CasMismatch) => continue,
-                Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
+        let mut seen = seen.filter(|s| s.set == slot.set);
+        let mut attempts = 0;
+        while attempts < MAX_ATTEMPTS {
+            let known = seen.take();
+            let from_seen = known.is_some();
+            let (mut set, cas) = match known {
+                Some(Seen { bytes, cas, .. }) => (self.read(bytes), Some(cas)),
+                None => match store.get(&key) {
+                    Ok(Some((bytes, cas))) => (self.read(bytes), cas),
+                    Ok(None) => (self.empty(), None),
+                    Err(StoreError::CasMismatch) => {
+                        attempts += 1;
+                        continue;
+                    }
+                    Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
+                },
             };
             let mut current = [Tat::default(); MAX_CELLS];
             let (way, placement) = place(&set.ways(), slot.fingerprint, &is_idle, &mut current);
@@ -280,7 +316,16 @@ impl BudgetTable {
             }
             let (listed, cells, out);
             let states: &[Tat] = match decide(current.get(..n).unwrap_or(&[]), placement) {
-                Update::Keep(out) => return Ok((out, placement)),
+                // Nothing to write, so no CAS to check the value read earlier: read afresh.
+                Update::Keep(_) if from_seen => continue,
+                Update::Keep(out) => {
+                    let seen = cas.map(|cas| Seen {
+                        set: slot.set,
+                        bytes: set.into_inner(),
+                        cas,
+                    });
+                    return Ok((out, placement, seen));
+                }
                 Update::Write(states, o) => {
                     out = o;
                     listed = states;
@@ -302,14 +347,26 @@ impl BudgetTable {
                 _ => slot.fingerprint,
             };
             set.ways_mut().set_way(way, owner, states);
+            attempts += 1;
             match store.set(&key, set.into_inner().as_slice(), cas) {
-                Ok(()) => return Ok((out, placement)),
+                Ok(()) => return Ok((out, placement, None)),
                 Err(StoreError::CasMismatch) => continue,
                 Err(StoreError::Unavailable) => return Err(TableError::Unavailable),
             }
         }
         Err(TableError::Contended)
     }
+}
+
+/// A budget set's value as one pass read it, with its CAS token: what a later pass of the same
+/// call may start from instead of a `get` (see [`BudgetTable::update_from`]). Kept only for a
+/// value that has a CAS (a key that exists).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The set (the number in its store key).
+    pub set: u32,
+    bytes: Vec<u8>,
+    cas: Cas,
 }
 
 /// A budget's column tag: its name and its rate's tag, so that renaming a budget or changing
@@ -569,6 +626,137 @@ mod tests {
             |c, _| Update::Write(c.to_vec(), ()),
         );
         assert_eq!(r, Err(TableError::Contended));
+    }
+
+    /// What a pass that wrote nothing read, for [`BudgetTable::update_from`].
+    fn peek(t: &BudgetTable, s: &mut impl Store, fp: u64) -> Option<Seen> {
+        t.update_from(s, slot(fp), None, |_| false, |_, _| Update::Keep(()))
+            .unwrap()
+            .2
+    }
+
+    /// Adds 1 to the caller's second budget, starting from `seen`; returns the states decided on.
+    fn bump(t: &BudgetTable, s: &mut impl Store, fp: u64, seen: Option<Seen>) -> Vec<Vec<u128>> {
+        let mut decided = Vec::new();
+        t.update_from(
+            s,
+            slot(fp),
+            seen,
+            |_| false,
+            |c, _| {
+                decided.push(c.iter().map(|t| t.0).collect());
+                Update::Write(vec![c[0], Tat(c[1].0 + 1)], ())
+            },
+        )
+        .unwrap();
+        decided
+    }
+
+    #[test]
+    fn a_write_from_a_value_read_earlier_needs_no_second_read() {
+        let t = table(&[A, B]);
+        let mut s = Counting::new();
+        t.init(&mut s.store).unwrap();
+        write(&t, &mut s, 1, &[10, 20]);
+        let seen = peek(&t, &mut s, 1);
+        assert!(seen.is_some());
+        let (gets, sets) = (s.gets, s.sets);
+        assert_eq!(bump(&t, &mut s, 1, seen), [vec![10, 20]]);
+        assert_eq!((s.gets - gets, s.sets - sets), (0, 1), "the CAS write only");
+        assert_eq!(read(&t, &mut s, 1), [10, 21]);
+    }
+
+    #[test]
+    fn a_value_written_since_it_was_read_is_read_again_before_deciding() {
+        let t = table(&[A, B]);
+        let mut s = Counting::new();
+        t.init(&mut s.store).unwrap();
+        write(&t, &mut s, 1, &[10, 20]);
+        let seen = peek(&t, &mut s, 1);
+        // Another worker writes the set in between (the same caller's budgets, or another's).
+        write(&t, &mut s, 1, &[10, 30]);
+        let (gets, sets) = (s.gets, s.sets);
+        assert_eq!(
+            bump(&t, &mut s, 1, seen),
+            [vec![10, 20], vec![10, 30]],
+            "the stale value's write lost its CAS; decided again on the fresh one"
+        );
+        assert_eq!((s.gets - gets, s.sets - sets), (1, 2));
+        assert_eq!(
+            read(&t, &mut s, 1),
+            [10, 31],
+            "nothing of the stale value landed"
+        );
+        // A first write that loses its race counts as one of the attempts.
+        let seen = peek(&t, &mut s, 1);
+        s.conflicts = MAX_ATTEMPTS;
+        let r = t.update_from(
+            &mut s,
+            slot(1),
+            seen,
+            |_| false,
+            |c, _| Update::Write(c.to_vec(), ()),
+        );
+        assert_eq!(r.map(|(o, _, _)| o), Err(TableError::Contended));
+        assert_eq!(
+            s.conflicts, 0,
+            "as many attempts as without a value read earlier"
+        );
+    }
+
+    #[test]
+    fn a_decision_that_writes_nothing_is_never_taken_from_a_value_read_earlier() {
+        let t = table(&[A, B]);
+        let mut s = Counting::new();
+        t.init(&mut s.store).unwrap();
+        write(&t, &mut s, 1, &[10, 20]);
+        let seen = peek(&t, &mut s, 1);
+        write(&t, &mut s, 1, &[10, 25]);
+        let gets = s.gets;
+        let mut decided = Vec::new();
+        let (states, _, again) = t
+            .update_from(
+                &mut s,
+                slot(1),
+                seen,
+                |_| false,
+                |c, _| {
+                    decided.push(c[1].0);
+                    Update::Keep(c[1].0)
+                },
+            )
+            .unwrap();
+        assert_eq!(decided, [20, 25], "no CAS checks a kept value: read afresh");
+        assert_eq!(states, 25);
+        assert_eq!(s.gets - gets, 1);
+        assert!(again.is_some(), "the fresh value, for a later pass");
+    }
+
+    #[test]
+    fn a_value_of_another_set_is_not_used() {
+        let t = table(&[A, B]);
+        let mut s = Counting::new();
+        t.init(&mut s.store).unwrap();
+        let other = Slot {
+            set: 1,
+            fingerprint: 7,
+        };
+        write(&t, &mut s, 1, &[10, 20]);
+        let seen = t
+            .update_from(&mut s, other, None, |_| false, |_, _| Update::Keep(()))
+            .unwrap()
+            .2;
+        assert_eq!(seen.as_ref().map(|s| s.set), Some(1));
+        let gets = s.gets;
+        assert_eq!(bump(&t, &mut s, 1, seen), [vec![10, 20]]);
+        assert_eq!(s.gets - gets, 1, "set 0 read for itself");
+    }
+
+    #[test]
+    fn a_key_never_written_leaves_nothing_to_start_from() {
+        let t = table(&[A, B]);
+        let mut s = Counting::new();
+        assert_eq!(peek(&t, &mut s, 1), None, "no CAS to write with");
     }
 
     // proptest runs natively only (no wasm32 dev-dependency).

@@ -23,7 +23,7 @@ use crate::decimal::push_u64;
 use crate::hash::{Seed, Slot};
 use crate::store::{Store, StoreError};
 
-pub use budgets::{budget_set_len, column_tag, columns_in, BudgetSetValue, BudgetTable};
+pub use budgets::{budget_set_len, column_tag, columns_in, BudgetSetValue, BudgetTable, Seen};
 pub use key::StoreKey;
 pub use set::{set_len, SetValue, Way, WrongLength, MAX_CELLS, WAYS};
 

@@ -14,7 +14,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::budget::{Amount, Ask, Hold, LlmSettings, ModelScope};
+use crate::budget::{Amount, Ask, Hold, LlmSettings, ModelScope, Peeked};
 use crate::decision::Decision;
 use crate::policy::TokenOutcome;
 use crate::store::Store;
@@ -43,17 +43,18 @@ pub enum Admission {
 
 impl LlmCall {
     /// Runs one admission (`early`: on a chunk of a body that passes; `None`: the body is
-    /// read) and says what the filter does about it.
+    /// read) at `at` (`None`: now, from the clock) and says what the filter does about it.
     pub(super) fn admission_step<S: Store>(
         &mut self,
         env: &mut Env<'_, S>,
         early: Option<Early>,
+        at: Option<Nanos>,
     ) -> RequestStep {
         let policy = env.policy;
         let (Some(tier), Some(llm)) = (policy.tiers().get(self.tier), policy.llm()) else {
             return RequestStep::go();
         };
-        let now = (env.now)();
+        let now = at.unwrap_or_else(|| (env.now)());
         let admission = match early {
             Some(Early::First(size)) => self.admit_early(policy, tier, llm, size, now, env.store),
             Some(Early::More(seen)) => self.top_up(policy, tier, llm, seen, now, env.store),
@@ -156,7 +157,7 @@ impl LlmCall {
             spend: 1,
         };
         let refused = policy
-            .peek_tokens(tier, &self.identity, least, now, store)
+            .peek_tokens_keeping(tier, &self.identity, least, now, store, &mut self.peeked)
             .ok()
             .flatten();
         let Some(decision) = refused else {
@@ -202,6 +203,10 @@ impl LlmCall {
         let known = model.is_some();
         self.early = Some((estimate, model.clone()));
         let ask = self.ask_for(policy, model.as_deref(), input, output);
+        // Read afresh: only the admission of a held body starts from the peek (a body that
+        // passes is admitted as its chunks come, after the peek's value may have aged), and
+        // what this writes would make the peek's value stale for the admission at the end.
+        self.peeked = Peeked::new();
         let outcome = policy.admit_tokens_where(
             tier,
             &self.identity,
@@ -364,15 +369,18 @@ impl LlmCall {
             .as_ref()
             .map(|r| r.holds.iter().map(|h| h.budget).collect())
             .unwrap_or_default();
-        let outcome = policy.admit_tokens_where(
+        let outcome = policy.admit_tokens_from(
             tier,
             &self.identity,
             model.as_deref(),
             ask,
             now,
             store,
+            &mut self.peeked,
             |i, _| !held.contains(&i),
         );
+        // The last admission: what the peek read is of no more use.
+        self.peeked = Peeked::new();
         if !matches!(outcome, TokenOutcome::Admitted { .. }) {
             // Refused (or failed) after an early admission: give that back too.
             if let Some(early) = self.reservation.take() {

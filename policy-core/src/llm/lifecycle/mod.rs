@@ -40,7 +40,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::budget::{Amount, LlmSettings, Reservation};
+use crate::budget::{Amount, LlmSettings, Peeked, Reservation};
 use crate::decision::Decision;
 use crate::hash::Slot;
 use crate::headers::{self, ErrorStyle, Fields};
@@ -161,6 +161,14 @@ pub struct LlmCall {
     /// A budget would have refused the call, but its tier is in shadow mode: it went on
     /// holding nothing (`Phase::Unmetered`), counted `would_deny`.
     would_deny: bool,
+    /// The budget sets the peek at the request headers read, with their CAS: the admission of
+    /// the whole body (a held one, or one that came in a single chunk) starts from them instead
+    /// of reading them again (one `get` fewer per set; BENCHMARKS.md §2). An early admission of
+    /// a passing body reads afresh and drops them.
+    peeked: Peeked,
+    /// The instant the request headers were decided at (the request limits' reading): a body
+    /// Envoy held since is admitted at it, without a clock reading of its own.
+    headers_at: Option<Nanos>,
 }
 
 impl LlmCall {
@@ -197,6 +205,8 @@ impl LlmCall {
             lagging: Vec::new(),
             unpriced_model: None,
             would_deny: false,
+            peeked: Peeked::new(),
+            headers_at: None,
         }
     }
 
@@ -274,11 +284,13 @@ impl LlmCall {
         };
         if end_of_stream {
             self.unreadable_request(llm, 0);
-            return self.admission_step(env, None);
+            return self.admission_step(env, None, None);
         }
         self.content_length = content_length;
+        let now = (env.now)();
+        self.headers_at = Some(now);
         if tier.enforcement == Enforcement::Enforce
-            && self.refuse_early(policy, tier, (env.now)(), env.store)
+            && self.refuse_early(policy, tier, now, env.store)
         {
             let mut step = RequestStep::verdict(Verdict::Refuse(Refusal::Denied));
             step.count = Some(Count::Denied);
@@ -317,11 +329,17 @@ impl LlmCall {
     /// `end` the last. `read` returns those bytes (the host call); it is called only when the
     /// bytes are needed.
     ///
-    /// A held body is left to Envoy until its end, then read, rewritten and admitted whole. A
-    /// body that passes is rewritten a chunk at a time (its last byte kept back until its end),
-    /// admitted on its first chunk before that chunk is forwarded, topped up as a body without
-    /// `content-length` grows, and admitted for the rest (its model's budgets, its own cap) at
-    /// its end. A held body that outgrows the buffer limit is followed as it passes from then
+    /// A held body is left to Envoy until its end, then read, rewritten and admitted whole, at
+    /// the instant its headers were decided (the filter's request-limit reading, so the clock is
+    /// not read again): Envoy held the body since, and an earlier instant has refilled no more
+    /// than a later one, so this admits nothing a reading at the body's end would refuse (it
+    /// may refuse what that reading would admit, by at most what refills while the body
+    /// arrives, and a refusal's wait counts from the headers; a budget that was full counts the
+    /// call from its headers, as the request limits do). A body that passes is rewritten a
+    /// chunk at a time (its last byte kept back until its end), admitted on its first chunk
+    /// before that chunk is forwarded, topped up as a body without `content-length` grows, and
+    /// admitted for the rest (its model's budgets, its own cap) at its end, each at its own
+    /// instant. A held body that outgrows the buffer limit is followed as it passes from then
     /// on.
     pub fn on_request_body<S: Store>(
         &mut self,
@@ -357,7 +375,7 @@ impl LlmCall {
                     Ok(rewritten) => rewritten,
                     Err(e) => return self.refuse_body(env, e),
                 };
-                let mut step = self.admission_step(env, None);
+                let mut step = self.admission_step(env, None, self.headers_at);
                 step.content_length = rewritten
                     .as_ref()
                     .filter(|_| llm.hold_headers)
@@ -392,7 +410,7 @@ impl LlmCall {
         };
         let mut count = None;
         if early.is_some() {
-            let step = self.admission_step(env, early);
+            let step = self.admission_step(env, early, None);
             if step.verdict != Verdict::Continue {
                 return step; // refused before this chunk goes upstream
             }
@@ -409,7 +427,7 @@ impl LlmCall {
         self.read_copied_request(llm);
         // What the first chunk did not decide (the model's own budgets, once the model is
         // known) is decided now; the body already went upstream, so a refusal resets it.
-        let mut step = self.admission_step(env, None);
+        let mut step = self.admission_step(env, None, None);
         step.replace = rewritten;
         step
     }

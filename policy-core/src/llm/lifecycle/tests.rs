@@ -26,10 +26,14 @@ struct Flaky {
     inner: MemoryStore,
     conflicts: u32,
     down: bool,
+    /// Calls made (each a host call in Envoy).
+    gets: u32,
+    sets: u32,
 }
 
 impl Store for Flaky {
     fn get(&mut self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.gets += 1;
         if self.down {
             return Err(StoreError::Unavailable);
         }
@@ -37,6 +41,7 @@ impl Store for Flaky {
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+        self.sets += 1;
         if self.down {
             return Err(StoreError::Unavailable);
         }
@@ -1502,4 +1507,161 @@ fn a_bedrock_model_meets_its_budget_whatever_id_names_it_and_is_refused_the_aws_
             );
         }
     }
+}
+
+/// The store calls `run` makes on the drive's store: (gets, sets).
+fn store_calls(d: &mut Drive<'_>, run: impl FnOnce(&mut Drive<'_>)) -> (u32, u32) {
+    let (gets, sets) = (d.store.gets, d.store.sets);
+    run(d);
+    (d.store.gets - gets, d.store.sets - sets)
+}
+
+#[test]
+fn admission_starts_from_the_budgets_the_peek_read() {
+    let (p, s) = policy(100_000, r#","default_max_tokens":100"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let peek = store_calls(&mut d, |d| {
+        assert_eq!(
+            d.headers(&mut c, len(CHAT), false).verdict,
+            Verdict::Continue
+        );
+    });
+    assert_eq!(peek, (1, 0), "the peek reads the caller's budgets");
+    let admission = store_calls(&mut d, |d| {
+        let step = d.body(&mut c, CHAT, true);
+        assert_eq!(step.count, Some(Count::Allowed));
+    });
+    assert_eq!(
+        admission,
+        (0, 1),
+        "one CAS write with the peek's value and CAS"
+    );
+    let held = c.estimate();
+    assert_eq!(d.left(), 100_000 - held);
+    assert_eq!(c.tokens().unwrap().limits[0].remaining, 100_000 - held);
+}
+
+#[test]
+fn budgets_written_between_the_peek_and_admission_are_read_again() {
+    let (p, s) = policy(100_000, r#","default_max_tokens":100"#);
+    let mut d = Drive::new(&p, s);
+    let mut c = chat();
+    let _ = d.headers(&mut c, len(CHAT), false);
+    d.spend(5_000); // another call of the caller, on another worker
+    let admission = store_calls(&mut d, |d| {
+        let step = d.body(&mut c, CHAT, true);
+        assert_eq!(step.count, Some(Count::Allowed));
+    });
+    assert_eq!(
+        admission,
+        (1, 2),
+        "the stale write lost its CAS: read again, written"
+    );
+    let held = c.estimate();
+    assert_eq!(d.left(), 100_000 - 5_000 - held, "both calls held");
+    assert_eq!(
+        c.tokens().unwrap().limits[0].remaining,
+        100_000 - 5_000 - held
+    );
+}
+
+#[test]
+fn a_refusal_is_never_decided_on_what_the_peek_read() {
+    let (p, s) = policy(2_000, r#","default_max_tokens":100"#);
+    let mut d = Drive::new(&p, s);
+    let tier = &p.tiers()[0];
+    // Another call holds all but 60 tokens: room for the least this call can cost (the peek
+    // lets it on), not for its estimate.
+    let other = match p.admit_tokens(
+        tier,
+        USER,
+        None,
+        Amount::tokens(1_940),
+        T0,
+        &mut d.store.inner,
+    ) {
+        TokenOutcome::Admitted { reservation, .. } => reservation,
+        outcome => panic!("{outcome:?}"),
+    };
+    let mut c = chat();
+    assert_eq!(
+        d.headers(&mut c, len(CHAT), false).verdict,
+        Verdict::Continue
+    );
+    // That call is refused after all and gives its tokens back before this body ends.
+    p.release_reservation(tier, &other, T0, &mut d.store.inner);
+    let admission = store_calls(&mut d, |d| {
+        let step = d.body(&mut c, CHAT, true);
+        assert_eq!(
+            (step.verdict, step.count),
+            (Verdict::Continue, Some(Count::Allowed)),
+            "decided on the budget as it is, not as the peek saw it"
+        );
+    });
+    assert_eq!(admission, (1, 1));
+    assert_eq!(d.left(), 2_000 - c.estimate());
+}
+
+#[test]
+fn a_held_body_is_admitted_at_the_instant_its_headers_were_decided() {
+    let (p, mut s) = policy(1_000, r#","default_max_tokens":100"#);
+    let tier = &p.tiers()[0];
+    // All 1,000 spent at T0; half of it back 30 s later, all of it 60 s later.
+    let spent = p.admit_tokens(tier, USER, None, Amount::tokens(1_000), T0, &mut s.inner);
+    assert!(matches!(spent, TokenOutcome::Admitted { .. }), "{spent:?}");
+    let half = Nanos(T0.0 + 30_000_000_000);
+    let full = Nanos(T0.0 + 60_000_000_000);
+    let mut c = chat();
+    let at_headers = || half;
+    let mut env = Env {
+        policy: &p,
+        store: &mut s,
+        now: &at_headers,
+    };
+    assert_eq!(
+        c.on_request_headers(&mut env, len(CHAT), false).verdict,
+        Verdict::Continue
+    );
+    // The body's end, 30 s later: the clock there is not read.
+    let readings = Cell::new(0);
+    let at_end = || {
+        readings.set(readings.get() + 1);
+        full
+    };
+    let mut env = Env {
+        policy: &p,
+        store: &mut s,
+        now: &at_end,
+    };
+    let step = c.on_request_body(&mut env, CHAT.len(), true, || CHAT.to_vec());
+    assert_eq!(
+        (step.verdict, step.count),
+        (Verdict::Continue, Some(Count::Allowed))
+    );
+    assert_eq!(readings.get(), 0, "admitted without a clock reading");
+    assert_eq!(
+        c.tokens().unwrap().limits[0].remaining,
+        500 - c.estimate(),
+        "decided on the budget as it stood at the headers, not the fuller one at the end"
+    );
+    // A body that passes is admitted at each chunk's own instant.
+    let (p, mut s) = policy(
+        1_000,
+        r#","default_max_tokens":100,"buffer_limit_bytes":16"#,
+    );
+    let mut c = chat();
+    let mut env = Env {
+        policy: &p,
+        store: &mut s,
+        now: &at_headers,
+    };
+    let _ = c.on_request_headers(&mut env, len(CHAT), false);
+    let mut env = Env {
+        policy: &p,
+        store: &mut s,
+        now: &at_end,
+    };
+    let _ = c.on_request_body(&mut env, CHAT.len(), true, || CHAT.to_vec());
+    assert_eq!(readings.get(), 1, "a passing body reads the clock");
 }

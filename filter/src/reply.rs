@@ -49,9 +49,7 @@ fn read<'a>(held: Option<&'a HeaderList>, name: &'a str) -> Option<Cow<'a, [u8]>
 /// The request's id to echo (visible ASCII, at most [`MAX_REQUEST_ID`] bytes), and whether it
 /// goes under Anthropic's `request-id` too. Read where it is when the headers are held (no copy).
 fn request_id(client: Client<'_>) -> Option<(Cow<'_, [u8]>, bool)> {
-    let id = read(client.headers, "x-request-id").filter(|v| {
-        !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(u8::is_ascii_graphic)
-    })?;
+    let id = read(client.headers, "x-request-id").filter(|v| echoable(v))?;
     let anthropic = read(client.headers, ":path")
         .filter(|p| may_be_messages(p))
         .is_some_and(|p| {
@@ -61,17 +59,31 @@ fn request_id(client: Client<'_>) -> Option<(Cow<'_, [u8]>, bool)> {
     Some((id, anthropic))
 }
 
+/// Whether a request id may be echoed: 1 to [`MAX_REQUEST_ID`] bytes of visible ASCII (no
+/// header injection, nothing a log would mangle).
+fn echoable(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(u8::is_ascii_graphic)
+}
+
 /// Whether `path` can name Anthropic's Messages API (`…/v1/messages`, or Vertex AI's
 /// `…/publishers/anthropic/…:rawPredict`): checked before [`ApiKind::from_path`], whose
 /// normalising and matching cost a refusal ~6,000 Wasm operators (BENCHMARKS.md §2). The words
 /// of the normalised path come from the raw path's own letters or from `%` escapes, so a path
-/// with neither word and no `%` cannot be one.
+/// with neither word and no `%` cannot be one. One pass over the path: a word is compared only
+/// where its first letter is.
 fn may_be_messages(path: &[u8]) -> bool {
-    let has = |word: &[u8]| {
-        path.windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
-    };
-    path.contains(&b'%') || has(b"messages") || has(b"rawpredict")
+    path.iter().enumerate().any(|(i, &b)| {
+        if b == b'%' {
+            return true;
+        }
+        let word: &[u8] = match b | 0x20 {
+            b'm' => b"messages",
+            b'r' => b"rawpredict",
+            _ => return false,
+        };
+        path.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    })
 }
 
 /// `fields` as the pairs [`send`] takes, with room for what it adds.
@@ -309,6 +321,33 @@ mod tests {
             }
         }
         assert!(!may_be_messages(b"/api/tasks"));
+        // The same answer as looking for each word at every position, as it did before.
+        let by_windows = |path: &[u8]| {
+            let has = |word: &[u8]| {
+                path.windows(word.len())
+                    .any(|w| w.eq_ignore_ascii_case(word))
+            };
+            path.contains(&b'%') || has(b"messages") || has(b"rawpredict")
+        };
+        let pieces: [&[u8]; 9] = [
+            b"/",
+            b"v1",
+            b"MESSAGES",
+            b"messag",
+            b"es",
+            b"rawPredict",
+            b"%6d",
+            b"m",
+            b"\x05",
+        ];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let path = [a, b, c].concat();
+                    assert_eq!(may_be_messages(&path), by_windows(&path), "{path:?}");
+                }
+            }
+        }
         assert!(!may_be_messages(b"/v1/chat/completions"));
         assert!(may_be_messages(b"/v1/messages"));
     }

@@ -355,15 +355,15 @@ fn segments_of(trace: &[(&'static str, u64)], callback: &str) -> Vec<(&'static s
 /// | this test's request | before | after |
 /// |---|---|---|
 /// | admitted, whole | 24,869 / 18,042 | 20,329 / 15,567 |
-/// | refused, whole | 36,501 / 28,331 | 28,566 / 22,820 |
+/// | refused, whole | 36,501 / 28,331 | 28,016 / 22,270 |
 /// | admitted: the request callback after its last host call | 5,982 / 4,793 | 1,387 / 1,746 |
 /// | admitted: the response-headers callback | 2,017 / 1,098 | 2,202 / 1,656 |
-/// | refused: the last host call to `send_local_response` | 17,013 / 16,854 | 10,774 / 12,130 |
+/// | refused: the last host call to `send_local_response` | 17,013 / 16,854 | 10,224 / 11,580 |
 #[test]
 fn the_response_fields_are_written_from_each_tiers_constant_text() {
     for (top, after_last_call, response, to_reply, admitted_max, refused_max) in [
-        ("", 1_600, 2_450, 12_000, 22_500, 31_500),
-        (LEAN, 2_000, 1_850, 13_500, 17_000, 25_000),
+        ("", 1_600, 2_450, 11_300, 22_500, 30_800),
+        (LEAN, 2_000, 1_850, 12_800, 17_000, 24_500),
     ] {
         let h = tollgate_with(1, &users_policy(1, "minute", top));
         h.send(0, &envoy_request("warm-up")).unwrap();

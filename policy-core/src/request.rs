@@ -82,10 +82,20 @@ impl HeaderList {
 
     /// Every value of header `name`, compared without regard to ASCII case (HTTP field names are
     /// case-insensitive; Envoy lowercases them, a test host may not).
+    ///
+    /// A pair whose name has another length is passed over before anything is sliced: most
+    /// are, and a lookup walks every header of the request (issue 14, BENCHMARKS.md §2).
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
+        self.spans.iter().filter_map(move |s| {
+            if s.name.1.wrapping_sub(s.name.0) != name.len() {
+                return None;
+            }
+            let n = self.bytes.get(s.name.0..s.name.1)?;
+            if !n.eq_ignore_ascii_case(name.as_bytes()) {
+                return None;
+            }
+            self.bytes.get(s.value.0..s.value.1)
+        })
     }
 
     /// The field value as a recipient would combine it: repeated lines joined with ", "
@@ -174,5 +184,8 @@ mod tests {
             .collect();
         assert_eq!(h, pairs);
         assert_eq!(h.values("X-User-Id").collect::<Vec<_>>(), [b"alice"]);
+        // A name found at a span whose value is outside the buffer is no pair either.
+        assert!(h.values("/v1").next().is_none());
+        assert_eq!(h.values(":PATH").collect::<Vec<_>>(), [b"/v1"]);
     }
 }

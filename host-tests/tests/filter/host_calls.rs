@@ -354,16 +354,16 @@ fn segments_of(trace: &[(&'static str, u64)], callback: &str) -> Vec<(&'static s
 ///
 /// | this test's request | before | after |
 /// |---|---|---|
-/// | admitted, whole | 24,869 / 18,042 | 20,329 / 15,567 |
-/// | refused, whole | 36,501 / 28,331 | 28,016 / 22,270 |
+/// | admitted, whole | 24,869 / 18,042 | 19,472 / 14,710 |
+/// | refused, whole | 36,501 / 28,331 | 26,668 / 20,922 |
 /// | admitted: the request callback after its last host call | 5,982 / 4,793 | 1,387 / 1,746 |
 /// | admitted: the response-headers callback | 2,017 / 1,098 | 2,202 / 1,656 |
-/// | refused: the last host call to `send_local_response` | 17,013 / 16,854 | 10,224 / 11,580 |
+/// | refused: the last host call to `send_local_response` | 17,013 / 16,854 | 9,733 / 11,089 |
 #[test]
 fn the_response_fields_are_written_from_each_tiers_constant_text() {
     for (top, after_last_call, response, to_reply, admitted_max, refused_max) in [
-        ("", 1_600, 2_450, 11_300, 22_500, 30_800),
-        (LEAN, 2_000, 1_850, 12_800, 17_000, 24_500),
+        ("", 1_600, 2_450, 10_700, 21_400, 29_300),
+        (LEAN, 2_000, 1_850, 12_200, 16_200, 23_000),
     ] {
         let h = tollgate_with(1, &users_policy(1, "minute", top));
         h.send(0, &envoy_request("warm-up")).unwrap();

@@ -352,7 +352,7 @@ fn segments_of(trace: &[(&'static str, u64)], callback: &str) -> Vec<(&'static s
 /// (before) and after the change, default policy / lean policy; the bounds leave about 10% over
 /// what it reached, so that giving it back fails here.
 ///
-/// | this test's request | before | after |
+/// | this test's request | before (`c1ba948`) | after (`d136e8d`) |
 /// |---|---|---|
 /// | admitted, whole | 24,869 / 18,042 | 19,472 / 14,710 |
 /// | refused, whole | 36,501 / 28,331 | 26,668 / 20,922 |

@@ -4,9 +4,9 @@
 //! Of an admitted request's five fields, `RateLimit-Policy` (`"users";q=100;w=60`) and
 //! `X-RateLimit-Limit` depend only on the tier's limits, and `RateLimit` and the refusal's JSON
 //! body are constant text around a few numbers. Writing all of it per request cost the guest
-//! ~5,000 Wasm operators per admission and more per refusal (BENCHMARKS.md §2, "constant field
-//! text per tier"); here the constant parts are kept ready, and a request writes only its
-//! numbers ([`crate::decimal`], no `core::fmt`) into a buffer the caller reuses.
+//! ~4,500 Wasm operators per admission and ~7,900 per refusal more than now (BENCHMARKS.md §2,
+//! "constant field text per tier"); here the constant parts are kept ready, and a request writes
+//! only its numbers ([`crate::decimal`], no `core::fmt`) into a buffer the caller reuses.
 
 use alloc::string::String;
 use alloc::vec::Vec;

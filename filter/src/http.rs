@@ -29,8 +29,10 @@ use policy_core::llm::{ApiKind, LlmCall};
 pub struct Stream {
     id: u32,
     pub(crate) plugin: Rc<Plugin>,
-    /// Headers to add to the response of an admitted request.
+    /// Headers to add to the response of an admitted request (LLM tiers' fields).
     pending: headers::Fields,
+    /// The request-limit fields to write on the response, from the decision that admitted it.
+    decided: Option<Decided>,
     /// Set for a request on a tier with token budgets.
     pub(crate) llm: Option<LlmCall>,
     pub(crate) grpc: bool,
@@ -54,6 +56,7 @@ impl Stream {
             id,
             plugin,
             pending: Vec::new(),
+            decided: None,
             llm: None,
             grpc: false,
             strict: None,
@@ -94,6 +97,33 @@ impl Stream {
             let _ = host::set_header(MapType::HttpResponseHeaders, name, Some(&value));
         }
     }
+
+    /// Sets a request-limit decision's fields on the response, as [`Self::add_response_fields`]
+    /// would, written here from the tier's constant text and the decision's numbers: nothing is
+    /// formatted or allocated at the request, and nothing per field at the response.
+    fn add_decided_fields(&self, decided: &Decided) {
+        let Some(tier) = self.tier(decided.tier) else {
+            return;
+        };
+        let mut scratch = self.plugin.text_buffer();
+        let fields =
+            headers::RequestFields::new(tier, &decided.decision, decided.retry_after, &mut scratch);
+        fields.each(|name, value| {
+            let _ = host::set_header(MapType::HttpResponseHeaders, name, Some(value));
+        });
+    }
+}
+
+/// What an admitted request's response carries: its tier's request-limit fields for the
+/// decision, written when the response comes (BENCHMARKS.md §2, "constant field text per tier").
+#[derive(Debug)]
+struct Decided {
+    /// The tier's position in the policy.
+    tier: usize,
+    decision: policy_core::Decision,
+    /// Whether a refusal's `Retry-After` is sent: not for a shadow tier's refusal, which let the
+    /// request through.
+    retry_after: bool,
 }
 
 /// The local decision (local and sync modes, and strict mode's `local` fallback).
@@ -139,7 +169,7 @@ impl Stream {
                 if verdict == Verdict::WouldDeny {
                     // Shadow mode: counted and let through; headers only if the tier asks.
                     plugin.metrics.count(i, Event::WouldDeny);
-                    self.pending = shadow_fields(tier, &decision);
+                    self.decided = shadow_fields(tier, i, decision);
                     return Action::Continue;
                 }
                 if verdict == Verdict::Deny {
@@ -182,7 +212,11 @@ impl Stream {
                 if !llm_tier {
                     plugin.metrics.count(i, Event::Allowed);
                     if tier.enforcement == Enforcement::Enforce || tier.shadow_headers {
-                        self.pending = headers::fields(tier, &decision);
+                        self.decided = Some(Decided {
+                            tier: i,
+                            decision,
+                            retry_after: true,
+                        });
                     }
                     return Action::Continue;
                 }
@@ -263,13 +297,12 @@ impl Stream {
 
 /// The headers of a request a shadow tier would have refused: none unless the tier asks for
 /// them, and never `Retry-After` (nothing was refused: no client should wait).
-fn shadow_fields(tier: &Tier, decision: &policy_core::Decision) -> headers::Fields {
-    if !tier.shadow_headers {
-        return Vec::new();
-    }
-    let mut fields = headers::fields(tier, decision);
-    fields.retain(|(name, _)| *name != "retry-after");
-    fields
+fn shadow_fields(tier: &Tier, index: usize, decision: policy_core::Decision) -> Option<Decided> {
+    tier.shadow_headers.then_some(Decided {
+        tier: index,
+        decision,
+        retry_after: false,
+    })
 }
 
 /// Strict global mode ([`global_strict`]).
@@ -380,14 +413,18 @@ impl Context for Stream {
             Resolution::Admit(decision) => {
                 plugin.metrics.count(i, Event::Allowed);
                 if tier.enforcement == Enforcement::Enforce || tier.shadow_headers {
-                    self.pending = headers::fields(tier, &decision);
+                    self.decided = Some(Decided {
+                        tier: i,
+                        decision,
+                        retry_after: true,
+                    });
                 }
                 Action::Continue
             }
             Resolution::Refuse(decision) if tier.enforcement == Enforcement::Shadow => {
                 // Shadow mode: counted and let through.
                 plugin.metrics.count(i, Event::WouldDeny);
-                self.pending = shadow_fields(tier, &decision);
+                self.decided = shadow_fields(tier, i, decision);
                 Action::Continue
             }
             Resolution::Refuse(decision) => {
@@ -436,6 +473,9 @@ impl HttpContext for Stream {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if let Some(action) = self.llm_response_headers(end_of_stream) {
             return action;
+        }
+        if let Some(decided) = self.decided.take() {
+            self.add_decided_fields(&decided);
         }
         let pending = std::mem::take(&mut self.pending);
         self.add_response_fields(pending);

@@ -7,8 +7,9 @@
 
 use std::borrow::Cow;
 
+use policy_core::decimal::Digits;
 use policy_core::decision::Decision;
-use policy_core::headers::{self, Fields};
+use policy_core::headers::{self, Fields, RequestFields};
 use policy_core::identity::IdentityError;
 use policy_core::llm::ApiKind;
 use policy_core::scope::MissingScope;
@@ -45,53 +46,93 @@ fn read<'a>(held: Option<&'a HeaderList>, name: &'a str) -> Option<Cow<'a, [u8]>
     }
 }
 
-/// Adds the request's id under the names the SDKs read. The values are read where they are
-/// when the headers are held (no copy of either header).
-fn add_request_id(client: Client<'_>, fields: &mut Fields) {
-    let id = read(client.headers, "x-request-id")
-        .filter(|v| {
-            !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(u8::is_ascii_graphic)
-        })
-        .and_then(|v| std::str::from_utf8(&v).ok().map(str::to_owned));
-    let Some(id) = id else {
-        return;
-    };
+/// The request's id to echo (visible ASCII, at most [`MAX_REQUEST_ID`] bytes), and whether it
+/// goes under Anthropic's `request-id` too. Read where it is when the headers are held (no copy).
+fn request_id(client: Client<'_>) -> Option<(Cow<'_, [u8]>, bool)> {
+    let id = read(client.headers, "x-request-id").filter(|v| echoable(v))?;
     let anthropic = read(client.headers, ":path")
         .filter(|p| may_be_messages(p))
         .is_some_and(|p| {
             std::str::from_utf8(&p)
                 .is_ok_and(|p| ApiKind::from_path(p) == ApiKind::AnthropicMessages)
         });
-    if anthropic {
-        fields.push(("request-id", id.clone()));
-    }
-    fields.push(("x-request-id", id));
+    Some((id, anthropic))
+}
+
+/// Whether a request id may be echoed: 1 to [`MAX_REQUEST_ID`] bytes of visible ASCII (no
+/// header injection, nothing a log would mangle).
+fn echoable(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID && visible_ascii(id)
+}
+
+/// Whether every byte is visible ASCII (`!` to `~`), as `u8::is_ascii_graphic` says, eight bytes
+/// at a time: byte by byte, the 36 bytes of Envoy's request ids cost a refusal ~870 Wasm
+/// operators (BENCHMARKS.md §2).
+fn visible_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(8);
+    let words_ok = chunks.by_ref().all(|chunk| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        // With every byte below 0x80, adding at most 0x5F to each cannot carry into the next:
+        // a byte's high bit then says whether it reached 0x21 (`+ 0x5F`) or 0x7F (`+ 0x01`).
+        w & HIGH == 0
+            && w.wrapping_add(0x5F5F_5F5F_5F5F_5F5F) & HIGH == HIGH
+            && w.wrapping_add(0x0101_0101_0101_0101) & HIGH == 0
+    });
+    words_ok && chunks.remainder().iter().all(u8::is_ascii_graphic)
 }
 
 /// Whether `path` can name Anthropic's Messages API (`…/v1/messages`, or Vertex AI's
 /// `…/publishers/anthropic/…:rawPredict`): checked before [`ApiKind::from_path`], whose
 /// normalising and matching cost a refusal ~6,000 Wasm operators (BENCHMARKS.md §2). The words
 /// of the normalised path come from the raw path's own letters or from `%` escapes, so a path
-/// with neither word and no `%` cannot be one.
+/// with neither word and no `%` cannot be one. One pass over the path: a word is compared only
+/// where its first letter is.
 fn may_be_messages(path: &[u8]) -> bool {
-    let has = |word: &[u8]| {
-        path.windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
-    };
-    path.contains(&b'%') || has(b"messages") || has(b"rawpredict")
+    path.iter().enumerate().any(|(i, &b)| {
+        if b == b'%' {
+            return true;
+        }
+        let word: &[u8] = match b | 0x20 {
+            b'm' => b"messages",
+            b'r' => b"rawpredict",
+            _ => return false,
+        };
+        path.get(i..i + word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    })
 }
 
+/// `fields` as the pairs [`send`] takes, with room for what it adds.
+fn listed(fields: &Fields) -> Vec<(&str, &[u8])> {
+    let mut list = Vec::with_capacity(fields.len() + ADDED);
+    list.extend(fields.iter().map(|(n, v)| (*n, v.as_bytes())));
+    list
+}
+
+/// At most how many fields [`send`] adds: the request id under two names, the content type.
+const ADDED: usize = 3;
+
+/// Sends a local reply with the fields in `list` (the request's id and, for HTTP, the body's
+/// type are added).
 fn send(
     client: Client<'_>,
     status: u32,
     grpc_status: GrpcStatusCode,
-    mut fields: Fields,
+    list: Vec<(&str, &[u8])>,
     body: &str,
     grpc_message: &str,
 ) {
-    add_request_id(client, &mut fields);
-    let mut list: Vec<(&str, &[u8])> = Vec::with_capacity(fields.len() + 1);
-    list.extend(fields.iter().map(|(n, v)| (*n, v.as_bytes())));
+    let id = request_id(client);
+    let mut list = list;
+    if let Some((id, anthropic)) = &id {
+        if *anthropic {
+            list.push(("request-id", id));
+        }
+        list.push(("x-request-id", id));
+    }
     let sent = if client.grpc {
         host::send_grpc_response(grpc_status, grpc_message, &list)
     } else {
@@ -111,24 +152,43 @@ fn send(
 /// 429 with the rate-limit headers, or gRPC RESOURCE_EXHAUSTED for a gRPC client (Envoy would
 /// otherwise map 429 to UNAVAILABLE, which gRPC clients retry at once) with
 /// `grpc-retry-pushback-ms`.
+///
+/// The fields are those of [`headers::fields`] and [`headers::retry_hints`], written from the
+/// tier's constant text ([`RequestFields`]) and borrowed where they are: the reply allocates only
+/// its text (`RateLimit`, the body) and the list of fields.
 pub fn rate_limited(client: Client<'_>, tier: &Tier, decision: &Decision) {
-    let mut fields = headers::fields(tier, decision);
-    if let Some(wait) = decision.retry_after() {
-        fields.extend(headers::retry_hints(wait, None, client.grpc));
+    let mut current = String::new();
+    let fields = RequestFields::new(tier, decision, true, &mut current);
+    // `grpc-retry-pushback-ms` (the wait in milliseconds, rounded up), as `retry_hints` writes
+    // it without a longest wait: HTTP clients get nothing more than `retry-after`.
+    let pushback = decision
+        .retry_after()
+        .filter(|_| client.grpc)
+        .map(|wait| Digits::of(wait.0.div_ceil(1_000_000)));
+    let mut list = Vec::with_capacity(fields.len() + 1 + ADDED);
+    fields.each(|name, value| list.push((name, value.as_bytes())));
+    if let Some(ms) = &pushback {
+        list.push(("grpc-retry-pushback-ms", ms.as_str().as_bytes()));
     }
     // Each client reads one of them: build only that one.
-    let (body, message) = if client.grpc {
-        (String::new(), headers::denial_grpc_message(tier, decision))
+    let mut text = String::new();
+    if client.grpc {
+        tier.text().push_grpc_message(decision, &mut text);
     } else {
-        (headers::denial_body(tier, decision), String::new())
+        tier.text().push_denial_body(decision, &mut text);
+    }
+    let (body, message) = if client.grpc {
+        ("", text.as_str())
+    } else {
+        (text.as_str(), "")
     };
     send(
         client,
         429,
         GrpcStatusCode::ResourceExhausted,
-        fields,
-        &body,
-        &message,
+        list,
+        body,
+        message,
     );
 }
 
@@ -149,7 +209,7 @@ pub fn llm_rate_limited(
         client,
         429,
         GrpcStatusCode::ResourceExhausted,
-        fields,
+        listed(&fields),
         body,
         "rate limit exceeded",
     );
@@ -165,7 +225,7 @@ pub fn ambiguous(client: Client<'_>, error: &IdentityError) {
         client,
         400,
         GrpcStatusCode::InvalidArgument,
-        Vec::new(),
+        Vec::with_capacity(ADDED),
         &body,
         &message,
     );
@@ -189,7 +249,7 @@ pub fn missing_scope(client: Client<'_>, missing: &MissingScope) {
         client,
         400,
         GrpcStatusCode::InvalidArgument,
-        Vec::new(),
+        Vec::with_capacity(ADDED),
         &body,
         &message,
     );
@@ -205,7 +265,7 @@ pub fn bad_request(client: Client<'_>, message: &str) {
         client,
         400,
         GrpcStatusCode::InvalidArgument,
-        Vec::new(),
+        Vec::with_capacity(ADDED),
         &body,
         message,
     );
@@ -214,11 +274,13 @@ pub fn bad_request(client: Client<'_>, message: &str) {
 /// 400 for an LLM call whose model the price table does not price (and refuses unpriced
 /// models) while a spend budget applies: `body` is in the API's own error format.
 pub fn unpriced(client: Client<'_>, headers: &[(&'static str, &'static str)], body: &str) {
+    let mut list = Vec::with_capacity(headers.len() + ADDED);
+    list.extend(headers.iter().map(|&(n, v)| (n, v.as_bytes())));
     send(
         client,
         400,
         GrpcStatusCode::InvalidArgument,
-        headers.iter().map(|&(n, v)| (n, v.into())).collect(),
+        list,
         body,
         "the model has no price in the gateway's price table",
     );
@@ -232,7 +294,7 @@ pub fn unavailable(client: Client<'_>) {
         client,
         503,
         GrpcStatusCode::Unavailable,
-        Vec::new(),
+        Vec::with_capacity(ADDED),
         body,
         "rate limiter state unavailable",
     );
@@ -247,7 +309,7 @@ pub fn contended(client: Client<'_>) {
         client,
         429,
         GrpcStatusCode::ResourceExhausted,
-        fields,
+        listed(&fields),
         body,
         "rate limiter state is contended; retry shortly",
     );
@@ -256,6 +318,24 @@ pub fn contended(client: Client<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visible_ascii_agrees_with_is_ascii_graphic_for_every_byte_at_every_place() {
+        for len in 0..=20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut id = vec![b'a'; len];
+                    id[at] = b;
+                    let want = id.iter().all(u8::is_ascii_graphic);
+                    assert_eq!(visible_ascii(&id), want, "{b:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(visible_ascii(b"6a3c1f0e-8d2b-4c5a-9e7f-000000000001"));
+        assert!(!visible_ascii(b"6a3c1f0e-8d2b-4c5a-9e7f 000000000001"));
+        assert!(!echoable(b""));
+        assert!(!echoable(&[b'x'; MAX_REQUEST_ID + 1]));
+    }
 
     #[test]
     fn every_path_of_anthropics_messages_api_passes_the_quick_check() {
@@ -278,6 +358,33 @@ mod tests {
             }
         }
         assert!(!may_be_messages(b"/api/tasks"));
+        // The same answer as looking for each word at every position, as it did before.
+        let by_windows = |path: &[u8]| {
+            let has = |word: &[u8]| {
+                path.windows(word.len())
+                    .any(|w| w.eq_ignore_ascii_case(word))
+            };
+            path.contains(&b'%') || has(b"messages") || has(b"rawpredict")
+        };
+        let pieces: [&[u8]; 9] = [
+            b"/",
+            b"v1",
+            b"MESSAGES",
+            b"messag",
+            b"es",
+            b"rawPredict",
+            b"%6d",
+            b"m",
+            b"\x05",
+        ];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let path = [a, b, c].concat();
+                    assert_eq!(may_be_messages(&path), by_windows(&path), "{path:?}");
+                }
+            }
+        }
         assert!(!may_be_messages(b"/v1/chat/completions"));
         assert!(may_be_messages(b"/v1/messages"));
     }

@@ -25,6 +25,33 @@ pub fn digits(mut n: u64, buf: &mut [u8; MAX_DIGITS]) -> &[u8] {
     buf.get(start..).unwrap_or_default()
 }
 
+/// `n` in decimal, held in place: a header value written without allocating, borrowed as a
+/// `&str` for as long as it lives.
+#[derive(Clone, Copy, Debug)]
+pub struct Digits {
+    buf: [u8; MAX_DIGITS],
+    start: u8,
+}
+
+impl Digits {
+    /// `n`'s digits.
+    pub fn of(n: u64) -> Digits {
+        let mut buf = [b'0'; MAX_DIGITS];
+        let start = MAX_DIGITS - digits(n, &mut buf).len();
+        Digits {
+            buf,
+            start: start as u8,
+        }
+    }
+
+    /// The digits as text.
+    pub fn as_str(&self) -> &str {
+        let written = self.buf.get(usize::from(self.start)..).unwrap_or_default();
+        // ASCII digits only: always valid UTF-8.
+        core::str::from_utf8(written).unwrap_or_default()
+    }
+}
+
 /// Appends `n` in decimal.
 pub fn push_u64(out: &mut String, n: u64) {
     push_padded(out, n, 0);
@@ -96,6 +123,7 @@ mod tests {
             assert_eq!(s, format!("x={n}"));
             assert_eq!(number(n), format!("{n}"));
             assert_eq!(digits(n, &mut [0; MAX_DIGITS]), format!("{n}").as_bytes());
+            assert_eq!(Digits::of(n).as_str(), format!("{n}"));
         }
     }
 

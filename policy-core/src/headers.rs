@@ -19,16 +19,11 @@ use crate::decision::Decision;
 use crate::llm::cost::Cost;
 use crate::llm::price::money;
 use crate::tier::Tier;
+pub use crate::tier_text::RequestFields;
 use crate::time::Nanos;
 
 /// `(name, value)` pairs to add to a response.
 pub type Fields = Vec<(&'static str, String)>;
-
-fn window_secs(tier: &Tier, i: usize) -> u64 {
-    tier.limits
-        .get(i)
-        .map_or(0, |l| l.rate.period().as_secs_ceil())
-}
 
 /// One quota policy as the structured fields show it.
 struct Entry<'a> {
@@ -101,23 +96,13 @@ fn structured<'a>(entries: impl Iterator<Item = Entry<'a>>, out: &mut Fields) {
 
 /// The headers for a decision on request limits, allowed or denied: the IETF fields, the
 /// `X-RateLimit-*` ones unless the tier's `x_ratelimit_headers` is off, and `Retry-After` on a
-/// refusal.
+/// refusal. The filter's request path writes the same fields without allocating
+/// ([`RequestFields`], from the tier's constant text).
 pub fn fields(tier: &Tier, d: &Decision) -> Fields {
-    let mut out = Vec::with_capacity(6);
-    if tier.limits.is_empty() {
-        return out;
-    }
-    structured(request_entries(tier, d), &mut out);
-    if tier.x_ratelimit_headers {
-        let s = d.status();
-        let limit = tier.limits.get(d.decisive).map_or(0, |l| l.rate.amount());
-        out.push(("x-ratelimit-limit", number(limit)));
-        out.push(("x-ratelimit-remaining", number(s.remaining)));
-        out.push(("x-ratelimit-reset", number(s.reset_after.as_secs_ceil())));
-    }
-    if let Some(wait) = d.retry_after() {
-        out.push(("retry-after", number(wait.as_secs_ceil())));
-    }
+    let mut buf = String::new();
+    let fields = RequestFields::new(tier, d, true, &mut buf);
+    let mut out = Vec::with_capacity(fields.len());
+    fields.each(|name, value| out.push((name, String::from(value))));
     out
 }
 
@@ -579,43 +564,23 @@ fn error_body(style: ErrorStyle, message: &[Piece<'_>], kind: Kind) -> String {
 /// The JSON body of a 429. Tier and limit names are restricted to `[A-Za-z0-9._-]` by config,
 /// so they need no escaping.
 pub fn denial_body(tier: &Tier, d: &Decision) -> String {
-    let s = d.status();
-    let (name, amount) = tier
-        .limits
-        .get(d.decisive)
-        .map_or(("", 0), |l| (l.name.as_str(), l.rate.amount()));
-    text(&[&[
-        T("{\"error\":\"rate_limited\",\"message\":\"rate limit exceeded\",\"tier\":\""),
-        T(&tier.name),
-        T("\",\"policy\":\""),
-        T(name),
-        T("\",\"limit\":"),
-        N(amount),
-        T(",\"window_seconds\":"),
-        N(window_secs(tier, d.decisive)),
-        T(",\"retry_after_seconds\":"),
-        N(s.retry_after.as_secs_ceil()),
-        T("}"),
-    ]])
+    let mut out = String::new();
+    tier.text().push_denial_body(d, &mut out);
+    out
 }
 
 /// The gRPC status message of a denial (sent as `grpc-message`).
 pub fn denial_grpc_message(tier: &Tier, d: &Decision) -> String {
-    text(&[&[
-        T("rate limit exceeded for tier "),
-        T(&tier.name),
-        T("; retry after "),
-        N(d.status().retry_after.as_secs_ceil()),
-        T(" s"),
-    ]])
+    let mut out = String::new();
+    tier.text().push_grpc_message(d, &mut out);
+    out
 }
 
-/// A piece of a refusal's text: literal text, or a number written in decimal.
+/// A piece of a refusal's text (literal text; numbers are written into the pieces first).
 enum Piece<'a> {
     T(&'a str),
-    N(u64),
 }
-use Piece::{N, T};
+use Piece::T;
 
 /// The pieces, in order, in one string allocated once: refusal bodies without `core::fmt`.
 fn text(parts: &[&[Piece<'_>]]) -> String {
@@ -623,14 +588,12 @@ fn text(parts: &[&[Piece<'_>]]) -> String {
     let size = pieces()
         .map(|p| match p {
             T(s) => s.len(),
-            N(_) => 20,
         })
         .sum();
     let mut out = String::with_capacity(size);
     for piece in pieces() {
         match piece {
             T(s) => out.push_str(s),
-            N(n) => push_u64(&mut out, *n),
         }
     }
     out

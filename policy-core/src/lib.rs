@@ -40,6 +40,7 @@ pub mod scope;
 pub mod store;
 pub mod table;
 pub mod tier;
+pub mod tier_text;
 pub mod time;
 
 pub use config::{ConfigError, Policy};

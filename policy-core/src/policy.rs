@@ -124,11 +124,15 @@ pub enum Outcome<'p> {
 
 impl Policy {
     pub(crate) fn new(
-        tiers: Vec<Tier>,
+        mut tiers: Vec<Tier>,
         on_store_failure: OnStoreFailure,
         seed: Seed,
         llm: Option<LlmSettings>,
     ) -> Policy {
+        // The tiers are complete here (limits, names, output switches): their constant text.
+        for tier in &mut tiers {
+            tier.text = crate::tier_text::TierText::of(tier);
+        }
         let tier_keys = tiers
             .iter()
             .map(|t| seed.prefix(&[t.name.as_bytes()]))

@@ -222,5 +222,8 @@ mod tests {
             .collect();
         assert_eq!(h, pairs);
         assert_eq!(h.values("X-User-Id").collect::<Vec<_>>(), [b"alice"]);
+        // A name found at a span whose value is outside the buffer is no pair either.
+        assert!(h.values("/v1").next().is_none());
+        assert_eq!(h.values(":PATH").collect::<Vec<_>>(), [b"/v1"]);
     }
 }

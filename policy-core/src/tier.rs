@@ -13,6 +13,7 @@ use crate::identity::IdentitySource;
 use crate::pattern::Pattern;
 use crate::request::Attributes;
 use crate::table::Table;
+use crate::tier_text::TierText;
 
 /// One tier of a policy.
 #[derive(Debug)]
@@ -54,6 +55,9 @@ pub struct Tier {
     /// the IETF fields (the policy's `x_ratelimit_headers`, default on): three host calls per
     /// response in Envoy for what `RateLimit` already says.
     pub x_ratelimit_headers: bool,
+    /// The text of its fields and refusal that is the same for every request, written when
+    /// the policy loads ([`Tier::text`]).
+    pub(crate) text: TierText,
 }
 
 /// Whether a tier's refusals are carried out.
@@ -144,6 +148,11 @@ impl Matcher {
 }
 
 impl Tier {
+    /// The constant text of its request-limit fields and refusal.
+    pub fn text(&self) -> &TierText {
+        &self.text
+    }
+
     /// The set holding budget number `budget`, and its column there.
     pub fn budget_set(&self, budget: usize) -> Option<(&BudgetSet, usize)> {
         self.budget_sets

@@ -439,6 +439,7 @@ fn parse_tier(
         shadow_headers,
         scoping: crate::scope::Scoping::default(),
         x_ratelimit_headers: true,
+        text: crate::tier_text::TierText::default(),
     };
     let tokens_raw = match o.opt("tokens") {
         Some(t) => array(t, &o.at("tokens"))?.as_slice(),

@@ -15,20 +15,38 @@
 //! headers of fixed text. It decides nothing. So the gap between it and `wasm-noop` is what
 //! those crossings cost Envoy, and the gap between it and tollgate (lean) is tollgate's own
 //! guest work: the floor of issue 14's "+7 µs" target for a filter that must make these calls.
+//!
+//! With `"host_calls": "llm"` (variant `wasm-calls-llm`) it makes the 22 host calls of tollgate's
+//! LLM JSON call under the lean policy (BENCHMARKS.md §2, "the LLM call's crossings, third
+//! pass"), again deciding nothing: at the request headers the map, the clock, the request
+//! limit's get and set, the budget peek's get and the request's `content-length`; at the body's
+//! end its read, the admission's set and the body written back; at the response headers the map
+//! and eight fields; at the answer's end its read, the clock and settlement's get and set.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { calls: false }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { calls: Calls::None }) });
 }}
+
+/// Which host calls a stream makes.
+#[derive(Clone, Copy, PartialEq)]
+enum Calls {
+    /// None: the do-nothing filter.
+    None,
+    /// The lean policy's admission of a headers-only request (6).
+    Request,
+    /// The lean policy's LLM JSON call (22).
+    Llm,
+}
 
 /// The root context: hands out one [`Stream`] per HTTP stream.
 struct Root {
-    /// Make the lean admission's host calls (configuration containing `"host_calls"`).
-    calls: bool,
+    /// From the configuration: `"host_calls":"llm"`, any other `"host_calls"`, or nothing.
+    calls: Calls,
 }
 
 impl Context for Root {}
@@ -40,12 +58,20 @@ impl RootContext for Root {
             0,
             usize::MAX,
         );
-        self.calls = matches!(config, Ok(Some(c)) if c.windows(12).any(|w| w == b"\"host_calls\""));
+        let config = config.ok().flatten().unwrap_or_default();
+        let has = |s: &[u8]| config.windows(s.len()).any(|w| w == s);
+        self.calls = if !has(b"\"host_calls\"") {
+            Calls::None
+        } else if has(b"\"llm\"") {
+            Calls::Llm
+        } else {
+            Calls::Request
+        };
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { calls: self.calls }))
+        Some(Box::new(Stream { calls: self.calls, key: [0; 64], key_len: 0 }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -53,10 +79,13 @@ impl RootContext for Root {
     }
 }
 
-/// One HTTP stream: every callback answers Continue; with `calls`, the request and response
-/// headers make the lean admission's host calls first.
+/// One HTTP stream: every callback answers Continue; with `calls`, the callbacks make the
+/// host calls of tollgate's lean admission (or LLM call) first.
 struct Stream {
-    calls: bool,
+    calls: Calls,
+    /// The shared-data key of the request's user (`noop/ul/` + `x-user-id`).
+    key: [u8; 64],
+    key_len: usize,
 }
 
 impl Context for Stream {}
@@ -106,40 +135,119 @@ fn value_of<'a>(map: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     None
 }
 
+impl Stream {
+    fn key(&self) -> &str {
+        core::str::from_utf8(&self.key[..self.key_len]).unwrap_or("noop/ul/")
+    }
+
+    /// A get and a compare-and-swap set of the user's 16-byte value (`now` in it).
+    fn get_set(&self, nanos: u64) {
+        if let Ok((_, cas)) = hostcalls::get_shared_data(self.key()) {
+            self.set(nanos, cas);
+        }
+    }
+
+    fn set(&self, nanos: u64, cas: Option<u32>) {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&nanos.to_le_bytes());
+        let _ = hostcalls::set_shared_data(self.key(), Some(&value), cas);
+    }
+}
+
+fn clock() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.calls {
+        if self.calls == Calls::None {
             return Action::Continue;
         }
         let map = request_map().unwrap_or_default();
         let user = value_of(&map, b"x-user-id").unwrap_or(b"anonymous");
-        let mut key = [0u8; 64];
-        let key = match core::str::from_utf8(user) {
-            Ok(user) if user.len() <= 56 => {
-                key[..8].copy_from_slice(b"noop/ul/");
-                key[8..8 + user.len()].copy_from_slice(user.as_bytes());
-                core::str::from_utf8(&key[..8 + user.len()]).unwrap_or("noop/ul/")
-            }
-            _ => "noop/ul/",
-        };
-        let now = hostcalls::get_current_time().ok();
-        let nanos = now
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64);
-        if let Ok((_, cas)) = hostcalls::get_shared_data(key) {
-            let mut value = [0u8; 16];
-            value[..8].copy_from_slice(&nanos.to_le_bytes());
-            let _ = hostcalls::set_shared_data(key, Some(&value), cas);
+        self.key[..8].copy_from_slice(b"noop/ul/");
+        self.key_len = 8;
+        if user.len() <= 56 && core::str::from_utf8(user).is_ok() {
+            self.key[8..8 + user.len()].copy_from_slice(user);
+            self.key_len += user.len();
+        }
+        let now = clock();
+        self.get_set(now);
+        if self.calls == Calls::Llm {
+            // The budget peek, and the request's content-length as announced.
+            let _ = hostcalls::get_shared_data(self.key());
+            let length = value_of(&map, b"content-length")
+                .and_then(|v| core::str::from_utf8(v).ok())
+                .unwrap_or("0");
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "content-length", Some(length));
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if self.calls != Calls::Llm || body_size == 0 {
+            return Action::Continue;
+        }
+        // The body read, the admission's set, the body written back (tollgate holds the body
+        // and does these at its end; Envoy's chunks of this small body: the body, then empty).
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size);
+        self.set(clock_free(), None);
+        if let Ok(Some(body)) = body {
+            let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &body);
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.calls {
-            let map = MapType::HttpResponseHeaders;
-            let _ = hostcalls::set_map_value(map, "ratelimit", Some("\"users\";r=99;t=1"));
-            let _ = hostcalls::set_map_value(map, "ratelimit-policy", Some("\"users\";q=100;w=60"));
+        let map = MapType::HttpResponseHeaders;
+        match self.calls {
+            Calls::None => {}
+            Calls::Request => {
+                let _ = hostcalls::set_map_value(map, "ratelimit", Some("\"users\";r=99;t=1"));
+                let _ = hostcalls::set_map_value(map, "ratelimit-policy", Some("\"users\";q=100;w=60"));
+            }
+            Calls::Llm => {
+                let _ = hostcalls::get_map_bytes(map);
+                for (name, value) in LLM_FIELDS {
+                    let _ = hostcalls::set_map_value(map, name, Some(value));
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.calls != Calls::Llm {
+            return Action::Continue;
+        }
+        if body_size > 0 {
+            let _ = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size);
+        }
+        if end_of_stream {
+            // Settlement: the clock, a get and a set.
+            let now = clock();
+            self.get_set(now);
         }
         Action::Continue
     }
 }
+
+/// No clock read at the body's end (tollgate admits a held body at the headers' instant).
+fn clock_free() -> u64 {
+    0
+}
+
+/// Eight response fields of the size tollgate sends on an LLM call.
+const LLM_FIELDS: [(&str, &str); 8] = [
+    ("ratelimit-policy", "\"users\";q=6000;w=60, \"tokens\";q=1000000000;w=3600"),
+    ("ratelimit", "\"users\";r=99;t=1"),
+    ("x-ratelimit-limit-requests", "6000"),
+    ("x-ratelimit-remaining-requests", "99"),
+    ("x-ratelimit-reset-requests", "1s"),
+    ("x-ratelimit-limit-tokens", "1000000000"),
+    ("x-ratelimit-remaining-tokens", "999999700"),
+    ("x-ratelimit-reset-tokens", "1s"),
+];

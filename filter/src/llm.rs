@@ -207,7 +207,12 @@ impl Stream {
             Verdict::Continue => Action::Continue,
             Verdict::Hold => Action::Pause,
             Verdict::Refuse(refusal) => {
-                self.refuse(refusal, now);
+                // The refusal's instants (Anthropic's resets) are those of the decision it
+                // reports: a held body was decided at its headers' instant, not this event's.
+                match call.decided_at() {
+                    Some(at) => self.refuse(refusal, &move || at),
+                    None => self.refuse(refusal, now),
+                }
                 Action::Pause
             }
         }

@@ -55,6 +55,7 @@ impl LlmCall {
             return RequestStep::go();
         };
         let now = at.unwrap_or_else(|| (env.now)());
+        self.decided_at = Some(now);
         let admission = match early {
             Some(Early::First(size)) => self.admit_early(policy, tier, llm, size, now, env.store),
             Some(Early::More(seen)) => self.top_up(policy, tier, llm, seen, now, env.store),

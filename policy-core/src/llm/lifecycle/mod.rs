@@ -169,6 +169,9 @@ pub struct LlmCall {
     /// The instant the request headers were decided at (the request limits' reading): a body
     /// Envoy held since is admitted at it, without a clock reading of its own.
     headers_at: Option<Nanos>,
+    /// The instant the last admission was decided at: a refusal's instants (Anthropic's
+    /// resets) are computed from it, so they agree with its waits.
+    decided_at: Option<Nanos>,
 }
 
 impl LlmCall {
@@ -207,6 +210,7 @@ impl LlmCall {
             would_deny: false,
             peeked: Peeked::new(),
             headers_at: None,
+            decided_at: None,
         }
     }
 
@@ -289,6 +293,7 @@ impl LlmCall {
         self.content_length = content_length;
         let now = (env.now)();
         self.headers_at = Some(now);
+        self.decided_at = Some(now);
         if tier.enforcement == Enforcement::Enforce
             && self.refuse_early(policy, tier, now, env.store)
         {
@@ -593,6 +598,13 @@ impl LlmCall {
     /// ([`Refusal::Unpriced`]), in its API's error format.
     pub fn unpriced_body(&self, model: &str) -> String {
         headers::unpriced_body(self.style(), model)
+    }
+
+    /// The instant the call's last admission was decided at (`None` before any): what a
+    /// refusal's instants must be computed from, since its waits were (a held body is admitted
+    /// at its headers' instant, earlier than the event that refuses it).
+    pub fn decided_at(&self) -> Option<Nanos> {
+        self.decided_at
     }
 
     /// When refused, how long until this call would pass.

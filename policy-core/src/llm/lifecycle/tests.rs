@@ -1641,6 +1641,11 @@ fn a_held_body_is_admitted_at_the_instant_its_headers_were_decided() {
     );
     assert_eq!(readings.get(), 0, "admitted without a clock reading");
     assert_eq!(
+        c.decided_at(),
+        Some(half),
+        "a refusal's instants are computed from the decision's"
+    );
+    assert_eq!(
         c.tokens().unwrap().limits[0].remaining,
         500 - c.estimate(),
         "decided on the budget as it stood at the headers, not the fuller one at the end"
@@ -1664,4 +1669,5 @@ fn a_held_body_is_admitted_at_the_instant_its_headers_were_decided() {
     };
     let _ = c.on_request_body(&mut env, CHAT.len(), true, || CHAT.to_vec());
     assert_eq!(readings.get(), 1, "a passing body reads the clock");
+    assert_eq!(c.decided_at(), Some(full));
 }

@@ -41,6 +41,13 @@ pub enum Edit {
 
 /// Decides what happens to `event`: one whole event, through its closing blank line.
 pub fn edit_event(event: &[u8]) -> Edit {
+    // Only a member whose raw key is `usage` is ever dropped or cut, and a JSON key cannot
+    // hold a line end, so an event without the bytes `"usage"` is kept: most of a stream's
+    // events (every one of a stream whose chunks carry no `"usage": null`) are decided by this
+    // scan instead of a JSON parse and a walk of the object's members.
+    if !contains(event, b"\"usage\"") {
+        return Edit::Keep;
+    }
     let mut data_lines: Vec<Range<usize>> = Vec::new();
     let mut at = 0usize;
     while at < event.len() {
@@ -119,6 +126,25 @@ pub fn edit_event(event: &[u8]) -> Edit {
         (None, None) => member.quoted_key().start..member.value.end,
     };
     Edit::Cut(line.start + cut.start..line.start + cut.end)
+}
+
+/// Whether `needle` (non-empty) occurs in `hay`: a search for its first byte, then a compare.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let mut at = 0usize;
+    while let Some(i) = hay
+        .get(at..)
+        .and_then(|h| h.iter().position(|&b| b == first))
+    {
+        let start = at + i + 1;
+        if hay.get(start..start + rest.len()) == Some(rest) {
+            return true;
+        }
+        at = start;
+    }
+    false
 }
 
 /// Removes what `include_usage` added from a stream, chunk by chunk. See the module docs.
@@ -393,6 +419,47 @@ mod tests {
             e("data: {\"choices\":[1],\ndata: \"usage\":null}\n\n"),
             Edit::Keep
         );
+    }
+
+    /// Events without the bytes `"usage"` are kept without a parse; the ones that have them
+    /// anywhere (a key, a string, a key spelled otherwise) are still decided by their JSON.
+    #[test]
+    fn only_an_event_naming_usage_is_read() {
+        assert!(!contains(b"data: {\"choices\":[]}\n\n", b"\"usage\""));
+        assert!(contains(b"\"usage\"", b"\"usage\""));
+        assert!(contains(b"x\"\"usage\"", b"\"usage\""));
+        assert!(!contains(b"\"usage", b"\"usage\""));
+        assert!(contains(b"abc", b""));
+        for (event, edit) in [
+            // No `"usage"`: kept, even with no choices and usage-like words.
+            (
+                &b"data: {\"choices\":[],\"usages\":{\"prompt_tokens\":1}}\n\n"[..],
+                Edit::Keep,
+            ),
+            // A key spelled with an escape is not matched, with the scan as before it.
+            (
+                b"data: {\"us\\u0061ge\":{\"prompt_tokens\":1}}\n\n",
+                Edit::Keep,
+            ),
+            // `"usage"` as a string value, not a key: read, and kept.
+            (b"data: {\"choices\":[],\"k\":\"usage\"}\n\n", Edit::Keep),
+            // Split over two data lines: read, and dropped.
+            (
+                b"data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":1}}\n\n",
+                Edit::Drop,
+            ),
+            (
+                b"data: {\"usage\":null,\"choices\":[1]}\n\n",
+                Edit::Cut(7..20),
+            ),
+        ] {
+            assert_eq!(
+                edit_event(event),
+                edit,
+                "{}",
+                String::from_utf8_lossy(event)
+            );
+        }
     }
 
     #[test]

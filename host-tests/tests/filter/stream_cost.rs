@@ -1,0 +1,88 @@
+//! What one chunk of a streamed LLM answer costs the guest (BENCHMARKS.md §2, "Issue 14: a
+//! streamed call's cost per chunk"), counted exactly in Wasm operators (wasmtime fuel): a
+//! 1,000-token answer is about 1,000 chunks, so this, not the call's fixed cost, is what a
+//! streamed call costs. Each format's content event is sent as 19 chunks of one event; the
+//! middle chunks' `proxy_on_response_body` is bounded.
+
+use host_tests::{Request, Response};
+
+use super::support::tollgate_with;
+
+const LLM_POLICY: &str = r#"{"tiers":[{"name":"users","identity":{"header":"x-user-id"},
+    "limits":[{"requests":6000,"per":"minute","burst":100}],
+    "tokens":[{"tokens":1000000000,"per":"day"}]}],
+    "llm":{"mode":"reserve","count":"total","default_max_tokens":1024}}"#;
+
+/// The operators each `proxy_on_response_body` of a call to `path` with `body`, answered by
+/// 19 copies of `event` then `last` then the empty end, spent (in order).
+fn per_chunk(path: &str, body: &str, content_type: &str, event: &str, last: &str) -> Vec<u64> {
+    let h = tollgate_with(1, LLM_POLICY);
+    let call = |user: &str| {
+        let mut answer = Response::ok().header("content-type", content_type);
+        for _ in 0..19 {
+            answer = answer.body_chunk(event);
+        }
+        Request::new("POST", path)
+            .header("x-user-id", user)
+            .header("accept-encoding", "identity")
+            .header("content-type", "application/json")
+            .header("content-length", body.len().to_string())
+            .body_chunk(body)
+            .body_chunk("")
+            .respond_with(answer.body_chunk(last).body_chunk(""))
+    };
+    // The VM's first call pays one-off set-up (allocator growth): not counted.
+    assert!(h.send(0, &call("warm-up")).unwrap().is_continue());
+    let shared = h.shared();
+    shared.trace_fuel();
+    shared.take_fuel_trace();
+    assert!(h.send(0, &call("alice")).unwrap().is_continue());
+    let mut chunks = Vec::new();
+    let mut current = None;
+    for (what, used) in shared.take_fuel_trace() {
+        if used == 0 && what.starts_with("proxy_on_") {
+            if let Some(n) = current.take() {
+                chunks.push(n);
+            }
+            current = (what == "proxy_on_response_body").then_some(0);
+        } else if let Some(n) = current.as_mut() {
+            *n += used;
+        }
+    }
+    chunks.extend(current);
+    assert_eq!(chunks.len(), 21, "{chunks:?}");
+    chunks
+}
+
+/// The most any of the content chunks after the first cost (the first also sets up the
+/// stream's readers; the last two are the usage and the end).
+fn content_chunk_cost(chunks: &[u64]) -> u64 {
+    chunks
+        .get(1..19)
+        .into_iter()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(0)
+}
+
+const CHAT: &str = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":256,"messages":[{"role":"user","content":"hi"}]}"#;
+const CHAT_USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":19,\"total_tokens\":22}}\n\ndata: [DONE]\n\n";
+
+/// A chat chunk of `benches/count-hostcalls --llm`'s stream (the request asked for no usage,
+/// so tollgate added `include_usage` and passes the stream through the remover): `c1ba948`'s
+/// module spent 22,321 operators on each (a JSON parse of the event to see it had no `usage`
+/// to take out, then another to measure its text).
+#[test]
+fn a_chat_chunk_without_usage_is_not_parsed_for_the_remover() {
+    let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w3 \"}}]}\n\n";
+    let chunks = per_chunk(
+        "/v1/chat/completions",
+        CHAT,
+        "text/event-stream",
+        event,
+        CHAT_USAGE,
+    );
+    let cost = content_chunk_cost(&chunks);
+    assert!(cost < 18_000, "{cost} operators per chunk: {chunks:?}");
+}

@@ -71,10 +71,11 @@ const CHAT_USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\
 
 /// A chat chunk of `benches/count-hostcalls --llm`'s stream (the request asked for no usage,
 /// so tollgate added `include_usage` and passes the stream through the remover): `c1ba948`'s
-/// module spent 22,321 operators on each (a JSON parse of the event to see it had no `usage`
-/// to take out, then another to measure its text).
+/// module spent 22,508 operators on each (a JSON parse of the event to see it had no `usage`
+/// to take out, then a serde parse to measure its text); without the first, 17,020; read by
+/// one hand-written pass, 9,774. The bound is between the last two.
 #[test]
-fn a_chat_chunk_without_usage_is_not_parsed_for_the_remover() {
+fn a_chat_chunk_is_read_once_without_serde() {
     let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w3 \"}}]}\n\n";
     let chunks = per_chunk(
         "/v1/chat/completions",
@@ -84,5 +85,5 @@ fn a_chat_chunk_without_usage_is_not_parsed_for_the_remover() {
         CHAT_USAGE,
     );
     let cost = content_chunk_cost(&chunks);
-    assert!(cost < 18_000, "{cost} operators per chunk: {chunks:?}");
+    assert!(cost < 12_000, "{cost} operators per chunk: {chunks:?}");
 }

@@ -72,8 +72,10 @@ const CHAT_USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\
 /// A chat chunk of `benches/count-hostcalls --llm`'s stream (the request asked for no usage,
 /// so tollgate added `include_usage` and passes the stream through the remover): `c1ba948`'s
 /// module spent 22,508 operators on each (a JSON parse of the event to see it had no `usage`
-/// to take out, then a serde parse to measure its text); without the first, 17,020; read by
-/// one hand-written pass, 9,774. The bound is between the last two.
+/// to take out, then a serde parse to measure its text, then a copy of the chunk compared with
+/// it); 17,020 without the first parse; 9,774 with the event read by one hand-written pass;
+/// 6,563 with a chunk of whole events without `"usage"` neither framed, copied nor compared by
+/// the remover. The bound fails each of the earlier steps.
 #[test]
 fn a_chat_chunk_is_read_once_without_serde() {
     let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"w3 \"}}]}\n\n";
@@ -85,5 +87,5 @@ fn a_chat_chunk_is_read_once_without_serde() {
         CHAT_USAGE,
     );
     let cost = content_chunk_cost(&chunks);
-    assert!(cost < 12_000, "{cost} operators per chunk: {chunks:?}");
+    assert!(cost < 8_000, "{cost} operators per chunk: {chunks:?}");
 }

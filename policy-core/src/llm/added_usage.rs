@@ -128,21 +128,22 @@ pub fn edit_event(event: &[u8]) -> Edit {
     Edit::Cut(line.start + cut.start..line.start + cut.end)
 }
 
-/// Whether `needle` (non-empty) occurs in `hay`: a search for its first byte, then a compare.
+/// Whether `needle` occurs in `hay`: a search for its second byte (`u` in `"usage"`, rarer in
+/// JSON than the quote), then a compare around it.
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
+    let Some(&second) = needle.get(1) else {
+        return needle.first().is_none_or(|first| hay.contains(first));
     };
-    let mut at = 0usize;
+    let mut at = 1usize;
     while let Some(i) = hay
         .get(at..)
-        .and_then(|h| h.iter().position(|&b| b == first))
+        .and_then(|h| h.iter().position(|&b| b == second))
     {
-        let start = at + i + 1;
-        if hay.get(start..start + rest.len()) == Some(rest) {
+        let start = at + i - 1;
+        if hay.get(start..start + needle.len()) == Some(needle) {
             return true;
         }
-        at = start;
+        at += i + 1;
     }
     false
 }
@@ -165,8 +166,22 @@ impl AddedUsageRemover {
         }
     }
 
+    /// Whether `chunk`, pushed now, would pass as it is and leave nothing held: the common
+    /// chunk, whole events (it ends with a blank line, and nothing was held before it) without
+    /// the bytes `"usage"`. Every piece the framer would cut of it passes unchanged, so it is
+    /// not framed at all ([`push`](Self::push) copies it; a caller may skip `push` instead).
+    pub fn passes_unchanged(&self, chunk: &[u8]) -> bool {
+        self.framer.at_event_start()
+            && (chunk.ends_with(b"\n\n") || chunk.ends_with(b"\n\r\n"))
+            && !contains(chunk, b"\"usage\"")
+    }
+
     /// Takes the next chunk of the upstream's stream; appends to `out` what the client gets now.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.passes_unchanged(chunk) {
+            out.extend_from_slice(chunk);
+            return;
+        }
         let (dropped, edited) = (&mut self.dropped, &mut self.edited);
         self.framer
             .push(chunk, &mut |piece| emit(piece, out, dropped, edited));
@@ -534,6 +549,40 @@ mod tests {
                 let (split, _) = remove(max, &pieces);
                 prop_assert_eq!(&split, &whole);
                 prop_assert!(whole.len() <= bytes.len());
+            }
+
+            /// Chunks of whole events pass unframed when they hold no `"usage"`: the client gets
+            /// what the framer gives byte by byte (which never takes that path).
+            #[test]
+            fn whole_events_pass_as_framing_would_pass_them(
+                events in proptest::collection::vec(
+                    prop_oneof![
+                        Just(String::from("data: [DONE]")),
+                        Just(String::from(": ping")),
+                        Just(String::from(r#"data: {"choices":[],"usage":{"prompt_tokens":1}}"#)),
+                        Just(String::from(r#"data: {"choices":[{"delta":{"content":"a"}}],"usage":null}"#)),
+                        Just(String::from(r#"data: {"choices":[{"delta":{"content":"
+        "}}]}"#)),
+                        "data: \\{\"(usage|choices|x)\":[ -~]{0,40}",
+                        "[a-z]{0,6}:?[ -~\r\n]{0,20}",
+                    ],
+                    0..12,
+                ),
+                sep in prop_oneof![Just("\n\n"), Just("\r\n\r\n"), Just("\r\r"), Just("\n")],
+                max in 64usize..300,
+            ) {
+                let mut stream = String::new();
+                for e in &events {
+                    stream += e;
+                    stream += sep;
+                }
+                let bytes = stream.as_bytes();
+                let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+                let owned: Vec<String> = events.iter().map(|e| format!("{e}{sep}")).collect();
+                let per_event: Vec<&[u8]> = owned.iter().map(|e| e.as_bytes()).collect();
+                let (want, _) = remove(max, &bytewise);
+                prop_assert_eq!(&remove(max, &[bytes]).0, &want);
+                prop_assert_eq!(&remove(max, &per_event).0, &want);
             }
         }
     }

@@ -180,6 +180,13 @@ impl<'a> Parser<'a> {
         let mut decoded_len = 0u64;
         let mut plain_from = start;
         loop {
+            // The plain run up to the next quote, escape or control byte, in one pass.
+            let run = self
+                .s
+                .get(self.i..)?
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            self.i += run;
             let b = self.peek()?;
             match b {
                 b'"' => break,

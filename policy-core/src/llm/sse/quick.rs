@@ -1,6 +1,7 @@
 //! The common stream events read by one hand-written pass over their bytes instead of serde:
 //! OpenAI chat chunks (`choices[].delta` text, `"usage": null`), Anthropic and Responses deltas
-//! (`type`, `delta`) and Anthropic's `message_stop`. A streamed answer is one such event per
+//! (`type`, `delta`), Anthropic's `message_stop`, Ollama's NDJSON objects (`message.content` or
+//! `response` text, `done`) without their final counts. A streamed answer is one such event per
 //! token, so this is what a stream costs per chunk: the derived serde reader of
 //! [`super::event`] spends about fifty times the bytes' count on one of them, this pass a few
 //! operators a byte.
@@ -24,7 +25,8 @@ pub(super) fn read(data: &[u8]) -> Option<EventSummary> {
     let mut p = Parser { s: data, i: 0 };
     p.ws();
     let mut kind = EventType::Other;
-    let (mut choices, mut delta) = (0u64, 0u64);
+    let (mut choices, mut delta, mut other) = (0u64, 0u64, 0u64);
+    let mut done = false;
     let mut seen = 0u8;
     p.object(|p, key| {
         let bit = match key {
@@ -32,9 +34,11 @@ pub(super) fn read(data: &[u8]) -> Option<EventSummary> {
             b"usage" => 2,
             b"choices" => 4,
             b"delta" => 8,
-            // Read by serde only: other APIs' fields, whose values matter.
-            b"message" | b"response" | b"usageMetadata" | b"candidates" | b"prompt_eval_count"
-            | b"eval_count" | b"done" => return None,
+            b"message" => 16,
+            b"response" => 32,
+            b"done" => 64,
+            // Read by serde only: Gemini's fields and Ollama's counts, whose values matter.
+            b"usageMetadata" | b"candidates" | b"prompt_eval_count" | b"eval_count" => return None,
             _ => return p.skip(0),
         };
         if seen & bit != 0 {
@@ -45,7 +49,14 @@ pub(super) fn read(data: &[u8]) -> Option<EventSummary> {
             1 => kind = event_type(p.string()?)?,
             2 => p.literal(b"null")?,
             4 => choices = p.choices()?,
-            _ => delta = p.delta()?,
+            8 => delta = p.delta()?,
+            16 => other = other.saturating_add(p.message()?),
+            // Ollama generate's text (a Responses `response` object is left to serde).
+            32 => other = other.saturating_add(p.string()?.decoded_len),
+            _ => {
+                done = p.peek()? == b't';
+                p.literal(if done { b"true" } else { b"false" })?;
+            }
         }
         Some(())
     })?;
@@ -61,8 +72,8 @@ pub(super) fn read(data: &[u8]) -> Option<EventSummary> {
     Some(EventSummary {
         usage: None,
         bad_usage: false,
-        text_bytes: text,
-        terminal: kind.is_terminal(),
+        text_bytes: text.saturating_add(other),
+        terminal: kind.is_terminal() || done,
     })
 }
 
@@ -338,6 +349,30 @@ impl<'a> Parser<'a> {
         Some(sum)
     }
 
+    /// Ollama chat's `message` object: its `content` (a `usage` in it is left to serde).
+    fn message(&mut self) -> Option<u64> {
+        let mut text = 0u64;
+        let mut seen = 0u8;
+        self.object(|p, key| {
+            let bit = match key {
+                b"content" => 1,
+                b"usage" => 2,
+                _ => return p.skip(2),
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            if bit == 1 {
+                text = p.text()?;
+            } else {
+                p.literal(b"null")?;
+            }
+            Some(())
+        })?;
+        Some(text)
+    }
+
     /// A top-level `delta`: a Responses delta string, or an Anthropic delta object (`text`,
     /// `thinking`, `partial_json`).
     fn delta(&mut self) -> Option<u64> {
@@ -462,6 +497,16 @@ mod tests {
         );
         assert_eq!(text(r#"{"type":"message_stop"}"#), Some((0, true)));
         assert_eq!(text(r#" { "choices" : [ ] } "#), Some((0, false)));
+        assert_eq!(
+            text(
+                r#"{"model":"llama3.2","created_at":"2024-01-01T00:00:00Z","message":{"role":"assistant","content":"w3 "},"done":false}"#
+            ),
+            Some((3, false))
+        );
+        assert_eq!(
+            text(r#"{"model":"llama3.2","response":"ab","done":true,"done_reason":"stop"}"#),
+            Some((2, true))
+        );
     }
 
     #[test]
@@ -484,7 +529,11 @@ mod tests {
             r#"[{"choices":[]}]"#,
             r#"{"type":"message_st\u006fp"}"#,
             r#"{"message":{"usage":{"input_tokens":1}},"delta":"a"}"#,
-            r#"{"done":false,"choices":[]}"#,
+            r#"{"done":null,"choices":[]}"#,
+            r#"{"done":false,"eval_count":3}"#,
+            r#"{"message":null}"#,
+            r#"{"response":{"usage":null}}"#,
+            r#"{"candidates":[]}"#,
             "{\"x\":\"a\u{1}\",\"choices\":[]}",
             "{\"delta\":\"\\x\"}",
         ] {

@@ -76,32 +76,33 @@ pub fn edit_event(event: &[u8]) -> Edit {
         };
         at += len + terminator;
     }
-    let data: Vec<u8> = match data_lines.as_slice() {
+    // One data line (OpenAI writes one an event) is read in place; several are joined.
+    let mut joined = Vec::new();
+    let data: &[u8] = match data_lines.as_slice() {
         [] => return Edit::Keep,
-        [one] => event.get(one.clone()).unwrap_or(&[]).to_vec(),
+        [one] => event.get(one.clone()).unwrap_or(&[]),
         many => {
-            let mut joined = Vec::new();
             for (i, r) in many.iter().enumerate() {
                 if i > 0 {
                     joined.push(b'\n');
                 }
                 joined.extend_from_slice(event.get(r.clone()).unwrap_or(&[]));
             }
-            joined
+            &joined
         }
     };
-    let Some(members) = object_members(&data) else {
+    let Some(members) = object_members(data) else {
         return Edit::Keep;
     };
     let mut usage = members
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.key_is_raw(&data, b"usage"));
+        .filter(|(_, m)| m.key_is_raw(data, b"usage"));
     let (Some((index, member)), None) = (usage.next(), usage.next()) else {
         return Edit::Keep;
     };
     let null = data.get(member.value.clone()) == Some(b"null");
-    let no_choices = match members.iter().find(|m| m.key_is_raw(&data, b"choices")) {
+    let no_choices = match members.iter().find(|m| m.key_is_raw(data, b"choices")) {
         None => true,
         Some(choices) => {
             let v = data.get(choices.value.clone()).unwrap_or(&[]);

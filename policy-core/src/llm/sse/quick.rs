@@ -409,7 +409,6 @@ mod tests {
 
     use alloc::format;
     use alloc::string::String;
-    use alloc::vec;
     use alloc::vec::Vec;
 
     use super::super::event::{read_json_event, EventOutcome};
@@ -548,6 +547,7 @@ mod tests {
     #[cfg(not(target_arch = "wasm32"))]
     mod properties {
         use super::*;
+        use alloc::vec;
         use proptest::prelude::*;
 
         /// JSON-ish text from the pieces stream events are made of, valid or not.

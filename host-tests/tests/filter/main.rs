@@ -40,4 +40,5 @@ mod replies;
 mod scopes;
 mod shadow;
 mod store;
+mod stream_cost;
 mod streams;

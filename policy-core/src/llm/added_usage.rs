@@ -41,6 +41,13 @@ pub enum Edit {
 
 /// Decides what happens to `event`: one whole event, through its closing blank line.
 pub fn edit_event(event: &[u8]) -> Edit {
+    // Only a member whose raw key is `usage` is ever dropped or cut, and a JSON key cannot
+    // hold a line end, so an event without the bytes `"usage"` is kept: most of a stream's
+    // events (every one of a stream whose chunks carry no `"usage": null`) are decided by this
+    // scan instead of a JSON parse and a walk of the object's members.
+    if !contains(event, b"\"usage\"") {
+        return Edit::Keep;
+    }
     let mut data_lines: Vec<Range<usize>> = Vec::new();
     let mut at = 0usize;
     while at < event.len() {
@@ -69,32 +76,33 @@ pub fn edit_event(event: &[u8]) -> Edit {
         };
         at += len + terminator;
     }
-    let data: Vec<u8> = match data_lines.as_slice() {
+    // One data line (OpenAI writes one an event) is read in place; several are joined.
+    let mut joined = Vec::new();
+    let data: &[u8] = match data_lines.as_slice() {
         [] => return Edit::Keep,
-        [one] => event.get(one.clone()).unwrap_or(&[]).to_vec(),
+        [one] => event.get(one.clone()).unwrap_or(&[]),
         many => {
-            let mut joined = Vec::new();
             for (i, r) in many.iter().enumerate() {
                 if i > 0 {
                     joined.push(b'\n');
                 }
                 joined.extend_from_slice(event.get(r.clone()).unwrap_or(&[]));
             }
-            joined
+            &joined
         }
     };
-    let Some(members) = object_members(&data) else {
+    let Some(members) = object_members(data) else {
         return Edit::Keep;
     };
     let mut usage = members
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.key_is_raw(&data, b"usage"));
+        .filter(|(_, m)| m.key_is_raw(data, b"usage"));
     let (Some((index, member)), None) = (usage.next(), usage.next()) else {
         return Edit::Keep;
     };
     let null = data.get(member.value.clone()) == Some(b"null");
-    let no_choices = match members.iter().find(|m| m.key_is_raw(&data, b"choices")) {
+    let no_choices = match members.iter().find(|m| m.key_is_raw(data, b"choices")) {
         None => true,
         Some(choices) => {
             let v = data.get(choices.value.clone()).unwrap_or(&[]);
@@ -121,6 +129,26 @@ pub fn edit_event(event: &[u8]) -> Edit {
     Edit::Cut(line.start + cut.start..line.start + cut.end)
 }
 
+/// Whether `needle` occurs in `hay`: a search for its second byte (`u` in `"usage"`, rarer in
+/// JSON than the quote), then a compare around it.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some(&second) = needle.get(1) else {
+        return needle.first().is_none_or(|first| hay.contains(first));
+    };
+    let mut at = 1usize;
+    while let Some(i) = hay
+        .get(at..)
+        .and_then(|h| h.iter().position(|&b| b == second))
+    {
+        let start = at + i - 1;
+        if hay.get(start..start + needle.len()) == Some(needle) {
+            return true;
+        }
+        at += i + 1;
+    }
+    false
+}
+
 /// Removes what `include_usage` added from a stream, chunk by chunk. See the module docs.
 #[derive(Debug)]
 pub struct AddedUsageRemover {
@@ -139,8 +167,22 @@ impl AddedUsageRemover {
         }
     }
 
+    /// Whether `chunk`, pushed now, would pass as it is and leave nothing held: the common
+    /// chunk, whole events (it ends with a blank line, and nothing was held before it) without
+    /// the bytes `"usage"`. Every piece the framer would cut of it passes unchanged, so it is
+    /// not framed at all ([`push`](Self::push) copies it; a caller may skip `push` instead).
+    pub fn passes_unchanged(&self, chunk: &[u8]) -> bool {
+        self.framer.at_event_start()
+            && (chunk.ends_with(b"\n\n") || chunk.ends_with(b"\n\r\n"))
+            && !contains(chunk, b"\"usage\"")
+    }
+
     /// Takes the next chunk of the upstream's stream; appends to `out` what the client gets now.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.passes_unchanged(chunk) {
+            out.extend_from_slice(chunk);
+            return;
+        }
         let (dropped, edited) = (&mut self.dropped, &mut self.edited);
         self.framer
             .push(chunk, &mut |piece| emit(piece, out, dropped, edited));
@@ -395,6 +437,47 @@ mod tests {
         );
     }
 
+    /// Events without the bytes `"usage"` are kept without a parse; the ones that have them
+    /// anywhere (a key, a string, a key spelled otherwise) are still decided by their JSON.
+    #[test]
+    fn only_an_event_naming_usage_is_read() {
+        assert!(!contains(b"data: {\"choices\":[]}\n\n", b"\"usage\""));
+        assert!(contains(b"\"usage\"", b"\"usage\""));
+        assert!(contains(b"x\"\"usage\"", b"\"usage\""));
+        assert!(!contains(b"\"usage", b"\"usage\""));
+        assert!(contains(b"abc", b""));
+        for (event, edit) in [
+            // No `"usage"`: kept, even with no choices and usage-like words.
+            (
+                &b"data: {\"choices\":[],\"usages\":{\"prompt_tokens\":1}}\n\n"[..],
+                Edit::Keep,
+            ),
+            // A key spelled with an escape is not matched, with the scan as before it.
+            (
+                b"data: {\"us\\u0061ge\":{\"prompt_tokens\":1}}\n\n",
+                Edit::Keep,
+            ),
+            // `"usage"` as a string value, not a key: read, and kept.
+            (b"data: {\"choices\":[],\"k\":\"usage\"}\n\n", Edit::Keep),
+            // Split over two data lines: read, and dropped.
+            (
+                b"data: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":1}}\n\n",
+                Edit::Drop,
+            ),
+            (
+                b"data: {\"usage\":null,\"choices\":[1]}\n\n",
+                Edit::Cut(7..20),
+            ),
+        ] {
+            assert_eq!(
+                edit_event(event),
+                edit,
+                "{}",
+                String::from_utf8_lossy(event)
+            );
+        }
+    }
+
     #[test]
     fn an_event_over_the_bound_passes_unchanged_and_nothing_is_lost() {
         let big = "x".repeat(300);
@@ -467,6 +550,40 @@ mod tests {
                 let (split, _) = remove(max, &pieces);
                 prop_assert_eq!(&split, &whole);
                 prop_assert!(whole.len() <= bytes.len());
+            }
+
+            /// Chunks of whole events pass unframed when they hold no `"usage"`: the client gets
+            /// what the framer gives byte by byte (which never takes that path).
+            #[test]
+            fn whole_events_pass_as_framing_would_pass_them(
+                events in proptest::collection::vec(
+                    prop_oneof![
+                        Just(String::from("data: [DONE]")),
+                        Just(String::from(": ping")),
+                        Just(String::from(r#"data: {"choices":[],"usage":{"prompt_tokens":1}}"#)),
+                        Just(String::from(r#"data: {"choices":[{"delta":{"content":"a"}}],"usage":null}"#)),
+                        Just(String::from(r#"data: {"choices":[{"delta":{"content":"
+        "}}]}"#)),
+                        "data: \\{\"(usage|choices|x)\":[ -~]{0,40}",
+                        "[a-z]{0,6}:?[ -~\r\n]{0,20}",
+                    ],
+                    0..12,
+                ),
+                sep in prop_oneof![Just("\n\n"), Just("\r\n\r\n"), Just("\r\r"), Just("\n")],
+                max in 64usize..300,
+            ) {
+                let mut stream = String::new();
+                for e in &events {
+                    stream += e;
+                    stream += sep;
+                }
+                let bytes = stream.as_bytes();
+                let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+                let owned: Vec<String> = events.iter().map(|e| format!("{e}{sep}")).collect();
+                let per_event: Vec<&[u8]> = owned.iter().map(|e| e.as_bytes()).collect();
+                let (want, _) = remove(max, &bytewise);
+                prop_assert_eq!(&remove(max, &[bytes]).0, &want);
+                prop_assert_eq!(&remove(max, &per_event).0, &want);
             }
         }
     }

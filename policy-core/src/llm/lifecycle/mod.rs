@@ -492,7 +492,12 @@ impl LlmCall {
                 let chunk = read();
                 // The usage is read from the upstream's bytes, before any are taken out.
                 scanner.feed(&chunk);
-                if let Some(remover) = self.remover.as_mut() {
+                // A chunk of whole events without `"usage"` is not copied nor compared.
+                if let Some(remover) = self
+                    .remover
+                    .as_mut()
+                    .filter(|r| !r.passes_unchanged(&chunk))
+                {
                     let mut out = Vec::with_capacity(chunk.len());
                     remover.push(&chunk, &mut out);
                     if end {

@@ -49,7 +49,7 @@ pub(super) enum EventOutcome {
 }
 
 /// What a JSON event says that the scanner keeps.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(super) struct EventSummary {
     /// Its usage counts, merged where it has several `usage` objects.
     pub(super) usage: Option<RawUsage>,
@@ -69,6 +69,16 @@ pub(super) fn read_event(data: &[u8]) -> EventOutcome {
     if !worth_parsing(data) {
         return EventOutcome::Skipped;
     }
+    // The events a stream is mostly made of, read without serde (the same answer, or none).
+    if let Some(summary) = super::quick::read(data) {
+        return EventOutcome::Read(summary);
+    }
+    read_json_event(data)
+}
+
+/// Reads one event's data with serde: what [`read_event`] answers for an event worth parsing
+/// that is not `[DONE]`.
+pub(super) fn read_json_event(data: &[u8]) -> EventOutcome {
     let Ok(event) = serde_json::from_slice::<StreamEvent>(data) else {
         return EventOutcome::Malformed;
     };
@@ -242,7 +252,7 @@ impl<'de> Deserialize<'de> for ResponseField {
 
 /// The event types that change what we track.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum EventType {
+pub(super) enum EventType {
     #[default]
     Other,
     /// Anthropic's end of stream.
@@ -254,7 +264,7 @@ enum EventType {
 }
 
 impl EventType {
-    fn is_terminal(self) -> bool {
+    pub(super) fn is_terminal(self) -> bool {
         matches!(self, EventType::MessageStop | EventType::ResponseDone)
     }
 }

@@ -57,6 +57,12 @@ impl SseFramer {
         }
     }
 
+    /// Whether the next byte starts an event: nothing held, no event passing through, no `\r`
+    /// waiting for its `\n`.
+    pub fn at_event_start(&self) -> bool {
+        self.held.is_empty() && self.line_start && !self.passthrough && !self.pending_cr
+    }
+
     /// Bytes held back, waiting for the rest of their event.
     pub fn held(&self) -> usize {
         self.held.len()

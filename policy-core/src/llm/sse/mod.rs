@@ -46,6 +46,7 @@ mod chat;
 mod delta;
 mod event;
 pub mod frame;
+mod quick;
 #[cfg(test)]
 mod tests;
 

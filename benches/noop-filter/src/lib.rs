@@ -194,7 +194,8 @@ impl HttpContext for Stream {
         // The body read, the admission's set, the body written back (tollgate holds the body
         // and does these at its end; Envoy's chunks of this small body: the body, then empty).
         let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size);
-        self.set(clock_free(), None);
+        // (No clock read: tollgate admits a held body at its headers' instant.)
+        self.set(0, None);
         if let Ok(Some(body)) = body {
             let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &body);
         }
@@ -233,11 +234,6 @@ impl HttpContext for Stream {
         }
         Action::Continue
     }
-}
-
-/// No clock read at the body's end (tollgate admits a held body at the headers' instant).
-fn clock_free() -> u64 {
-    0
 }
 
 /// Eight response fields of the size tollgate sends on an LLM call.
